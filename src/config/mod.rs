@@ -1,0 +1,315 @@
+//! Configuration: the TOML text in, a validated `Config` out. Unknown keys never stop a start
+//! (they are returned as warnings: the rollback incident in DESIGN.md); a file that does not
+//! parse, or a value that is invalid, is an error naming the key. Owns parsing and validation
+//! only: nothing here opens sockets or starts threads.
+
+mod file;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::limits;
+
+pub use file::{AppConfig, LogConfig, LogFormat, ServerConfig};
+
+/// The embedded configuration used by `ringcast serve` without `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+/// The result of loading: the config plus the unknown keys that were ignored.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub unknown_keys: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config does not parse: {0}")]
+    Parse(String),
+    #[error("invalid config value at `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
+    let mut unknown_keys = Vec::new();
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
+    let raw: file::RawConfig =
+        serde_ignored::deserialize(deserializer, |path| unknown_keys.push(path.to_string()))
+            .map_err(|error| ConfigError::Parse(error.to_string()))?;
+    let config = validate(raw)?;
+    Ok(Loaded {
+        config,
+        unknown_keys,
+    })
+}
+
+fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
+    match raw.version {
+        None => {
+            return Err(invalid(
+                "version",
+                "missing; write `version = 1` at the top",
+            ));
+        }
+        Some(1) => {}
+        Some(other) => {
+            return Err(invalid(
+                "version",
+                format!("{other} is not supported (this build reads version 1)"),
+            ));
+        }
+    }
+    let server = raw.server;
+    server.bind.parse::<SocketAddr>().map_err(|error| {
+        invalid(
+            "server.bind",
+            format!("`{}` is not an address: {error}", server.bind),
+        )
+    })?;
+    if server.cores > limits::CORES_MAX {
+        return Err(invalid(
+            "server.cores",
+            format!("at most {}", limits::CORES_MAX),
+        ));
+    }
+    check_range(
+        "server.activity_timeout_secs",
+        server.activity_timeout_secs as usize,
+        1,
+        3600,
+    )?;
+    check_range(
+        "server.pong_timeout_secs",
+        server.pong_timeout_secs as usize,
+        1,
+        3600,
+    )?;
+    check_range(
+        "server.request_timeout_ms",
+        server.request_timeout_ms as usize,
+        1,
+        3_600_000,
+    )?;
+    check_range(
+        "server.ws_message_bytes_max",
+        server.ws_message_bytes_max,
+        256,
+        limits::WS_MESSAGE_BYTES_CEILING,
+    )?;
+    check_range(
+        "server.http_head_bytes_max",
+        server.http_head_bytes_max,
+        512,
+        limits::HTTP_HEAD_BYTES_CEILING,
+    )?;
+    check_range(
+        "server.http_body_bytes_max",
+        server.http_body_bytes_max,
+        1024,
+        limits::HTTP_BODY_BYTES_CEILING,
+    )?;
+    check_range(
+        "server.outbound_bytes_max",
+        server.outbound_bytes_max,
+        4096,
+        limits::OUTBOUND_BYTES_CEILING,
+    )?;
+    check_range(
+        "server.channel_name_bytes_max",
+        server.channel_name_bytes_max,
+        1,
+        1024,
+    )?;
+    if raw.apps.is_empty() {
+        return Err(invalid("apps", "at least one [[apps]] entry is required"));
+    }
+    if raw.apps.len() > limits::APPS_MAX {
+        return Err(invalid(
+            "apps",
+            format!("at most {} apps", limits::APPS_MAX),
+        ));
+    }
+    for (index, app) in raw.apps.iter().enumerate() {
+        let key = |field: &str| format!("apps[{index}].{field}");
+        for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+            if value.is_empty() {
+                return Err(invalid(key(field), "must not be empty"));
+            }
+        }
+        if !app
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                key("id"),
+                "only letters, digits, '-' and '_' are allowed",
+            ));
+        }
+        if !app
+            .key
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b':' && b != b'/' && b != b'?')
+        {
+            return Err(invalid(
+                key("key"),
+                "must be printable ASCII without ':', '/' or '?'",
+            ));
+        }
+        check_range(
+            &key("payload_bytes_max"),
+            app.payload_bytes_max,
+            1,
+            limits::HTTP_BODY_BYTES_CEILING,
+        )?;
+        check_range(
+            &key("channels_per_trigger_max"),
+            app.channels_per_trigger_max,
+            1,
+            10_000,
+        )?;
+        check_range(&key("batch_size_max"), app.batch_size_max, 1, 10_000)?;
+        check_range(
+            &key("event_name_bytes_max"),
+            app.event_name_bytes_max,
+            1,
+            10_000,
+        )?;
+        for (other_index, other) in raw.apps.iter().enumerate().take(index) {
+            if other.id == app.id {
+                return Err(invalid(
+                    key("id"),
+                    format!("duplicates apps[{other_index}].id"),
+                ));
+            }
+            if other.key == app.key {
+                return Err(invalid(
+                    key("key"),
+                    format!("duplicates apps[{other_index}].key"),
+                ));
+            }
+        }
+    }
+    Ok(Config {
+        server,
+        log: raw.log,
+        apps: raw.apps,
+    })
+}
+
+fn check_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(key, format!("{value} is outside {min}..={max}")));
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.server
+            .bind
+            .parse()
+            .expect("validated in config::validate")
+    }
+
+    /// The number of core threads: `server.cores`, or every available CPU when 0.
+    pub fn cores(&self) -> usize {
+        if self.server.cores > 0 {
+            return self.server.cores;
+        }
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(limits::CORES_MAX)
+    }
+
+    /// Renders the effective configuration as TOML (for `check-config`).
+    pub fn to_toml(&self) -> String {
+        let raw = file::RawConfig {
+            version: Some(1),
+            server: self.server.clone(),
+            log: self.log.clone(),
+            apps: self.apps.clone(),
+        };
+        toml::to_string_pretty(&raw).expect("config serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let loaded = parse(EMBEDDED_DEFAULT).unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        assert_eq!(loaded.config.bind_addr().ip().to_string(), "127.0.0.1");
+        assert!(loaded.config.apps[0].id.bytes().all(|b| b.is_ascii_digit()));
+    }
+
+    #[test]
+    fn shipped_example_is_valid_and_complete() {
+        let loaded = parse(include_str!("../../configs/ringcast.toml")).unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings() {
+        let text = "version = 1\nfuture_key = 3\n[server]\nbind = \"127.0.0.1:0\"\nshiny = true\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nnew_flag = 1\n";
+        let loaded = parse(text).unwrap();
+        assert_eq!(
+            loaded.unknown_keys,
+            vec!["future_key", "server.shiny", "apps.0.new_flag"]
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let base = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let error = parse(&format!("{base}[server]\nbind = \"nope\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("server.bind"), "{error}");
+        let error = parse(&format!("{base}[server]\ncores = \"two\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cores"), "{error}");
+        let error = parse("version = 1\n[[apps]]\nid = \"1\"\nkey = \"\"\nsecret = \"s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("apps[0].key"), "{error}");
+        let error = parse("version = 2\n").unwrap_err().to_string();
+        assert!(error.contains("version"), "{error}");
+        let error = parse("version = 1\n[server\n").unwrap_err().to_string();
+        assert!(error.contains("parse"), "{error}");
+    }
+}

@@ -1,0 +1,18 @@
+//! ringcast: a Pusher-Channels-compatible real-time broker built as one pinned io_uring event
+//! loop per core. This file only lists the modules, in reading order; it holds no logic.
+//!
+//! Reading order: `limits` (every bound), `config` (TOML in, validated config out), `ws` and
+//! `http` (sans-IO wire codecs), `protocol` (Pusher events, sans-IO), `mesh` (the only way cores
+//! talk), `shard` (the per-core state machine: connections, channels, REST; sans-IO), `runtime`
+//! (the io_uring driver that feeds the shard; all socket IO and its `unsafe` live there),
+//! `service` (process start-up, signals, logging).
+
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod mesh;
+pub mod protocol;
+pub mod runtime;
+pub mod service;
+pub mod shard;
+pub mod ws;

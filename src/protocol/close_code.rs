@@ -1,0 +1,106 @@
+//! Pusher close codes and `pusher:error` codes in one table (spec §1.4), with the canonical
+//! messages. Owns numbers and wording only; deciding when to close is the shard's job.
+//!
+//! The ranges matter to pusher-js: 4000-4099 stop reconnecting, 4100-4199 back off, 4200-4299
+//! reconnect at once, 4300+ stop. A test checks each code sits in the range its meaning needs.
+
+/// A Pusher application-level close code with its canonical message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseCode {
+    pub code: u16,
+    pub message: &'static str,
+}
+
+pub const APP_NOT_FOUND: u16 = 4001;
+pub const APP_DISABLED: u16 = 4003;
+pub const APP_OVER_QUOTA: u16 = 4004;
+pub const PATH_NOT_FOUND: u16 = 4005;
+pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
+pub const UNAUTHORIZED: u16 = 4009;
+pub const OVER_CAPACITY: u16 = 4100;
+pub const SLOW_CONSUMER: u16 = 4101;
+pub const RECONNECT_NOW: u16 = 4200;
+pub const PONG_TIMEOUT: u16 = 4201;
+
+pub const OVER_CAPACITY_CLOSE: CloseCode = CloseCode {
+    code: OVER_CAPACITY,
+    message: "Over capacity",
+};
+pub const SLOW_CONSUMER_CLOSE: CloseCode = CloseCode {
+    code: SLOW_CONSUMER,
+    message: "Client is not reading fast enough",
+};
+pub const SERVER_CLOSING: CloseCode = CloseCode {
+    code: RECONNECT_NOW,
+    message: "Server is closing. Please reconnect shortly.",
+};
+pub const PONG_NOT_RECEIVED: CloseCode = CloseCode {
+    code: PONG_TIMEOUT,
+    message: "Pong reply not received in time",
+};
+pub const APP_DISABLED_CLOSE: CloseCode = CloseCode {
+    code: APP_DISABLED,
+    message: "The app is not enabled.",
+};
+pub const APP_OVER_QUOTA_CLOSE: CloseCode = CloseCode {
+    code: APP_OVER_QUOTA,
+    message: "Application is over connection quota",
+};
+pub const PATH_NOT_FOUND_CLOSE: CloseCode = CloseCode {
+    code: PATH_NOT_FOUND,
+    message: "Path not found",
+};
+pub const UNSUPPORTED_PROTOCOL_CLOSE: CloseCode = CloseCode {
+    code: UNSUPPORTED_PROTOCOL,
+    message: "Unsupported protocol version",
+};
+
+/// What pusher-js does after a close with `code` (`Protocol.getCloseAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAction {
+    Refused,
+    Backoff,
+    RetryNow,
+    TlsOnly,
+    Default,
+}
+
+pub fn client_action(code: u16) -> ClientAction {
+    match code {
+        1002..=1004 => ClientAction::Backoff,
+        0..=3999 => ClientAction::Default,
+        4000 => ClientAction::TlsOnly,
+        4001..=4099 => ClientAction::Refused,
+        4100..=4199 => ClientAction::Backoff,
+        4200..=4299 => ClientAction::RetryNow,
+        _ => ClientAction::Refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_sit_in_the_range_their_meaning_needs() {
+        // Configuration problems must stop reconnection; transient ones must not.
+        for code in [
+            APP_NOT_FOUND,
+            APP_DISABLED,
+            APP_OVER_QUOTA,
+            PATH_NOT_FOUND,
+            UNSUPPORTED_PROTOCOL,
+            UNAUTHORIZED,
+        ] {
+            assert_eq!(client_action(code), ClientAction::Refused, "{code}");
+        }
+        for code in [OVER_CAPACITY, SLOW_CONSUMER] {
+            assert_eq!(client_action(code), ClientAction::Backoff, "{code}");
+        }
+        for code in [RECONNECT_NOW, PONG_TIMEOUT] {
+            assert_eq!(client_action(code), ClientAction::RetryNow, "{code}");
+        }
+        assert_eq!(client_action(1002), ClientAction::Backoff);
+        assert_eq!(client_action(1009), ClientAction::Default);
+    }
+}

@@ -1,0 +1,590 @@
+//! The io_uring driver: one pinned thread per core, each with its own ring, its own
+//! `SO_REUSEPORT` listener (multishot accept), a provided-buffer ring for multishot receives,
+//! vectored sends from each connection's queue of shared frames, an eventfd doorbell for the
+//! mesh, and a periodic timer sweep. It feeds bytes, closes, mesh messages and the time into the
+//! core's `Shard` and carries out what the shard queued. This module is where all socket IO and
+//! its `unsafe` live; it holds no protocol logic and shares no connection or channel state.
+
+mod buf_ring;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::limits;
+use crate::mesh::Mesh;
+use crate::shard::{Apps, Now, Shard};
+use buf_ring::BufRing;
+
+const OP_ACCEPT: u64 = 1;
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+const OP_DOORBELL: u64 = 4;
+
+fn user_data(op: u64, key: u32) -> u64 {
+    (op << 56) | u64::from(key)
+}
+
+fn split_user_data(data: u64) -> (u64, u32) {
+    (data >> 56, data as u32)
+}
+
+/// Provided-buffer group id used by every core (groups are per ring).
+const BUFFER_GROUP: u16 = 0;
+/// Mesh messages taken from one source core per loop iteration, so one busy peer cannot starve
+/// the sockets.
+const MESH_BATCH_MAX: usize = 4096;
+/// Loop iterations spent polling the mesh before parking: waking a parked vCPU costs tens of µs.
+const SPIN_BEFORE_PARK: u32 = 64;
+
+/// Whether io_uring works here; the error explains why not (for a clear start-up message).
+pub fn probe() -> Result<(), String> {
+    match IoUring::new(8) {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .ok()
+                .map(|text| text.trim().to_string());
+            let hint = match disabled.as_deref() {
+                Some("1") | Some("2") => format!(
+                    " (kernel.io_uring_disabled = {}; set it to 0 with `sysctl kernel.io_uring_disabled=0`)",
+                    disabled.unwrap_or_default()
+                ),
+                _ if error.raw_os_error() == Some(libc::ENOSYS) => {
+                    " (this kernel has no io_uring)".to_string()
+                }
+                _ if error.raw_os_error() == Some(libc::EPERM) => {
+                    " (blocked by kernel.io_uring_disabled or a seccomp/container policy)"
+                        .to_string()
+                }
+                _ => String::new(),
+            };
+            Err(format!(
+                "io_uring is unavailable: {error}{hint}; ringcast needs io_uring (Linux 6.0 or later)"
+            ))
+        }
+    }
+}
+
+/// A running server: its address and its core threads.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    pub cores: usize,
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    mesh: Arc<Mesh>,
+    /// Per-core heartbeat: the monotonic ms of each loop's last iteration.
+    pub heartbeats: Arc<Vec<AtomicU64>>,
+}
+
+impl Server {
+    /// Stops every core loop and waits for the threads.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for core in 0..self.cores {
+            self.mesh.unpark(core);
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to the core's eventfd, waking its loop; a
+            // failure only means the loop is already awake.
+            let _ = unsafe { libc::write(self.mesh.eventfd(core), (&raw const one).cast(), 8) };
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn join(mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Binds one listener per core on the configured address (the first picks the port when it is
+/// 0) and starts the core threads. Returns once every core is ready to accept.
+pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
+    probe().map_err(anyhow::Error::msg)?;
+    let cores = config.cores();
+    let first = bind_listener(config.bind_addr())
+        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.server.bind))?;
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..cores {
+        listeners.push(bind_listener(local_addr)?);
+    }
+    let mesh = Arc::new(Mesh::new(cores)?);
+    let apps = Arc::new(Apps::new(&config));
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeats: Arc<Vec<AtomicU64>> = Arc::new((0..cores).map(|_| AtomicU64::new(0)).collect());
+    let epoch = rand::random::<u64>() % 9_000_000_000 + 1_000_000_000;
+    let started = Instant::now();
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::with_capacity(cores);
+    for (core, listener) in listeners.into_iter().enumerate() {
+        let shard = Shard::new(core, cores, Arc::clone(&config), Arc::clone(&apps), epoch);
+        let mesh = Arc::clone(&mesh);
+        let stop = Arc::clone(&stop);
+        let heartbeats = Arc::clone(&heartbeats);
+        let ready = ready_sender.clone();
+        let cpu = (config.server.pin_threads && !cpus.is_empty()).then(|| cpus[core % cpus.len()]);
+        let thread = std::thread::Builder::new()
+            .name(format!("ringcast-core-{core}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    core_affinity::set_for_current(cpu);
+                }
+                let fd = listener.into_raw_fd();
+                match CoreLoop::new(core, fd, shard, mesh, started, stop, heartbeats) {
+                    Ok(mut core_loop) => {
+                        let _ = ready.send(Ok(()));
+                        core_loop.run();
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(format!("core {core}: {error}")));
+                    }
+                }
+            })?;
+        threads.push(thread);
+    }
+    drop(ready_sender);
+    for _ in 0..cores {
+        match ready_receiver.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => anyhow::bail!("cannot start: {error}"),
+            Err(_) => anyhow::bail!("a core thread died while starting"),
+        }
+    }
+    Ok(Server {
+        local_addr,
+        cores,
+        threads,
+        stop,
+        mesh,
+        heartbeats,
+    })
+}
+
+/// Iovecs and header of one in-flight vectored send. Boxed so its address is stable while the
+/// kernel may read it; pooled so steady-state sends do not allocate.
+struct SendOp {
+    iovecs: [libc::iovec; limits::SEND_IOVECS_MAX],
+    header: libc::msghdr,
+}
+
+struct CoreLoop {
+    // Field order matters: `ring` must drop before `buffers` (the kernel may use them until
+    // the ring is gone).
+    ring: IoUring,
+    buffers: BufRing,
+    core: usize,
+    listener: RawFd,
+    shard: Shard,
+    mesh: Arc<Mesh>,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    heartbeats: Arc<Vec<AtomicU64>>,
+    /// Send operations in flight, by connection key (one at most per connection).
+    sends: Vec<Option<Box<SendOp>>>,
+    send_pool: Vec<Box<SendOp>>,
+    doorbell_value: Box<u64>,
+    dirty: Vec<u32>,
+    /// Connections to look at after this batch of completions (sends done, receives ended).
+    settle: Vec<u32>,
+    /// Connections whose receive must be re-armed once buffers are back (ENOBUFS).
+    rearm: Vec<u32>,
+    accept_armed: bool,
+    next_sweep_ms: u64,
+}
+
+impl CoreLoop {
+    fn new(
+        core: usize,
+        listener: RawFd,
+        shard: Shard,
+        mesh: Arc<Mesh>,
+        started: Instant,
+        stop: Arc<AtomicBool>,
+        heartbeats: Arc<Vec<AtomicU64>>,
+    ) -> io::Result<CoreLoop> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .build(limits::RING_ENTRIES)
+            .or_else(|_| IoUring::new(limits::RING_ENTRIES))?;
+        let buffers = BufRing::new(
+            &ring,
+            limits::RECV_BUFFERS_PER_CORE,
+            limits::RECV_BUFFER_BYTES,
+            BUFFER_GROUP,
+        )?;
+        let mut core_loop = CoreLoop {
+            ring,
+            buffers,
+            core,
+            listener,
+            shard,
+            mesh,
+            started,
+            stop,
+            heartbeats,
+            sends: Vec::new(),
+            send_pool: Vec::new(),
+            doorbell_value: Box::new(0),
+            dirty: Vec::new(),
+            settle: Vec::new(),
+            rearm: Vec::new(),
+            accept_armed: false,
+            next_sweep_ms: 0,
+        };
+        core_loop.arm_accept();
+        core_loop.arm_doorbell();
+        core_loop.ring.submit()?;
+        Ok(core_loop)
+    }
+
+    fn now(&self) -> Now {
+        let unix_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Now {
+            mono_ms: self.started.elapsed().as_millis() as u64,
+            unix_secs,
+        }
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry we build points only at memory that outlives the operation:
+            // the listener and sockets stay open until their operations complete, send iovecs
+            // live in a boxed `SendOp` kept in `sends` until the completion, the doorbell value
+            // is boxed in `self`, and receive buffers belong to the registered buffer ring.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return;
+            }
+            if let Err(error) = self.ring.submit() {
+                tracing::error!(core = self.core, %error, "io_uring submit failed");
+            }
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let entry = opcode::AcceptMulti::new(types::Fd(self.listener))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(OP_ACCEPT, 0));
+        self.push(entry);
+        self.accept_armed = true;
+    }
+
+    fn arm_doorbell(&mut self) {
+        let fd = self.mesh.eventfd(self.core);
+        let pointer: *mut u64 = &mut *self.doorbell_value;
+        let entry = opcode::Read::new(types::Fd(fd), pointer.cast(), 8)
+            .build()
+            .user_data(user_data(OP_DOORBELL, 0));
+        self.push(entry);
+    }
+
+    fn arm_recv(&mut self, key: u32) {
+        let fd = self.shard.conn(key).fd;
+        let entry = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+            .build()
+            .user_data(user_data(OP_RECV, key));
+        self.push(entry);
+        self.shard.conn_mut(key).io.recv_armed = true;
+    }
+
+    fn run(&mut self) {
+        let mut idle_spins = 0u32;
+        let mut completions = Vec::with_capacity(1024);
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = self.now();
+            self.heartbeats[self.core].store(now.mono_ms, Ordering::Relaxed);
+            completions.clear();
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+            );
+            let mut busy = !completions.is_empty();
+            for &(data, result, flags) in &completions {
+                self.complete(data, result, flags, now);
+            }
+            self.buffers.publish();
+            busy |= self.drain_mesh(now);
+            if now.mono_ms >= self.next_sweep_ms {
+                self.next_sweep_ms = now.mono_ms + limits::TIMER_SWEEP_INTERVAL_MS;
+                self.shard.on_timer(now);
+                if !self.accept_armed {
+                    self.arm_accept();
+                }
+            }
+            for key in std::mem::take(&mut self.rearm) {
+                if self.shard_has(key)
+                    && !self.shard.conn(key).dead
+                    && !self.shard.conn(key).io.recv_armed
+                {
+                    self.arm_recv(key);
+                }
+            }
+            self.shard.outbox().flush(&self.mesh);
+            self.flush_connections();
+            if busy || !self.shard.outbox().is_empty() {
+                idle_spins = 0;
+                if let Err(error) = self.ring.submit() {
+                    tracing::error!(core = self.core, %error, "io_uring submit failed");
+                }
+                continue;
+            }
+            idle_spins += 1;
+            if idle_spins < SPIN_BEFORE_PARK {
+                if let Err(error) = self.ring.submit() {
+                    tracing::error!(core = self.core, %error, "io_uring submit failed");
+                }
+                std::hint::spin_loop();
+                continue;
+            }
+            idle_spins = 0;
+            if self.mesh.park(self.core) {
+                let wait_ms = self.next_sweep_ms.saturating_sub(self.now().mono_ms).max(1);
+                let timeout = types::Timespec::from(Duration::from_millis(wait_ms));
+                let args = types::SubmitArgs::new().timespec(&timeout);
+                match self.ring.submitter().submit_with_args(1, &args) {
+                    Ok(_) => {}
+                    Err(error)
+                        if matches!(
+                            error.raw_os_error(),
+                            Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                        ) => {}
+                    Err(error) => tracing::error!(core = self.core, %error, "io_uring wait failed"),
+                }
+                self.mesh.unpark(self.core);
+            }
+        }
+    }
+
+    fn shard_has(&self, key: u32) -> bool {
+        self.shard.has_conn(key)
+    }
+
+    fn drain_mesh(&mut self, now: Now) -> bool {
+        let mut any = false;
+        for from in 0..self.mesh.cores() {
+            if from == self.core {
+                continue;
+            }
+            for _ in 0..MESH_BATCH_MAX {
+                let Some(message) = self.mesh.try_recv(from, self.core) else {
+                    break;
+                };
+                any = true;
+                self.shard.on_mesh(from, message, now);
+            }
+        }
+        any
+    }
+
+    fn complete(&mut self, data: u64, result: i32, flags: u32, now: Now) {
+        let (op, key) = split_user_data(data);
+        match op {
+            OP_ACCEPT => self.accepted(result, flags, now),
+            OP_RECV => self.received(key, result, flags, now),
+            OP_SEND => self.sent(key, result),
+            OP_DOORBELL => self.arm_doorbell(),
+            _ => unreachable!("unknown operation {op}"),
+        }
+    }
+
+    fn accepted(&mut self, result: i32, flags: u32, now: Now) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if result < 0 {
+            let error = io::Error::from_raw_os_error(-result);
+            // Out of descriptors or memory: stop accepting until the next sweep re-arms, rather
+            // than spinning on the error.
+            if self.accept_armed {
+                tracing::warn!(core = self.core, %error, "accept failed");
+            } else {
+                tracing::warn!(core = self.core, %error, "accept failed; retrying at the next sweep");
+            }
+            return;
+        }
+        let fd: RawFd = result;
+        let nodelay: libc::c_int = 1;
+        // SAFETY: sets an int option on a socket we own, from a live c_int of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw const nodelay).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        match self.shard.accept(fd, now) {
+            Some(key) => self.arm_recv(key),
+            None => {
+                // SAFETY: the socket was just accepted and is known to nobody else.
+                unsafe { libc::close(fd) };
+            }
+        }
+        if !self.accept_armed && !self.stop.load(Ordering::Relaxed) && result >= 0 {
+            self.arm_accept();
+        }
+    }
+
+    fn received(&mut self, key: u32, result: i32, flags: u32, now: Now) {
+        let more = cqueue::more(flags);
+        if !more {
+            self.shard.conn_mut(key).io.recv_armed = false;
+        }
+        if result > 0 {
+            let bid =
+                cqueue::buffer_select(flags).expect("a multishot receive always selects a buffer");
+            let data = self.buffers.data(bid, result as usize);
+            self.shard.on_recv(key, data, now);
+            self.buffers.push(bid);
+            if !more {
+                // The kernel ended the multishot receive (e.g. CQ pressure): ask again.
+                self.rearm.push(key);
+            }
+        } else if result == -libc::ENOBUFS {
+            // Every buffer is in use: re-arm once this batch has returned some.
+            self.rearm.push(key);
+        } else {
+            // 0 is an orderly close from the peer; anything else is a socket error.
+            self.shard.on_peer_closed(key);
+        }
+        self.settle.push(key);
+    }
+
+    fn sent(&mut self, key: u32, result: i32) {
+        let op = self.sends[key as usize]
+            .take()
+            .expect("a send completion has its operation");
+        self.send_pool.push(op);
+        self.shard.conn_mut(key).io.send_in_flight = false;
+        if result >= 0 {
+            if !self.shard.conn(key).dead {
+                self.shard.on_sent(key, result as usize);
+            }
+        } else {
+            self.shard.on_peer_closed(key);
+        }
+        self.settle.push(key);
+    }
+
+    /// Starts sends for connections with output, half-closes connections that are done, and
+    /// frees connections the shard and the kernel are both done with.
+    fn flush_connections(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        self.shard.take_dirty(&mut dirty);
+        dirty.append(&mut self.settle);
+        for &key in &dirty {
+            if self.shard_has(key) {
+                self.settle_connection(key);
+            }
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    fn settle_connection(&mut self, key: u32) {
+        let conn = self.shard.conn(key);
+        let fd = conn.fd;
+        if conn.dead {
+            if conn.reclaimable() {
+                let fd = self.shard.remove(key);
+                // SAFETY: no operation refers to the socket any more, and we own it.
+                unsafe { libc::close(fd) };
+            } else if conn.io.recv_armed && !conn.io.write_shut {
+                // Wake the pending receive so it completes and releases the socket.
+                // SAFETY: shutdown on a socket we own; errors (already disconnected) are harmless.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                self.shard.conn_mut(key).io.write_shut = true;
+            } else if conn.io.recv_armed && conn.io.write_shut {
+                // SAFETY: as above; a second shutdown of the read side ends the receive.
+                unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            }
+            return;
+        }
+        if !conn.io.send_in_flight && !conn.out.is_empty() {
+            self.start_send(key);
+        } else if self.shard.wants_write_shutdown(key) {
+            // Output is flushed: send FIN and wait for the peer's close (or the linger deadline).
+            // SAFETY: shutdown on a socket we own.
+            unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+            self.shard.conn_mut(key).io.write_shut = true;
+        }
+    }
+
+    fn start_send(&mut self, key: u32) {
+        let mut op = self.send_pool.pop().unwrap_or_else(|| {
+            // SAFETY: iovec and msghdr are plain C structs for which all-zero bytes are valid.
+            Box::new(unsafe { std::mem::zeroed::<SendOp>() })
+        });
+        let conn = self.shard.conn(key);
+        let mut count = 0;
+        for frame in conn.out.iter().take(limits::SEND_IOVECS_MAX) {
+            op.iovecs[count] = libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            };
+            count += 1;
+        }
+        assert!(count > 0);
+        op.header.msg_iov = op.iovecs.as_mut_ptr();
+        op.header.msg_iovlen = count;
+        let fd = conn.fd;
+        let entry = opcode::SendMsg::new(types::Fd(fd), &raw const op.header)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data(OP_SEND, key));
+        let slot = key as usize;
+        if self.sends.len() <= slot {
+            self.sends.resize_with(slot + 1, || None);
+        }
+        assert!(
+            self.sends[slot].is_none(),
+            "one send in flight per connection"
+        );
+        // The frames stay in the connection's queue (not popped) until the completion, so the
+        // iovec targets stay alive; the boxed op keeps the iovecs themselves alive.
+        self.sends[slot] = Some(op);
+        self.shard.conn_mut(key).io.send_in_flight = true;
+        self.push(entry);
+    }
+}
+
+impl Drop for CoreLoop {
+    fn drop(&mut self) {
+        // SAFETY: we own the listener descriptor and close it exactly once.
+        unsafe { libc::close(self.listener) };
+    }
+}
+
+/// The raw descriptor of a listener, for tests of the runtime.
+pub fn listener_fd(listener: &TcpListener) -> RawFd {
+    listener.as_raw_fd()
+}

@@ -1,0 +1,105 @@
+//! One connection's state on its home core: the HTTP phase (buffered request bytes) or the
+//! WebSocket phase (frame decoder, Pusher state, subscriptions), the bounded outbound queue of
+//! shared frames, and the few fields the io_uring driver keeps per socket. Holds no socket
+//! handle it acts on: `fd` is only carried for the driver.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use bytes::Bytes;
+
+use crate::mesh::ChannelKey;
+use crate::protocol::socket_id::SocketId;
+use crate::ws::frame::Decoder;
+
+/// What the io_uring driver tracks per socket. The shard never reads these except to know
+/// whether a slot may be freed.
+#[derive(Debug, Default)]
+pub struct ConnIo {
+    pub recv_armed: bool,
+    pub send_in_flight: bool,
+    pub write_shut: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    /// Sent to the owner, waiting for `SubscribeOk`.
+    Pending,
+    /// The client unsubscribed while pending: undo at the owner when `SubscribeOk` arrives.
+    PendingCancelled,
+    Active,
+}
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub channel: ChannelKey,
+    pub state: SubState,
+    /// Position of this connection in the core's local subscriber list for the channel (Active only).
+    pub index: u32,
+}
+
+#[derive(Debug)]
+pub struct WsState {
+    pub app: u32,
+    pub socket_id: SocketId,
+    pub decoder: Decoder,
+    pub subscriptions: Vec<Subscription>,
+    /// Monotonic ms of the last frame received (any kind).
+    pub last_seen_ms: u64,
+    /// Monotonic ms when we sent `pusher:ping` and are waiting for any answer.
+    pub ping_sent_ms: Option<u64>,
+    /// Counted against the app's connection limit (released when the connection goes).
+    pub counted: bool,
+}
+
+#[derive(Debug)]
+pub enum Phase {
+    Http {
+        /// Bytes of requests not yet parsed; empty (no allocation) between requests.
+        input: Vec<u8>,
+        /// A REST request waiting for other cores; parsing pauses so responses stay in order.
+        awaiting: Option<u32>,
+    },
+    WebSocket(Box<WsState>),
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub fd: RawFd,
+    pub generation: u32,
+    pub phase: Phase,
+    pub out: VecDeque<Bytes>,
+    pub out_bytes: usize,
+    /// Set once: no more input is processed and no more output queued except the close.
+    pub closing: bool,
+    /// The peer's side is gone (EOF or error); shard state was already cleaned up.
+    pub dead: bool,
+    /// Monotonic ms by which the next complete HTTP request must have arrived, or by which a
+    /// closing connection must be gone.
+    pub deadline_ms: u64,
+    /// Already in the shard's dirty list.
+    pub dirty: bool,
+    pub io: ConnIo,
+}
+
+impl Conn {
+    pub fn ws(&self) -> Option<&WsState> {
+        match &self.phase {
+            Phase::WebSocket(ws) => Some(ws),
+            Phase::Http { .. } => None,
+        }
+    }
+
+    pub fn ws_mut(&mut self) -> Option<&mut WsState> {
+        match &mut self.phase {
+            Phase::WebSocket(ws) => Some(ws),
+            Phase::Http { .. } => None,
+        }
+    }
+
+    /// May the driver free this slot? Only when the shard is done with it and no io_uring
+    /// operation still refers to it.
+    pub fn reclaimable(&self) -> bool {
+        self.dead && !self.io.recv_armed && !self.io.send_in_flight
+    }
+}

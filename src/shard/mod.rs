@@ -1,0 +1,443 @@
+//! The shard: everything one core owns, as a sans-IO state machine. It holds the core's
+//! connections (HTTP and WebSocket), the local subscriber index (channel → this core's
+//! subscribers), the channels this core owns (which cores have subscribers, and how many), and
+//! the REST requests waiting on other cores. The io_uring driver feeds it bytes, closes, mesh
+//! messages and the time; it answers with queued output per connection and mesh messages in its
+//! outbox. It never touches a socket, never reads the clock, and never sees another core's state.
+
+mod apps;
+mod channels;
+mod conn;
+mod rest;
+mod websocket;
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::limits;
+use crate::mesh::{ChannelKey, ConnRef, Outbox, ShardMessage};
+use crate::protocol::socket_id::SocketIdGenerator;
+
+pub use apps::Apps;
+use channels::OwnedChannel;
+pub use conn::{Conn, ConnIo, Phase};
+use rest::Query;
+
+/// The time, passed in by the driver (the shard never reads a clock).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic milliseconds since the process started.
+    pub mono_ms: u64,
+    /// Wall-clock Unix seconds (REST timestamps).
+    pub unix_secs: u64,
+}
+
+/// How long a closing connection may linger for the peer's close before the socket is dropped.
+const CLOSE_LINGER_MS: u64 = 2_000;
+
+/// Counters a core keeps about itself.
+#[derive(Debug, Default, Clone)]
+pub struct ShardStats {
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub slow_consumer_closes: u64,
+    pub frames_queued: u64,
+    pub rest_requests: u64,
+    pub rest_shed: u64,
+}
+
+pub struct Shard {
+    core: usize,
+    cores: usize,
+    config: Arc<Config>,
+    apps: Arc<Apps>,
+    conns: Slab<Conn>,
+    generation: u32,
+    /// Channel → this core's Active subscribers (slab keys).
+    local: HashMap<ChannelKey, Vec<u32>>,
+    /// Channels owned by this core that have subscribers somewhere.
+    owned: HashMap<ChannelKey, OwnedChannel>,
+    queries: Slab<Query>,
+    query_generation: u32,
+    outbox: Outbox,
+    dirty: Vec<u32>,
+    socket_ids: SocketIdGenerator,
+    connections_max: usize,
+    /// The time of the current driver call; internal code reads this, never a clock.
+    now: Now,
+    pub stats: ShardStats,
+}
+
+impl Shard {
+    pub fn new(
+        core: usize,
+        cores: usize,
+        config: Arc<Config>,
+        apps: Arc<Apps>,
+        epoch: u64,
+    ) -> Shard {
+        assert!(core < cores);
+        Shard {
+            core,
+            cores,
+            config,
+            apps,
+            conns: Slab::new(),
+            generation: 0,
+            local: HashMap::new(),
+            owned: HashMap::new(),
+            queries: Slab::new(),
+            query_generation: 0,
+            outbox: Outbox::new(core, cores),
+            dirty: Vec::new(),
+            socket_ids: SocketIdGenerator::new(epoch, core, cores),
+            connections_max: limits::CONNECTIONS_PER_CORE_MAX,
+            now: Now {
+                mono_ms: 0,
+                unix_secs: 0,
+            },
+            stats: ShardStats::default(),
+        }
+    }
+
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    pub fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn has_conn(&self, key: u32) -> bool {
+        self.conns.contains(key as usize)
+    }
+
+    pub fn conn(&self, key: u32) -> &Conn {
+        &self.conns[key as usize]
+    }
+
+    pub fn conn_mut(&mut self, key: u32) -> &mut Conn {
+        &mut self.conns[key as usize]
+    }
+
+    /// A new socket. None when this core is full: the driver closes the socket.
+    pub fn accept(&mut self, fd: RawFd, now: Now) -> Option<u32> {
+        self.now = now;
+        if self.conns.len() >= self.connections_max {
+            return None;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        let key = self.conns.insert(Conn {
+            fd,
+            generation: self.generation,
+            phase: Phase::Http {
+                input: Vec::new(),
+                awaiting: None,
+            },
+            out: Default::default(),
+            out_bytes: 0,
+            closing: false,
+            dead: false,
+            deadline_ms: now.mono_ms + self.config.server.request_timeout_ms,
+            dirty: false,
+            io: ConnIo::default(),
+        });
+        self.stats.connections_opened += 1;
+        Some(key as u32)
+    }
+
+    /// Bytes from the peer.
+    pub fn on_recv(&mut self, key: u32, data: &[u8], now: Now) {
+        self.now = now;
+        let conn = &mut self.conns[key as usize];
+        if conn.closing || conn.dead {
+            return;
+        }
+        match &mut conn.phase {
+            Phase::Http { input, .. } => {
+                input.extend_from_slice(data);
+                self.process_http(key);
+            }
+            Phase::WebSocket(_) => self.process_ws(key, data),
+        }
+    }
+
+    /// The peer is gone (EOF or a socket error): drop all shard state of the connection. The
+    /// driver frees the slot once no operation refers to it.
+    pub fn on_peer_closed(&mut self, key: u32) {
+        let conn = &mut self.conns[key as usize];
+        if conn.dead {
+            return;
+        }
+        conn.dead = true;
+        conn.out.clear();
+        conn.out_bytes = 0;
+        self.release_connection_state(key);
+    }
+
+    /// Frees the slot; returns the socket for the driver to close.
+    pub fn remove(&mut self, key: u32) -> RawFd {
+        let conn = self.conns.remove(key as usize);
+        assert!(conn.reclaimable(), "removing a connection still in use");
+        self.stats.connections_closed += 1;
+        conn.fd
+    }
+
+    /// Connections with new output since the last call.
+    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(into, &mut self.dirty);
+        for &key in into.iter() {
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                conn.dirty = false;
+            }
+        }
+    }
+
+    /// `bytes` of the queued output were written to the socket.
+    pub fn on_sent(&mut self, key: u32, mut bytes: usize) {
+        let conn = &mut self.conns[key as usize];
+        assert!(bytes <= conn.out_bytes);
+        conn.out_bytes -= bytes;
+        while bytes > 0 {
+            let front = conn.out.front_mut().expect("sent bytes were queued");
+            if front.len() <= bytes {
+                bytes -= front.len();
+                conn.out.pop_front();
+            } else {
+                let _ = front.split_to(bytes);
+                bytes = 0;
+            }
+        }
+        if conn.out.is_empty() && conn.out.capacity() > 16 {
+            conn.out.shrink_to(4);
+        }
+    }
+
+    /// Whether the driver should now half-close the socket (a closing connection whose output
+    /// is fully written).
+    pub fn wants_write_shutdown(&self, key: u32) -> bool {
+        let conn = &self.conns[key as usize];
+        conn.closing
+            && !conn.dead
+            && conn.out.is_empty()
+            && !conn.io.write_shut
+            && !conn.io.send_in_flight
+    }
+
+    pub fn on_mesh(&mut self, from: usize, message: ShardMessage, now: Now) {
+        self.now = now;
+        self.handle_message(from, message);
+    }
+
+    /// Handles one message from core `from` (which may be this core, for work it owns itself).
+    fn handle_message(&mut self, from: usize, message: ShardMessage) {
+        match message {
+            ShardMessage::Subscribe { channel, conn } => {
+                self.owner_subscribe(&channel, from);
+                if from == self.core {
+                    self.subscription_confirmed(channel, conn);
+                } else {
+                    self.outbox
+                        .push(from, ShardMessage::SubscribeOk { channel, conn });
+                }
+            }
+            ShardMessage::SubscribeOk { channel, conn } => {
+                self.subscription_confirmed(channel, conn)
+            }
+            ShardMessage::Unsubscribe { channel } => self.owner_unsubscribe(&channel, from),
+            ShardMessage::Publish {
+                channel,
+                frame,
+                exclude,
+            } => self.owner_publish(channel, frame, exclude),
+            ShardMessage::Deliver {
+                channel,
+                frame,
+                exclude,
+            } => self.deliver_local(&channel, &frame, exclude),
+            ShardMessage::ListChannels { query, app, prefix } => {
+                let channels = self.owned_channels(app, &prefix);
+                self.outbox
+                    .push(from, ShardMessage::ChannelList { query, channels });
+            }
+            ShardMessage::ChannelList { query, channels } => self.query_list_reply(query, channels),
+            ShardMessage::DescribeChannel { query, channel } => {
+                let subscription_count = self.owned.get(&channel).map_or(0, |owned| owned.total);
+                self.outbox.push(
+                    from,
+                    ShardMessage::ChannelDescription {
+                        query,
+                        subscription_count,
+                    },
+                );
+            }
+            ShardMessage::ChannelDescription {
+                query,
+                subscription_count,
+            } => self.query_describe_reply(query, subscription_count),
+        }
+    }
+
+    /// Periodic sweep: request deadlines, activity pings, pong timeouts, close lingers.
+    pub fn on_timer(&mut self, now: Now) {
+        self.now = now;
+        let activity_ms = u64::from(self.config.server.activity_timeout_secs) * 1000;
+        let pong_ms = u64::from(self.config.server.pong_timeout_secs) * 1000;
+        let mut expired = Vec::new();
+        let mut ping = Vec::new();
+        let mut pong_missing = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            if conn.dead {
+                continue;
+            }
+            if conn.closing {
+                if now.mono_ms >= conn.deadline_ms {
+                    expired.push(key as u32);
+                }
+                continue;
+            }
+            match &conn.phase {
+                Phase::Http { awaiting: None, .. } if now.mono_ms >= conn.deadline_ms => {
+                    expired.push(key as u32)
+                }
+                Phase::Http { .. } => {}
+                Phase::WebSocket(ws) => match ws.ping_sent_ms {
+                    None if now.mono_ms.saturating_sub(ws.last_seen_ms) >= activity_ms => {
+                        ping.push(key as u32)
+                    }
+                    Some(sent) if now.mono_ms.saturating_sub(sent) >= pong_ms => {
+                        pong_missing.push(key as u32)
+                    }
+                    _ => {}
+                },
+            }
+        }
+        for key in expired {
+            self.expire(key);
+        }
+        for key in ping {
+            self.send_ping(key);
+        }
+        for key in pong_missing {
+            self.close_ws(key, crate::protocol::close_code::PONG_NOT_RECEIVED, true);
+        }
+    }
+
+    /// A deadline passed: a slow HTTP request gets 408, an idle keep-alive connection or a
+    /// lingering close is simply dropped.
+    fn expire(&mut self, key: u32) {
+        let conn = &mut self.conns[key as usize];
+        let pending_input = matches!(&conn.phase, Phase::Http { input, .. } if !input.is_empty());
+        if conn.closing || !pending_input {
+            // The driver sees `dead` with nothing in flight after it cancels the socket.
+            self.abort(key);
+            return;
+        }
+        let mut response = Vec::new();
+        crate::http::response::write_json_error(&mut response, 408, "Request timeout", false, &[]);
+        self.queue(key, Bytes::from(response));
+        self.begin_close(key);
+    }
+
+    /// Drops a connection at once, without a goodbye (the driver shuts the socket down).
+    pub(crate) fn abort(&mut self, key: u32) {
+        self.on_peer_closed(key);
+        self.mark_dirty(key);
+    }
+
+    /// Whether the driver must tear the socket down now (the shard gave up on it).
+    pub fn wants_abort(&self, key: u32) -> bool {
+        let conn = &self.conns[key as usize];
+        conn.dead && conn.io.recv_armed
+    }
+
+    /// Stop processing input; flush what is queued; the driver half-closes after the flush and
+    /// drops the socket when the peer closes or the linger expires.
+    fn begin_close(&mut self, key: u32) {
+        let now = self.now;
+        let conn = &mut self.conns[key as usize];
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        conn.deadline_ms = now.mono_ms + CLOSE_LINGER_MS;
+        if let Phase::Http { input, .. } = &mut conn.phase {
+            *input = Vec::new();
+        }
+        self.release_connection_state(key);
+        self.mark_dirty(key);
+    }
+
+    /// Queues one frame or response for the connection, enforcing the outbound bound. Returns
+    /// false when the connection is over its bound (the caller closes it as a slow consumer).
+    fn queue(&mut self, key: u32, bytes: Bytes) -> bool {
+        let limit = self.config.server.outbound_bytes_max;
+        let conn = &mut self.conns[key as usize];
+        if conn.dead {
+            return true;
+        }
+        if conn.out_bytes + bytes.len() > limit && !conn.out.is_empty() {
+            return false;
+        }
+        conn.out_bytes += bytes.len();
+        conn.out.push_back(bytes);
+        self.stats.frames_queued += 1;
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        true
+    }
+
+    fn mark_dirty(&mut self, key: u32) {
+        let conn = &mut self.conns[key as usize];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn conn_ref(&self, key: u32) -> ConnRef {
+        ConnRef {
+            core: self.core as u16,
+            key,
+            generation: self.conns[key as usize].generation,
+        }
+    }
+
+    /// Releases what a connection holds outside its own struct: subscriptions (local index and
+    /// owner counts), the app's connection count, pending queries.
+    fn release_connection_state(&mut self, key: u32) {
+        let conn = &mut self.conns[key as usize];
+        let Phase::WebSocket(ws) = &mut conn.phase else {
+            if let Phase::Http { awaiting, .. } = &mut conn.phase {
+                if let Some(slot) = awaiting.take() {
+                    self.queries.remove(slot as usize);
+                }
+            }
+            return;
+        };
+        let subscriptions = std::mem::take(&mut ws.subscriptions);
+        let app = ws.app;
+        let counted = std::mem::replace(&mut ws.counted, false);
+        for subscription in subscriptions {
+            self.drop_subscription(key, subscription);
+        }
+        if counted {
+            self.apps.disconnect(app);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,544 @@
+//! HTTP on a connection's home core: the request loop (pipelining, keep-alive, the slow-request
+//! deadline), routing, and the Pusher REST API (spec §7): signature check, publish, channel
+//! listing and description. Answers that need other cores (listings, channels owned elsewhere)
+//! park the connection as a `Query` until every core has answered; responses stay in request order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use percent_encoding::percent_decode_str;
+use serde_json::{Map, Value, json};
+
+use super::Shard;
+use super::conn::Phase;
+use crate::http::request::{self, Method, Parsed, Request};
+use crate::http::rest::{self, EventLimits, TriggerEvent};
+use crate::http::{response, signature};
+use crate::limits;
+use crate::mesh::message::{ChannelSummary, QueryRef};
+use crate::mesh::{ChannelKey, ShardMessage};
+use crate::protocol::channel::{self, ChannelKind};
+use crate::protocol::outbound;
+use crate::protocol::socket_id::SocketId;
+use crate::ws::frame;
+use crate::ws::handshake;
+
+/// REST timestamps are accepted within this many seconds of server time (spec §7.2).
+const TIMESTAMP_WINDOW_SECS: u64 = 600;
+
+/// A REST request waiting for other cores.
+#[derive(Debug)]
+pub(super) struct Query {
+    conn: u32,
+    conn_generation: u32,
+    generation: u32,
+    remaining: usize,
+    keep_alive: bool,
+    kind: QueryKind,
+}
+
+#[derive(Debug)]
+enum QueryKind {
+    List {
+        channels: Vec<ChannelSummary>,
+        subscription_count: bool,
+    },
+    Describe {
+        attributes: Attributes,
+    },
+}
+
+/// Attributes asked for with `info=` on a channel description.
+#[derive(Debug, Clone, Copy, Default)]
+struct Attributes {
+    subscription_count: bool,
+    user_count: bool,
+    cache: bool,
+}
+
+impl Shard {
+    /// Parses and handles every complete request in the connection's input, in order.
+    pub(super) fn process_http(&mut self, key: u32) {
+        let limits = request::Limits {
+            head_bytes_max: self.config.server.http_head_bytes_max,
+            body_bytes_max: self.config.server.http_body_bytes_max,
+            headers_max: limits::HTTP_HEADERS_MAX,
+        };
+        loop {
+            let conn = &mut self.conns[key as usize];
+            if conn.closing || conn.dead {
+                return;
+            }
+            let Phase::Http { input, awaiting } = &mut conn.phase else {
+                return;
+            };
+            if awaiting.is_some() || input.is_empty() {
+                return;
+            }
+            match request::parse(input, &limits) {
+                Ok(Parsed::Partial) => return,
+                Err(error) => {
+                    self.respond_error(key, error.status, error.message, false, &[]);
+                    return;
+                }
+                Ok(Parsed::Complete { request, consumed }) => {
+                    input.drain(..consumed);
+                    let leftover = if input.is_empty() {
+                        *input = Vec::new();
+                        Vec::new()
+                    } else if handshake::is_upgrade(&header_refs(&request)) {
+                        std::mem::take(input)
+                    } else {
+                        Vec::new()
+                    };
+                    conn.deadline_ms = self.now.mono_ms + self.config.server.request_timeout_ms;
+                    self.stats.rest_requests += 1;
+                    self.handle_request(key, request, leftover);
+                }
+            }
+        }
+    }
+
+    fn handle_request(&mut self, key: u32, request: Request, leftover: Vec<u8>) {
+        if handshake::is_upgrade(&header_refs(&request)) {
+            self.upgrade(key, &request, leftover);
+            return;
+        }
+        let keep_alive = request.keep_alive;
+        let path = request.path.as_str();
+        if let Some(rest) = path.strip_prefix("/apps/") {
+            let rest = rest.to_string();
+            self.rest_api(key, &request, &rest);
+            return;
+        }
+        match (request.method, path) {
+            (Method::Get | Method::Head, "/" | "/healthz" | "/readyz") => {
+                self.respond(key, 200, "text/plain", b"OK", keep_alive, &[]);
+            }
+            (_, path) if path.starts_with("/app/") => {
+                self.respond_error(
+                    key,
+                    426,
+                    "WebSocket upgrade required",
+                    keep_alive,
+                    &[("Upgrade", "websocket")],
+                );
+            }
+            _ => self.respond_error(key, 404, "Not found", keep_alive, &[]),
+        }
+    }
+
+    /// `/apps/{id}/...`: app, signature, then the endpoint.
+    fn rest_api(&mut self, key: u32, request: &Request, rest: &str) {
+        let keep_alive = request.keep_alive;
+        let mut segments = rest.split('/');
+        let app_id = segments.next().unwrap_or_default();
+        let Some(app) = self.apps.by_id(app_id) else {
+            return self.respond_error(
+                key,
+                404,
+                &format!("Unknown app id {app_id}"),
+                keep_alive,
+                &[],
+            );
+        };
+        let app_config = self.apps.get(app);
+        if !app_config.enabled {
+            return self.respond_error(key, 403, "The app is not enabled", keep_alive, &[]);
+        }
+        let query = signature::parse_query(&request.query);
+        let signed = signature::SignedRequest {
+            method: &request.method_text,
+            path: &request.path,
+            query: &query,
+            body: &request.body,
+        };
+        if let Err(error) = signature::verify(
+            &signed,
+            &app_config.key,
+            &app_config.secret,
+            self.now.unix_secs,
+            TIMESTAMP_WINDOW_SECS,
+        ) {
+            return self.respond_error(key, error.status, &error.message, keep_alive, &[]);
+        }
+        let segments: Vec<String> = segments
+            .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let param = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        match (request.method, segments.as_slice()) {
+            (Method::Post, ["events"]) => self.trigger(key, app, &request.body, keep_alive),
+            (Method::Post, ["batch_events"]) => {
+                self.batch_trigger(key, app, &request.body, keep_alive)
+            }
+            (Method::Get, ["channels"]) => {
+                let prefix = param("filter_by_prefix").unwrap_or_default().to_string();
+                let info = param("info").unwrap_or_default().to_string();
+                self.list_channels(key, app, &prefix, &info, keep_alive);
+            }
+            (Method::Get, ["channels", name]) => {
+                let info = param("info").unwrap_or_default().to_string();
+                self.describe_channel(key, app, name, &info, keep_alive);
+            }
+            (_, ["events" | "batch_events" | "channels"] | ["channels", _]) => {
+                self.respond_error(key, 405, "Method not allowed", keep_alive, &[]);
+            }
+            _ => self.respond_error(key, 404, "Not found", keep_alive, &[]),
+        }
+    }
+
+    fn event_limits(&self, app: u32) -> EventLimits {
+        let app = self.apps.get(app);
+        EventLimits {
+            payload_bytes_max: app.payload_bytes_max,
+            channels_per_trigger_max: app.channels_per_trigger_max,
+            batch_size_max: app.batch_size_max,
+            event_name_bytes_max: app.event_name_bytes_max,
+        }
+    }
+
+    fn trigger(&mut self, key: u32, app: u32, body: &[u8], keep_alive: bool) {
+        let event = match rest::parse_trigger(body, &self.event_limits(app)) {
+            Ok(event) => event,
+            Err(error) => {
+                return self.respond_error(key, error.status, &error.message, keep_alive, &[]);
+            }
+        };
+        if let Err(message) = self.check_event(&event) {
+            return self.respond_error(key, 400, &message, keep_alive, &[]);
+        }
+        if event.channels.len() > 1
+            && event
+                .channels
+                .iter()
+                .any(|c| channel::kind_of(c) == ChannelKind::PrivateEncrypted)
+        {
+            return self.respond_error(
+                key,
+                400,
+                "Cannot trigger an event on several channels when one of them is encrypted",
+                keep_alive,
+                &[],
+            );
+        }
+        self.publish_events(key, app, std::slice::from_ref(&event), keep_alive);
+    }
+
+    fn batch_trigger(&mut self, key: u32, app: u32, body: &[u8], keep_alive: bool) {
+        let events = match rest::parse_batch(body, &self.event_limits(app)) {
+            Ok(events) => events,
+            Err(error) => {
+                return self.respond_error(key, error.status, &error.message, keep_alive, &[]);
+            }
+        };
+        for event in &events {
+            if let Err(message) = self.check_event(event) {
+                return self.respond_error(key, 400, &message, keep_alive, &[]);
+            }
+        }
+        self.publish_events(key, app, &events, keep_alive);
+    }
+
+    /// Channel names are validated here (the body decoder does not know the naming rules).
+    fn check_event(&self, event: &TriggerEvent) -> Result<(), String> {
+        for name in &event.channels {
+            if let Err(error) = channel::validate(name, self.config.server.channel_name_bytes_max) {
+                return Err(format!(
+                    "Invalid channel name `{name}`: {}",
+                    error.message()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes validated events, or sheds the whole request with 503 when an owner core is
+    /// backed up (nothing is published in that case, so a retry cannot duplicate).
+    fn publish_events(&mut self, key: u32, app: u32, events: &[TriggerEvent], keep_alive: bool) {
+        let backed_up = events.iter().flat_map(|e| &e.channels).any(|name| {
+            let owner = ChannelKey::new(app, name).owner(self.cores);
+            owner != self.core && self.outbox.backlog(owner) >= limits::MESH_BACKLOG_MAX
+        });
+        if backed_up {
+            self.stats.rest_shed += 1;
+            return self.respond_error(
+                key,
+                503,
+                "Server is busy, retry shortly",
+                keep_alive,
+                &[("Retry-After", "1")],
+            );
+        }
+        for event in events {
+            let exclude = event.socket_id.as_deref().and_then(SocketId::parse);
+            for name in &event.channels {
+                let text = outbound::channel_event(&event.name, name, &event.data_json);
+                let frame = frame::encode_text(text.as_bytes());
+                self.publish(ChannelKey::new(app, name), frame, exclude);
+            }
+        }
+        self.respond(key, 200, "application/json", b"{}", keep_alive, &[]);
+    }
+
+    fn new_query(
+        &mut self,
+        key: u32,
+        keep_alive: bool,
+        remaining: usize,
+        kind: QueryKind,
+    ) -> Option<QueryRef> {
+        if self.queries.len() >= limits::PENDING_QUERIES_PER_CORE_MAX {
+            self.stats.rest_shed += 1;
+            self.respond_error(
+                key,
+                503,
+                "Server is busy, retry shortly",
+                keep_alive,
+                &[("Retry-After", "1")],
+            );
+            return None;
+        }
+        self.query_generation = self.query_generation.wrapping_add(1);
+        let conn_generation = self.conns[key as usize].generation;
+        let slot = self.queries.insert(Query {
+            conn: key,
+            conn_generation,
+            generation: self.query_generation,
+            remaining,
+            keep_alive,
+            kind,
+        }) as u32;
+        if let Phase::Http { awaiting, .. } = &mut self.conns[key as usize].phase {
+            *awaiting = Some(slot);
+        }
+        Some(QueryRef {
+            core: self.core as u16,
+            slot,
+            generation: self.query_generation,
+        })
+    }
+
+    fn list_channels(&mut self, key: u32, app: u32, prefix: &str, info: &str, keep_alive: bool) {
+        let mut subscription_count = false;
+        for attribute in info.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match attribute {
+                "user_count" if !prefix.starts_with("presence-") => {
+                    return self.respond_error(
+                        key,
+                        400,
+                        "info=user_count is only allowed with filter_by_prefix=presence-",
+                        keep_alive,
+                        &[],
+                    );
+                }
+                "subscription_count" => subscription_count = true,
+                _ => {}
+            }
+        }
+        let channels = self.owned_channels(app, prefix);
+        let kind = QueryKind::List {
+            channels,
+            subscription_count,
+        };
+        let Some(query) = self.new_query(key, keep_alive, self.cores - 1, kind) else {
+            return;
+        };
+        let prefix: Arc<str> = Arc::from(prefix);
+        for core in (0..self.cores).filter(|&core| core != self.core) {
+            self.outbox.push(
+                core,
+                ShardMessage::ListChannels {
+                    query,
+                    app,
+                    prefix: Arc::clone(&prefix),
+                },
+            );
+        }
+        self.finish_query_if_done(query.slot);
+    }
+
+    fn describe_channel(&mut self, key: u32, app: u32, name: &str, info: &str, keep_alive: bool) {
+        let kind = match channel::validate(name, self.config.server.channel_name_bytes_max) {
+            Ok(kind) => kind,
+            Err(error) => return self.respond_error(key, 400, error.message(), keep_alive, &[]),
+        };
+        let mut attributes = Attributes::default();
+        for attribute in info.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match attribute {
+                "subscription_count" => attributes.subscription_count = true,
+                "user_count" if kind == ChannelKind::Presence => attributes.user_count = true,
+                "cache" if channel::is_cache(name) => attributes.cache = true,
+                "user_count" | "cache" => {
+                    let message = format!("info={attribute} is not available for channel {name}");
+                    return self.respond_error(key, 400, &message, keep_alive, &[]);
+                }
+                _ => {}
+            }
+        }
+        let channel = ChannelKey::new(app, name);
+        let owner = channel.owner(self.cores);
+        let kind = QueryKind::Describe { attributes };
+        let Some(query) = self.new_query(key, keep_alive, 1, kind) else {
+            return;
+        };
+        if owner == self.core {
+            let subscription_count = self.owned.get(&channel).map_or(0, |owned| owned.total);
+            self.query_describe_reply(query, subscription_count);
+        } else {
+            self.outbox
+                .push(owner, ShardMessage::DescribeChannel { query, channel });
+        }
+    }
+
+    fn live_query(&mut self, query: QueryRef) -> Option<&mut Query> {
+        assert_eq!(usize::from(query.core), self.core);
+        self.queries
+            .get_mut(query.slot as usize)
+            .filter(|pending| pending.generation == query.generation)
+    }
+
+    pub(super) fn query_list_reply(&mut self, query: QueryRef, mut channels: Vec<ChannelSummary>) {
+        let Some(pending) = self.live_query(query) else {
+            return;
+        };
+        if let QueryKind::List {
+            channels: gathered, ..
+        } = &mut pending.kind
+        {
+            gathered.append(&mut channels);
+        }
+        pending.remaining -= 1;
+        self.finish_query_if_done(query.slot);
+    }
+
+    pub(super) fn query_describe_reply(&mut self, query: QueryRef, subscription_count: u64) {
+        let Some(pending) = self.live_query(query) else {
+            return;
+        };
+        pending.remaining -= 1;
+        let QueryKind::Describe { attributes } = pending.kind else {
+            unreachable!("describe reply for a list query");
+        };
+        let mut body = Map::new();
+        body.insert("occupied".into(), Value::Bool(subscription_count > 0));
+        if attributes.subscription_count {
+            body.insert("subscription_count".into(), json!(subscription_count));
+        }
+        if attributes.user_count {
+            body.insert("user_count".into(), json!(0));
+        }
+        if attributes.cache {
+            body.insert("cache".into(), Value::Null);
+        }
+        self.finish_query(query.slot, Value::Object(body));
+    }
+
+    fn finish_query_if_done(&mut self, slot: u32) {
+        let pending = &mut self.queries[slot as usize];
+        if pending.remaining > 0 {
+            return;
+        }
+        let QueryKind::List {
+            channels,
+            subscription_count,
+        } = &mut pending.kind
+        else {
+            unreachable!("describe queries finish in their reply");
+        };
+        let with_count = *subscription_count;
+        let sorted: BTreeMap<Arc<str>, u64> = channels
+            .drain(..)
+            .map(|c| (c.name, c.subscription_count))
+            .collect();
+        let mut listing = Map::new();
+        for (name, count) in sorted {
+            let mut attributes = Map::new();
+            if with_count {
+                attributes.insert("subscription_count".into(), json!(count));
+            }
+            listing.insert(name.to_string(), Value::Object(attributes));
+        }
+        self.finish_query(slot, json!({ "channels": listing }));
+    }
+
+    /// Answers the parked request and resumes the connection's pipeline.
+    fn finish_query(&mut self, slot: u32, body: Value) {
+        let pending = self.queries.remove(slot as usize);
+        let live = self.conns.get(pending.conn as usize).is_some_and(|conn| {
+            conn.generation == pending.conn_generation && !conn.dead && !conn.closing
+        });
+        if !live {
+            return;
+        }
+        let key = pending.conn;
+        if let Phase::Http { awaiting, .. } = &mut self.conns[key as usize].phase {
+            assert_eq!(*awaiting, Some(slot));
+            *awaiting = None;
+        }
+        let text = body.to_string();
+        self.respond(
+            key,
+            200,
+            "application/json",
+            text.as_bytes(),
+            pending.keep_alive,
+            &[],
+        );
+        self.process_http(key);
+    }
+
+    pub(super) fn respond(
+        &mut self,
+        key: u32,
+        status: u16,
+        content_type: &str,
+        body: &[u8],
+        keep_alive: bool,
+        extra_headers: &[(&str, &str)],
+    ) {
+        let mut out = Vec::with_capacity(128 + body.len());
+        response::write(
+            &mut out,
+            status,
+            content_type,
+            body,
+            keep_alive,
+            extra_headers,
+        );
+        self.queue_always(key, Bytes::from(out));
+        if !keep_alive {
+            self.begin_close(key);
+        }
+    }
+
+    pub(super) fn respond_error(
+        &mut self,
+        key: u32,
+        status: u16,
+        message: &str,
+        keep_alive: bool,
+        extra_headers: &[(&str, &str)],
+    ) {
+        let mut out = Vec::with_capacity(128);
+        response::write_json_error(&mut out, status, message, keep_alive, extra_headers);
+        self.queue_always(key, Bytes::from(out));
+        if !keep_alive {
+            self.begin_close(key);
+        }
+    }
+}
+
+fn header_refs(request: &Request) -> Vec<(&str, &[u8])> {
+    request
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice()))
+        .collect()
+}

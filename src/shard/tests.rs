@@ -1,0 +1,1 @@
+//! Unit tests of the shard, driven without sockets: feed bytes in, read frames out.

@@ -1,0 +1,1 @@
+//! Test support: start the real binary with a config, WebSocket clients, signed REST calls.
