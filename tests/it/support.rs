@@ -1,1 +1,290 @@
-//! Test support: start the real binary with a config, WebSocket clients, signed REST calls.
+//! Test support: starts the real `ringcast` binary on 127.0.0.1:0 with a config written for the
+//! test, WebSocket clients (tungstenite over a blocking TcpStream with timeouts), raw TCP, and
+//! signed REST calls. Every wait is bounded; a test that waits too long fails, it never hangs.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+pub const APP_ID: &str = "123456";
+pub const APP_KEY: &str = "app-key";
+pub const APP_SECRET: &str = "app-secret";
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+static NEXT_CONFIG: AtomicUsize = AtomicUsize::new(0);
+
+/// Options for a test server; `extra_server` and `extra_apps` are TOML appended to the
+/// `[server]` table and after the first `[[apps]]` table respectively.
+pub struct Options {
+    pub cores: usize,
+    pub extra_server: String,
+    pub extra_app: String,
+    pub extra_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            cores: 2,
+            extra_server: String::new(),
+            extra_app: String::new(),
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// A running broker process; killed on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+    config_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::with(Options::default())
+    }
+
+    pub fn with(options: Options) -> Server {
+        let config = format!(
+            "version = 1\n\n[server]\nbind = \"127.0.0.1:0\"\ncores = {}\npin_threads = false\n{}\n\n[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{}\n{}\n",
+            options.cores, options.extra_server, options.extra_app, options.extra_toml
+        );
+        Server::with_config_text(&config)
+    }
+
+    /// Starts the binary on a complete config text (which must bind 127.0.0.1:0).
+    pub fn with_config_text(config: &str) -> Server {
+        let n = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringcast-it-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join(format!("config-{n}.toml"));
+        let stderr_path = dir.join(format!("stderr-{n}.log"));
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("start ringcast");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let mut reader = BufReader::new(stdout);
+            let _ = reader.read_line(&mut line);
+            let _ = sender.send(line);
+            // Keep draining so the child never blocks on a full pipe.
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        let line = receiver.recv_timeout(WAIT).unwrap_or_default();
+        let Some(addr) = line.trim().strip_prefix("ringcast listening on ") else {
+            let _ = child.kill();
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!("ringcast did not start; stdout {line:?}; stderr:\n{stderr}");
+        };
+        Server {
+            addr: addr.parse().unwrap(),
+            child,
+            config_path,
+            stderr_path,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Whether the process is still running (it must survive every bad input).
+    pub fn is_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ws(&self) -> Client {
+        Client::connect(self.addr, &format!("/app/{APP_KEY}?protocol=7&client=js&version=8.4.0&flash=false"))
+    }
+
+    /// A connected client that has read `pusher:connection_established`.
+    pub fn client(&self) -> Client {
+        let mut client = self.ws();
+        let established = client.recv_event();
+        assert_eq!(established["event"], "pusher:connection_established", "{established}");
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
+        client
+    }
+
+    /// A signed REST call; returns (status, body).
+    pub fn rest(&self, method: &str, path: &str, params: &[(&str, &str)], body: &str) -> (u16, String) {
+        let query = signed_query(method, path, params, body.as_bytes(), APP_KEY, APP_SECRET, unix_now());
+        http(self.addr, method, &format!("{path}?{query}"), body)
+    }
+
+    /// POST /apps/{id}/events with a JSON body; asserts 200.
+    pub fn trigger(&self, body: &Value) {
+        let (status, text) = self.rest("POST", &format!("/apps/{APP_ID}/events"), &[], &body.to_string());
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn signed_query(
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: &[u8],
+    key: &str,
+    secret: &str,
+    timestamp: u64,
+) -> String {
+    ringcast::http::signature::sign_query(method, path, params, body, key, secret, timestamp)
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = raw(addr, request.as_bytes());
+    parse_response(&response)
+}
+
+/// Sends raw bytes and reads until the server closes (bounded by WAIT).
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response
+}
+
+/// Splits a response into (status, body).
+pub fn parse_response(response: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(response).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in response {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A WebSocket client over a blocking socket with a read timeout.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    pub socket_id: String,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, path: &str) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let url = format!("ws://{addr}{path}");
+        let (ws, _) = tungstenite::client(url, stream).expect("WebSocket handshake");
+        Client {
+            ws,
+            socket_id: String::new(),
+        }
+    }
+
+    pub fn send(&mut self, value: &Value) {
+        self.ws.send(Message::text(value.to_string())).unwrap();
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_string())).unwrap();
+    }
+
+    /// The next text message as raw text (skips control frames).
+    pub fn recv_text(&mut self) -> String {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => return text.to_string(),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Ok(other) => panic!("expected a text message, got {other:?}"),
+                Err(error) => panic!("expected a text message, got error {error}"),
+            }
+        }
+    }
+
+    pub fn recv_event(&mut self) -> Value {
+        let text = self.recv_text();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Subscribes to a public channel and waits for `subscription_succeeded`.
+    pub fn subscribe(&mut self, channel: &str) {
+        self.send(&serde_json::json!({"event":"pusher:subscribe","data":{"auth":"","channel":channel}}));
+        let reply = self.recv_event();
+        assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "{reply}");
+        assert_eq!(reply["channel"], channel);
+    }
+
+    /// Reads until the server closes; returns the close code (panics on timeout).
+    pub fn expect_close(&mut self) -> u16 {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => return frame.map_or(1005, |f: CloseFrame| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return 1006,
+                Err(error) => panic!("expected a close, got error {error}"),
+            }
+        }
+        panic!("no close within {WAIT:?}");
+    }
+
+    /// Asserts nothing arrives for `quiet` (used only to check absence, never for timing).
+    pub fn expect_silence(&mut self, quiet: Duration) {
+        self.ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
+        match self.ws.read() {
+            Err(tungstenite::Error::Io(error))
+                if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        self.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+    }
+
+    pub fn close(mut self) {
+        let _ = self.ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        let _ = self.ws.flush();
+    }
+}
