@@ -96,6 +96,27 @@ fn default_batch_size_max() -> usize {
 fn default_event_name_bytes_max() -> usize {
     200
 }
+fn default_user_authentication_timeout_ms() -> u64 {
+    30_000
+}
+fn default_client_events_per_sec() -> u32 {
+    10
+}
+fn default_presence_members_max() -> usize {
+    100
+}
+fn default_presence_user_info_bytes_max() -> usize {
+    1024
+}
+fn default_presence_user_id_bytes_max() -> usize {
+    128
+}
+fn default_watchlist_max() -> usize {
+    100
+}
+fn default_cache_ttl_secs() -> u64 {
+    1800
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AppConfig {
@@ -115,4 +136,37 @@ pub struct AppConfig {
     pub batch_size_max: usize,
     #[serde(default = "default_event_name_bytes_max")]
     pub event_name_bytes_max: usize,
+    /// Relay `client-*` events between subscribers of private and presence channels.
+    #[serde(default)]
+    pub enable_client_events: bool,
+    /// Client events one connection may send per second; more get `pusher:error` 4301.
+    #[serde(default = "default_client_events_per_sec")]
+    pub client_events_per_sec_max: u32,
+    /// Require every connection to sign in (or join a private/presence channel) within
+    /// `user_authentication_timeout_ms`, else close it with 4009.
+    #[serde(default)]
+    pub enable_user_authentication: bool,
+    #[serde(default = "default_user_authentication_timeout_ms")]
+    pub user_authentication_timeout_ms: u64,
+    /// Send `pusher_internal:subscription_count` on subscribe/unsubscribe (not for presence).
+    #[serde(default)]
+    pub enable_subscription_count: bool,
+    /// Send `pusher_internal:watchlist_events` to signed-in users with a watchlist.
+    #[serde(default = "default_true")]
+    pub enable_watchlist_events: bool,
+    #[serde(default = "default_watchlist_max")]
+    pub watchlist_max: usize,
+    #[serde(default = "default_presence_members_max")]
+    pub presence_members_max: usize,
+    #[serde(default = "default_presence_user_info_bytes_max")]
+    pub presence_user_info_bytes_max: usize,
+    #[serde(default = "default_presence_user_id_bytes_max")]
+    pub presence_user_id_bytes_max: usize,
+    /// How long a cache channel keeps its last event.
+    #[serde(default = "default_cache_ttl_secs")]
+    pub cache_ttl_secs: u64,
+    /// Origins allowed to open WebSocket connections (`Origin` header, exact match, or "*");
+    /// empty allows every origin. Others are closed with 4009.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }

@@ -65,22 +65,86 @@ pub struct QueryRef {
 pub struct ChannelSummary {
     pub name: Arc<str>,
     pub subscription_count: u64,
+    /// Distinct presence members (0 for other channels).
+    pub user_count: u64,
+}
+
+/// A presence member as declared in a verified `channel_data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The user id as a string (numbers are converted to their decimal text).
+    pub user_id: Arc<str>,
+    /// The raw JSON text of `user_info` (`null` when absent).
+    pub info_json: Box<str>,
+}
+
+/// What the owner says back to a subscription request.
+#[derive(Debug)]
+pub enum SubscribeReply {
+    Joined {
+        /// Presence channels: the `data` string of `subscription_succeeded`.
+        presence_data: Option<String>,
+        /// Cache channels: the last event's frame (`Some(None)` is a miss).
+        cached: Option<Option<Bytes>>,
+    },
+    /// The owner refused (presence channel full): a `pusher:subscription_error`.
+    Refused {
+        error_type: &'static str,
+        message: String,
+        status: u16,
+    },
+}
+
+/// The last event of a cache channel, kept on its owner.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    /// The raw JSON text of the event's `data`.
+    pub data_json: Box<str>,
+}
+
+/// One channel as described by its owner for REST.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelInfo {
+    pub subscription_count: u64,
+    pub user_count: u64,
+    /// Presence member ids, when asked for.
+    pub users: Option<Vec<Arc<str>>>,
+    /// Cache channels: the cached `data` JSON text and the seconds it has left.
+    pub cache: Option<(Box<str>, u64)>,
 }
 
 #[derive(Debug)]
 pub enum ShardMessage {
-    /// Connection core → owner: `conn` wants to join `channel`. Answered by `SubscribeOk`.
-    Subscribe { channel: ChannelKey, conn: ConnRef },
-    /// Owner → connection core: the owner counted `conn` in; from here on the owner forwards the
-    /// channel's events to the connection's core.
-    SubscribeOk { channel: ChannelKey, conn: ConnRef },
-    /// Connection core → owner: one subscriber on the sender's core left.
-    Unsubscribe { channel: ChannelKey },
-    /// Any core → owner: sequence `frame` on `channel` and fan it out.
+    /// Connection core → owner: `conn` (socket `socket_id`) wants to join `channel`, as
+    /// `member` on presence channels. Answered by `SubscribeOk`.
+    Subscribe {
+        channel: ChannelKey,
+        conn: ConnRef,
+        socket_id: SocketId,
+        member: Option<Member>,
+    },
+    /// Owner → connection core: the answer to `Subscribe`. When joined, the owner has counted
+    /// `conn` in and forwards the channel's events to the connection's core from here on.
+    SubscribeOk {
+        channel: ChannelKey,
+        conn: ConnRef,
+        user_id: Option<Arc<str>>,
+        reply: SubscribeReply,
+    },
+    /// Connection core → owner: one subscriber on the sender's core left (as presence member
+    /// `user_id`, with socket `socket_id`).
+    Unsubscribe {
+        channel: ChannelKey,
+        user_id: Option<Arc<str>>,
+        socket_id: Option<SocketId>,
+    },
+    /// Any core → owner: sequence `frame` on `channel` and fan it out; REST events on cache
+    /// channels carry the entry to keep.
     Publish {
         channel: ChannelKey,
         frame: Bytes,
         exclude: Option<SocketId>,
+        cache: Option<CacheEntry>,
     },
     /// Owner → every core with subscribers: write `frame` to local subscribers of `channel`.
     Deliver {
@@ -99,16 +163,21 @@ pub enum ShardMessage {
         query: QueryRef,
         channels: Vec<ChannelSummary>,
     },
-    /// REST core → owner: describe one channel.
+    /// REST core → owner: describe one channel (`index` names it within the request).
     DescribeChannel {
         query: QueryRef,
+        index: u32,
         channel: ChannelKey,
+        with_users: bool,
     },
     /// Owner → REST core: the answer to `DescribeChannel`.
     ChannelDescription {
         query: QueryRef,
-        subscription_count: u64,
+        index: u32,
+        info: ChannelInfo,
     },
+    /// REST core → every core: close every connection signed in as `user_id` (4009).
+    TerminateUser { app: u32, user_id: Arc<str> },
 }
 
 #[cfg(test)]

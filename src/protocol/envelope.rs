@@ -76,17 +76,24 @@ struct SigninData {
 
 /// `data` may be an object or, from old clients, a string holding a JSON object (spec §1.2).
 fn data_object<T: for<'de> Deserialize<'de>>(data: Option<&RawValue>) -> Result<T, EnvelopeError> {
-    let raw = data.ok_or(INVALID)?;
-    match serde_json::from_str::<T>(raw.get()) {
-        Ok(value) => Ok(value),
-        Err(_) => {
-            let text: String = serde_json::from_str(raw.get()).map_err(|_| INVALID)?;
-            serde_json::from_str::<T>(&text).map_err(|_| INVALID)
-        }
+    let raw = data.ok_or(INVALID)?.get();
+    // Objects only: serde would also fill a struct from an array, by position.
+    let is_object = |text: &str| text.trim_start().starts_with('{');
+    if is_object(raw) {
+        return serde_json::from_str::<T>(raw).map_err(|_| INVALID);
     }
+    let text: String = serde_json::from_str(raw).map_err(|_| INVALID)?;
+    if !is_object(&text) {
+        return Err(INVALID);
+    }
+    serde_json::from_str::<T>(&text).map_err(|_| INVALID)
 }
 
 pub fn parse(text: &[u8]) -> Result<ClientMessage, EnvelopeError> {
+    // serde would accept a JSON array for a struct (by position); the protocol wants an object.
+    if text.trim_ascii_start().first() != Some(&b'{') {
+        return Err(INVALID);
+    }
     let envelope: Envelope = serde_json::from_slice(text).map_err(|_| INVALID)?;
     let message = match envelope.event.as_str() {
         "pusher:ping" => ClientMessage::Ping,

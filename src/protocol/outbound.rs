@@ -27,6 +27,16 @@ pub fn error(code: Option<u16>, message: &str) -> String {
     )
 }
 
+/// `pusher:error` about one channel (client-event refusals carry the channel, spec §3).
+pub fn channel_error(channel: &str, code: Option<u16>, message: &str) -> String {
+    let code = code.map_or_else(|| "null".to_string(), |code| code.to_string());
+    format!(
+        r#"{{"event":"pusher:error","channel":{},"data":{{"code":{code},"message":{}}}}}"#,
+        json_string(channel),
+        json_string(message)
+    )
+}
+
 pub const PONG: &str = r#"{"event":"pusher:pong","data":"{}"}"#;
 pub const PING: &str = r#"{"event":"pusher:ping","data":"{}"}"#;
 
@@ -53,6 +63,114 @@ pub fn channel_event(event: &str, channel: &str, data_json: &str) -> String {
         r#"{{"event":{},"channel":{},"data":{data_json}}}"#,
         json_string(event),
         json_string(channel)
+    )
+}
+
+/// Presence `subscription_succeeded`; `presence_data` is the JSON text of
+/// `{"presence":{"ids":[..],"hash":{..},"count":N}}` (sent string-encoded).
+pub fn presence_subscription_succeeded(channel: &str, presence_data: &str) -> String {
+    format!(
+        r#"{{"event":"pusher_internal:subscription_succeeded","channel":{},"data":{}}}"#,
+        json_string(channel),
+        json_string(presence_data)
+    )
+}
+
+/// The `presence` object for `subscription_succeeded`, from (user id, user_info JSON) pairs.
+pub fn presence_data<'a>(members: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut ids = String::from("[");
+    let mut hash = String::from("{");
+    let mut count = 0usize;
+    for (user_id, info_json) in members {
+        if count > 0 {
+            ids.push(',');
+            hash.push(',');
+        }
+        let id = json_string(user_id);
+        ids.push_str(&id);
+        hash.push_str(&id);
+        hash.push(':');
+        hash.push_str(info_json);
+        count += 1;
+    }
+    ids.push(']');
+    hash.push('}');
+    format!(r#"{{"presence":{{"ids":{ids},"hash":{hash},"count":{count}}}}}"#)
+}
+
+pub fn member_added(channel: &str, user_id: &str, info_json: &str) -> String {
+    let data = format!(
+        r#"{{"user_id":{},"user_info":{info_json}}}"#,
+        json_string(user_id)
+    );
+    format!(
+        r#"{{"event":"pusher_internal:member_added","channel":{},"data":{}}}"#,
+        json_string(channel),
+        json_string(&data)
+    )
+}
+
+pub fn member_removed(channel: &str, user_id: &str) -> String {
+    let data = format!(r#"{{"user_id":{}}}"#, json_string(user_id));
+    format!(
+        r#"{{"event":"pusher_internal:member_removed","channel":{},"data":{}}}"#,
+        json_string(channel),
+        json_string(&data)
+    )
+}
+
+pub fn subscription_count(channel: &str, count: u64) -> String {
+    let data = format!(r#"{{"subscription_count":{count}}}"#);
+    format!(
+        r#"{{"event":"pusher_internal:subscription_count","channel":{},"data":{}}}"#,
+        json_string(channel),
+        json_string(&data)
+    )
+}
+
+pub fn cache_miss(channel: &str) -> String {
+    format!(
+        r#"{{"event":"pusher:cache_miss","channel":{},"data":"{{}}"}}"#,
+        json_string(channel)
+    )
+}
+
+/// `pusher:signin_success` with `user_data` as the exact string the client signed.
+pub fn signin_success(user_data: &str) -> String {
+    format!(
+        r#"{{"event":"pusher:signin_success","data":{{"user_data":{}}}}}"#,
+        json_string(user_data)
+    )
+}
+
+/// A relayed client event; `user_id` is added on presence channels (spec §3).
+pub fn client_event(event: &str, channel: &str, data_json: &str, user_id: Option<&str>) -> String {
+    match user_id {
+        Some(user_id) => format!(
+            r#"{{"event":{},"channel":{},"data":{data_json},"user_id":{}}}"#,
+            json_string(event),
+            json_string(channel),
+            json_string(user_id)
+        ),
+        None => channel_event(event, channel, data_json),
+    }
+}
+
+/// `pusher_internal:watchlist_events` with one entry per non-empty list.
+pub fn watchlist_events(online: &[&str], offline: &[&str]) -> String {
+    let mut events = Vec::new();
+    for (name, ids) in [("online", online), ("offline", offline)] {
+        if !ids.is_empty() {
+            let ids: Vec<String> = ids.iter().map(|id| json_string(id)).collect();
+            events.push(format!(
+                r#"{{"name":"{name}","user_ids":[{}]}}"#,
+                ids.join(",")
+            ));
+        }
+    }
+    format!(
+        r#"{{"event":"pusher_internal:watchlist_events","data":{{"events":[{}]}}}}"#,
+        events.join(",")
     )
 }
 
@@ -91,6 +209,44 @@ mod tests {
         assert_eq!(
             subscription_error("private-foobar", "AuthError", "Invalid signature", 401),
             r#"{"event":"pusher:subscription_error","channel":"private-foobar","data":{"type":"AuthError","error":"Invalid signature","status":401}}"#
+        );
+    }
+
+    #[test]
+    fn presence_and_user_encodings() {
+        let data =
+            presence_data([("10", r#"{"name":"Mr. Channels"}"#), ("11", "null")].into_iter());
+        assert_eq!(
+            presence_subscription_succeeded("presence-foobar", &data),
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"presence-foobar","data":"{\"presence\":{\"ids\":[\"10\",\"11\"],\"hash\":{\"10\":{\"name\":\"Mr. Channels\"},\"11\":null},\"count\":2}}"}"#
+        );
+        assert_eq!(
+            member_added("presence-foobar", "10", r#"{"name":"Mr. Channels"}"#),
+            r#"{"event":"pusher_internal:member_added","channel":"presence-foobar","data":"{\"user_id\":\"10\",\"user_info\":{\"name\":\"Mr. Channels\"}}"}"#
+        );
+        assert_eq!(
+            member_removed("presence-foobar", "10"),
+            r#"{"event":"pusher_internal:member_removed","channel":"presence-foobar","data":"{\"user_id\":\"10\"}"}"#
+        );
+        assert_eq!(
+            subscription_count("my-channel", 3),
+            r#"{"event":"pusher_internal:subscription_count","channel":"my-channel","data":"{\"subscription_count\":3}"}"#
+        );
+        assert_eq!(
+            signin_success(r#"{"id":"1"}"#),
+            r#"{"event":"pusher:signin_success","data":{"user_data":"{\"id\":\"1\"}"}}"#
+        );
+        assert_eq!(
+            client_event("client-typing", "presence-room", r#"{"x":1}"#, Some("10")),
+            r#"{"event":"client-typing","channel":"presence-room","data":{"x":1},"user_id":"10"}"#
+        );
+        assert_eq!(
+            watchlist_events(&["2"], &["3"]),
+            r#"{"event":"pusher_internal:watchlist_events","data":{"events":[{"name":"online","user_ids":["2"]},{"name":"offline","user_ids":["3"]}]}}"#
+        );
+        assert_eq!(
+            cache_miss("cache-x"),
+            r#"{"event":"pusher:cache_miss","channel":"cache-x","data":"{}"}"#
         );
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -36,6 +37,11 @@ pub struct Subscription {
     pub state: SubState,
     /// Position of this connection in the core's local subscriber list for the channel (Active only).
     pub index: u32,
+    /// The presence member this connection joined as.
+    pub user_id: Option<Arc<str>>,
+    /// Send `subscription_succeeded` when confirmed (false for the server's own subscription
+    /// to `#server-to-user-{id}` at signin, until the client asks for it too).
+    pub announce: bool,
 }
 
 #[derive(Debug)]
@@ -50,6 +56,16 @@ pub struct WsState {
     pub ping_sent_ms: Option<u64>,
     /// Counted against the app's connection limit (released when the connection goes).
     pub counted: bool,
+    /// The user this connection signed in as (`pusher:signin`), and that user's `user_info`
+    /// JSON (used for presence channels joined without `channel_data`).
+    pub user_id: Option<Arc<str>>,
+    pub user_info_json: Option<Box<str>>,
+    /// Monotonic ms by which an app that requires user authentication wants this connection
+    /// signed in or subscribed to an authorized channel; 0 when not required or done.
+    pub auth_deadline_ms: u64,
+    /// Client-event rate limit: the start of the current one-second window and its count.
+    pub client_events_window_ms: u64,
+    pub client_events_in_window: u32,
 }
 
 #[derive(Debug)]

@@ -24,7 +24,7 @@ use crate::mesh::{ChannelKey, ConnRef, Outbox, ShardMessage};
 use crate::protocol::socket_id::SocketIdGenerator;
 
 pub use apps::Apps;
-use channels::OwnedChannel;
+use channels::{CachedEvent, OwnedChannel};
 pub use conn::{Conn, ConnIo, Phase};
 use rest::Query;
 
@@ -62,6 +62,12 @@ pub struct Shard {
     local: HashMap<ChannelKey, Vec<u32>>,
     /// Channels owned by this core that have subscribers somewhere.
     owned: HashMap<ChannelKey, OwnedChannel>,
+    /// Last events of cache channels owned by this core (kept with or without subscribers).
+    caches: HashMap<ChannelKey, CachedEvent>,
+    /// Owned channels whose `subscription_count` event is waiting for its interval.
+    counts_owed: Vec<ChannelKey>,
+    /// Timer sweeps done, to run rarer housekeeping every so many sweeps.
+    sweeps: u64,
     queries: Slab<Query>,
     query_generation: u32,
     outbox: Outbox,
@@ -91,6 +97,9 @@ impl Shard {
             generation: 0,
             local: HashMap::new(),
             owned: HashMap::new(),
+            caches: HashMap::new(),
+            counts_owed: Vec::new(),
+            sweeps: 0,
             queries: Slab::new(),
             query_generation: 0,
             outbox: Outbox::new(core, cores),
@@ -242,24 +251,29 @@ impl Shard {
     /// Handles one message from core `from` (which may be this core, for work it owns itself).
     fn handle_message(&mut self, from: usize, message: ShardMessage) {
         match message {
-            ShardMessage::Subscribe { channel, conn } => {
-                self.owner_subscribe(&channel, from);
-                if from == self.core {
-                    self.subscription_confirmed(channel, conn);
-                } else {
-                    self.outbox
-                        .push(from, ShardMessage::SubscribeOk { channel, conn });
-                }
-            }
-            ShardMessage::SubscribeOk { channel, conn } => {
-                self.subscription_confirmed(channel, conn)
-            }
-            ShardMessage::Unsubscribe { channel } => self.owner_unsubscribe(&channel, from),
+            ShardMessage::Subscribe {
+                channel,
+                conn,
+                socket_id,
+                member,
+            } => self.owner_subscribe(from, channel, conn, socket_id, member),
+            ShardMessage::SubscribeOk {
+                channel,
+                conn,
+                user_id,
+                reply,
+            } => self.subscription_answered(channel, conn, user_id, reply),
+            ShardMessage::Unsubscribe {
+                channel,
+                user_id,
+                socket_id,
+            } => self.owner_unsubscribe(from, &channel, user_id, socket_id),
             ShardMessage::Publish {
                 channel,
                 frame,
                 exclude,
-            } => self.owner_publish(channel, frame, exclude),
+                cache,
+            } => self.owner_publish(channel, frame, exclude, cache),
             ShardMessage::Deliver {
                 channel,
                 frame,
@@ -271,20 +285,24 @@ impl Shard {
                     .push(from, ShardMessage::ChannelList { query, channels });
             }
             ShardMessage::ChannelList { query, channels } => self.query_list_reply(query, channels),
-            ShardMessage::DescribeChannel { query, channel } => {
-                let subscription_count = self.owned.get(&channel).map_or(0, |owned| owned.total);
-                self.outbox.push(
-                    from,
-                    ShardMessage::ChannelDescription {
-                        query,
-                        subscription_count,
-                    },
-                );
-            }
-            ShardMessage::ChannelDescription {
+            ShardMessage::DescribeChannel {
                 query,
-                subscription_count,
-            } => self.query_describe_reply(query, subscription_count),
+                index,
+                channel,
+                with_users,
+            } => {
+                let info = self.owned_channel_info(&channel, with_users);
+                let reply = ShardMessage::ChannelDescription { query, index, info };
+                if from == self.core {
+                    self.handle_message(from, reply);
+                } else {
+                    self.outbox.push(from, reply);
+                }
+            }
+            ShardMessage::ChannelDescription { query, index, info } => {
+                self.query_describe_reply(query, index, info)
+            }
+            ShardMessage::TerminateUser { app, user_id } => self.terminate_user(app, &user_id),
         }
     }
 
@@ -296,6 +314,7 @@ impl Shard {
         let mut expired = Vec::new();
         let mut ping = Vec::new();
         let mut pong_missing = Vec::new();
+        let mut unauthorized = Vec::new();
         for (key, conn) in self.conns.iter() {
             if conn.dead {
                 continue;
@@ -311,15 +330,21 @@ impl Shard {
                     expired.push(key as u32)
                 }
                 Phase::Http { .. } => {}
-                Phase::WebSocket(ws) => match ws.ping_sent_ms {
-                    None if now.mono_ms.saturating_sub(ws.last_seen_ms) >= activity_ms => {
-                        ping.push(key as u32)
+                Phase::WebSocket(ws) => {
+                    if ws.auth_deadline_ms != 0 && now.mono_ms >= ws.auth_deadline_ms {
+                        unauthorized.push(key as u32);
+                        continue;
                     }
-                    Some(sent) if now.mono_ms.saturating_sub(sent) >= pong_ms => {
-                        pong_missing.push(key as u32)
+                    match ws.ping_sent_ms {
+                        None if now.mono_ms.saturating_sub(ws.last_seen_ms) >= activity_ms => {
+                            ping.push(key as u32)
+                        }
+                        Some(sent) if now.mono_ms.saturating_sub(sent) >= pong_ms => {
+                            pong_missing.push(key as u32)
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
             }
         }
         for key in expired {
@@ -330,6 +355,19 @@ impl Shard {
         }
         for key in pong_missing {
             self.close_ws(key, crate::protocol::close_code::PONG_NOT_RECEIVED, true);
+        }
+        for key in unauthorized {
+            self.close_ws_with(
+                key,
+                crate::protocol::close_code::UNAUTHORIZED,
+                "Connection not authorized within timeout.",
+                true,
+            );
+        }
+        self.pay_owed_counts();
+        self.sweeps += 1;
+        if self.sweeps % 64 == 0 {
+            self.expire_caches();
         }
     }
 

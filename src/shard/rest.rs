@@ -3,7 +3,6 @@
 //! listing and description. Answers that need other cores (listings, channels owned elsewhere)
 //! park the connection as a `Query` until every core has answered; responses stay in request order.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use crate::http::request::{self, Method, Parsed, Request};
 use crate::http::rest::{self, EventLimits, TriggerEvent};
 use crate::http::{response, signature};
 use crate::limits;
-use crate::mesh::message::{ChannelSummary, QueryRef};
+use crate::mesh::message::{CacheEntry, ChannelInfo, ChannelSummary, QueryRef};
 use crate::mesh::{ChannelKey, ShardMessage};
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::outbound;
@@ -40,21 +39,71 @@ pub(super) struct Query {
 
 #[derive(Debug)]
 enum QueryKind {
+    /// `GET /channels`: summaries gathered from every core.
     List {
         channels: Vec<ChannelSummary>,
-        subscription_count: bool,
-    },
-    Describe {
         attributes: Attributes,
+    },
+    /// `GET /channels/{name}`.
+    Describe { attributes: Attributes },
+    /// `GET /channels/{name}/users`.
+    Users,
+    /// `info` on `POST /events` or `/batch_events`: one description per target, filled by index.
+    TriggerInfo {
+        targets: Vec<InfoTarget>,
+        results: Vec<ChannelInfo>,
+        batch: Option<usize>,
     },
 }
 
-/// Attributes asked for with `info=` on a channel description.
+/// One channel whose attributes a trigger asked for.
+#[derive(Debug)]
+struct InfoTarget {
+    name: String,
+    /// The batch element it belongs to (0 for a single trigger).
+    event: usize,
+    attributes: Attributes,
+}
+
+/// Attributes asked for with `info=`.
 #[derive(Debug, Clone, Copy, Default)]
 struct Attributes {
     subscription_count: bool,
     user_count: bool,
     cache: bool,
+}
+
+impl Attributes {
+    /// From a comma-separated `info` value; unknown names are ignored.
+    fn parse_list(info: &str) -> Attributes {
+        let names: Vec<String> = info
+            .split(',')
+            .map(|name| name.trim().to_string())
+            .collect();
+        Attributes::parse(&names)
+    }
+
+    fn parse(names: &[String]) -> Attributes {
+        let mut attributes = Attributes::default();
+        for name in names {
+            match name.as_str() {
+                "subscription_count" => attributes.subscription_count = true,
+                "user_count" => attributes.user_count = true,
+                "cache" => attributes.cache = true,
+                _ => {}
+            }
+        }
+        attributes
+    }
+
+    fn insert_counts(&self, body: &mut Map<String, Value>, info: &ChannelInfo) {
+        if self.user_count {
+            body.insert("user_count".into(), json!(info.user_count));
+        }
+        if self.subscription_count {
+            body.insert("subscription_count".into(), json!(info.subscription_count));
+        }
+    }
 }
 
 impl Shard {
@@ -187,7 +236,19 @@ impl Shard {
                 let info = param("info").unwrap_or_default().to_string();
                 self.describe_channel(key, app, name, &info, keep_alive);
             }
-            (_, ["events" | "batch_events" | "channels"] | ["channels", _]) => {
+            (Method::Get, ["channels", name, "users"]) => {
+                self.channel_users(key, app, name, keep_alive)
+            }
+            (Method::Post, ["users", user_id, "terminate_connections"]) => {
+                self.terminate_connections(key, app, user_id, keep_alive);
+            }
+            (
+                _,
+                ["events" | "batch_events" | "channels"]
+                | ["channels", _]
+                | ["channels", _, "users"],
+            )
+            | (_, ["users", _, "terminate_connections"]) => {
                 self.respond_error(key, 405, "Method not allowed", keep_alive, &[]);
             }
             _ => self.respond_error(key, 404, "Not found", keep_alive, &[]),
@@ -228,7 +289,7 @@ impl Shard {
                 &[],
             );
         }
-        self.publish_events(key, app, std::slice::from_ref(&event), keep_alive);
+        self.publish_events(key, app, std::slice::from_ref(&event), false, keep_alive);
     }
 
     fn batch_trigger(&mut self, key: u32, app: u32, body: &[u8], keep_alive: bool) {
@@ -243,7 +304,7 @@ impl Shard {
                 return self.respond_error(key, 400, &message, keep_alive, &[]);
             }
         }
-        self.publish_events(key, app, &events, keep_alive);
+        self.publish_events(key, app, &events, true, keep_alive);
     }
 
     /// Channel names are validated here (the body decoder does not know the naming rules).
@@ -260,8 +321,16 @@ impl Shard {
     }
 
     /// Publishes validated events, or sheds the whole request with 503 when an owner core is
-    /// backed up (nothing is published in that case, so a retry cannot duplicate).
-    fn publish_events(&mut self, key: u32, app: u32, events: &[TriggerEvent], keep_alive: bool) {
+    /// backed up (nothing is published in that case, so a retry cannot duplicate). With `info`,
+    /// the answer waits for each channel's owner to describe it.
+    fn publish_events(
+        &mut self,
+        key: u32,
+        app: u32,
+        events: &[TriggerEvent],
+        batch: bool,
+        keep_alive: bool,
+    ) {
         let backed_up = events.iter().flat_map(|e| &e.channels).any(|name| {
             let owner = ChannelKey::new(app, name).owner(self.cores);
             owner != self.core && self.outbox.backlog(owner) >= limits::MESH_BACKLOG_MAX
@@ -276,14 +345,84 @@ impl Shard {
                 &[("Retry-After", "1")],
             );
         }
-        for event in events {
+        let mut targets = Vec::new();
+        for (index, event) in events.iter().enumerate() {
             let exclude = event.socket_id.as_deref().and_then(SocketId::parse);
+            let attributes = Attributes::parse(&event.info);
             for name in &event.channels {
                 let text = outbound::channel_event(&event.name, name, &event.data_json);
                 let frame = frame::encode_text(text.as_bytes());
-                self.publish(ChannelKey::new(app, name), frame, exclude);
+                let cache = channel::is_cache(name).then(|| CacheEntry {
+                    data_json: event.data_json.as_str().into(),
+                });
+                self.publish(ChannelKey::new(app, name), frame, exclude, cache);
+                if attributes.user_count || attributes.subscription_count {
+                    targets.push(InfoTarget {
+                        name: name.clone(),
+                        event: index,
+                        attributes,
+                    });
+                }
             }
         }
+        if targets.is_empty() {
+            return self.respond(key, 200, "application/json", b"{}", keep_alive, &[]);
+        }
+        let channels: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let kind = QueryKind::TriggerInfo {
+            results: vec![ChannelInfo::default(); targets.len()],
+            targets,
+            batch: batch.then_some(events.len()),
+        };
+        let Some(query) = self.new_query(key, keep_alive, channels.len(), kind) else {
+            return;
+        };
+        for (index, name) in channels.iter().enumerate() {
+            self.describe(query, index as u32, ChannelKey::new(app, name), false);
+        }
+    }
+
+    /// Asks the owner of `channel` for its description (answered into `query` at `index`).
+    fn describe(&mut self, query: QueryRef, index: u32, channel: ChannelKey, with_users: bool) {
+        let message = ShardMessage::DescribeChannel {
+            query,
+            index,
+            channel: channel.clone(),
+            with_users,
+        };
+        self.to_owner(&channel, message);
+    }
+
+    fn channel_users(&mut self, key: u32, app: u32, name: &str, keep_alive: bool) {
+        match channel::validate(name, self.config.server.channel_name_bytes_max) {
+            Ok(ChannelKind::Presence) => {}
+            Ok(_) => {
+                return self.respond_error(
+                    key,
+                    400,
+                    "Users are only available for presence channels",
+                    keep_alive,
+                    &[],
+                );
+            }
+            Err(error) => return self.respond_error(key, 400, error.message(), keep_alive, &[]),
+        }
+        let Some(query) = self.new_query(key, keep_alive, 1, QueryKind::Users) else {
+            return;
+        };
+        self.describe(query, 0, ChannelKey::new(app, name), true);
+    }
+
+    fn terminate_connections(&mut self, key: u32, app: u32, user_id: &str, keep_alive: bool) {
+        let user_id: Arc<str> = Arc::from(user_id);
+        for core in (0..self.cores).filter(|&core| core != self.core) {
+            let message = ShardMessage::TerminateUser {
+                app,
+                user_id: Arc::clone(&user_id),
+            };
+            self.outbox.push(core, message);
+        }
+        self.terminate_user(app, &user_id);
         self.respond(key, 200, "application/json", b"{}", keep_alive, &[]);
     }
 
@@ -326,26 +465,15 @@ impl Shard {
     }
 
     fn list_channels(&mut self, key: u32, app: u32, prefix: &str, info: &str, keep_alive: bool) {
-        let mut subscription_count = false;
-        for attribute in info.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            match attribute {
-                "user_count" if !prefix.starts_with("presence-") => {
-                    return self.respond_error(
-                        key,
-                        400,
-                        "info=user_count is only allowed with filter_by_prefix=presence-",
-                        keep_alive,
-                        &[],
-                    );
-                }
-                "subscription_count" => subscription_count = true,
-                _ => {}
-            }
+        let attributes = Attributes::parse_list(info);
+        if attributes.user_count && !prefix.starts_with("presence-") {
+            let message = "info=user_count is only allowed with filter_by_prefix=presence-";
+            return self.respond_error(key, 400, message, keep_alive, &[]);
         }
         let channels = self.owned_channels(app, prefix);
         let kind = QueryKind::List {
             channels,
-            subscription_count,
+            attributes,
         };
         let Some(query) = self.new_query(key, keep_alive, self.cores - 1, kind) else {
             return;
@@ -369,32 +497,23 @@ impl Shard {
             Ok(kind) => kind,
             Err(error) => return self.respond_error(key, 400, error.message(), keep_alive, &[]),
         };
-        let mut attributes = Attributes::default();
-        for attribute in info.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            match attribute {
-                "subscription_count" => attributes.subscription_count = true,
-                "user_count" if kind == ChannelKind::Presence => attributes.user_count = true,
-                "cache" if channel::is_cache(name) => attributes.cache = true,
-                "user_count" | "cache" => {
-                    let message = format!("info={attribute} is not available for channel {name}");
-                    return self.respond_error(key, 400, &message, keep_alive, &[]);
-                }
-                _ => {}
-            }
+        let attributes = Attributes::parse_list(info);
+        let not_available = if attributes.user_count && kind != ChannelKind::Presence {
+            Some("user_count")
+        } else if attributes.cache && !channel::is_cache(name) {
+            Some("cache")
+        } else {
+            None
+        };
+        if let Some(attribute) = not_available {
+            let message = format!("info={attribute} is not available for channel {name}");
+            return self.respond_error(key, 400, &message, keep_alive, &[]);
         }
-        let channel = ChannelKey::new(app, name);
-        let owner = channel.owner(self.cores);
-        let kind = QueryKind::Describe { attributes };
-        let Some(query) = self.new_query(key, keep_alive, 1, kind) else {
+        let Some(query) = self.new_query(key, keep_alive, 1, QueryKind::Describe { attributes })
+        else {
             return;
         };
-        if owner == self.core {
-            let subscription_count = self.owned.get(&channel).map_or(0, |owned| owned.total);
-            self.query_describe_reply(query, subscription_count);
-        } else {
-            self.outbox
-                .push(owner, ShardMessage::DescribeChannel { query, channel });
-        }
+        self.describe(query, 0, ChannelKey::new(app, name), false);
     }
 
     fn live_query(&mut self, query: QueryRef) -> Option<&mut Query> {
@@ -418,26 +537,82 @@ impl Shard {
         self.finish_query_if_done(query.slot);
     }
 
-    pub(super) fn query_describe_reply(&mut self, query: QueryRef, subscription_count: u64) {
+    pub(super) fn query_describe_reply(&mut self, query: QueryRef, index: u32, info: ChannelInfo) {
         let Some(pending) = self.live_query(query) else {
             return;
         };
         pending.remaining -= 1;
-        let QueryKind::Describe { attributes } = pending.kind else {
-            unreachable!("describe reply for a list query");
+        let body = match &mut pending.kind {
+            QueryKind::Describe { attributes } => {
+                let mut body = Map::new();
+                body.insert("occupied".into(), Value::Bool(info.subscription_count > 0));
+                attributes.insert_counts(&mut body, &info);
+                if attributes.cache {
+                    let cache = info.cache.map_or(Value::Null, |(data_json, ttl)| {
+                        let data: Value = serde_json::from_str(&data_json).unwrap_or(Value::Null);
+                        json!({ "data": data, "ttl": ttl })
+                    });
+                    body.insert("cache".into(), cache);
+                }
+                Value::Object(body)
+            }
+            QueryKind::Users => {
+                let users: Vec<Value> = info
+                    .users
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|id| json!({ "id": &**id }))
+                    .collect();
+                json!({ "users": users })
+            }
+            QueryKind::TriggerInfo { results, .. } => {
+                results[index as usize] = info;
+                if pending.remaining > 0 {
+                    return;
+                }
+                self.trigger_info_body(query.slot)
+            }
+            QueryKind::List { .. } => unreachable!("list queries get ChannelList replies"),
         };
-        let mut body = Map::new();
-        body.insert("occupied".into(), Value::Bool(subscription_count > 0));
-        if attributes.subscription_count {
-            body.insert("subscription_count".into(), json!(subscription_count));
+        self.finish_query(query.slot, body);
+    }
+
+    /// The `info` answer of a trigger: per channel, or per batch element (spec §7.3, §7.4).
+    fn trigger_info_body(&mut self, slot: u32) -> Value {
+        let QueryKind::TriggerInfo {
+            targets,
+            results,
+            batch,
+        } = &self.queries[slot as usize].kind
+        else {
+            unreachable!("trigger info query");
+        };
+        let describe = |target: &InfoTarget, info: &ChannelInfo| {
+            let mut attributes = Map::new();
+            let presence = channel::kind_of(&target.name) == ChannelKind::Presence;
+            let wanted = Attributes {
+                user_count: target.attributes.user_count && presence,
+                ..target.attributes
+            };
+            wanted.insert_counts(&mut attributes, info);
+            Value::Object(attributes)
+        };
+        match batch {
+            Some(events) => {
+                let mut elements = vec![json!({}); *events];
+                for (target, info) in targets.iter().zip(results) {
+                    elements[target.event] = describe(target, info);
+                }
+                json!({ "batch": elements })
+            }
+            None => {
+                let mut channels = Map::new();
+                for (target, info) in targets.iter().zip(results) {
+                    channels.insert(target.name.clone(), describe(target, info));
+                }
+                json!({ "channels": channels })
+            }
         }
-        if attributes.user_count {
-            body.insert("user_count".into(), json!(0));
-        }
-        if attributes.cache {
-            body.insert("cache".into(), Value::Null);
-        }
-        self.finish_query(query.slot, Value::Object(body));
     }
 
     fn finish_query_if_done(&mut self, slot: u32) {
@@ -447,23 +622,24 @@ impl Shard {
         }
         let QueryKind::List {
             channels,
-            subscription_count,
+            attributes,
         } = &mut pending.kind
         else {
-            unreachable!("describe queries finish in their reply");
+            unreachable!("only list queries finish here");
         };
-        let with_count = *subscription_count;
-        let sorted: BTreeMap<Arc<str>, u64> = channels
-            .drain(..)
-            .map(|c| (c.name, c.subscription_count))
-            .collect();
+        let attributes = *attributes;
+        let mut sorted: Vec<ChannelSummary> = std::mem::take(channels);
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
         let mut listing = Map::new();
-        for (name, count) in sorted {
-            let mut attributes = Map::new();
-            if with_count {
-                attributes.insert("subscription_count".into(), json!(count));
-            }
-            listing.insert(name.to_string(), Value::Object(attributes));
+        for summary in sorted {
+            let info = ChannelInfo {
+                subscription_count: summary.subscription_count,
+                user_count: summary.user_count,
+                ..ChannelInfo::default()
+            };
+            let mut body = Map::new();
+            attributes.insert_counts(&mut body, &info);
+            listing.insert(summary.name.to_string(), Value::Object(body));
         }
         self.finish_query(slot, json!({ "channels": listing }));
     }

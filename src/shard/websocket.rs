@@ -9,7 +9,10 @@ use super::conn::{Phase, SubState, WsState};
 use crate::http::request::Request;
 use crate::http::signature;
 use crate::limits;
+use std::sync::Arc;
+
 use crate::mesh::ChannelKey;
+use crate::mesh::message::Member;
 use crate::protocol::channel::{self, ChannelKind, ChannelNameError};
 use crate::protocol::close_code::{self, CloseCode};
 use crate::protocol::envelope::{self, ClientMessage};
@@ -48,6 +51,11 @@ impl Shard {
             last_seen_ms: now.mono_ms,
             ping_sent_ms: None,
             counted: false,
+            user_id: None,
+            user_info_json: None,
+            auth_deadline_ms: 0,
+            client_events_window_ms: 0,
+            client_events_in_window: 0,
         };
         self.conns[key as usize].phase = Phase::WebSocket(Box::new(ws));
         match self.admit(key, request) {
@@ -92,12 +100,35 @@ impl Shard {
                 _ => return Err(Refusal::Fixed(close_code::UNSUPPORTED_PROTOCOL_CLOSE)),
             }
         }
+        let app_config = self.apps.get(app);
+        if !app_config.allowed_origins.is_empty() {
+            let origin = request
+                .header("origin")
+                .and_then(|o| std::str::from_utf8(o).ok())
+                .unwrap_or("");
+            if !app_config
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == "*" || allowed == origin)
+            {
+                return Err(Refusal::Fixed(CloseCode {
+                    code: close_code::UNAUTHORIZED,
+                    message: "Origin not allowed",
+                }));
+            }
+        }
+        let auth_deadline_ms = if app_config.enable_user_authentication {
+            self.now.mono_ms + app_config.user_authentication_timeout_ms
+        } else {
+            0
+        };
         if !self.apps.try_connect(app) {
             return Err(Refusal::Fixed(close_code::APP_OVER_QUOTA_CLOSE));
         }
         let ws = self.conns[key as usize].ws_mut().expect("upgraded");
         ws.app = app;
         ws.counted = true;
+        ws.auth_deadline_ms = auth_deadline_ms;
         Ok(())
     }
 
@@ -162,25 +193,12 @@ impl Shard {
                 channel_data,
             } => self.subscribe(key, &channel, auth.as_deref(), channel_data.as_deref()),
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(key, &channel),
-            ClientMessage::Signin { .. } => {
-                self.send_text(
-                    key,
-                    &outbound::error(
-                        None,
-                        "User authentication (pusher:signin) is not supported by this server yet",
-                    ),
-                );
-            }
-            ClientMessage::ClientEvent { channel, .. } => {
-                let _ = channel;
-                self.send_text(
-                    key,
-                    &outbound::error(
-                        Some(4301),
-                        "The app does not have client messaging enabled.",
-                    ),
-                );
-            }
+            ClientMessage::Signin { auth, user_data } => self.signin(key, &auth, &user_data),
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data_json,
+            } => self.client_event(key, &event, &channel, &data_json),
         }
     }
 
@@ -200,31 +218,24 @@ impl Shard {
                 return;
             }
         };
-        let ws = self.conns[key as usize].ws().expect("WebSocket phase");
-        let app = self.apps.get(ws.app);
-        let socket_id = ws.socket_id.to_string();
-        let denial = match kind {
-            ChannelKind::Public => None,
-            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                check_channel_auth(auth, &app.key, &app.secret, &format!("{socket_id}:{name}"))
-                    .err()
-            }
-            ChannelKind::Presence => {
-                let _ = channel_data;
-                Some("Presence channels are not supported by this server yet".to_string())
-            }
-            ChannelKind::ServerToUser => {
-                Some(format!("Connection is not signed in as the user of {name}"))
+        let member = match self.authorize(key, name, kind, auth, channel_data) {
+            Ok(member) => member,
+            Err(refusal) => {
+                let text = outbound::subscription_error(
+                    name,
+                    refusal.error_type,
+                    &refusal.message,
+                    refusal.status,
+                );
+                self.send_text(key, &text);
+                return;
             }
         };
-        if let Some(reason) = denial {
-            self.send_text(
-                key,
-                &outbound::subscription_error(name, "AuthError", &reason, 401),
-            );
-            return;
-        }
         let ws = self.conns[key as usize].ws_mut().expect("WebSocket phase");
+        if kind != ChannelKind::Public {
+            // A successful authorization counts as authenticating the connection.
+            ws.auth_deadline_ms = 0;
+        }
         if let Some(existing) = ws
             .subscriptions
             .iter_mut()
@@ -232,9 +243,15 @@ impl Shard {
         {
             match existing.state {
                 // Idempotent: no double count, but confirm again (soketi).
-                SubState::Active => self.send_text(key, &outbound::subscription_succeeded(name)),
-                SubState::Pending => {}
-                SubState::PendingCancelled => existing.state = SubState::Pending,
+                SubState::Active => {
+                    existing.announce = true;
+                    self.send_text(key, &outbound::subscription_succeeded(name));
+                }
+                SubState::Pending => existing.announce = true,
+                SubState::PendingCancelled => {
+                    existing.state = SubState::Pending;
+                    existing.announce = true;
+                }
             }
             return;
         }
@@ -251,7 +268,229 @@ impl Shard {
             return;
         }
         let app = ws.app;
-        self.start_subscription(key, ChannelKey::new(app, name));
+        self.start_subscription(key, ChannelKey::new(app, name), member, true);
+    }
+
+    /// Checks the right to join `name` (spec §2.3); presence channels also yield the member.
+    fn authorize(
+        &self,
+        key: u32,
+        name: &str,
+        kind: ChannelKind,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Result<Option<Member>, SubscribeRefusal> {
+        let ws = self.conns[key as usize].ws().expect("WebSocket phase");
+        let app = self.apps.get(ws.app);
+        let socket_id = ws.socket_id.to_string();
+        match kind {
+            ChannelKind::Public => Ok(None),
+            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
+                check_channel_auth(auth, &app.key, &app.secret, &format!("{socket_id}:{name}"))
+                    .map_err(SubscribeRefusal::auth)?;
+                Ok(None)
+            }
+            ChannelKind::ServerToUser => {
+                let user = &name[channel::SERVER_TO_USER_PREFIX.len()..];
+                match &ws.user_id {
+                    Some(signed_in) if &**signed_in == user => Ok(None),
+                    _ => Err(SubscribeRefusal::auth(format!(
+                        "Connection is not signed in as user {user}, required for {name}"
+                    ))),
+                }
+            }
+            ChannelKind::Presence => {
+                let Some(channel_data) = channel_data else {
+                    // Signed-in connections may omit channel_data: they join as their user.
+                    let Some(user_id) = ws.user_id.clone() else {
+                        return Err(SubscribeRefusal::auth(format!(
+                            "channel_data is required to subscribe to {name}"
+                        )));
+                    };
+                    check_channel_auth(auth, &app.key, &app.secret, &format!("{socket_id}:{name}"))
+                        .map_err(SubscribeRefusal::auth)?;
+                    let info_json = ws.user_info_json.clone().unwrap_or_else(|| "null".into());
+                    return Ok(Some(Member { user_id, info_json }));
+                };
+                check_channel_auth(
+                    auth,
+                    &app.key,
+                    &app.secret,
+                    &format!("{socket_id}:{name}:{channel_data}"),
+                )
+                .map_err(SubscribeRefusal::auth)?;
+                let member = parse_member(channel_data).map_err(SubscribeRefusal::auth)?;
+                if member.user_id.len() > app.presence_user_id_bytes_max {
+                    return Err(SubscribeRefusal::limit(
+                        format!(
+                            "user_id is longer than {} characters",
+                            app.presence_user_id_bytes_max
+                        ),
+                        4009,
+                    ));
+                }
+                if member.info_json.len() > app.presence_user_info_bytes_max {
+                    return Err(SubscribeRefusal::limit(
+                        format!(
+                            "user_info is larger than {} bytes",
+                            app.presence_user_info_bytes_max
+                        ),
+                        4301,
+                    ));
+                }
+                Ok(Some(member))
+            }
+        }
+    }
+
+    /// `pusher:signin` (spec §4.1): verify, remember the user, answer, and join the user's
+    /// `#server-to-user-{id}` channel so `sendToUser` reaches every signed-in connection.
+    fn signin(&mut self, key: u32, auth: &str, user_data: &str) {
+        let ws = self.conns[key as usize].ws().expect("WebSocket phase");
+        let app = self.apps.get(ws.app);
+        let string_to_sign = format!("{}::user::{user_data}", ws.socket_id);
+        let verified = check_channel_auth(Some(auth), &app.key, &app.secret, &string_to_sign)
+            .map_err(|_| "Invalid signature for pusher:signin".to_string())
+            .and_then(|()| parse_user_data(user_data, self.config.server.channel_name_bytes_max));
+        let user = match verified {
+            Ok(user) => user,
+            Err(message) => {
+                return self.close_ws_with(key, close_code::UNAUTHORIZED, &message, true);
+            }
+        };
+        if ws
+            .user_id
+            .as_deref()
+            .is_some_and(|current| current != &*user.id)
+        {
+            let message = "Connection is already signed in as a different user";
+            return self.close_ws_with(key, close_code::UNAUTHORIZED, message, true);
+        }
+        let app_index = ws.app;
+        let watchlist_max = app.watchlist_max;
+        let ws = self.conns[key as usize].ws_mut().expect("WebSocket phase");
+        ws.user_id = Some(Arc::clone(&user.id));
+        ws.user_info_json = user.info_json;
+        ws.auth_deadline_ms = 0;
+        self.send_text(key, &outbound::signin_success(user_data));
+        if user.watchlist_len > watchlist_max {
+            let message = format!(
+                "Watchlist limit exceeded. Only the first {watchlist_max} user IDs are accepted."
+            );
+            self.send_text(key, &outbound::error(Some(4302), &message));
+        }
+        let channel_name = format!("{}{}", channel::SERVER_TO_USER_PREFIX, user.id);
+        let ws = self.conns[key as usize].ws().expect("WebSocket phase");
+        if !ws
+            .subscriptions
+            .iter()
+            .any(|s| *s.channel.name == *channel_name)
+        {
+            self.start_subscription(key, ChannelKey::new(app_index, &channel_name), None, false);
+        }
+    }
+
+    /// A `client-*` event (spec §3): checked, rate limited, relayed to the channel's other
+    /// subscribers through the channel's owner.
+    fn client_event(&mut self, key: u32, event: &str, name: &str, data_json: &str) {
+        let now_ms = self.now.mono_ms;
+        let ws = self.conns[key as usize].ws().expect("WebSocket phase");
+        let app = self.apps.get(ws.app);
+        let refusal = if !app.enable_client_events {
+            Some((
+                Some(4301),
+                "The app does not have client messaging enabled.".to_string(),
+            ))
+        } else if !matches!(
+            channel::kind_of(name),
+            ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence
+        ) {
+            Some((
+                None,
+                "Client event rejected - only supported on private and presence channels"
+                    .to_string(),
+            ))
+        } else if !ws
+            .subscriptions
+            .iter()
+            .any(|s| &*s.channel.name == name && s.state == SubState::Active)
+        {
+            Some((
+                None,
+                format!(
+                    "Cannot broadcast client event (connection not subscribed to channel {name})"
+                ),
+            ))
+        } else if event.len() > app.event_name_bytes_max {
+            Some((
+                Some(4301),
+                format!(
+                    "Client event name is longer than {} bytes",
+                    app.event_name_bytes_max
+                ),
+            ))
+        } else if data_json.len() > app.payload_bytes_max {
+            Some((
+                Some(4301),
+                format!(
+                    "Client event data is larger than {} bytes",
+                    app.payload_bytes_max
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            return self.send_text(key, &outbound::channel_error(name, code, &message));
+        }
+        let rate_max = app.client_events_per_sec_max;
+        let ws = self.conns[key as usize].ws_mut().expect("WebSocket phase");
+        if now_ms >= ws.client_events_window_ms + 1000 {
+            ws.client_events_window_ms = now_ms;
+            ws.client_events_in_window = 0;
+        }
+        ws.client_events_in_window += 1;
+        if ws.client_events_in_window > rate_max {
+            return self.send_text(
+                key,
+                &outbound::channel_error(
+                    name,
+                    Some(4301),
+                    "Client event rejected due to rate limit",
+                ),
+            );
+        }
+        let subscription = ws
+            .subscriptions
+            .iter()
+            .find(|s| &*s.channel.name == name && s.state == SubState::Active)
+            .expect("checked above");
+        let channel = subscription.channel.clone();
+        let text = outbound::client_event(event, name, data_json, subscription.user_id.as_deref());
+        let exclude = Some(ws.socket_id);
+        self.publish(channel, frame::encode_text(text.as_bytes()), exclude, None);
+    }
+
+    /// REST `terminate_connections`: closes this core's connections signed in as the user.
+    pub(super) fn terminate_user(&mut self, app: u32, user_id: &str) {
+        let keys: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| !conn.closing && !conn.dead)
+            .filter(|(_, conn)| {
+                conn.ws()
+                    .is_some_and(|ws| ws.app == app && ws.user_id.as_deref() == Some(user_id))
+            })
+            .map(|(key, _)| key as u32)
+            .collect();
+        for key in keys {
+            self.close_ws_with(
+                key,
+                close_code::UNAUTHORIZED,
+                "You got disconnected by the app.",
+                true,
+            );
+        }
     }
 
     pub(super) fn send_ping(&mut self, key: u32) {
@@ -301,6 +540,92 @@ impl Shard {
         self.queue_always(key, frame::encode_close(code, message));
         self.begin_close(key);
     }
+}
+
+/// Why a subscription is refused: the `pusher:subscription_error` fields.
+struct SubscribeRefusal {
+    error_type: &'static str,
+    message: String,
+    status: u16,
+}
+
+impl SubscribeRefusal {
+    fn auth(message: String) -> SubscribeRefusal {
+        SubscribeRefusal {
+            error_type: "AuthError",
+            message,
+            status: 401,
+        }
+    }
+
+    fn limit(message: String, status: u16) -> SubscribeRefusal {
+        SubscribeRefusal {
+            error_type: "LimitReached",
+            message,
+            status,
+        }
+    }
+}
+
+/// A user id as the protocol types it: a string; numbers (Laravel sends them) become their
+/// decimal text (spec §2.6).
+fn user_id_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) if !text.is_empty() => Some(text.clone()),
+        serde_json::Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// Decodes a verified presence `channel_data`: `{"user_id": String|Number, "user_info"?: any}`.
+fn parse_member(channel_data: &str) -> Result<Member, String> {
+    #[derive(serde::Deserialize)]
+    struct ChannelData<'a> {
+        user_id: serde_json::Value,
+        #[serde(borrow, default)]
+        user_info: Option<&'a serde_json::value::RawValue>,
+    }
+    let data: ChannelData = serde_json::from_str(channel_data)
+        .map_err(|_| "channel_data is not a JSON object with a user_id".to_string())?;
+    let user_id = user_id_text(&data.user_id)
+        .ok_or_else(|| "channel_data.user_id must be a non-empty string or a number".to_string())?;
+    Ok(Member {
+        user_id: Arc::from(user_id),
+        info_json: data
+            .user_info
+            .map_or_else(|| "null".into(), |raw| raw.get().into()),
+    })
+}
+
+/// A verified `pusher:signin` user.
+struct SignedUser {
+    id: Arc<str>,
+    info_json: Option<Box<str>>,
+    watchlist_len: usize,
+}
+
+/// Decodes a verified signin `user_data`: `{"id": String, "user_info"?: any, "watchlist"?: [ids]}`.
+fn parse_user_data(user_data: &str, id_bytes_max: usize) -> Result<SignedUser, String> {
+    #[derive(serde::Deserialize)]
+    struct UserData<'a> {
+        id: serde_json::Value,
+        #[serde(borrow, default)]
+        user_info: Option<&'a serde_json::value::RawValue>,
+        #[serde(default)]
+        watchlist: Vec<serde_json::Value>,
+    }
+    let data: UserData = serde_json::from_str(user_data)
+        .map_err(|_| "user_data is not a JSON object with an id".to_string())?;
+    let id = user_id_text(&data.id)
+        .ok_or_else(|| "user_data.id must be a non-empty string".to_string())?;
+    if channel::validate(&id, id_bytes_max).is_err() {
+        return Err("user_data.id contains characters that are not allowed".to_string());
+    }
+    Ok(SignedUser {
+        id: Arc::from(id),
+        info_json: data.user_info.map(|raw| raw.get().into()),
+        watchlist_len: data.watchlist.len(),
+    })
 }
 
 /// Why an upgraded connection is turned away.
