@@ -177,7 +177,45 @@ pub enum ShardMessage {
         info: ChannelInfo,
     },
     /// REST core → every core: close every connection signed in as `user_id` (4009).
-    TerminateUser { app: u32, user_id: Arc<str> },
+    TerminateUser {
+        app: u32,
+        user_id: Arc<str>,
+    },
+    /// Connection core → user's owner: one more (or one fewer) connection signed in as `user_id`.
+    UserOnline {
+        app: u32,
+        user_id: Arc<str>,
+    },
+    UserOffline {
+        app: u32,
+        user_id: Arc<str>,
+    },
+    /// Connection core → watched user's owner: `watcher` (on `conn`) watches `watched`;
+    /// answered by `WatchStatus`.
+    Watch {
+        app: u32,
+        watcher: Arc<str>,
+        watched: Arc<str>,
+        conn: ConnRef,
+    },
+    /// Connection core → watched user's owner: one watching connection of `watcher` is gone.
+    Unwatch {
+        app: u32,
+        watcher: Arc<str>,
+        watched: Arc<str>,
+    },
+    /// Watched user's owner → connection core: whether `watched` is online now.
+    WatchStatus {
+        conn: ConnRef,
+        watched: Arc<str>,
+        online: bool,
+    },
+}
+
+/// The key that routes a user's registry entry to its owner core (never a real channel: `#` is
+/// reserved, and this prefix is not `#server-to-user-`).
+pub fn user_key(app: u32, user_id: &str) -> ChannelKey {
+    ChannelKey::new(app, &format!("#user:{user_id}"))
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct WsState {
     /// JSON (used for presence channels joined without `channel_data`).
     pub user_id: Option<Arc<str>>,
     pub user_info_json: Option<Box<str>>,
+    /// The users this connection watches (signin `watchlist`).
+    pub watchlist: Option<Box<super::users::Watchlist>>,
     /// Monotonic ms by which an app that requires user authentication wants this connection
     /// signed in or subscribed to an authorized channel; 0 when not required or done.
     pub auth_deadline_ms: u64,

@@ -9,6 +9,7 @@ mod apps;
 mod channels;
 mod conn;
 mod rest;
+mod users;
 mod websocket;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ pub struct Shard {
     caches: HashMap<ChannelKey, CachedEvent>,
     /// Owned channels whose `subscription_count` event is waiting for its interval.
     counts_owed: Vec<ChannelKey>,
+    /// Signed-in users owned by this core: connection counts and watchers.
+    users: HashMap<(u32, Arc<str>), users::UserEntry>,
     /// Timer sweeps done, to run rarer housekeeping every so many sweeps.
     sweeps: u64,
     queries: Slab<Query>,
@@ -100,6 +103,7 @@ impl Shard {
             caches: HashMap::new(),
             counts_owed: Vec::new(),
             sweeps: 0,
+            users: HashMap::new(),
             queries: Slab::new(),
             query_generation: 0,
             outbox: Outbox::new(core, cores),
@@ -303,6 +307,28 @@ impl Shard {
                 self.query_describe_reply(query, index, info)
             }
             ShardMessage::TerminateUser { app, user_id } => self.terminate_user(app, &user_id),
+            ShardMessage::UserOnline { app, user_id } => {
+                self.owner_user_presence(app, user_id, true)
+            }
+            ShardMessage::UserOffline { app, user_id } => {
+                self.owner_user_presence(app, user_id, false)
+            }
+            ShardMessage::Watch {
+                app,
+                watcher,
+                watched,
+                conn,
+            } => self.owner_watch(from, app, watcher, watched, conn),
+            ShardMessage::Unwatch {
+                app,
+                watcher,
+                watched,
+            } => self.owner_unwatch(app, watcher, watched),
+            ShardMessage::WatchStatus {
+                conn,
+                watched,
+                online,
+            } => self.watch_status(conn, watched, online),
         }
     }
 
@@ -468,8 +494,13 @@ impl Shard {
         let subscriptions = std::mem::take(&mut ws.subscriptions);
         let app = ws.app;
         let counted = std::mem::replace(&mut ws.counted, false);
+        let signed_in = ws.user_id.take();
+        let watchlist = ws.watchlist.take();
         for subscription in subscriptions {
             self.drop_subscription(key, subscription);
+        }
+        if let Some(user_id) = signed_in {
+            self.user_signed_out(app, user_id, watchlist);
         }
         if counted {
             self.apps.disconnect(app);

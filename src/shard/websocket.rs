@@ -53,6 +53,7 @@ impl Shard {
             counted: false,
             user_id: None,
             user_info_json: None,
+            watchlist: None,
             auth_deadline_ms: 0,
             client_events_window_ms: 0,
             client_events_in_window: 0,
@@ -368,12 +369,13 @@ impl Shard {
         }
         let app_index = ws.app;
         let watchlist_max = app.watchlist_max;
+        let first_signin = ws.user_id.is_none();
         let ws = self.conns[key as usize].ws_mut().expect("WebSocket phase");
         ws.user_id = Some(Arc::clone(&user.id));
         ws.user_info_json = user.info_json;
         ws.auth_deadline_ms = 0;
         self.send_text(key, &outbound::signin_success(user_data));
-        if user.watchlist_len > watchlist_max {
+        if user.watchlist.len() > watchlist_max {
             let message = format!(
                 "Watchlist limit exceeded. Only the first {watchlist_max} user IDs are accepted."
             );
@@ -387,6 +389,11 @@ impl Shard {
             .any(|s| *s.channel.name == *channel_name)
         {
             self.start_subscription(key, ChannelKey::new(app_index, &channel_name), None, false);
+        }
+        if first_signin {
+            let mut watched = user.watchlist;
+            watched.truncate(watchlist_max);
+            self.user_signed_in(key, app_index, user.id, watched);
         }
     }
 
@@ -601,7 +608,7 @@ fn parse_member(channel_data: &str) -> Result<Member, String> {
 struct SignedUser {
     id: Arc<str>,
     info_json: Option<Box<str>>,
-    watchlist_len: usize,
+    watchlist: Vec<Arc<str>>,
 }
 
 /// Decodes a verified signin `user_data`: `{"id": String, "user_info"?: any, "watchlist"?: [ids]}`.
@@ -624,7 +631,12 @@ fn parse_user_data(user_data: &str, id_bytes_max: usize) -> Result<SignedUser, S
     Ok(SignedUser {
         id: Arc::from(id),
         info_json: data.user_info.map(|raw| raw.get().into()),
-        watchlist_len: data.watchlist.len(),
+        watchlist: data
+            .watchlist
+            .iter()
+            .filter_map(user_id_text)
+            .map(Arc::from)
+            .collect(),
     })
 }
 

@@ -1,15 +1,17 @@
 //! The black-box integration suite: each module starts the real `ringcast` binary on
 //! 127.0.0.1:0 and talks to it with real clients (tungstenite, raw TCP, signed REST calls).
 
-/// Start the binary, clients, signed REST calls.
-mod support;
-/// Smoke tests of the harness itself.
-mod smoke;
-/// WebSocket framing and the Pusher connection protocol: transcripts, close codes, bad frames.
-mod websocket;
-/// HTTP handling and the REST API: routing, signatures, publish, channel info, bad requests.
-mod rest;
+/// Private, presence, encrypted and cache channels, client events, signin, users, multi-app.
+mod channels;
 /// The real-client suite (pusher-js and the `pusher` npm library) run against the binary.
 mod compat;
 /// Many connections over both cores, one publisher: nothing lost, nothing reordered.
 mod load;
+/// HTTP handling and the REST API: routing, signatures, publish, channel info, bad requests.
+mod rest;
+/// Smoke tests of the harness itself.
+mod smoke;
+/// Start the binary, clients, signed REST calls.
+mod support;
+/// WebSocket framing and the Pusher connection protocol: transcripts, close codes, bad frames.
+mod websocket;
