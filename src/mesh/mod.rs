@@ -84,7 +84,8 @@ impl Mesh {
         self.queue(from, to).len()
     }
 
-    fn has_inbound(&self, me: usize) -> bool {
+    /// Whether any message waits for core `me` (a few atomic loads; no syscall).
+    pub fn has_inbound(&self, me: usize) -> bool {
         (0..self.cores).any(|from| from != me && !self.queue(from, me).is_empty())
     }
 
