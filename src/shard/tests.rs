@@ -1,1 +1,292 @@
-//! Unit tests of the shard, driven without sockets: feed bytes in, read frames out.
+//! Unit tests of the shard, driven without sockets or threads: several `Shard`s and a `Mesh`,
+//! bytes fed in by hand, mesh messages pumped by the test in an order it chooses (seeded), and
+//! the queued output read back as frames. This is where cross-core ordering and bookkeeping are
+//! checked deterministically.
+
+use std::sync::Arc;
+
+use rand::{RngExt, SeedableRng};
+
+use super::*;
+use crate::config;
+use crate::mesh::Mesh;
+use crate::ws::frame::{Decoder, Message};
+
+const NOW: Now = Now {
+    mono_ms: 1_000,
+    unix_secs: 1_700_000_000,
+};
+
+struct World {
+    shards: Vec<Shard>,
+    mesh: Mesh,
+}
+
+impl World {
+    fn new(cores: usize) -> World {
+        let loaded = config::parse(config::EMBEDDED_DEFAULT).unwrap();
+        let config = Arc::new(loaded.config);
+        let apps = Arc::new(Apps::new(&config));
+        let shards = (0..cores)
+            .map(|core| Shard::new(core, cores, Arc::clone(&config), Arc::clone(&apps), 42))
+            .collect();
+        World {
+            shards,
+            mesh: Mesh::new(cores).unwrap(),
+        }
+    }
+
+    /// Moves every outbox into the mesh, then delivers messages until all queues are empty,
+    /// taking the next source core at random (any interleaving the real loops could produce).
+    fn pump(&mut self, rng: &mut rand::rngs::StdRng) {
+        loop {
+            for shard in &mut self.shards {
+                shard.outbox().flush(&self.mesh);
+            }
+            let cores = self.shards.len();
+            let pairs: Vec<(usize, usize)> = (0..cores)
+                .flat_map(|from| (0..cores).map(move |to| (from, to)))
+                .filter(|&(from, to)| from != to && self.mesh.depth(from, to) > 0)
+                .collect();
+            if pairs.is_empty() && self.shards.iter_mut().all(|s| s.outbox().is_empty()) {
+                return;
+            }
+            if pairs.is_empty() {
+                continue;
+            }
+            let (from, to) = pairs[rng.random_range(0..pairs.len())];
+            let message = self.mesh.try_recv(from, to).unwrap();
+            self.shards[to].on_mesh(from, message, NOW);
+        }
+    }
+}
+
+/// A WebSocket client on one shard: its slab key and a decoder for what the shard wrote.
+struct TestClient {
+    core: usize,
+    key: u32,
+    decoder: Decoder,
+    /// Output bytes already consumed.
+    seen: usize,
+}
+
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81];
+    if payload.len() < 126 {
+        frame.push(0x80 | payload.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+impl World {
+    fn connect(&mut self, core: usize, fd: i32) -> TestClient {
+        let shard = &mut self.shards[core];
+        let key = shard.accept(fd, NOW).unwrap();
+        let request = "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        shard.on_recv(key, request.as_bytes(), NOW);
+        let mut client = TestClient {
+            core,
+            key,
+            decoder: Decoder::new(1 << 20),
+            seen: 0,
+        };
+        // Skip the 101 response: everything up to the blank line.
+        let out = self.output(&client);
+        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        client.seen = head_end;
+        let frames = self.frames(&mut client);
+        assert!(
+            frames[0].contains("pusher:connection_established"),
+            "{frames:?}"
+        );
+        client
+    }
+
+    fn output(&self, client: &TestClient) -> Vec<u8> {
+        let conn = self.shards[client.core].conn(client.key);
+        conn.out.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    /// Frames written to `client` since the last call.
+    fn frames(&mut self, client: &mut TestClient) -> Vec<String> {
+        let out = self.output(client);
+        let fresh = &out[client.seen..];
+        client.seen = out.len();
+        // The decoder expects masked client frames; unmasked server frames are re-masked here.
+        let mut texts = Vec::new();
+        let mut rest = fresh;
+        while !rest.is_empty() {
+            let (header, len) = match rest[1] & 0x7f {
+                126 => (4, u16::from_be_bytes([rest[2], rest[3]]) as usize),
+                127 => (
+                    10,
+                    u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                ),
+                n => (2, n as usize),
+            };
+            let payload = &rest[header..header + len];
+            if rest[0] & 0x0f == 1 {
+                let mut messages = Vec::new();
+                client
+                    .decoder
+                    .feed(&masked_text(payload), &mut messages)
+                    .unwrap();
+                for message in messages {
+                    if let Message::Text(text) = message {
+                        texts.push(String::from_utf8(text).unwrap());
+                    }
+                }
+            }
+            rest = &rest[header + len..];
+        }
+        texts
+    }
+
+    fn send(&mut self, client: &TestClient, json: &str) {
+        self.shards[client.core].on_recv(client.key, &masked_text(json.as_bytes()), NOW);
+    }
+
+    fn subscribe(&mut self, client: &TestClient, channel: &str) {
+        let json = format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#);
+        self.send(client, &json);
+    }
+
+    /// Publishes `data` on `channel` as if a REST request arrived on `core`.
+    fn publish(&mut self, core: usize, channel: &str, data: &str) {
+        let text = crate::protocol::outbound::channel_event("e", channel, &format!("\"{data}\""));
+        let frame = crate::ws::frame::encode_text(text.as_bytes());
+        self.shards[core].publish(ChannelKey::new(0, channel), frame, None, None);
+    }
+}
+
+/// A channel owned by `owner` among `cores` cores.
+fn channel_owned_by(owner: usize, cores: usize) -> String {
+    (0..)
+        .map(|n| format!("chan-{n}"))
+        .find(|name| ChannelKey::new(0, name).owner(cores) == owner)
+        .unwrap()
+}
+
+#[test]
+fn subscription_succeeds_only_after_the_owner_counted_it() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut world = World::new(2);
+    let channel = channel_owned_by(1, 2);
+    let mut client = world.connect(0, 100);
+    world.subscribe(&client, &channel);
+    assert!(
+        world.frames(&mut client).is_empty(),
+        "no reply before the owner answers"
+    );
+    world.pump(&mut rng);
+    assert_eq!(
+        world.frames(&mut client),
+        vec![format!(
+            r#"{{"event":"pusher_internal:subscription_succeeded","channel":"{channel}","data":"{{}}"}}"#
+        )]
+    );
+    assert_eq!(
+        world.shards[1].owned[&ChannelKey::new(0, &channel)].total,
+        1
+    );
+}
+
+#[test]
+fn a_connection_gone_while_pending_is_uncounted() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let mut world = World::new(2);
+    let channel = channel_owned_by(1, 2);
+    let client = world.connect(0, 100);
+    world.subscribe(&client, &channel);
+    world.shards[0].on_peer_closed(client.key);
+    world.pump(&mut rng);
+    assert!(
+        world.shards[1].owned.is_empty(),
+        "the owner's count was undone"
+    );
+    assert!(world.shards[0].local.is_empty());
+}
+
+/// Seeded interleavings: subscribers on three cores, publishes from every core to channels
+/// owned by every core, mesh messages delivered in random order. Every subscriber of a channel
+/// sees the same sequence, and it contains every event published after it subscribed.
+#[test]
+fn every_subscriber_sees_the_same_order_under_random_interleavings() {
+    for seed in 0..30u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let cores = 3;
+        let mut world = World::new(cores);
+        let channels: Vec<String> = (0..cores)
+            .map(|owner| channel_owned_by(owner, cores))
+            .collect();
+        let mut clients = Vec::new();
+        for n in 0..9 {
+            let mut client = world.connect(n % cores, 100 + n as i32);
+            let channel = channels[rng.random_range(0..channels.len())].clone();
+            world.subscribe(&client, &channel);
+            world.pump(&mut rng);
+            assert_eq!(
+                world.frames(&mut client).len(),
+                1,
+                "seed {seed}: subscription_succeeded"
+            );
+            clients.push((client, channel));
+        }
+        let mut published = 0;
+        let mut per_channel: std::collections::HashMap<String, usize> = Default::default();
+        for round in 0..20 {
+            // Several publishes before any pump, from random cores, so they race in the mesh.
+            for _ in 0..rng.random_range(1..5) {
+                let channel = channels[rng.random_range(0..channels.len())].clone();
+                world.publish(
+                    rng.random_range(0..cores),
+                    &channel,
+                    &format!("{round}-{published}"),
+                );
+                *per_channel.entry(channel).or_default() += 1;
+                published += 1;
+            }
+            if rng.random_bool(0.5) {
+                world.pump(&mut rng);
+            }
+        }
+        world.pump(&mut rng);
+        for channel in &channels {
+            let sequences: Vec<Vec<String>> = clients
+                .iter_mut()
+                .filter(|(_, c)| c == channel)
+                .map(|(client, _)| std::mem::take(client))
+                .map(|mut client| world.frames(&mut client))
+                .collect();
+            let expected = per_channel.get(channel).copied().unwrap_or(0);
+            for sequence in &sequences {
+                assert_eq!(
+                    sequence.len(),
+                    expected,
+                    "seed {seed}: lost or extra events on {channel}"
+                );
+                assert_eq!(
+                    sequence, &sequences[0],
+                    "seed {seed}: subscribers of {channel} disagree"
+                );
+            }
+        }
+    }
+}
+
+impl Default for TestClient {
+    fn default() -> TestClient {
+        TestClient {
+            core: 0,
+            key: 0,
+            decoder: Decoder::new(1 << 20),
+            seen: 0,
+        }
+    }
+}
