@@ -3,6 +3,8 @@
 
 /// Private, presence, encrypted and cache channels, client events, signin, users, multi-app.
 mod channels;
+/// The command line and config handling of the binary.
+mod cli;
 /// The real-client suite (pusher-js and the `pusher` npm library) run against the binary.
 mod compat;
 /// Many connections over both cores, one publisher: nothing lost, nothing reordered.

@@ -1,0 +1,106 @@
+//! The binary's command line and config handling, run as a user would: unknown keys warn and
+//! the server starts (the rollback incident), invalid values stop it naming the key,
+//! `check-config` validates, `--version` names the build.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::Server;
+
+fn ringcast(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringcast-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const UNKNOWN_KEYS: &str = "version = 1\nfeature_from_the_future = true\n[server]\nbind = \"127.0.0.1:0\"\ncores = 1\nnew_knob = 5\n[[apps]]\nid = \"123456\"\nkey = \"app-key\"\nsecret = \"app-secret\"\nshiny = \"yes\"\n[brand_new_section]\nx = 1\n";
+
+// A config written for a newer version (keys this build does not know) still starts and
+// serves, and says which keys it ignored.
+#[test]
+fn unknown_keys_warn_and_the_server_starts() {
+    let server = Server::with_config_text(UNKNOWN_KEYS);
+    let mut client = server.client();
+    client.subscribe("after-rollback");
+    server.trigger(&json!({"name":"e","channel":"after-rollback","data":"ok"}));
+    assert_eq!(client.recv_event()["data"], "ok");
+    let stderr = server.stderr();
+    for key in [
+        "feature_from_the_future",
+        "server.new_knob",
+        "apps.0.shiny",
+        "brand_new_section",
+    ] {
+        assert!(stderr.contains(key), "no warning for {key}:\n{stderr}");
+    }
+}
+
+// An invalid value stops the start with a non-zero exit and the key's path.
+#[test]
+fn invalid_values_stop_the_start_naming_the_key() {
+    for (text, key) in [
+        (
+            "version = 1\n[server]\nbind = \"not an address\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+            "server.bind",
+        ),
+        (
+            "version = 1\n[server]\ncores = \"many\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+            "cores",
+        ),
+        (
+            "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"\"\n",
+            "apps[0].secret",
+        ),
+        ("version = 1\n", "apps"),
+        ("[server\nbind=", "parse"),
+    ] {
+        let path = write_config("invalid.toml", text);
+        let output = ringcast(&["serve", "--config", path.to_str().unwrap()]);
+        assert!(!output.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
+    }
+}
+
+// `check-config` prints the effective config; `--strict` refuses unknown keys.
+#[test]
+fn check_config_validates_and_strict_refuses_unknown_keys() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/ringcast.toml");
+    let output = ringcast(&["check-config", shipped, "--strict"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("activity_timeout_secs = 120"), "{printed}");
+
+    let path = write_config("unknown.toml", UNKNOWN_KEYS);
+    let lenient = ringcast(&["check-config", path.to_str().unwrap()]);
+    assert!(lenient.status.success());
+    assert!(String::from_utf8_lossy(&lenient.stderr).contains("new_knob"));
+    let strict = ringcast(&["check-config", path.to_str().unwrap(), "--strict"]);
+    assert!(!strict.status.success());
+}
+
+// `--version` names the version and the git revision.
+#[test]
+fn version_names_the_build() {
+    let output = ringcast(&["--version"]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")) && text.contains('('),
+        "{text}"
+    );
+}
