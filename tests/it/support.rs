@@ -121,28 +121,53 @@ impl Server {
     }
 
     pub fn ws(&self) -> Client {
-        Client::connect(self.addr, &format!("/app/{APP_KEY}?protocol=7&client=js&version=8.4.0&flash=false"))
+        Client::connect(
+            self.addr,
+            &format!("/app/{APP_KEY}?protocol=7&client=js&version=8.4.0&flash=false"),
+        )
     }
 
     /// A connected client that has read `pusher:connection_established`.
     pub fn client(&self) -> Client {
         let mut client = self.ws();
         let established = client.recv_event();
-        assert_eq!(established["event"], "pusher:connection_established", "{established}");
+        assert_eq!(
+            established["event"], "pusher:connection_established",
+            "{established}"
+        );
         let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
         client.socket_id = data["socket_id"].as_str().unwrap().to_string();
         client
     }
 
     /// A signed REST call; returns (status, body).
-    pub fn rest(&self, method: &str, path: &str, params: &[(&str, &str)], body: &str) -> (u16, String) {
-        let query = signed_query(method, path, params, body.as_bytes(), APP_KEY, APP_SECRET, unix_now());
+    pub fn rest(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let query = signed_query(
+            method,
+            path,
+            params,
+            body.as_bytes(),
+            APP_KEY,
+            APP_SECRET,
+            unix_now(),
+        );
         http(self.addr, method, &format!("{path}?{query}"), body)
     }
 
     /// POST /apps/{id}/events with a JSON body; asserts 200.
     pub fn trigger(&self, body: &Value) {
-        let (status, text) = self.rest("POST", &format!("/apps/{APP_ID}/events"), &[], &body.to_string());
+        let (status, text) = self.rest(
+            "POST",
+            &format!("/apps/{APP_ID}/events"),
+            &[],
+            &body.to_string(),
+        );
         assert_eq!(status, 200, "{text}");
     }
 }
@@ -156,7 +181,10 @@ impl Drop for Server {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub fn signed_query(
@@ -199,7 +227,10 @@ pub fn parse_response(response: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in response {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -249,9 +280,14 @@ impl Client {
 
     /// Subscribes to a public channel and waits for `subscription_succeeded`.
     pub fn subscribe(&mut self, channel: &str) {
-        self.send(&serde_json::json!({"event":"pusher:subscribe","data":{"auth":"","channel":channel}}));
+        self.send(
+            &serde_json::json!({"event":"pusher:subscribe","data":{"auth":"","channel":channel}}),
+        );
         let reply = self.recv_event();
-        assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "{reply}");
+        assert_eq!(
+            reply["event"], "pusher_internal:subscription_succeeded",
+            "{reply}"
+        );
         assert_eq!(reply["channel"], channel);
     }
 
@@ -260,9 +296,13 @@ impl Client {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             match self.ws.read() {
-                Ok(Message::Close(frame)) => return frame.map_or(1005, |f: CloseFrame| u16::from(f.code)),
+                Ok(Message::Close(frame)) => {
+                    return frame.map_or(1005, |f: CloseFrame| u16::from(f.code));
+                }
                 Ok(_) => continue,
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return 1006,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return 1006;
+                }
                 Err(error) => panic!("expected a close, got error {error}"),
             }
         }
@@ -274,7 +314,10 @@ impl Client {
         self.ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
         match self.ws.read() {
             Err(tungstenite::Error::Io(error))
-                if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             other => panic!("expected silence, got {other:?}"),
         }
         self.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
