@@ -8,9 +8,11 @@
 //! `service` (process start-up, signals, logging).
 
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod limits;
 pub mod mesh;
+pub mod metrics;
 pub mod protocol;
 pub mod runtime;
 pub mod service;

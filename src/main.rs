@@ -58,7 +58,7 @@ fn main() -> ExitCode {
                     "no --config given: running the embedded default config (loopback only, demo app id 123456, key `app-key`, secret `app-secret`); do not use it in production"
                 );
             }
-            match service::serve(loaded.config, &loaded.unknown_keys) {
+            match service::serve(loaded.config, &loaded.unknown_keys, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");

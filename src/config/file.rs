@@ -11,7 +11,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Address of the metrics and health endpoint (`/metrics`, `/healthz`, `/readyz`); empty
+    /// disables it.
+    pub bind: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -37,6 +47,17 @@ pub struct ServerConfig {
     /// Bytes queued to one connection before it is closed as a slow consumer (4101).
     pub outbound_bytes_max: usize,
     pub channel_name_bytes_max: usize,
+    /// WebSocket connections across all cores; 0 = unlimited. Over it: close 4100.
+    pub max_connections: u64,
+    /// New connections admitted per second across all cores (split evenly per core); 0 =
+    /// unlimited. The excess is closed with 4100 (reconnect with back-off).
+    pub accepts_per_sec_max: u64,
+    /// REST requests one core may hold waiting for other cores; more get 503 + Retry-After.
+    pub rest_in_flight_max: usize,
+    /// On SIGTERM: readiness goes false, then this long passes before connections are closed.
+    pub drain_grace_ms: u64,
+    /// Connections closed per second (with 4200) while draining, across all cores.
+    pub drain_rate_per_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +74,11 @@ impl Default for ServerConfig {
             ws_message_bytes_max: 100 * 1024,
             outbound_bytes_max: 4 * 1024 * 1024,
             channel_name_bytes_max: 200,
+            max_connections: 0,
+            accepts_per_sec_max: 0,
+            rest_in_flight_max: 1024,
+            drain_grace_ms: 2_000,
+            drain_rate_per_s: 2_000,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::limits;
 
-pub use file::{AppConfig, LogConfig, LogFormat, ServerConfig};
+pub use file::{AppConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig};
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -20,6 +20,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -145,6 +146,32 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         limits::OUTBOUND_BYTES_CEILING,
     )?;
     check_range(
+        "server.rest_in_flight_max",
+        server.rest_in_flight_max,
+        1,
+        limits::PENDING_QUERIES_PER_CORE_MAX,
+    )?;
+    check_range(
+        "server.drain_grace_ms",
+        server.drain_grace_ms as usize,
+        0,
+        3_600_000,
+    )?;
+    check_range(
+        "server.drain_rate_per_s",
+        server.drain_rate_per_s as usize,
+        1,
+        10_000_000,
+    )?;
+    if !raw.metrics.bind.is_empty() {
+        raw.metrics.bind.parse::<SocketAddr>().map_err(|error| {
+            invalid(
+                "metrics.bind",
+                format!("`{}` is not an address: {error}", raw.metrics.bind),
+            )
+        })?;
+    }
+    check_range(
         "server.channel_name_bytes_max",
         server.channel_name_bytes_max,
         1,
@@ -223,6 +250,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         server,
         log: raw.log,
+        metrics: raw.metrics,
         apps: raw.apps,
     })
 }
@@ -258,6 +286,7 @@ impl Config {
             version: Some(1),
             server: self.server.clone(),
             log: self.log.clone(),
+            metrics: self.metrics.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")

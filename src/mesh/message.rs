@@ -145,12 +145,15 @@ pub enum ShardMessage {
         frame: Bytes,
         exclude: Option<SocketId>,
         cache: Option<CacheEntry>,
+        /// When the publish arrived (process monotonic µs), for the latency histogram.
+        published_us: u64,
     },
     /// Owner → every core with subscribers: write `frame` to local subscribers of `channel`.
     Deliver {
         channel: ChannelKey,
         frame: Bytes,
         exclude: Option<SocketId>,
+        published_us: u64,
     },
     /// REST core → every core: list the occupied channels you own for `app`.
     ListChannels {

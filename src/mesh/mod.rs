@@ -31,6 +31,14 @@ pub struct Mesh {
     doorbells: Box<[Doorbell]>,
 }
 
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("cores", &self.cores)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Mesh {
     pub fn new(cores: usize) -> io::Result<Mesh> {
         assert!(cores >= 1 && cores <= limits::CORES_MAX);
@@ -202,6 +210,7 @@ mod tests {
             channel: ChannelKey::new(0, "c"),
             frame: Bytes::from(n.to_string()),
             exclude: None,
+            published_us: 0,
         }
     }
 

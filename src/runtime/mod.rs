@@ -11,16 +11,18 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::limits;
 use crate::mesh::Mesh;
+use crate::metrics::{CoreMetrics, Metrics};
 use crate::shard::{Apps, Now, Shard};
 use buf_ring::BufRing;
 
@@ -81,8 +83,10 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     mesh: Arc<Mesh>,
-    /// Per-core heartbeat: the monotonic ms of each loop's last iteration.
-    pub heartbeats: Arc<Vec<AtomicU64>>,
+    pub control: Arc<Control>,
+    pub metrics: Arc<Metrics>,
+    /// The app table the cores run with (the base for reloads).
+    pub apps: Arc<Apps>,
 }
 
 impl Server {
@@ -133,17 +137,26 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
     let mesh = Arc::new(Mesh::new(cores)?);
     let apps = Arc::new(Apps::new(&config));
     let stop = Arc::new(AtomicBool::new(false));
-    let heartbeats: Arc<Vec<AtomicU64>> = Arc::new((0..cores).map(|_| AtomicU64::new(0)).collect());
+    let control = Arc::new(Control::new(cores));
+    let metrics = Arc::new(Metrics::new(Arc::clone(&control), Arc::clone(&mesh)));
     let epoch = rand::random::<u64>() % 9_000_000_000 + 1_000_000_000;
-    let started = Instant::now();
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(cores);
     for (core, listener) in listeners.into_iter().enumerate() {
-        let shard = Shard::new(core, cores, Arc::clone(&config), Arc::clone(&apps), epoch);
+        let shard = Shard::new(
+            core,
+            cores,
+            Arc::clone(&config),
+            Arc::clone(&apps),
+            epoch,
+            Arc::clone(&control),
+            Arc::clone(&metrics),
+        );
         let mesh = Arc::clone(&mesh);
         let stop = Arc::clone(&stop);
-        let heartbeats = Arc::clone(&heartbeats);
+        let control = Arc::clone(&control);
+        let metrics = Arc::clone(&metrics);
         let ready = ready_sender.clone();
         let cpu = (config.server.pin_threads && !cpus.is_empty()).then(|| cpus[core % cpus.len()]);
         let thread = std::thread::Builder::new()
@@ -153,7 +166,7 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
                     core_affinity::set_for_current(cpu);
                 }
                 let fd = listener.into_raw_fd();
-                match CoreLoop::new(core, fd, shard, mesh, started, stop, heartbeats) {
+                match CoreLoop::new(core, fd, shard, mesh, control, metrics, stop) {
                     Ok(mut core_loop) => {
                         let _ = ready.send(Ok(()));
                         core_loop.run();
@@ -179,7 +192,9 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
         threads,
         stop,
         mesh,
-        heartbeats,
+        control,
+        metrics,
+        apps,
     })
 }
 
@@ -199,9 +214,9 @@ struct CoreLoop {
     listener: RawFd,
     shard: Shard,
     mesh: Arc<Mesh>,
-    started: Instant,
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-    heartbeats: Arc<Vec<AtomicU64>>,
     /// Send operations in flight, by connection key (one at most per connection).
     sends: Vec<Option<Box<SendOp>>>,
     send_pool: Vec<Box<SendOp>>,
@@ -221,9 +236,9 @@ impl CoreLoop {
         listener: RawFd,
         shard: Shard,
         mesh: Arc<Mesh>,
-        started: Instant,
+        control: Arc<Control>,
+        metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
-        heartbeats: Arc<Vec<AtomicU64>>,
     ) -> io::Result<CoreLoop> {
         let ring = IoUring::builder()
             .setup_single_issuer()
@@ -243,9 +258,9 @@ impl CoreLoop {
             listener,
             shard,
             mesh,
-            started,
+            control,
+            metrics,
             stop,
-            heartbeats,
             sends: Vec::new(),
             send_pool: Vec::new(),
             doorbell_value: Box::new(0),
@@ -266,7 +281,8 @@ impl CoreLoop {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Now {
-            mono_ms: self.started.elapsed().as_millis() as u64,
+            mono_ms: self.control.now_ms(),
+            mono_us: self.control.now_us(),
             unix_secs,
         }
     }
@@ -318,7 +334,7 @@ impl CoreLoop {
         let mut completions = Vec::with_capacity(1024);
         while !self.stop.load(Ordering::Relaxed) {
             let now = self.now();
-            self.heartbeats[self.core].store(now.mono_ms, Ordering::Relaxed);
+            self.control.beat(self.core, now.mono_ms);
             completions.clear();
             completions.extend(
                 self.ring
@@ -333,6 +349,11 @@ impl CoreLoop {
             busy |= self.drain_mesh(now);
             if now.mono_ms >= self.next_sweep_ms {
                 self.next_sweep_ms = now.mono_ms + limits::TIMER_SWEEP_INTERVAL_MS;
+                if let Some(reload) = self.control.take_reload(self.core) {
+                    self.shard.apply_reload(&reload);
+                }
+                #[cfg(debug_assertions)]
+                self.test_stall(now);
                 self.shard.on_timer(now);
                 if !self.accept_armed {
                     self.arm_accept();
@@ -348,6 +369,8 @@ impl CoreLoop {
             }
             self.shard.outbox().flush(&self.mesh);
             self.flush_connections();
+            let iteration_us = self.control.now_us().saturating_sub(now.mono_us);
+            self.metrics.cores[self.core].loop_iteration(iteration_us);
             if busy || !self.shard.outbox().is_empty() {
                 if let Err(error) = self.ring.submit() {
                     tracing::error!(core = self.core, %error, "io_uring submit failed");
@@ -467,6 +490,10 @@ impl CoreLoop {
             let bid =
                 cqueue::buffer_select(flags).expect("a multishot receive always selects a buffer");
             let data = self.buffers.data(bid, result as usize);
+            CoreMetrics::add(
+                &self.metrics.cores[self.core].socket_received_bytes,
+                result as u64,
+            );
             self.shard.on_recv(key, data, now);
             self.buffers.push(bid);
             if !more {
@@ -490,6 +517,10 @@ impl CoreLoop {
         self.send_pool.push(op);
         self.shard.conn_mut(key).io.send_in_flight = false;
         if result >= 0 {
+            CoreMetrics::add(
+                &self.metrics.cores[self.core].socket_transmitted_bytes,
+                result as u64,
+            );
             if !self.shard.conn(key).dead {
                 self.shard.on_sent(key, result as usize);
             }
@@ -578,6 +609,32 @@ impl CoreLoop {
         self.sends[slot] = Some(op);
         self.shard.conn_mut(key).io.send_in_flight = true;
         self.push(entry);
+    }
+}
+
+impl CoreLoop {
+    /// Test hook (debug builds only): `RINGCAST_TEST_STALL_CORE=CORE:MS` makes core CORE stop
+    /// running its loop MS milliseconds after start, so tests can see the watchdog and
+    /// `/healthz` notice a stuck core. Release builds do not contain it.
+    #[cfg(debug_assertions)]
+    fn test_stall(&self, now: Now) {
+        let Ok(spec) = std::env::var("RINGCAST_TEST_STALL_CORE") else {
+            return;
+        };
+        let Some((core, after_ms)) = spec.split_once(':') else {
+            return;
+        };
+        if core.parse::<usize>().ok() == Some(self.core)
+            && after_ms.parse::<u64>().is_ok_and(|ms| now.mono_ms >= ms)
+        {
+            tracing::warn!(
+                core = self.core,
+                "RINGCAST_TEST_STALL_CORE: this core stops running its loop"
+            );
+            while !self.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 

@@ -1,12 +1,21 @@
-//! Process-level plumbing around the core threads: logging set-up, the start-up line, and
-//! signal handling. Owns nothing that is per connection or per channel.
+//! The control (main) thread around the core threads: logging set-up, the start-up line,
+//! systemd notification (READY, WATCHDOG, STATUS, STOPPING), signals (SIGTERM/SIGINT drain then
+//! exit, a second one exits at once; SIGHUP reloads apps and limits), and the metrics/health
+//! endpoint. It never touches a client connection: it talks to the cores only through
+//! `Control`. Its own IO (the metrics port, the notify socket) is plain blocking IO on this
+//! thread, off every core.
 
+mod metrics_http;
+
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::{Config, LogFormat};
+use crate::config::{self, Config, LogFormat};
+use crate::control::Reload;
 use crate::runtime;
 
 /// Installs the global tracing subscriber: `RUST_LOG` wins over the config's level.
@@ -30,29 +39,213 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
-/// Runs the server until SIGTERM or SIGINT. Prints `ringcast listening on ADDR` on stdout once
-/// every core accepts (tests and scripts read it to learn the port).
-pub fn serve(config: Config, unknown_keys: &[String]) -> anyhow::Result<()> {
+/// How often the control thread wakes (signals, watchdog, status, drain progress).
+const CONTROL_TICK: Duration = Duration::from_millis(50);
+/// How often `STATUS=` is refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// A core whose loop has not run for this long (or half the watchdog interval, if shorter)
+/// stops the watchdog pings.
+const CORE_STALL_MS: u64 = 2_000;
+/// Extra time a drain may take beyond its computed schedule before the process exits anyway.
+const DRAIN_SLACK_MS: u64 = 5_000;
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::warn!(%error, "systemd notification failed");
+    }
+}
+
+/// Runs the server until it has drained after SIGTERM/SIGINT (or exits at once on a second
+/// one). Prints `ringcast listening on ADDR` on stdout once every core accepts (tests and
+/// scripts read it), then `ringcast metrics on ADDR` when the metrics endpoint is on.
+pub fn serve(
+    config: Config,
+    unknown_keys: &[String],
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     for key in unknown_keys {
         tracing::warn!(key = %key, "unknown config key ignored");
     }
-    let config = Arc::new(config);
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
-    let server = runtime::start(Arc::clone(&config))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let mut config = Arc::new(config);
+    let mut server = runtime::start(Arc::clone(&config))?;
+    let control = Arc::clone(&server.control);
+    let metrics = Arc::clone(&server.metrics);
+    metrics.config_unknown_keys.store(
+        unknown_keys.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let metrics_addr = if config.metrics.bind.is_empty() {
+        None
+    } else {
+        let bind = config.metrics.bind.parse().expect("validated");
+        Some(metrics_http::start(
+            bind,
+            Arc::clone(&control),
+            Arc::clone(&metrics),
+        )?)
+    };
+    control.set_ready(true);
     tracing::info!(
         version = VERSION,
         cores = server.cores,
         bind = %server.local_addr,
+        metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         apps = config.apps.len(),
         unknown_config_keys = unknown_keys.len(),
         "ringcast started"
     );
     println!("ringcast listening on {}", server.local_addr);
+    if let Some(addr) = metrics_addr {
+        println!("ringcast metrics on {addr}");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "shutting down");
+
+    let status = |text: &str| format!("{text}; {} connections", control.connections());
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status("ready")),
+    ]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let stall_ms = watchdog.map_or(CORE_STALL_MS, |interval| {
+        CORE_STALL_MS.min(interval.as_millis() as u64 / 2)
+    });
+    let mut last_watchdog = Instant::now();
+    let mut last_status = Instant::now();
+    let mut drain_deadline_ms: Option<u64> = None;
+    let mut stalled_logged = false;
+    loop {
+        for signal in signals.pending() {
+            match signal {
+                SIGHUP => {
+                    config = reload(&config, config_path.as_deref(), &mut server);
+                }
+                _ if drain_deadline_ms.is_some() => {
+                    tracing::warn!(signal, "second shutdown signal: exiting now");
+                    std::process::exit(1);
+                }
+                _ => {
+                    let grace = config.server.drain_grace_ms;
+                    let connections = control.connections();
+                    let rate = config.server.drain_rate_per_s.max(1);
+                    control.begin_drain(grace);
+                    let schedule_ms = grace + connections * 1000 / rate;
+                    drain_deadline_ms = Some(control.now_ms() + schedule_ms + DRAIN_SLACK_MS);
+                    tracing::info!(
+                        signal,
+                        connections,
+                        grace_ms = grace,
+                        rate_per_s = rate,
+                        "draining"
+                    );
+                    notify(&[
+                        sd_notify::NotifyState::Stopping,
+                        sd_notify::NotifyState::Status(&status("draining")),
+                    ]);
+                }
+            }
+        }
+        if let Some(interval) = watchdog {
+            if last_watchdog.elapsed() >= interval / 2 {
+                if control.all_cores_alive(stall_ms) {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                    last_watchdog = Instant::now();
+                    stalled_logged = false;
+                } else if !stalled_logged {
+                    tracing::error!(
+                        "a core loop stopped ticking: withholding the systemd watchdog ping"
+                    );
+                    stalled_logged = true;
+                }
+            }
+        }
+        if last_status.elapsed() >= STATUS_INTERVAL {
+            let state = if control.is_draining() {
+                "draining"
+            } else {
+                "ready"
+            };
+            notify(&[sd_notify::NotifyState::Status(&status(state))]);
+            last_status = Instant::now();
+        }
+        if let Some(deadline) = drain_deadline_ms {
+            let now = control.now_ms();
+            let closing_started = control.drain_close_at_ms().is_some_and(|at| now >= at);
+            if closing_started && control.connections() == 0 {
+                tracing::info!("drained: every connection is closed");
+                break;
+            }
+            if now >= deadline {
+                tracing::warn!(
+                    left = control.connections(),
+                    "drain deadline passed: exiting with connections open"
+                );
+                break;
+            }
+        }
+        std::thread::sleep(CONTROL_TICK);
     }
     server.stop();
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file; applies apps and limits to every core without dropping
+/// connections, or keeps the running config when the file is invalid.
+fn reload(
+    current: &Arc<Config>,
+    path: Option<&std::path::Path>,
+    server: &mut runtime::Server,
+) -> Arc<Config> {
+    let metrics = &server.metrics;
+    let loaded = match path {
+        Some(path) => config::load_file(path),
+        None => config::parse(config::EMBEDDED_DEFAULT),
+    };
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            metrics
+                .config_reload_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(%error, "config reload rejected: keeping the running config");
+            return Arc::clone(current);
+        }
+    };
+    for key in &loaded.unknown_keys {
+        tracing::warn!(key = %key, "unknown config key ignored");
+    }
+    let mut next = loaded.config;
+    if next.server.bind != current.server.bind || next.server.cores != current.server.cores {
+        tracing::warn!(
+            "server.bind and server.cores change only with a restart; keeping the running values"
+        );
+        next.server.bind = current.server.bind.clone();
+        next.server.cores = current.server.cores;
+    }
+    let apps = match server.apps.reloaded(&next) {
+        Ok(apps) => Arc::new(apps),
+        Err(error) => {
+            metrics
+                .config_reload_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(%error, "config reload rejected: keeping the running config");
+            return Arc::clone(current);
+        }
+    };
+    let next = Arc::new(next);
+    server.apps = Arc::clone(&apps);
+    server.control.send_reload(Arc::new(Reload {
+        config: Arc::clone(&next),
+        apps,
+    }));
+    metrics.config_unknown_keys.store(
+        loaded.unknown_keys.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    metrics
+        .config_reloads
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(apps = next.apps.len(), "config reloaded");
+    next
 }

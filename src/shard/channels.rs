@@ -305,6 +305,19 @@ impl Shard {
         exclude: Option<SocketId>,
         cache: Option<CacheEntry>,
     ) {
+        let published_us = self.now.mono_us;
+        self.owner_publish_at(channel, frame, exclude, cache, published_us);
+    }
+
+    /// `owner_publish` for an event that arrived at `published_us`.
+    pub(super) fn owner_publish_at(
+        &mut self,
+        channel: ChannelKey,
+        frame: Bytes,
+        exclude: Option<SocketId>,
+        cache: Option<CacheEntry>,
+        published_us: u64,
+    ) {
         if let Some(entry) = cache {
             let ttl_ms = self.apps.get(channel.app).cache_ttl_secs * 1000;
             let cached = CachedEvent {
@@ -331,12 +344,13 @@ impl Shard {
                         channel: channel.clone(),
                         frame: frame.clone(),
                         exclude,
+                        published_us,
                     },
                 );
             }
         }
         if deliver_here {
-            self.deliver_local(&channel, &frame, exclude);
+            self.deliver_local(&channel, &frame, exclude, published_us);
         }
     }
 
@@ -346,6 +360,7 @@ impl Shard {
         channel: &ChannelKey,
         frame: &Bytes,
         exclude: Option<SocketId>,
+        published_us: u64,
     ) {
         let Some(subscribers) = self.local.get(channel) else {
             return;
@@ -373,6 +388,9 @@ impl Shard {
             }
         }
         self.stats.frames_queued += delivered;
+        let core_metrics = &self.metrics.cores[self.core];
+        crate::metrics::CoreMetrics::add(&core_metrics.ws_messages_sent, delivered);
+        core_metrics.latency(self.now.mono_us.saturating_sub(published_us), delivered);
         for key in slow {
             self.close_slow_consumer(key);
         }
@@ -655,6 +673,7 @@ impl Shard {
                 frame,
                 exclude,
                 cache,
+                published_us: self.now.mono_us,
             },
         );
     }

@@ -20,8 +20,10 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::config::Config;
+use crate::control::{Control, Reload};
 use crate::limits;
 use crate::mesh::{ChannelKey, ConnRef, Outbox, ShardMessage};
+use crate::metrics::{CoreMetrics, Metrics};
 use crate::protocol::socket_id::SocketIdGenerator;
 
 pub use apps::Apps;
@@ -34,6 +36,8 @@ use rest::Query;
 pub struct Now {
     /// Monotonic milliseconds since the process started.
     pub mono_ms: u64,
+    /// The same clock in microseconds (latency measurements).
+    pub mono_us: u64,
     /// Wall-clock Unix seconds (REST timestamps).
     pub unix_secs: u64,
 }
@@ -79,6 +83,16 @@ pub struct Shard {
     connections_max: usize,
     /// The time of the current driver call; internal code reads this, never a clock.
     now: Now,
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+    /// The endpoint of the HTTP request being answered (for metrics).
+    endpoint: crate::metrics::Endpoint,
+    /// Accept-rate token bucket: tokens available and when it was last refilled.
+    accept_tokens: f64,
+    accept_refilled_ms: u64,
+    /// Drain pacing: closes owed to the rate but not yet done, and a jitter state.
+    drain_credit: f64,
+    jitter: u64,
     pub stats: ShardStats,
 }
 
@@ -89,6 +103,8 @@ impl Shard {
         config: Arc<Config>,
         apps: Arc<Apps>,
         epoch: u64,
+        control: Arc<Control>,
+        metrics: Arc<Metrics>,
     ) -> Shard {
         assert!(core < cores);
         Shard {
@@ -112,8 +128,16 @@ impl Shard {
             connections_max: limits::CONNECTIONS_PER_CORE_MAX,
             now: Now {
                 mono_ms: 0,
+                mono_us: 0,
                 unix_secs: 0,
             },
+            control,
+            metrics,
+            endpoint: crate::metrics::Endpoint::Other,
+            accept_tokens: 0.0,
+            accept_refilled_ms: 0,
+            drain_credit: 0.0,
+            jitter: epoch ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             stats: ShardStats::default(),
         }
     }
@@ -277,12 +301,14 @@ impl Shard {
                 frame,
                 exclude,
                 cache,
-            } => self.owner_publish(channel, frame, exclude, cache),
+                published_us,
+            } => self.owner_publish_at(channel, frame, exclude, cache, published_us),
             ShardMessage::Deliver {
                 channel,
                 frame,
                 exclude,
-            } => self.deliver_local(&channel, &frame, exclude),
+                published_us,
+            } => self.deliver_local(&channel, &frame, exclude, published_us),
             ShardMessage::ListChannels { query, app, prefix } => {
                 let channels = self.owned_channels(app, &prefix);
                 self.outbox
@@ -391,6 +417,9 @@ impl Shard {
             );
         }
         self.pay_owed_counts();
+        self.drain_some(limits::TIMER_SWEEP_INTERVAL_MS);
+        self.control
+            .publish_connections(self.core, self.conns.len());
         self.sweeps += 1;
         if self.sweeps % 64 == 0 {
             self.expire_caches();
@@ -504,6 +533,91 @@ impl Shard {
         }
         if counted {
             self.apps.disconnect(app);
+            let core_metrics = self.core_metrics();
+            core_metrics
+                .connected
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            CoreMetrics::add(&core_metrics.new_disconnections, 1);
+        }
+    }
+
+    pub(crate) fn core_metrics(&self) -> &CoreMetrics {
+        &self.metrics.cores[self.core]
+    }
+
+    /// Applies a reloaded configuration: apps and limits change, connections stay.
+    pub fn apply_reload(&mut self, reload: &Reload) {
+        self.config = Arc::clone(&reload.config);
+        self.apps = Arc::clone(&reload.apps);
+    }
+
+    /// One token of this core's share of `server.accepts_per_sec_max` (always true when
+    /// unlimited). The bucket holds at most one second's worth.
+    fn take_accept_token(&mut self) -> bool {
+        let per_second = self.config.server.accepts_per_sec_max;
+        if per_second == 0 {
+            return true;
+        }
+        let share = (per_second as f64 / self.cores as f64).max(1.0);
+        let elapsed_ms = self.now.mono_ms.saturating_sub(self.accept_refilled_ms);
+        self.accept_refilled_ms = self.now.mono_ms;
+        self.accept_tokens = (self.accept_tokens + share * elapsed_ms as f64 / 1000.0).min(share);
+        if self.accept_tokens < 1.0 {
+            return false;
+        }
+        self.accept_tokens -= 1.0;
+        true
+    }
+
+    /// Drain: once the grace period is over, closes this core's share of `drain_rate_per_s`
+    /// connections per sweep, in a jittered order and amount, WebSocket clients with 4200.
+    fn drain_some(&mut self, elapsed_ms: u64) {
+        let Some(close_at) = self.control.drain_close_at_ms() else {
+            return;
+        };
+        if self.now.mono_ms < close_at {
+            return;
+        }
+        let share = (self.config.server.drain_rate_per_s as f64 / self.cores as f64).max(1.0);
+        // Jitter: this sweep's budget is 50%..150% of the steady rate.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let factor = 0.5 + (self.jitter % 1000) as f64 / 1000.0;
+        self.drain_credit += share * elapsed_ms as f64 / 1000.0 * factor;
+        let budget = self.drain_credit.floor() as usize;
+        if budget == 0 {
+            return;
+        }
+        let open: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| !conn.closing && !conn.dead)
+            .map(|(key, _)| key as u32)
+            .collect();
+        if open.is_empty() {
+            self.drain_credit = 0.0;
+            return;
+        }
+        let start = (self.jitter as usize) % open.len();
+        let chosen: Vec<u32> = open
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(budget.min(open.len()))
+            .copied()
+            .collect();
+        self.drain_credit -= chosen.len() as f64;
+        for key in chosen {
+            match self.conns[key as usize].phase {
+                Phase::WebSocket(_) => {
+                    self.close_ws(key, crate::protocol::close_code::SERVER_CLOSING, true)
+                }
+                // Idle or between requests: flush what is queued, then close. A request waiting
+                // for other cores finishes first (its connection is picked again later).
+                Phase::Http { awaiting: None, .. } => self.begin_close(key),
+                Phase::Http { .. } => {}
+            }
         }
     }
 }

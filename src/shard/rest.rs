@@ -17,6 +17,7 @@ use crate::http::{response, signature};
 use crate::limits;
 use crate::mesh::message::{CacheEntry, ChannelInfo, ChannelSummary, QueryRef};
 use crate::mesh::{ChannelKey, ShardMessage};
+use crate::metrics::Endpoint;
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::outbound;
 use crate::protocol::socket_id::SocketId;
@@ -29,6 +30,7 @@ const TIMESTAMP_WINDOW_SECS: u64 = 600;
 /// A REST request waiting for other cores.
 #[derive(Debug)]
 pub(super) struct Query {
+    endpoint: Endpoint,
     conn: u32,
     conn_generation: u32,
     generation: u32,
@@ -128,6 +130,7 @@ impl Shard {
             match request::parse(input, &limits) {
                 Ok(Parsed::Partial) => return,
                 Err(error) => {
+                    self.endpoint = Endpoint::Other;
                     self.respond_error(key, error.status, error.message, false, &[]);
                     return;
                 }
@@ -151,9 +154,11 @@ impl Shard {
 
     fn handle_request(&mut self, key: u32, request: Request, leftover: Vec<u8>) {
         if handshake::is_upgrade(&header_refs(&request)) {
+            self.endpoint = Endpoint::Upgrade;
             self.upgrade(key, &request, leftover);
             return;
         }
+        self.endpoint = endpoint_of(&request.path);
         let keep_alive = request.keep_alive;
         let path = request.path.as_str();
         if let Some(rest) = path.strip_prefix("/apps/") {
@@ -162,8 +167,26 @@ impl Shard {
             return;
         }
         match (request.method, path) {
-            (Method::Get | Method::Head, "/" | "/healthz" | "/readyz") => {
-                self.respond(key, 200, "text/plain", b"OK", keep_alive, &[]);
+            (Method::Get | Method::Head, "/" | "/healthz") => {
+                // Alive when every core loop ran recently (this one obviously did).
+                if self.control.all_cores_alive(HEALTH_HEARTBEAT_MAX_AGE_MS) {
+                    self.respond(key, 200, "text/plain", b"OK", keep_alive, &[]);
+                } else {
+                    let body = b"a core loop is stuck";
+                    self.respond(key, 503, "text/plain", body, keep_alive, &[]);
+                }
+            }
+            (Method::Get | Method::Head, "/readyz") => {
+                if self.control.is_ready() {
+                    self.respond(key, 200, "text/plain", b"ready", keep_alive, &[]);
+                } else {
+                    let body: &[u8] = if self.control.is_draining() {
+                        b"draining"
+                    } else {
+                        b"starting"
+                    };
+                    self.respond(key, 503, "text/plain", body, keep_alive, &[]);
+                }
             }
             (_, path) if path.starts_with("/app/") => {
                 self.respond_error(
@@ -433,7 +456,9 @@ impl Shard {
         remaining: usize,
         kind: QueryKind,
     ) -> Option<QueryRef> {
-        if self.queries.len() >= limits::PENDING_QUERIES_PER_CORE_MAX {
+        if self.queries.len() >= self.config.server.rest_in_flight_max {
+            self.core_metrics()
+                .reject(crate::metrics::REJECT_REST_IN_FLIGHT);
             self.stats.rest_shed += 1;
             self.respond_error(
                 key,
@@ -447,6 +472,7 @@ impl Shard {
         self.query_generation = self.query_generation.wrapping_add(1);
         let conn_generation = self.conns[key as usize].generation;
         let slot = self.queries.insert(Query {
+            endpoint: self.endpoint,
             conn: key,
             conn_generation,
             generation: self.query_generation,
@@ -654,6 +680,7 @@ impl Shard {
             return;
         }
         let key = pending.conn;
+        self.endpoint = pending.endpoint;
         if let Phase::Http { awaiting, .. } = &mut self.conns[key as usize].phase {
             assert_eq!(*awaiting, Some(slot));
             *awaiting = None;
@@ -679,6 +706,8 @@ impl Shard {
         keep_alive: bool,
         extra_headers: &[(&str, &str)],
     ) {
+        let keep_alive = keep_alive && !self.control.is_draining();
+        self.core_metrics().http_call(self.endpoint, status);
         let mut out = Vec::with_capacity(128 + body.len());
         response::write(
             &mut out,
@@ -702,12 +731,37 @@ impl Shard {
         keep_alive: bool,
         extra_headers: &[(&str, &str)],
     ) {
+        let keep_alive = keep_alive && !self.control.is_draining();
+        self.core_metrics().http_call(self.endpoint, status);
         let mut out = Vec::with_capacity(128);
         response::write_json_error(&mut out, status, message, keep_alive, extra_headers);
         self.queue_always(key, Bytes::from(out));
         if !keep_alive {
             self.begin_close(key);
         }
+    }
+}
+
+/// `/healthz` fails when a core's loop has not run for this long.
+const HEALTH_HEARTBEAT_MAX_AGE_MS: u64 = 2_000;
+
+/// Which endpoint a path is, for metrics.
+fn endpoint_of(path: &str) -> Endpoint {
+    let Some(rest) = path.strip_prefix("/apps/") else {
+        return match path {
+            "/" | "/healthz" | "/readyz" => Endpoint::Health,
+            _ => Endpoint::Other,
+        };
+    };
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["events"] => Endpoint::Events,
+        ["batch_events"] => Endpoint::BatchEvents,
+        ["channels"] => Endpoint::Channels,
+        ["channels", _] => Endpoint::Channel,
+        ["channels", _, "users"] => Endpoint::Users,
+        ["users", _, "terminate_connections"] => Endpoint::TerminateConnections,
+        _ => Endpoint::Other,
     }
 }
 

@@ -14,12 +14,13 @@ use crate::ws::frame::{Decoder, Message};
 
 const NOW: Now = Now {
     mono_ms: 1_000,
+    mono_us: 1_000_000,
     unix_secs: 1_700_000_000,
 };
 
 struct World {
     shards: Vec<Shard>,
-    mesh: Mesh,
+    mesh: Arc<Mesh>,
 }
 
 impl World {
@@ -27,13 +28,24 @@ impl World {
         let loaded = config::parse(config::EMBEDDED_DEFAULT).unwrap();
         let config = Arc::new(loaded.config);
         let apps = Arc::new(Apps::new(&config));
+        let mesh = Arc::new(Mesh::new(cores).unwrap());
+        let control = Arc::new(Control::new(cores));
+        let metrics = Arc::new(Metrics::new(Arc::clone(&control), Arc::clone(&mesh)));
         let shards = (0..cores)
-            .map(|core| Shard::new(core, cores, Arc::clone(&config), Arc::clone(&apps), 42))
+            .map(|core| {
+                let (config, apps) = (Arc::clone(&config), Arc::clone(&apps));
+                Shard::new(
+                    core,
+                    cores,
+                    config,
+                    apps,
+                    42,
+                    Arc::clone(&control),
+                    Arc::clone(&metrics),
+                )
+            })
             .collect();
-        World {
-            shards,
-            mesh: Mesh::new(cores).unwrap(),
-        }
+        World { shards, mesh }
     }
 
     /// Moves every outbox into the mesh, then delivers messages until all queues are empty,

@@ -11,8 +11,10 @@ use crate::http::signature;
 use crate::limits;
 use std::sync::Arc;
 
+use super::apps::ConnectRefusal;
 use crate::mesh::ChannelKey;
 use crate::mesh::message::Member;
+use crate::metrics::{self, CoreMetrics};
 use crate::protocol::channel::{self, ChannelKind, ChannelNameError};
 use crate::protocol::close_code::{self, CloseCode};
 use crate::protocol::envelope::{self, ClientMessage};
@@ -42,6 +44,8 @@ impl Shard {
             }
         };
         self.queue_always(key, Bytes::from(response));
+        self.core_metrics()
+            .http_call(crate::metrics::Endpoint::Upgrade, 101);
         let now = self.now;
         let ws = WsState {
             app: 0,
@@ -86,6 +90,10 @@ impl Shard {
         let Some(app_key) = app_key else {
             return Err(Refusal::Fixed(close_code::PATH_NOT_FOUND_CLOSE));
         };
+        if self.control.is_draining() {
+            self.core_metrics().reject(metrics::REJECT_DRAINING);
+            return Err(Refusal::Fixed(close_code::SERVER_CLOSING));
+        }
         let Some(app) = self.apps.by_key(app_key) else {
             return Err(Refusal::UnknownApp(format!(
                 "App key {app_key} does not exist."
@@ -112,6 +120,7 @@ impl Shard {
                 .iter()
                 .any(|allowed| allowed == "*" || allowed == origin)
             {
+                self.core_metrics().reject(metrics::REJECT_ORIGIN);
                 return Err(Refusal::Fixed(CloseCode {
                     code: close_code::UNAUTHORIZED,
                     message: "Origin not allowed",
@@ -123,9 +132,24 @@ impl Shard {
         } else {
             0
         };
-        if !self.apps.try_connect(app) {
-            return Err(Refusal::Fixed(close_code::APP_OVER_QUOTA_CLOSE));
+        if !self.take_accept_token() {
+            self.core_metrics().reject(metrics::REJECT_ACCEPT_RATE);
+            return Err(Refusal::Fixed(close_code::OVER_CAPACITY_CLOSE));
         }
+        match self.apps.try_connect(app) {
+            Ok(()) => {}
+            Err(ConnectRefusal::OverCapacity) => {
+                self.core_metrics().reject(metrics::REJECT_OVER_CAPACITY);
+                return Err(Refusal::Fixed(close_code::OVER_CAPACITY_CLOSE));
+            }
+            Err(ConnectRefusal::AppQuota) => {
+                self.core_metrics().reject(metrics::REJECT_APP_QUOTA);
+                return Err(Refusal::Fixed(close_code::APP_OVER_QUOTA_CLOSE));
+            }
+        }
+        let core_metrics = self.core_metrics();
+        CoreMetrics::add(&core_metrics.new_connections, 1);
+        CoreMetrics::add(&core_metrics.connected, 1);
         let ws = self.conns[key as usize].ws_mut().expect("upgraded");
         ws.app = app;
         ws.counted = true;
@@ -157,7 +181,10 @@ impl Shard {
 
     fn handle_ws_message(&mut self, key: u32, message: Message) {
         match message {
-            Message::Text(text) => self.handle_pusher(key, &text),
+            Message::Text(text) => {
+                CoreMetrics::add(&self.core_metrics().ws_messages_received, 1);
+                self.handle_pusher(key, &text);
+            }
             // Not part of the protocol; like soketi, treat valid UTF-8 JSON as if it were text.
             Message::Binary(bytes) => {
                 if std::str::from_utf8(&bytes).is_ok() {
@@ -172,6 +199,7 @@ impl Shard {
                 // Echo the peer's code (RFC 6455 §5.5.1) and finish the close handshake.
                 let code = code.unwrap_or(frame::CLOSE_NORMAL);
                 self.queue_always(key, frame::encode_close(code, ""));
+                self.core_metrics().close(code);
                 self.begin_close(key);
             }
         }
@@ -545,6 +573,7 @@ impl Shard {
             self.queue_always(key, frame::encode_text(error.as_bytes()));
         }
         self.queue_always(key, frame::encode_close(code, message));
+        self.core_metrics().close(code);
         self.begin_close(key);
     }
 }

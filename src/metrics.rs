@@ -1,0 +1,442 @@
+//! Metrics: per-core counters written only by their own core (relaxed atomics, no contention),
+//! and a Prometheus collector that reads them on scrape. Names follow soketi's where they
+//! overlap (`*_connected`, `*_new_connections_total`, `*_ws_messages_sent_total`, ...) with a
+//! `ringcast_` prefix. This file lists every metric name; nothing here does IO.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::control::Control;
+use crate::mesh::Mesh;
+
+/// Close codes counted individually; anything else is counted as "other".
+pub const CLOSE_CODES: [u16; 16] = [
+    1000, 1001, 1002, 1006, 1007, 1009, 4001, 4003, 4004, 4005, 4007, 4009, 4100, 4101, 4200, 4201,
+];
+
+/// REST endpoints counted individually.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Events,
+    BatchEvents,
+    Channels,
+    Channel,
+    Users,
+    TerminateConnections,
+    Health,
+    Upgrade,
+    Other,
+}
+
+pub const ENDPOINTS: [(Endpoint, &str); 9] = [
+    (Endpoint::Events, "events"),
+    (Endpoint::BatchEvents, "batch_events"),
+    (Endpoint::Channels, "channels"),
+    (Endpoint::Channel, "channel"),
+    (Endpoint::Users, "users"),
+    (Endpoint::TerminateConnections, "terminate_connections"),
+    (Endpoint::Health, "health"),
+    (Endpoint::Upgrade, "upgrade"),
+    (Endpoint::Other, "other"),
+];
+
+/// Statuses counted individually; anything else is "other".
+pub const STATUSES: [u16; 13] = [
+    101, 200, 400, 401, 403, 404, 405, 408, 413, 426, 431, 501, 503,
+];
+
+/// Why a connection or request was turned away.
+pub const REJECTIONS: [&str; 6] = [
+    "over_capacity",
+    "accept_rate",
+    "app_quota",
+    "origin",
+    "draining",
+    "rest_in_flight",
+];
+pub const REJECT_OVER_CAPACITY: usize = 0;
+pub const REJECT_ACCEPT_RATE: usize = 1;
+pub const REJECT_APP_QUOTA: usize = 2;
+pub const REJECT_ORIGIN: usize = 3;
+pub const REJECT_DRAINING: usize = 4;
+pub const REJECT_REST_IN_FLIGHT: usize = 5;
+
+/// Upper bounds (seconds) of the publish→write latency histogram.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+fn counters<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// One core's metrics. Only that core writes them.
+#[derive(Debug)]
+pub struct CoreMetrics {
+    pub connected: AtomicU64,
+    pub new_connections: AtomicU64,
+    pub new_disconnections: AtomicU64,
+    /// Index = position in `CLOSE_CODES`, last = other.
+    pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    pub ws_messages_received: AtomicU64,
+    pub ws_messages_sent: AtomicU64,
+    pub socket_received_bytes: AtomicU64,
+    pub socket_transmitted_bytes: AtomicU64,
+    /// Index = endpoint * (STATUSES + 1) + status position (last = other).
+    pub http_calls: [AtomicU64; ENDPOINTS.len() * (STATUSES.len() + 1)],
+    pub slow_consumer_closes: AtomicU64,
+    pub rejected: [AtomicU64; REJECTIONS.len()],
+    /// Cumulative bucket counts are computed on scrape; these are per-bucket (last = +Inf).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    pub latency_sum_us: AtomicU64,
+    pub latency_count: AtomicU64,
+    /// Longest loop iteration since the last scrape, in µs.
+    pub loop_iteration_max_us: AtomicU64,
+}
+
+impl CoreMetrics {
+    fn new() -> CoreMetrics {
+        CoreMetrics {
+            connected: AtomicU64::new(0),
+            new_connections: AtomicU64::new(0),
+            new_disconnections: AtomicU64::new(0),
+            closes: counters(),
+            ws_messages_received: AtomicU64::new(0),
+            ws_messages_sent: AtomicU64::new(0),
+            socket_received_bytes: AtomicU64::new(0),
+            socket_transmitted_bytes: AtomicU64::new(0),
+            http_calls: counters(),
+            slow_consumer_closes: AtomicU64::new(0),
+            rejected: counters(),
+            latency_buckets: counters(),
+            latency_sum_us: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+            loop_iteration_max_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn close(&self, code: u16) {
+        let index = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        Self::add(&self.closes[index], 1);
+    }
+
+    pub fn http_call(&self, endpoint: Endpoint, status: u16) {
+        let endpoint = ENDPOINTS
+            .iter()
+            .position(|(e, _)| *e == endpoint)
+            .expect("listed");
+        let status = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        Self::add(
+            &self.http_calls[endpoint * (STATUSES.len() + 1) + status],
+            1,
+        );
+    }
+
+    pub fn reject(&self, reason: usize) {
+        Self::add(&self.rejected[reason], 1);
+    }
+
+    /// Records `count` deliveries that waited `latency_us` from publish to write.
+    pub fn latency(&self, latency_us: u64, count: u64) {
+        let seconds = latency_us as f64 / 1e6;
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        Self::add(&self.latency_buckets[index], count);
+        Self::add(&self.latency_sum_us, latency_us * count);
+        Self::add(&self.latency_count, count);
+    }
+
+    pub fn loop_iteration(&self, micros: u64) {
+        self.loop_iteration_max_us
+            .fetch_max(micros, Ordering::Relaxed);
+    }
+}
+
+/// Process-wide metrics: every core's, plus the few the control thread keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    pub cores: Box<[CoreMetrics]>,
+    pub config_unknown_keys: AtomicU64,
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
+    control: Arc<Control>,
+    mesh: Arc<Mesh>,
+}
+
+impl Metrics {
+    pub fn new(control: Arc<Control>, mesh: Arc<Mesh>) -> Metrics {
+        Metrics {
+            cores: (0..control.cores()).map(|_| CoreMetrics::new()).collect(),
+            config_unknown_keys: AtomicU64::new(0),
+            config_reloads: AtomicU64::new(0),
+            config_reload_failures: AtomicU64::new(0),
+            control,
+            mesh,
+        }
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(self: &Arc<Metrics>) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Arc::clone(self)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("writing to a String");
+        text
+    }
+
+    fn sum(&self, pick: impl Fn(&CoreMetrics) -> &AtomicU64) -> u64 {
+        self.cores
+            .iter()
+            .map(|core| pick(core).load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
+        gauge(
+            e,
+            "ringcast_connected",
+            "WebSocket connections open",
+            self.sum(|c| &c.connected) as i64,
+        )?;
+        counter(
+            e,
+            "ringcast_new_connections",
+            "WebSocket connections established",
+            self.sum(|c| &c.new_connections),
+        )?;
+        counter(
+            e,
+            "ringcast_new_disconnections",
+            "WebSocket connections closed",
+            self.sum(|c| &c.new_disconnections),
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_closes",
+                "Connections closed, by close code",
+                None,
+                MetricType::Counter,
+            )?;
+            for (index, code) in CLOSE_CODES
+                .iter()
+                .map(u16::to_string)
+                .chain(["other".to_string()])
+                .enumerate()
+            {
+                let value = self.sum(|c| &c.closes[index]);
+                let labels = [("code", code.as_str())];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            e,
+            "ringcast_ws_messages_received",
+            "WebSocket messages received",
+            self.sum(|c| &c.ws_messages_received),
+        )?;
+        counter(
+            e,
+            "ringcast_ws_messages_sent",
+            "WebSocket messages queued to clients",
+            self.sum(|c| &c.ws_messages_sent),
+        )?;
+        counter(
+            e,
+            "ringcast_socket_received_bytes",
+            "Bytes received on client sockets",
+            self.sum(|c| &c.socket_received_bytes),
+        )?;
+        counter(
+            e,
+            "ringcast_socket_transmitted_bytes",
+            "Bytes written to client sockets",
+            self.sum(|c| &c.socket_transmitted_bytes),
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_http_calls_received",
+                "HTTP requests, by endpoint and status",
+                None,
+                MetricType::Counter,
+            )?;
+            for (endpoint_index, (_, endpoint)) in ENDPOINTS.iter().enumerate() {
+                for (status_index, status) in STATUSES
+                    .iter()
+                    .map(u16::to_string)
+                    .chain(["other".to_string()])
+                    .enumerate()
+                {
+                    let value = self.sum(|c| {
+                        &c.http_calls[endpoint_index * (STATUSES.len() + 1) + status_index]
+                    });
+                    if value == 0 {
+                        continue;
+                    }
+                    let labels = [("endpoint", *endpoint), ("status", status.as_str())];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        counter(
+            e,
+            "ringcast_slow_consumer_closes",
+            "Connections closed with 4101 for not reading",
+            self.sum(|c| &c.slow_consumer_closes),
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_rejected",
+                "Connections or requests turned away, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (index, reason) in REJECTIONS.iter().enumerate() {
+                let labels = [("reason", *reason)];
+                ConstCounter::new(self.sum(|c| &c.rejected[index]))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+            let mut cumulative = 0;
+            for (index, bound) in LATENCY_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .enumerate()
+            {
+                cumulative += self.sum(|c| &c.latency_buckets[index]);
+                buckets.push((bound, cumulative));
+            }
+            let sum = self.sum(|c| &c.latency_sum_us) as f64 / 1e6;
+            let count = self.sum(|c| &c.latency_count);
+            let mut metric = e.encode_descriptor(
+                "ringcast_publish_to_write_seconds",
+                "Time from a publish arriving to the loop iteration that hands its frame to the kernel, per core that delivered it",
+                None,
+                MetricType::Histogram,
+            )?;
+            metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, count, &buckets, None,
+            )?;
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_loop_iteration_max_seconds",
+                "Longest event-loop iteration since the last scrape, per core",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (core, metrics) in self.cores.iter().enumerate() {
+                let micros = metrics.loop_iteration_max_us.swap(0, Ordering::Relaxed);
+                let labels = [("core", core.to_string())];
+                ConstGauge::new(micros as f64 / 1e6).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_loop_heartbeat_age_seconds",
+                "Time since each core's loop last ran",
+                None,
+                MetricType::Gauge,
+            )?;
+            for core in 0..self.cores.len() {
+                let labels = [("core", core.to_string())];
+                let age = self.control.heartbeat_age_ms(core) as f64 / 1e3;
+                ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_mesh_queue_depth",
+                "Messages waiting on each core-to-core queue",
+                None,
+                MetricType::Gauge,
+            )?;
+            for from in 0..self.mesh.cores() {
+                for to in (0..self.mesh.cores()).filter(|&to| to != from) {
+                    let labels = [("from", from.to_string()), ("to", to.to_string())];
+                    ConstGauge::new(self.mesh.depth(from, to) as i64)
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        gauge(
+            e,
+            "ringcast_ready",
+            "1 while accepting clients (not starting, not draining)",
+            i64::from(self.control.is_ready()),
+        )?;
+        gauge(
+            e,
+            "ringcast_draining",
+            "1 while draining",
+            i64::from(self.control.is_draining()),
+        )?;
+        counter(
+            e,
+            "ringcast_config_unknown_keys",
+            "Unknown config keys ignored at the last (re)load",
+            load(&self.config_unknown_keys),
+        )?;
+        counter(
+            e,
+            "ringcast_config_reloads",
+            "Successful config reloads (SIGHUP)",
+            load(&self.config_reloads),
+        )?;
+        counter(
+            e,
+            "ringcast_config_reload_failures",
+            "Rejected config reloads (the running config was kept)",
+            load(&self.config_reload_failures),
+        )?;
+        Ok(())
+    }
+}
