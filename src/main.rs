@@ -33,8 +33,6 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Load-test any Pusher-compatible server (fanout, publish, idle, storm); JSON on stdout.
-    Bench(ringcast::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +87,5 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Bench(args) => ringcast::bench::run(args),
     }
 }
