@@ -42,6 +42,9 @@ pub struct Now {
     pub unix_secs: u64,
 }
 
+/// From this many local subscribers on, a frame from another core is copied once per core.
+const LOCAL_COPY_SUBSCRIBERS_MIN: usize = 8;
+
 /// How long a closing connection may linger for the peer's close before the socket is dropped.
 const CLOSE_LINGER_MS: u64 = 2_000;
 
@@ -308,7 +311,19 @@ impl Shard {
                 frame,
                 exclude,
                 published_us,
-            } => self.deliver_local(&channel, &frame, exclude, published_us),
+            } => {
+                // Every subscriber's queue entry bumps the frame's reference count. For a frame
+                // made on another core, that count's cache line would bounce between cores on
+                // every clone and drop; one private copy per core keeps the traffic local.
+                let local_subscribers = self.local.get(&channel).map_or(0, Vec::len);
+                let frame = if from != self.core && local_subscribers >= LOCAL_COPY_SUBSCRIBERS_MIN
+                {
+                    Bytes::copy_from_slice(&frame)
+                } else {
+                    frame
+                };
+                self.deliver_local(&channel, &frame, exclude, published_us);
+            }
             ShardMessage::ListChannels { query, app, prefix } => {
                 let channels = self.owned_channels(app, &prefix);
                 self.outbox
