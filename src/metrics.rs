@@ -419,11 +419,11 @@ impl Collector for Metrics {
             "1 while draining",
             i64::from(self.control.is_draining()),
         )?;
-        counter(
+        gauge(
             e,
             "ringcast_config_unknown_keys",
             "Unknown config keys ignored at the last (re)load",
-            load(&self.config_unknown_keys),
+            load(&self.config_unknown_keys) as i64,
         )?;
         counter(
             e,

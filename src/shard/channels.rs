@@ -400,6 +400,7 @@ impl Shard {
     /// back-off, counted, and nothing else is affected.
     pub(super) fn close_slow_consumer(&mut self, key: u32) {
         self.stats.slow_consumer_closes += 1;
+        crate::metrics::CoreMetrics::add(&self.core_metrics().slow_consumer_closes, 1);
         self.close_ws(key, close_code::SLOW_CONSUMER_CLOSE, false);
     }
 

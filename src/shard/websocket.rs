@@ -621,6 +621,9 @@ fn parse_member(channel_data: &str) -> Result<Member, String> {
         #[serde(borrow, default)]
         user_info: Option<&'a serde_json::value::RawValue>,
     }
+    if !channel_data.trim_start().starts_with('{') {
+        return Err("channel_data is not a JSON object with a user_id".to_string());
+    }
     let data: ChannelData = serde_json::from_str(channel_data)
         .map_err(|_| "channel_data is not a JSON object with a user_id".to_string())?;
     let user_id = user_id_text(&data.user_id)
@@ -649,6 +652,9 @@ fn parse_user_data(user_data: &str, id_bytes_max: usize) -> Result<SignedUser, S
         user_info: Option<&'a serde_json::value::RawValue>,
         #[serde(default)]
         watchlist: Vec<serde_json::Value>,
+    }
+    if !user_data.trim_start().starts_with('{') {
+        return Err("user_data is not a JSON object with an id".to_string());
     }
     let data: UserData = serde_json::from_str(user_data)
         .map_err(|_| "user_data is not a JSON object with an id".to_string())?;

@@ -9,6 +9,8 @@ mod cli;
 mod compat;
 /// Many connections over both cores, one publisher: nothing lost, nothing reordered.
 mod load;
+/// Operations: systemd notify, health, metrics, drain, reload, admission, slow readers.
+mod operations;
 /// HTTP handling and the REST API: routing, signatures, publish, channel info, bad requests.
 mod rest;
 /// Smoke tests of the harness itself.

@@ -331,3 +331,159 @@ impl Client {
         let _ = self.ws.flush();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Operations helpers: extra environment variables, the metrics port, signals, the exit status,
+// the process's memory.
+
+/// Turns the metrics port on at an ephemeral loopback port.
+pub const METRICS_ON: &str = "[metrics]\nbind = \"127.0.0.1:0\"\n";
+
+/// The config text `Server::with` writes for `options`.
+pub fn config_text(options: &Options) -> String {
+    format!(
+        "version = 1\n\n[server]\nbind = \"127.0.0.1:0\"\ncores = {}\npin_threads = false\n{}\n\n[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{}\n{}\n",
+        options.cores, options.extra_server, options.extra_app, options.extra_toml
+    )
+}
+
+impl Server {
+    /// Like `Server::with`, with the metrics port on; returns the metrics address too.
+    pub fn with_metrics(options: Options) -> (Server, SocketAddr) {
+        let config = format!("{}{METRICS_ON}", config_text(&options));
+        let (server, metrics) = Server::launch(&config, &[], true);
+        (server, metrics.expect("metrics address"))
+    }
+
+    /// Starts the binary on a complete config text with extra environment variables (the
+    /// systemd ones are removed unless given). Reads `ringcast listening on ADDR` and, when
+    /// `metrics`, the `ringcast metrics on ADDR` line that follows it.
+    pub fn launch(
+        config: &str,
+        env: &[(&str, &str)],
+        metrics: bool,
+    ) -> (Server, Option<SocketAddr>) {
+        let n = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringcast-it-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join(format!("config-{n}.toml"));
+        let stderr_path = dir.join(format!("stderr-{n}.log"));
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+        command
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("RINGCAST_TEST_STALL_CORE");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("start ringcast");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            for _ in 0..if metrics { 2 } else { 1 } {
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let _ = sender.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        let fail = |child: &mut Child, line: &str| -> ! {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!("ringcast did not start; stdout {line:?}; stderr:\n{stderr}");
+        };
+        let line = receiver.recv_timeout(WAIT).unwrap_or_default();
+        let Some(addr) = line.trim().strip_prefix("ringcast listening on ") else {
+            fail(&mut child, &line)
+        };
+        let addr: SocketAddr = addr.parse().unwrap();
+        let metrics_addr = if metrics {
+            let line = receiver.recv_timeout(WAIT).unwrap_or_default();
+            let Some(metrics_addr) = line.trim().strip_prefix("ringcast metrics on ") else {
+                fail(&mut child, &line)
+            };
+            Some(metrics_addr.parse().unwrap())
+        } else {
+            None
+        };
+        let server = Server {
+            addr,
+            child,
+            config_path,
+            stderr_path,
+        };
+        (server, metrics_addr)
+    }
+
+    /// The config file the server was started on (SIGHUP re-reads it).
+    pub fn config_path(&self) -> PathBuf {
+        self.config_path.clone()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with the pid of our own child process; no memory is involved.
+        let result = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(result, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits (bounded) for the process to exit; None when it is still running at the end.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The resident set size of a process, in KiB, from `/proc/PID/status`.
+pub fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// GET on the metrics port (or any address); returns (status, body).
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "")
+}
+
+/// Scrapes `/metrics` (asserts 200) and returns the Prometheus text.
+pub fn scrape(metrics: SocketAddr) -> String {
+    let (status, body) = get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of one series in Prometheus text, e.g. `ringcast_connected` or
+/// `ringcast_closes_total{code="4100"}`; None when the series is absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            let value = rest.strip_prefix(' ')?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+}
