@@ -179,6 +179,15 @@ pub enum ShardMessage {
         index: u32,
         info: ChannelInfo,
     },
+    /// REST core → owner, after the request's `Publish` messages: answered by `BarrierAck`
+    /// once everything the REST core sent before it has been handled (queues are FIFO), so the
+    /// REST answer means "sequenced by the owner".
+    Barrier {
+        query: QueryRef,
+    },
+    BarrierAck {
+        query: QueryRef,
+    },
     /// REST core → every core: close every connection signed in as `user_id` (4009).
     TerminateUser {
         app: u32,

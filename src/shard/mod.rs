@@ -348,6 +348,11 @@ impl Shard {
                 self.query_describe_reply(query, index, info)
             }
             ShardMessage::TerminateUser { app, user_id } => self.terminate_user(app, &user_id),
+            ShardMessage::Barrier { query } => {
+                assert_ne!(from, self.core, "barriers are only sent to other cores");
+                self.outbox.push(from, ShardMessage::BarrierAck { query });
+            }
+            ShardMessage::BarrierAck { query } => self.query_barrier_reply(query),
             ShardMessage::UserOnline { app, user_id } => {
                 self.owner_user_presence(app, user_id, true)
             }

@@ -50,6 +50,8 @@ enum QueryKind {
     Describe { attributes: Attributes },
     /// `GET /channels/{name}/users`.
     Users,
+    /// `POST /events` or `/batch_events` without `info`: waits for the owners' barriers.
+    Published,
     /// `info` on `POST /events` or `/batch_events`: one description per target, filled by index.
     TriggerInfo {
         targets: Vec<InfoTarget>,
@@ -165,6 +167,22 @@ impl Shard {
             let rest = rest.to_string();
             self.rest_api(key, &request, &rest);
             return;
+        }
+        if path.starts_with("/users/") && path.ends_with("/terminate_connections") {
+            // pusher-http-python (3.3.x) sends terminate_user_connections without the
+            // `/apps/{id}` prefix; the app is the one whose key signed the request, and the
+            // signature covers the path as sent.
+            let query = signature::parse_query(&request.query);
+            let app = query
+                .iter()
+                .find(|(name, _)| name == "auth_key")
+                .and_then(|(_, app_key)| self.apps.by_key(app_key));
+            if let Some(app) = app {
+                let rest = format!("{}{}", self.apps.get(app).id, path);
+                self.endpoint = Endpoint::TerminateConnections;
+                self.rest_api(key, &request, &rest);
+                return;
+            }
         }
         match (request.method, path) {
             (Method::Get | Method::Head, "/" | "/healthz") => {
@@ -388,18 +406,37 @@ impl Shard {
                 }
             }
         }
-        if targets.is_empty() {
+        // Owners on other cores answer a barrier once they have sequenced everything this
+        // core sent them before it; the response waits for those answers (and for the channel
+        // descriptions when `info` was asked).
+        let mut owners: Vec<usize> = events
+            .iter()
+            .flat_map(|e| &e.channels)
+            .map(|name| ChannelKey::new(app, name).owner(self.cores))
+            .filter(|&owner| owner != self.core)
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        if targets.is_empty() && owners.is_empty() {
             return self.respond(key, 200, "application/json", b"{}", keep_alive, &[]);
         }
         let channels: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-        let kind = QueryKind::TriggerInfo {
-            results: vec![ChannelInfo::default(); targets.len()],
-            targets,
-            batch: batch.then_some(events.len()),
+        let kind = if targets.is_empty() {
+            QueryKind::Published
+        } else {
+            QueryKind::TriggerInfo {
+                results: vec![ChannelInfo::default(); targets.len()],
+                targets,
+                batch: batch.then_some(events.len()),
+            }
         };
-        let Some(query) = self.new_query(key, keep_alive, channels.len(), kind) else {
+        let remaining = channels.len() + owners.len();
+        let Some(query) = self.new_query(key, keep_alive, remaining, kind) else {
             return;
         };
+        for owner in owners {
+            self.outbox.push(owner, ShardMessage::Barrier { query });
+        }
         for (index, name) in channels.iter().enumerate() {
             self.describe(query, index as u32, ChannelKey::new(app, name), false);
         }
@@ -598,7 +635,26 @@ impl Shard {
                 }
                 self.trigger_info_body(query.slot)
             }
-            QueryKind::List { .. } => unreachable!("list queries get ChannelList replies"),
+            QueryKind::List { .. } | QueryKind::Published => {
+                unreachable!("only describe, users and trigger-info queries get descriptions")
+            }
+        };
+        self.finish_query(query.slot, body);
+    }
+
+    /// An owner's barrier answer for a publish: the response goes out with the last answer.
+    pub(super) fn query_barrier_reply(&mut self, query: QueryRef) {
+        let Some(pending) = self.live_query(query) else {
+            return;
+        };
+        pending.remaining -= 1;
+        if pending.remaining > 0 {
+            return;
+        }
+        let body = match pending.kind {
+            QueryKind::Published => json!({}),
+            QueryKind::TriggerInfo { .. } => self.trigger_info_body(query.slot),
+            _ => unreachable!("barriers belong to publishes"),
         };
         self.finish_query(query.slot, body);
     }

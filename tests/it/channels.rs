@@ -1451,3 +1451,19 @@ fn origin_allow_list() {
     read_established(&mut other);
     assert_alive(&mut other);
 }
+
+// Regression: a 200 from POST /events means the owner core has sequenced the event, so a
+// subscribe sent right after it sees the cached event (on channels owned by either core).
+#[test]
+fn publish_answer_means_sequenced_cache_is_read_after_write() {
+    let server = Server::start();
+    for n in 0..16 {
+        let channel = format!("cache-raw-{n}");
+        server.trigger(&json!({"name":"stored","channel":channel,"data":format!("v{n}")}));
+        let mut client = server.client();
+        client.subscribe(&channel);
+        let event = client.recv_event();
+        assert_eq!(event["event"], "stored", "{channel}: {event}");
+        assert_eq!(event["data"], format!("v{n}"));
+    }
+}

@@ -1,19 +1,39 @@
-//! The real-client suite: the official `pusher-js` client and the `pusher` REST library (node,
-//! `tests/compat/`) run against the real binary. This test installs the pinned npm packages when
-//! they are missing, starts a two-core broker and runs `node --test` on the suite with the
-//! broker's address and app credentials in the environment. Node and npm are required: without
-//! them the test fails, it never skips.
+//! The real-client suites run against the real binary:
+//! - the official `pusher-js` client and the `pusher` REST library (node, `tests/compat/`): this
+//!   test installs the pinned npm packages when they are missing, starts a two-core broker (client
+//!   events enabled) and runs `node --test` on the suite with the broker's address and app
+//!   credentials in the environment;
+//! - the official Python server SDK (PyPI `pusher`, `tests/compat/python/`): WebSocket clients
+//!   opened here subscribe, join a presence channel and sign in, `sdk_check.py` makes REST calls
+//!   with the SDK, and then this test checks what those clients received.
+//!
+//! Node and npm, and python3 with the pinned SDK, are required: without them the tests fail, they
+//! never skip.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{APP_ID, APP_KEY, APP_SECRET, Options, Server};
+use ringcast::http::signature::hmac_sha256_hex;
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+use crate::support::{APP_ID, APP_KEY, APP_SECRET, Client, Options, Server, WAIT};
 
 const NEEDS_NODE: &str =
     "the real-client suite needs node and npm (Debian: apt-get install nodejs npm)";
+const NEEDS_PYTHON: &str = "the Python SDK check needs python3 and `pip install -r tests/compat/python/requirements.txt` \
+     (Debian: apt-get install python3 python3-pip)";
+
+/// The app config of the broker the suites run against: the features they exercise enabled.
+const COMPAT_APP: &str = "enable_client_events = true";
+/// The broker's cores; the suites spread clients over them.
+const COMPAT_CORES: usize = 2;
+/// The Python SDK script; it takes a few seconds.
+const PYTHON_RUN_LIMIT: Duration = Duration::from_secs(60);
 
 /// The whole node run; it takes a few seconds when all is well.
 const NODE_RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -28,22 +48,28 @@ fn compat_dir() -> PathBuf {
         .join("compat")
 }
 
-/// `TOOL --version`, or a failure naming what to install.
-fn tool_version(tool: &str) -> String {
+/// `TOOL --version`, or a failure naming what to install (`needs`).
+fn tool_version(tool: &str, needs: &str) -> String {
     match Command::new(tool)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
     {
         Ok(output) if output.status.success() => {
-            String::from_utf8_lossy(&output.stdout).trim().to_string()
+            let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            if stdout.is_empty() {
+                // Some tools print their version on stderr.
+                String::from_utf8_lossy(&output.stderr).trim().to_string()
+            } else {
+                stdout
+            }
         }
         Ok(output) => panic!(
-            "{NEEDS_NODE}: `{tool} --version` exited with {}: {}",
+            "{needs}: `{tool} --version` exited with {}: {}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ),
-        Err(error) => panic!("{NEEDS_NODE}: `{tool}` is not runnable from PATH ({error})"),
+        Err(error) => panic!("{needs}: `{tool}` is not runnable from PATH ({error})"),
     }
 }
 
@@ -54,6 +80,7 @@ fn run_bounded(
     mut command: Command,
     limit: Duration,
     log_name: &str,
+    needs: &str,
 ) -> (Option<ExitStatus>, String) {
     let log_path = std::env::temp_dir().join(format!(
         "ringcast-compat-{}-{log_name}.log",
@@ -67,7 +94,7 @@ fn run_bounded(
         .process_group(0);
     let mut child = command
         .spawn()
-        .unwrap_or_else(|error| panic!("{NEEDS_NODE}: cannot start {command:?}: {error}"));
+        .unwrap_or_else(|error| panic!("{needs}: cannot start {command:?}: {error}"));
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -104,7 +131,7 @@ fn install_packages(dir: &Path) {
     );
     let mut npm = Command::new("npm");
     npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(dir);
-    let (status, output) = run_bounded(npm, NPM_CI_LIMIT, "npm-ci");
+    let (status, output) = run_bounded(npm, NPM_CI_LIMIT, "npm-ci", NEEDS_NODE);
     match status {
         Some(status) if status.success() => {}
         Some(status) => panic!(
@@ -116,6 +143,33 @@ fn install_packages(dir: &Path) {
             dir.display()
         ),
     }
+}
+
+/// The broker both suites run against: two cores, the features they exercise enabled.
+fn compat_server() -> Server {
+    Server::with(Options {
+        cores: COMPAT_CORES,
+        extra_app: COMPAT_APP.to_string(),
+        ..Default::default()
+    })
+}
+
+/// The broker's address, app credentials and cores, as the suites read them.
+fn set_broker_env(command: &mut Command, server: &Server) {
+    command
+        .env("RINGCAST_HOST", server.addr.ip().to_string())
+        .env("RINGCAST_PORT", server.addr.port().to_string())
+        .env("RINGCAST_APP_ID", APP_ID)
+        .env("RINGCAST_APP_KEY", APP_KEY)
+        .env("RINGCAST_APP_SECRET", APP_SECRET)
+        .env("RINGCAST_CORES", COMPAT_CORES.to_string());
+}
+
+/// The last 40 lines of the broker's stderr.
+fn stderr_tail(server: &Server) -> String {
+    let stderr = server.stderr();
+    let lines: Vec<&str> = stderr.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// The suite's files, `*.test.mjs`, sorted (explicit paths work with node 18 to 22+ alike).
@@ -136,8 +190,8 @@ fn test_files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn pusher_js_and_pusher_rest_library_against_the_binary() {
-    let node_version = tool_version("node");
-    let npm_version = tool_version("npm");
+    let node_version = tool_version("node", NEEDS_NODE);
+    let npm_version = tool_version("npm", NEEDS_NODE);
     eprintln!("compat: node {node_version}, npm {npm_version}");
 
     let dir = compat_dir();
@@ -164,19 +218,12 @@ fn pusher_js_and_pusher_rest_library_against_the_binary() {
     let files = test_files(&dir);
     node.args(&files).current_dir(&dir);
 
-    let mut server = Server::with(Options {
-        cores: 2,
-        ..Default::default()
-    });
-    node.env("RINGCAST_HOST", server.addr.ip().to_string())
-        .env("RINGCAST_PORT", server.addr.port().to_string())
-        .env("RINGCAST_APP_ID", APP_ID)
-        .env("RINGCAST_APP_KEY", APP_KEY)
-        .env("RINGCAST_APP_SECRET", APP_SECRET)
-        .env("NO_COLOR", "1");
+    let mut server = compat_server();
+    set_broker_env(&mut node, &server);
+    node.env("NO_COLOR", "1");
 
     let started = Instant::now();
-    let (status, output) = run_bounded(node, NODE_RUN_LIMIT, "node-test");
+    let (status, output) = run_bounded(node, NODE_RUN_LIMIT, "node-test", NEEDS_NODE);
     let elapsed = started.elapsed();
     println!(
         "---- node --test {} ({elapsed:.1?}) ----\n{output}\n---- end of node output ----",
@@ -184,11 +231,6 @@ fn pusher_js_and_pusher_rest_library_against_the_binary() {
     );
 
     let alive = server.is_alive();
-    let stderr_tail = |server: &Server| {
-        let stderr = server.stderr();
-        let lines: Vec<&str> = stderr.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    };
     assert!(
         alive,
         "ringcast died during the real-client suite; stderr tail:\n{}",
@@ -206,4 +248,332 @@ fn pusher_js_and_pusher_rest_library_against_the_binary() {
             stderr_tail(&server)
         ),
     }
+}
+
+// ---- The Python SDK ----
+
+/// The version pinned in `tests/compat/python/requirements.txt` (`pusher==X`).
+fn pinned_python_sdk() -> String {
+    let path = compat_dir().join("python").join("requirements.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("pusher=="))
+        .map(|version| version.trim().to_string())
+        .unwrap_or_else(|| panic!("no `pusher==VERSION` line in {}", path.display()))
+}
+
+/// The installed SDK's version, or a failure saying how to install it.
+fn python_sdk_version() -> String {
+    let output = Command::new("python3")
+        .args(["-c", "from pusher.version import VERSION; print(VERSION)"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("{NEEDS_PYTHON}: cannot run python3 ({error})"));
+    assert!(
+        output.status.success(),
+        "{NEEDS_PYTHON}: `import pusher` failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A client that has subscribed to each public channel in `channels`.
+fn subscriber(server: &Server, channels: &[&str]) -> Client {
+    let mut client = server.client();
+    for channel in channels {
+        client.subscribe(channel);
+    }
+    client
+}
+
+/// A client that has joined the presence `channel` as `user_id` (reads its own
+/// `subscription_succeeded`; member events for others stay queued).
+fn presence_member(server: &Server, channel: &str, user_id: &str) -> Client {
+    let mut client = server.client();
+    let channel_data = json!({"user_id": user_id, "user_info": {"name": user_id}}).to_string();
+    let signature = hmac_sha256_hex(
+        APP_SECRET,
+        &format!("{}:{channel}:{channel_data}", client.socket_id),
+    );
+    client.send(&json!({"event": "pusher:subscribe", "data": {
+        "channel": channel,
+        "auth": format!("{APP_KEY}:{signature}"),
+        "channel_data": channel_data,
+    }}));
+    loop {
+        let reply = client.recv_event();
+        if reply["event"] == "pusher_internal:member_added" {
+            continue;
+        }
+        assert_eq!(
+            reply["event"], "pusher_internal:subscription_succeeded",
+            "joining {channel} as {user_id}: {reply}"
+        );
+        return client;
+    }
+}
+
+/// A client signed in (`pusher:signin`) as `user_id`.
+fn signed_in(server: &Server, user_id: &str) -> Client {
+    let mut client = server.client();
+    let user_data = json!({"id": user_id}).to_string();
+    let signature = hmac_sha256_hex(
+        APP_SECRET,
+        &format!("{}::user::{user_data}", client.socket_id),
+    );
+    client.send(&json!({"event": "pusher:signin", "data": {
+        "auth": format!("{APP_KEY}:{signature}"),
+        "user_data": user_data,
+    }}));
+    let reply = client.recv_event();
+    assert_eq!(
+        reply["event"], "pusher:signin_success",
+        "signin as {user_id}: {reply}"
+    );
+    client
+}
+
+/// What a client read: an event (`channel`, `event`, `data` parsed as JSON when it is JSON text,
+/// else the text), the close code, or nothing within the wait.
+enum Received {
+    Event(String, String, Value),
+    Closed(u16),
+    Nothing(String),
+}
+
+/// The next frame, without panicking (the checks below report every problem at once).
+fn receive(client: &mut Client, wait: Duration) -> Received {
+    client.ws.get_mut().set_read_timeout(Some(wait)).unwrap();
+    let received = loop {
+        match client.ws.read() {
+            Ok(Message::Text(text)) => {
+                let frame: Value = match serde_json::from_str(text.as_str()) {
+                    Ok(frame) => frame,
+                    Err(error) => break Received::Nothing(format!("not JSON ({error}): {text}")),
+                };
+                let field = |name: &str| frame[name].as_str().unwrap_or_default().to_string();
+                let data = match &frame["data"] {
+                    Value::String(text) => {
+                        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
+                    }
+                    other => other.clone(),
+                };
+                break Received::Event(field("channel"), field("event"), data);
+            }
+            Ok(Message::Close(frame)) => {
+                break Received::Closed(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                break Received::Closed(1006);
+            }
+            Err(error) => break Received::Nothing(error.to_string()),
+        }
+    };
+    client.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+    received
+}
+
+type Events = BTreeMap<(String, String), Vec<Value>>;
+
+/// Groups `(channel, event, data)` by channel and event, keeping the order within each group.
+fn grouped(events: impl IntoIterator<Item = (String, String, Value)>) -> Events {
+    let mut groups = Events::new();
+    for (channel, event, data) in events {
+        groups.entry((channel, event)).or_default().push(data);
+    }
+    groups
+}
+
+/// Reads `expected.len()` events (bounded), then 300 ms of silence, and compares them with
+/// `expected` per channel and event name (in order within each). Problems go to `problems`.
+fn check_events(
+    who: &str,
+    client: &mut Client,
+    expected: Vec<(&str, &str, Value)>,
+    problems: &mut Vec<String>,
+) {
+    let mut received = Vec::new();
+    let mut trouble = None;
+    while received.len() < expected.len() {
+        match receive(client, WAIT) {
+            Received::Event(channel, event, data) => received.push((channel, event, data)),
+            Received::Closed(code) => {
+                trouble = Some(format!("closed with {code}"));
+                break;
+            }
+            Received::Nothing(why) => {
+                trouble = Some(format!("nothing more within {WAIT:?} ({why})"));
+                break;
+            }
+        }
+    }
+    if trouble.is_none() {
+        match receive(client, Duration::from_millis(300)) {
+            Received::Event(channel, event, data) => {
+                trouble = Some(format!("an extra event: {event} on {channel}: {data}"));
+                received.push((channel, event, data));
+            }
+            Received::Closed(code) => trouble = Some(format!("closed with {code}")),
+            Received::Nothing(_) => {}
+        }
+    }
+    let expected = grouped(
+        expected
+            .into_iter()
+            .map(|(channel, event, data)| (channel.to_string(), event.to_string(), data)),
+    );
+    let got = grouped(received);
+    if got != expected || trouble.is_some() {
+        problems.push(format!(
+            "{who}: {}\n  expected (per channel and event) {expected:?}\n  received {got:?}",
+            trouble.unwrap_or_else(|| "different events".into())
+        ));
+    }
+}
+
+#[test]
+fn pusher_python_sdk_against_the_binary() {
+    let python_version = tool_version("python3", NEEDS_PYTHON);
+    let sdk_version = python_sdk_version();
+    let pinned = pinned_python_sdk();
+    eprintln!("compat: {python_version}, pusher (PyPI) {sdk_version}");
+    if sdk_version != pinned {
+        eprintln!(
+            "compat: warning: pusher {sdk_version} is installed but requirements.txt pins {pinned}; \
+             run `python3 -m pip install -r tests/compat/python/requirements.txt`"
+        );
+    }
+
+    let mut server = compat_server();
+    let public = "py-public-channel";
+    let batch = "py-batch-channel";
+    let presence = "presence-py-room";
+    let user = "py-user-terminated";
+    let other_user = "py-user-kept";
+
+    // Fixtures: 2 subscribers of `public` (one also of `batch`), presence users "1" and "2" (on
+    // two connections), and two signed-in users.
+    let mut sub_both = subscriber(&server, &[public, batch]);
+    let mut sub_public = subscriber(&server, &[public]);
+    let _members = [
+        presence_member(&server, presence, "1"),
+        presence_member(&server, presence, "2"),
+        presence_member(&server, presence, "2"),
+    ];
+    let mut terminated = signed_in(&server, user);
+    let mut kept = signed_in(&server, other_user);
+
+    let script = compat_dir().join("python").join("sdk_check.py");
+    let mut python = Command::new("python3");
+    python.arg(&script).current_dir(compat_dir());
+    set_broker_env(&mut python, &server);
+    python
+        .env("RINGCAST_PY_PUBLIC", public)
+        .env("RINGCAST_PY_BATCH", batch)
+        .env("RINGCAST_PY_PRESENCE", presence)
+        .env("RINGCAST_PY_USER", user)
+        .env("RINGCAST_PY_OTHER_USER", other_user)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    let started = Instant::now();
+    let (status, output) = run_bounded(python, PYTHON_RUN_LIMIT, "python-sdk", NEEDS_PYTHON);
+    println!(
+        "---- python3 {} ({:.1?}) ----\n{output}\n---- end of python output ----",
+        script.display(),
+        started.elapsed()
+    );
+
+    // What the WebSocket clients received, whatever the script's outcome.
+    let mut problems = Vec::new();
+    let message = json!({"message": "hello from python", "n": 1});
+    let text = Value::String("plain text, ünïcode ✓".into());
+    check_events(
+        "the subscriber of both channels",
+        &mut sub_both,
+        vec![
+            (public, "py-event", message.clone()),
+            (public, "py-multi", json!({"to": "both"})),
+            (batch, "py-multi", json!({"to": "both"})),
+            (public, "py-text", text.clone()),
+            (public, "py-batch", json!({"i": 0})),
+            (batch, "py-batch", json!({"i": 1})),
+            (public, "py-batch", json!({"i": 2})),
+        ],
+        &mut problems,
+    );
+    check_events(
+        "the subscriber of the public channel",
+        &mut sub_public,
+        vec![
+            (public, "py-event", message),
+            (public, "py-multi", json!({"to": "both"})),
+            (public, "py-text", text),
+            (public, "py-batch", json!({"i": 0})),
+            (public, "py-batch", json!({"i": 2})),
+        ],
+        &mut problems,
+    );
+    let user_channel = format!("#server-to-user-{other_user}");
+    check_events(
+        "the signed-in user that is kept",
+        &mut kept,
+        vec![(&user_channel, "py-notice", json!({"hello": other_user}))],
+        &mut problems,
+    );
+    // Still connected: it answers a ping.
+    kept.send(&json!({"event": "pusher:ping", "data": {}}));
+    match receive(&mut kept, WAIT) {
+        Received::Event(_, event, _) if event == "pusher:pong" => {}
+        Received::Event(channel, event, data) => problems.push(format!(
+            "the kept user answered a ping with {event} on {channel:?}: {data}"
+        )),
+        Received::Closed(code) => problems.push(format!("the kept user was closed with {code}")),
+        Received::Nothing(why) => {
+            problems.push(format!("the kept user did not answer a ping: {why}"))
+        }
+    }
+    // The terminated user: pusher:error 4009, then close 4009.
+    let mut seen = Vec::new();
+    let close = loop {
+        match receive(&mut terminated, WAIT) {
+            Received::Event(channel, event, data) => {
+                seen.push(format!("{event} {channel:?} {data}"))
+            }
+            Received::Closed(code) => break Some(code),
+            Received::Nothing(_) => break None,
+        }
+    };
+    let error_4009 = seen
+        .iter()
+        .any(|frame| frame.starts_with("pusher:error") && frame.contains("4009"));
+    if close != Some(4009) || !error_4009 {
+        problems.push(format!(
+            "the terminated user: expected pusher:error 4009 and close 4009; got frames {seen:?}, close {close:?}"
+        ));
+    }
+
+    let alive = server.is_alive();
+    assert!(
+        alive,
+        "ringcast died during the Python SDK check; stderr tail:\n{}",
+        stderr_tail(&server)
+    );
+    let script_problem = match status {
+        Some(status) if status.success() => None,
+        Some(status) => Some(format!(
+            "sdk_check.py failed ({status}); its output is above"
+        )),
+        None => Some(format!(
+            "sdk_check.py did not finish within {PYTHON_RUN_LIMIT:?} and was killed; its output is above"
+        )),
+    };
+    problems.extend(script_problem);
+    assert!(
+        problems.is_empty(),
+        "the Python SDK check failed:\n- {}\nringcast stderr tail:\n{}",
+        problems.join("\n- "),
+        stderr_tail(&server)
+    );
 }
