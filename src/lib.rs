@@ -17,4 +17,5 @@ pub mod protocol;
 pub mod runtime;
 pub mod service;
 pub mod shard;
+pub mod webhook;
 pub mod ws;

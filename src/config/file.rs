@@ -195,4 +195,22 @@ pub struct AppConfig {
     /// empty allows every origin. Others are closed with 4009.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Webhook targets (`[[apps.webhooks]]`), spec §8.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook target of an app.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Event names to send (`channel_occupied`, `member_added`, ...); empty sends all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Only events of channels whose name starts with this.
+    #[serde(default)]
+    pub channel_prefix: Option<String>,
+    /// Extra request headers (they cannot replace the X-Pusher-* headers).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::limits;
 
-pub use file::{AppConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig};
+pub use file::{AppConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig, WebhookConfig};
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");

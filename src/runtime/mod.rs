@@ -24,6 +24,7 @@ use crate::limits;
 use crate::mesh::Mesh;
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::shard::{Apps, Now, Shard};
+use crate::webhook::WebhookQueues;
 use buf_ring::BufRing;
 
 const OP_ACCEPT: u64 = 1;
@@ -85,6 +86,8 @@ pub struct Server {
     mesh: Arc<Mesh>,
     pub control: Arc<Control>,
     pub metrics: Arc<Metrics>,
+    /// Webhook events from the cores, for the delivery worker.
+    pub webhooks: Arc<WebhookQueues>,
     /// The app table the cores run with (the base for reloads).
     pub apps: Arc<Apps>,
 }
@@ -139,6 +142,7 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
     let stop = Arc::new(AtomicBool::new(false));
     let control = Arc::new(Control::new(cores));
     let metrics = Arc::new(Metrics::new(Arc::clone(&control), Arc::clone(&mesh)));
+    let webhooks = Arc::new(WebhookQueues::new(cores));
     let epoch = rand::random::<u64>() % 9_000_000_000 + 1_000_000_000;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -152,6 +156,7 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
             epoch,
             Arc::clone(&control),
             Arc::clone(&metrics),
+            Arc::clone(&webhooks),
         );
         let mesh = Arc::clone(&mesh);
         let stop = Arc::clone(&stop);
@@ -194,6 +199,7 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
         mesh,
         control,
         metrics,
+        webhooks,
         apps,
     })
 }
@@ -277,13 +283,14 @@ impl CoreLoop {
     }
 
     fn now(&self) -> Now {
-        let unix_secs = SystemTime::now()
+        let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_millis() as u64);
         Now {
             mono_ms: self.control.now_ms(),
             mono_us: self.control.now_us(),
-            unix_secs,
+            unix_secs: unix_ms / 1000,
+            unix_ms,
         }
     }
 

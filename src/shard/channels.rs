@@ -17,12 +17,15 @@ use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::close_code;
 use crate::protocol::outbound;
 use crate::protocol::socket_id::SocketId;
+use crate::webhook::WebhookKind;
 use crate::ws::frame;
 
 /// Above this many subscribers, `subscription_count` events are sent at most every
 /// `SUBSCRIPTION_COUNT_INTERVAL_MS` (Pusher's rule), so a join storm is not quadratic.
 const SUBSCRIPTION_COUNT_EAGER_MAX: u64 = 100;
 pub(super) const SUBSCRIPTION_COUNT_INTERVAL_MS: u64 = 5_000;
+/// At most one `cache_miss` webhook per channel per this interval (Pusher de-duplicates).
+pub(super) const CACHE_MISS_WEBHOOK_INTERVAL_MS: u64 = 5_000;
 
 /// What the owner knows about one occupied channel.
 #[derive(Debug)]
@@ -149,10 +152,22 @@ impl Shard {
         }
         owned.per_core[from] += 1;
         owned.total += 1;
+        let occupied = owned.total == 1;
         let presence_data = owned.members.as_ref().map(|members| {
             outbound::presence_data(members.iter().map(|(id, m)| (&**id, &*m.info_json)))
         });
         let cached = channel::is_cache(&channel.name).then(|| self.cached_frame(&channel));
+        if occupied {
+            self.webhook(
+                channel.app,
+                WebhookKind::ChannelOccupied,
+                &channel.name,
+                |_| {},
+            );
+        }
+        if matches!(cached, Some(None)) {
+            self.cache_miss_webhook(&channel);
+        }
         let user_id = member.map(|m| m.user_id);
         let reply = SubscribeReply::Joined {
             presence_data,
@@ -168,6 +183,14 @@ impl Shard {
             },
         );
         if let Some(member) = added {
+            self.webhook(
+                channel.app,
+                WebhookKind::MemberAdded,
+                &channel.name,
+                |event| {
+                    event.user_id = Some(Arc::clone(&member.user_id));
+                },
+            );
             let text = outbound::member_added(&channel.name, &member.user_id, &member.info_json);
             self.owner_publish(
                 channel.clone(),
@@ -176,9 +199,30 @@ impl Shard {
                 None,
             );
         }
-        if count_enabled && !presence {
+        if (count_enabled || self.has_webhooks(channel.app)) && !presence {
             self.owe_subscription_count(&channel);
         }
+    }
+
+    fn has_webhooks(&self, app: u32) -> bool {
+        !self.apps.get(app).webhooks.is_empty()
+    }
+
+    /// A subscribe found an empty cache slot: one `cache_miss` webhook per channel per interval.
+    fn cache_miss_webhook(&mut self, channel: &ChannelKey) {
+        if !self.has_webhooks(channel.app) {
+            return;
+        }
+        let now_ms = self.now.mono_ms;
+        let recent = self
+            .cache_misses
+            .get(channel)
+            .is_some_and(|&sent| now_ms < sent + CACHE_MISS_WEBHOOK_INTERVAL_MS);
+        if recent {
+            return;
+        }
+        self.cache_misses.insert(channel.clone(), now_ms);
+        self.webhook(channel.app, WebhookKind::CacheMiss, &channel.name, |_| {});
     }
 
     pub(super) fn owner_unsubscribe(
@@ -211,8 +255,25 @@ impl Shard {
             }
         }
         let presence = owned.members.is_some();
-        if owned.total == 0 {
+        let vacated = owned.total == 0;
+        if let Some(user_id) = &removed {
+            self.webhook(
+                channel.app,
+                WebhookKind::MemberRemoved,
+                &channel.name,
+                |event| {
+                    event.user_id = Some(Arc::clone(user_id));
+                },
+            );
+        }
+        if vacated {
             self.owned.remove(channel);
+            self.webhook(
+                channel.app,
+                WebhookKind::ChannelVacated,
+                &channel.name,
+                |_| {},
+            );
             return;
         }
         if let Some(user_id) = removed {
@@ -224,7 +285,7 @@ impl Shard {
                 None,
             );
         }
-        if count_enabled && !presence {
+        if (count_enabled || self.has_webhooks(channel.app)) && !presence {
             self.owe_subscription_count(channel);
         }
     }
@@ -247,13 +308,25 @@ impl Shard {
         }
         owned.count_sent_ms = now_ms;
         owned.count_owed = false;
-        let text = outbound::subscription_count(&channel.name, owned.total);
-        self.owner_publish(
-            channel.clone(),
-            frame::encode_text(text.as_bytes()),
-            None,
-            None,
+        let total = owned.total;
+        self.send_subscription_count(channel.clone(), total);
+    }
+
+    /// The count event to subscribers (when the app enables it) and the webhook (when the app
+    /// has webhook targets).
+    fn send_subscription_count(&mut self, channel: ChannelKey, total: u64) {
+        self.webhook(
+            channel.app,
+            WebhookKind::SubscriptionCount,
+            &channel.name,
+            |event| {
+                event.subscription_count = Some(total);
+            },
         );
+        if self.apps.get(channel.app).enable_subscription_count {
+            let text = outbound::subscription_count(&channel.name, total);
+            self.owner_publish(channel, frame::encode_text(text.as_bytes()), None, None);
+        }
     }
 
     /// Timer: sends owed subscription counts whose interval has passed.
@@ -273,8 +346,8 @@ impl Shard {
             }
             owned.count_owed = false;
             owned.count_sent_ms = now_ms;
-            let text = outbound::subscription_count(&channel.name, owned.total);
-            self.owner_publish(channel, frame::encode_text(text.as_bytes()), None, None);
+            let total = owned.total;
+            self.send_subscription_count(channel, total);
         }
     }
 

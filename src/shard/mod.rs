@@ -25,6 +25,7 @@ use crate::limits;
 use crate::mesh::{ChannelKey, ConnRef, Outbox, ShardMessage};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::protocol::socket_id::SocketIdGenerator;
+use crate::webhook::{WebhookEvent, WebhookKind, WebhookQueues};
 
 pub use apps::Apps;
 use channels::{CachedEvent, OwnedChannel};
@@ -40,6 +41,8 @@ pub struct Now {
     pub mono_us: u64,
     /// Wall-clock Unix seconds (REST timestamps).
     pub unix_secs: u64,
+    /// Wall-clock Unix milliseconds (webhook `time_ms`).
+    pub unix_ms: u64,
 }
 
 /// From this many local subscribers on, a frame from another core is copied once per core.
@@ -88,6 +91,9 @@ pub struct Shard {
     now: Now,
     control: Arc<Control>,
     metrics: Arc<Metrics>,
+    webhooks: Arc<WebhookQueues>,
+    /// Cache channels that recently sent a `cache_miss` webhook, and when (de-duplication).
+    cache_misses: HashMap<ChannelKey, u64>,
     /// The endpoint of the HTTP request being answered (for metrics).
     endpoint: crate::metrics::Endpoint,
     /// Accept-rate token bucket: tokens available and when it was last refilled.
@@ -108,6 +114,7 @@ impl Shard {
         epoch: u64,
         control: Arc<Control>,
         metrics: Arc<Metrics>,
+        webhooks: Arc<WebhookQueues>,
     ) -> Shard {
         assert!(core < cores);
         Shard {
@@ -133,9 +140,12 @@ impl Shard {
                 mono_ms: 0,
                 mono_us: 0,
                 unix_secs: 0,
+                unix_ms: 0,
             },
             control,
             metrics,
+            webhooks,
+            cache_misses: HashMap::new(),
             endpoint: crate::metrics::Endpoint::Other,
             accept_tokens: 0.0,
             accept_refilled_ms: 0,
@@ -443,6 +453,9 @@ impl Shard {
         self.sweeps += 1;
         if self.sweeps % 64 == 0 {
             self.expire_caches();
+            let now_ms = self.now.mono_ms;
+            self.cache_misses
+                .retain(|_, sent| now_ms < *sent + channels::CACHE_MISS_WEBHOOK_INTERVAL_MS);
         }
     }
 
@@ -559,6 +572,23 @@ impl Shard {
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             CoreMetrics::add(&core_metrics.new_disconnections, 1);
         }
+    }
+
+    /// Queues a webhook event for the worker when the app has webhook targets (free otherwise).
+    /// Internal channels (`#server-to-user-`, user registry keys) never produce webhooks.
+    fn webhook(
+        &self,
+        app: u32,
+        kind: WebhookKind,
+        channel: &Arc<str>,
+        fill: impl FnOnce(&mut WebhookEvent),
+    ) {
+        if self.apps.get(app).webhooks.is_empty() || channel.starts_with('#') {
+            return;
+        }
+        let mut event = WebhookEvent::new(app, kind, Arc::clone(channel), self.now.unix_ms);
+        fill(&mut event);
+        self.webhooks.push(self.core, event);
     }
 
     pub(crate) fn core_metrics(&self) -> &CoreMetrics {

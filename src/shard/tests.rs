@@ -16,6 +16,7 @@ const NOW: Now = Now {
     mono_ms: 1_000,
     mono_us: 1_000_000,
     unix_secs: 1_700_000_000,
+    unix_ms: 1_700_000_000_000,
 };
 
 struct World {
@@ -42,6 +43,7 @@ impl World {
                     42,
                     Arc::clone(&control),
                     Arc::clone(&metrics),
+                    Arc::new(crate::webhook::WebhookQueues::new(cores)),
                 )
             })
             .collect();

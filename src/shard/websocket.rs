@@ -19,6 +19,7 @@ use crate::protocol::channel::{self, ChannelKind, ChannelNameError};
 use crate::protocol::close_code::{self, CloseCode};
 use crate::protocol::envelope::{self, ClientMessage};
 use crate::protocol::outbound;
+use crate::webhook::WebhookKind;
 use crate::ws::frame::{self, Decoder, Message};
 use crate::ws::handshake;
 
@@ -503,6 +504,13 @@ impl Shard {
         let channel = subscription.channel.clone();
         let text = outbound::client_event(event, name, data_json, subscription.user_id.as_deref());
         let exclude = Some(ws.socket_id);
+        let (app, user_id) = (ws.app, subscription.user_id.clone());
+        self.webhook(app, WebhookKind::ClientEvent, &channel.name, |webhook| {
+            webhook.event = Some(event.into());
+            webhook.data_json = Some(data_json.into());
+            webhook.socket_id = exclude.map(|id| id.to_string().into_boxed_str());
+            webhook.user_id = user_id;
+        });
         self.publish(channel, frame::encode_text(text.as_bytes()), exclude, None);
     }
 

@@ -1,0 +1,185 @@
+//! Webhooks (spec §8): the events owner cores generate, and the bounded per-core queues that
+//! carry them to the delivery worker. Cores only `push` (never block, never do IO); the worker
+//! thread (in `worker.rs`) batches, signs, POSTs and retries off every core. A full queue drops
+//! the event, counts it and logs it: the broker keeps serving.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+
+/// Webhook events waiting for the worker, per core.
+pub const WEBHOOK_QUEUE_DEPTH: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookKind {
+    ChannelOccupied,
+    ChannelVacated,
+    MemberAdded,
+    MemberRemoved,
+    ClientEvent,
+    CacheMiss,
+    SubscriptionCount,
+}
+
+impl WebhookKind {
+    /// The name in the webhook body and in `event_types`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookKind::ChannelOccupied => "channel_occupied",
+            WebhookKind::ChannelVacated => "channel_vacated",
+            WebhookKind::MemberAdded => "member_added",
+            WebhookKind::MemberRemoved => "member_removed",
+            WebhookKind::ClientEvent => "client_event",
+            WebhookKind::CacheMiss => "cache_miss",
+            WebhookKind::SubscriptionCount => "subscription_count",
+        }
+    }
+}
+
+/// One webhook event as generated on a core.
+#[derive(Debug, Clone)]
+pub struct WebhookEvent {
+    /// App index (as in `shard::Apps`).
+    pub app: u32,
+    pub kind: WebhookKind,
+    pub channel: Arc<str>,
+    /// Presence events: the member; client events on presence channels: the sender's user id.
+    pub user_id: Option<Arc<str>>,
+    /// Client events: the event name, the raw JSON text of `data`, and the sender's socket id.
+    pub event: Option<Box<str>>,
+    pub data_json: Option<Box<str>>,
+    pub socket_id: Option<Box<str>>,
+    /// `subscription_count` events.
+    pub subscription_count: Option<u64>,
+    /// Unix milliseconds when the core generated it (the body's `time_ms` is taken from the
+    /// first event of a batch and kept across retries).
+    pub created_ms: u64,
+}
+
+impl WebhookEvent {
+    pub fn new(app: u32, kind: WebhookKind, channel: Arc<str>, created_ms: u64) -> WebhookEvent {
+        WebhookEvent {
+            app,
+            kind,
+            channel,
+            user_id: None,
+            event: None,
+            data_json: None,
+            socket_id: None,
+            subscription_count: None,
+            created_ms,
+        }
+    }
+
+    /// The event object inside the body's `events` array (spec §8 table), as JSON text.
+    pub fn to_json(&self) -> String {
+        let string = |text: &str| serde_json::to_string(text).expect("serializing a str");
+        let mut json = format!(
+            r#"{{"name":"{}","channel":{}"#,
+            self.kind.name(),
+            string(&self.channel)
+        );
+        if let Some(event) = &self.event {
+            json.push_str(&format!(r#","event":{}"#, string(event)));
+        }
+        if let Some(data) = &self.data_json {
+            // The client's `data` as sent; Pusher delivers it as a string of JSON.
+            let text = match serde_json::from_str::<serde_json::Value>(data) {
+                Ok(serde_json::Value::String(text)) => text,
+                _ => data.to_string(),
+            };
+            json.push_str(&format!(r#","data":{}"#, string(&text)));
+        }
+        if let Some(socket_id) = &self.socket_id {
+            json.push_str(&format!(r#","socket_id":{}"#, string(socket_id)));
+        }
+        if let Some(user_id) = &self.user_id {
+            json.push_str(&format!(r#","user_id":{}"#, string(user_id)));
+        }
+        if let Some(count) = self.subscription_count {
+            json.push_str(&format!(r#","subscription_count":{count}"#));
+        }
+        json.push('}');
+        json
+    }
+}
+
+/// The per-core queues from cores to the worker, and the drop counter.
+#[derive(Debug)]
+pub struct WebhookQueues {
+    queues: Box<[ArrayQueue<WebhookEvent>]>,
+    pub dropped: AtomicU64,
+    pub queued: AtomicU64,
+}
+
+impl WebhookQueues {
+    pub fn new(cores: usize) -> WebhookQueues {
+        WebhookQueues {
+            queues: (0..cores)
+                .map(|_| ArrayQueue::new(WEBHOOK_QUEUE_DEPTH))
+                .collect(),
+            dropped: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+        }
+    }
+
+    /// Never blocks: a full queue drops the event and counts it.
+    pub fn push(&self, core: usize, event: WebhookEvent) {
+        match self.queues[core].push(event) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(event) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped,
+                        kind = event.kind.name(),
+                        "webhook queue full: event dropped"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The worker's side: takes what core `core` queued.
+    pub fn pop(&self, core: usize) -> Option<WebhookEvent> {
+        self.queues[core].pop()
+    }
+
+    pub fn cores(&self) -> usize {
+        self.queues.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_objects_match_the_spec_table() {
+        let occupied =
+            WebhookEvent::new(0, WebhookKind::ChannelOccupied, Arc::from("my-channel"), 1);
+        assert_eq!(
+            occupied.to_json(),
+            r#"{"name":"channel_occupied","channel":"my-channel"}"#
+        );
+        let mut added =
+            WebhookEvent::new(0, WebhookKind::MemberAdded, Arc::from("presence-foobar"), 1);
+        added.user_id = Some(Arc::from("10"));
+        assert_eq!(
+            added.to_json(),
+            r#"{"name":"member_added","channel":"presence-foobar","user_id":"10"}"#
+        );
+        let mut client =
+            WebhookEvent::new(0, WebhookKind::ClientEvent, Arc::from("private-test"), 1);
+        client.event = Some("client-typing".into());
+        client.data_json = Some(r#"{"x":1}"#.into());
+        client.socket_id = Some("123.456".into());
+        assert_eq!(
+            client.to_json(),
+            r#"{"name":"client_event","channel":"private-test","event":"client-typing","data":"{\"x\":1}","socket_id":"123.456"}"#
+        );
+    }
+}
