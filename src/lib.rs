@@ -7,6 +7,7 @@
 //! (the io_uring driver that feeds the shard; all socket IO and its `unsafe` live there),
 //! `service` (process start-up, signals, logging).
 
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod http;

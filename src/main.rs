@@ -33,6 +33,8 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Load-test any Pusher-compatible server (fanout, publish, idle, storm); JSON on stdout.
+    Bench(Box<ringcast::bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -87,5 +89,6 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Bench(args) => ringcast::bench::run(*args),
     }
 }
