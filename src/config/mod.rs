@@ -67,7 +67,7 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
     let raw: file::RawConfig =
         serde_ignored::deserialize(deserializer, |path| unknown_keys.push(path.to_string()))
             .map_err(|error| ConfigError::Parse(error.to_string()))?;
-    let config = validate(raw)?;
+    let config = validate(raw).map_err(|error| with_line(error, text))?;
     Ok(Loaded {
         config,
         unknown_keys,
@@ -255,6 +255,64 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
+/// Adds "(line N)" to an invalid-value error when the key can be found in the text: the
+/// table header (`[server]`, the n-th `[[apps]]`) and then the key's own line in that table.
+fn with_line(error: ConfigError, text: &str) -> ConfigError {
+    let ConfigError::Invalid { key, message } = error else {
+        return error;
+    };
+    match key_line(&key, text) {
+        Some(line) => ConfigError::Invalid {
+            key,
+            message: format!("{message} (line {line})"),
+        },
+        None => ConfigError::Invalid { key, message },
+    }
+}
+
+fn key_line(key: &str, text: &str) -> Option<usize> {
+    let (table, field) = match key.rsplit_once('.') {
+        Some((table, field)) => (Some(table), field),
+        None => (None, key),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let (start, end) = match table {
+        None => (
+            0,
+            lines
+                .iter()
+                .position(|l| l.trim_start().starts_with('['))
+                .unwrap_or(lines.len()),
+        ),
+        Some(table) => {
+            let (name, index) = match table.split_once('[') {
+                Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()?),
+                None => (table, 0),
+            };
+            let headers = [format!("[{name}]"), format!("[[{name}]]")];
+            let start = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| headers.iter().any(|h| l.trim() == h))
+                .nth(index)?
+                .0
+                + 1;
+            let end = lines[start..]
+                .iter()
+                .position(|l| l.trim_start().starts_with('['))
+                .map_or(lines.len(), |offset| start + offset);
+            (start, end)
+        }
+    };
+    (start..end)
+        .find(|&n| {
+            let line = lines[n].trim_start();
+            line.strip_prefix(field)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|n| n + 1)
+}
+
 fn check_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(invalid(key, format!("{value} is outside {min}..={max}")));
@@ -319,6 +377,22 @@ mod tests {
         assert_eq!(
             unknown,
             vec!["apps.0.new_flag", "future_key", "server.shiny"]
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_line() {
+        let text = "version = 1\n[server]\ncores = 1\nbind = \"nope\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"\"\n";
+        let error = parse(text).unwrap_err().to_string();
+        assert!(
+            error.contains("server.bind") && error.contains("(line 4)"),
+            "{error}"
+        );
+        let text = text.replace("bind = \"nope\"", "bind = \"127.0.0.1:1\"");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("apps[1].secret") && error.contains("(line 12)"),
+            "{error}"
         );
     }
 
