@@ -21,7 +21,7 @@ pub const RECV_BUFFERS_PER_CORE: u16 = 1024;
 pub const RECV_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Frames handed to the kernel in one send call for one connection.
-pub const SEND_IOVECS_MAX: usize = 64;
+pub const SEND_IOVECS_MAX: usize = 32;
 
 /// Submission queue entries of each core's ring.
 pub const RING_ENTRIES: u32 = 4096;

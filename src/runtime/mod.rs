@@ -45,6 +45,8 @@ const BUFFER_GROUP: u16 = 0;
 /// Mesh messages taken from one source core per loop iteration, so one busy peer cannot starve
 /// the sockets.
 const MESH_BATCH_MAX: usize = 4096;
+/// Idle send operations kept for reuse (each holds `SEND_IOVECS_MAX` iovecs).
+const SEND_POOL_MAX: usize = 256;
 /// Polls of the mesh before parking (each a few atomic loads, about 1-2 µs in all per 100).
 const SPIN_BEFORE_PARK: u32 = 2048;
 
@@ -521,7 +523,11 @@ impl CoreLoop {
         let op = self.sends[key as usize]
             .take()
             .expect("a send completion has its operation");
-        self.send_pool.push(op);
+        // A connect burst has every handshake in flight at once; keep only a small pool so
+        // that burst's operations are not held for the life of the process.
+        if self.send_pool.len() < SEND_POOL_MAX {
+            self.send_pool.push(op);
+        }
         self.shard.conn_mut(key).io.send_in_flight = false;
         if result >= 0 {
             CoreMetrics::add(

@@ -12,7 +12,7 @@ mod rest;
 mod users;
 mod websocket;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -268,8 +268,9 @@ impl Shard {
                 bytes = 0;
             }
         }
-        if conn.out.is_empty() && conn.out.capacity() > 16 {
-            conn.out.shrink_to(4);
+        if conn.out.is_empty() {
+            // Idle connections are most connections: hold no queue memory between writes.
+            conn.out = VecDeque::new();
         }
     }
 
