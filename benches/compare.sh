@@ -34,7 +34,8 @@ start_server() {
   case "$1" in
     ringcast) taskset -c 0 "$RC" serve --config "$OUT/ringcast.toml" >"$OUT/server.log" 2>&1 & ;;
     sockudo)
-      HOST=127.0.0.1 PORT=$PORT DEBUG=false METRICS_ENABLED=false \
+      # sockudo's default rate limiter answers 429 to a benchmark's handshakes and publishes.
+      HOST=127.0.0.1 PORT=$PORT DEBUG=false METRICS_ENABLED=false RATE_LIMITER_ENABLED=false \
       SOCKUDO_DEFAULT_APP_ID=123456 SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \
       SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=100000 SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=1000000 \
       SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND=1000000 SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND=1000000 \
@@ -59,7 +60,7 @@ bench() {
   taskset -c 1 "$RC" bench "$@" --port $PORT --server-pid "$SERVER_PID" --quiet >"$OUT/$name.json"
 }
 
-for server in ringcast sockudo; do
+for server in ${SERVERS:-ringcast sockudo}; do
   if [ "$server" = sockudo ] && [ ! -x "$SOCKUDO" ]; then
     echo "sockudo not found (set SOCKUDO=path): skipping it" >&2
     continue

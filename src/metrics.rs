@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::control::Control;
 use crate::mesh::Mesh;
+use crate::webhook::{DELIVERY_LATENCY_BUCKETS, WebhookStats};
 
 /// Close codes counted individually; anything else is counted as "other".
 pub const CLOSE_CODES: [u16; 16] = [
@@ -177,6 +178,8 @@ pub struct Metrics {
     pub config_unknown_keys: AtomicU64,
     pub config_reloads: AtomicU64,
     pub config_reload_failures: AtomicU64,
+    /// Webhook delivery, written by the webhook worker (`webhook::WebhookWorker`).
+    pub webhooks: Arc<WebhookStats>,
     control: Arc<Control>,
     mesh: Arc<Mesh>,
 }
@@ -188,6 +191,7 @@ impl Metrics {
             config_unknown_keys: AtomicU64::new(0),
             config_reloads: AtomicU64::new(0),
             config_reload_failures: AtomicU64::new(0),
+            webhooks: Arc::new(WebhookStats::default()),
             control,
             mesh,
         }
@@ -436,6 +440,72 @@ impl Collector for Metrics {
             "ringcast_config_reload_failures",
             "Rejected config reloads (the running config was kept)",
             load(&self.config_reload_failures),
+        )?;
+        self.encode_webhooks(e)?;
+        Ok(())
+    }
+}
+
+impl Metrics {
+    fn encode_webhooks(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.webhooks;
+        counter(
+            e,
+            "ringcast_webhooks_queued",
+            "Webhook events placed in the outbox, once per target",
+            load(&stats.queued),
+        )?;
+        counter(
+            e,
+            "ringcast_webhooks_delivered",
+            "Webhook events in POSTs answered with 2xx",
+            load(&stats.delivered),
+        )?;
+        counter(
+            e,
+            "ringcast_webhooks_retried",
+            "Failed webhook POSTs (non-2xx, timeout, connection error) scheduled again",
+            load(&stats.retried),
+        )?;
+        counter(
+            e,
+            "ringcast_webhooks_dropped",
+            "Webhook events dropped: a queue or the outbox was full, or retries ran out",
+            load(&stats.dropped),
+        )?;
+        counter(
+            e,
+            "ringcast_webhooks_cancelled",
+            "Removal/re-add webhook pairs cancelled by the removal delay (neither sent)",
+            load(&stats.cancelled),
+        )?;
+        gauge(
+            e,
+            "ringcast_webhooks_pending",
+            "Webhook events in the outbox waiting for a 2xx",
+            load(&stats.pending) as i64,
+        )?;
+        let mut buckets = Vec::with_capacity(DELIVERY_LATENCY_BUCKETS.len() + 1);
+        let mut cumulative = 0;
+        for (index, bound) in DELIVERY_LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .enumerate()
+        {
+            cumulative += load(&stats.latency_buckets[index]);
+            buckets.push((bound, cumulative));
+        }
+        let sum = load(&stats.latency_sum_ms) as f64 / 1e3;
+        let count = load(&stats.latency_count);
+        let mut metric = e.encode_descriptor(
+            "ringcast_webhooks_delivery_seconds",
+            "Time from a webhook batch's first event to the 2xx that delivered it, per POST",
+            None,
+            MetricType::Histogram,
+        )?;
+        metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            sum, count, &buckets, None,
         )?;
         Ok(())
     }

@@ -13,7 +13,49 @@ pub struct RawConfig {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    #[serde(default)]
     pub apps: Vec<AppConfig>,
+}
+
+/// Webhook delivery (spec §8), for every app; the targets are per app (`[[apps.webhooks]]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WebhooksConfig {
+    /// Events for one target are collected this long before one POST carries them all; 0 sends
+    /// one event per POST.
+    pub batch_window_ms: u64,
+    /// Events in one POST at most (a full batch is sent before its window ends).
+    pub batch_events_max: usize,
+    /// Time for one POST: connect, send, and the response.
+    pub timeout_ms: u64,
+    /// A batch is retried (any non-2xx, timeout or connection error) for this long after its
+    /// first attempt, then dropped and counted; 0 makes a single attempt.
+    pub retry_for_secs: u64,
+    /// Back-off before the first retry; it doubles (with jitter) up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Events waiting for delivery, across every app and target; when full, new batches are
+    /// dropped, counted and logged.
+    pub outbox_max: usize,
+    /// POSTs in flight at once (each to a different target; one at a time per target keeps
+    /// per-channel order). Changes with a restart.
+    pub concurrency: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> WebhooksConfig {
+        WebhooksConfig {
+            batch_window_ms: 50,
+            batch_events_max: 100,
+            timeout_ms: 5_000,
+            retry_for_secs: 300,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 60_000,
+            outbox_max: 100_000,
+            concurrency: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -198,6 +240,11 @@ pub struct AppConfig {
     /// Webhook targets (`[[apps.webhooks]]`), spec §8.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// Hold `channel_vacated` and `member_removed` webhooks this long; a `channel_occupied` (same
+    /// channel) or `member_added` (same channel and user) meanwhile cancels both. 0 = send at
+    /// once; Pusher waits up to 3000.
+    #[serde(default)]
+    pub webhook_removal_delay_ms: u64,
 }
 
 /// One webhook target of an app.

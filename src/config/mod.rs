@@ -10,7 +10,9 @@ use std::path::Path;
 
 use crate::limits;
 
-pub use file::{AppConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig, WebhookConfig};
+pub use file::{
+    AppConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig, WebhookConfig, WebhooksConfig,
+};
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -21,6 +23,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub webhooks: WebhooksConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -177,6 +180,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         1,
         1024,
     )?;
+    validate_webhooks(&raw.webhooks)?;
     if raw.apps.is_empty() {
         return Err(invalid("apps", "at least one [[apps]] entry is required"));
     }
@@ -232,6 +236,24 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
             1,
             10_000,
         )?;
+        check_range(
+            &key("webhook_removal_delay_ms"),
+            app.webhook_removal_delay_ms as usize,
+            0,
+            WEBHOOK_REMOVAL_DELAY_MS_MAX,
+        )?;
+        for (target, webhook) in app.webhooks.iter().enumerate() {
+            validate_webhook_target(&key(&format!("webhooks[{target}]")), webhook)?;
+            if let Some(first) = app.webhooks[..target]
+                .iter()
+                .position(|other| other.url == webhook.url)
+            {
+                return Err(invalid(
+                    key(&format!("webhooks[{target}].url")),
+                    format!("duplicates apps[{index}].webhooks[{first}].url"),
+                ));
+            }
+        }
         for (other_index, other) in raw.apps.iter().enumerate().take(index) {
             if other.id == app.id {
                 return Err(invalid(
@@ -251,8 +273,135 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         server,
         log: raw.log,
         metrics: raw.metrics,
+        webhooks: raw.webhooks,
         apps: raw.apps,
     })
+}
+
+/// Longest `apps[].webhook_removal_delay_ms`.
+const WEBHOOK_REMOVAL_DELAY_MS_MAX: usize = 60_000;
+/// Largest `webhooks.outbox_max` (events held in memory).
+const WEBHOOK_OUTBOX_MAX: usize = 10_000_000;
+
+fn validate_webhooks(webhooks: &WebhooksConfig) -> Result<(), ConfigError> {
+    check_range(
+        "webhooks.batch_window_ms",
+        webhooks.batch_window_ms as usize,
+        0,
+        10_000,
+    )?;
+    check_range(
+        "webhooks.batch_events_max",
+        webhooks.batch_events_max,
+        1,
+        10_000,
+    )?;
+    check_range(
+        "webhooks.timeout_ms",
+        webhooks.timeout_ms as usize,
+        1,
+        600_000,
+    )?;
+    check_range(
+        "webhooks.retry_for_secs",
+        webhooks.retry_for_secs as usize,
+        0,
+        7 * 24 * 3600,
+    )?;
+    check_range(
+        "webhooks.retry_initial_ms",
+        webhooks.retry_initial_ms as usize,
+        1,
+        3_600_000,
+    )?;
+    check_range(
+        "webhooks.retry_max_ms",
+        webhooks.retry_max_ms as usize,
+        webhooks.retry_initial_ms as usize,
+        3_600_000,
+    )?;
+    check_range(
+        "webhooks.outbox_max",
+        webhooks.outbox_max,
+        1,
+        WEBHOOK_OUTBOX_MAX,
+    )?;
+    check_range("webhooks.concurrency", webhooks.concurrency, 1, 64)?;
+    Ok(())
+}
+
+/// Header names a target's `headers` may not set: the webhook's own and the framing ones.
+const RESERVED_WEBHOOK_HEADERS: [&str; 7] = [
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "x-pusher-key",
+    "x-pusher-signature",
+];
+
+fn validate_webhook_target(key: &str, webhook: &WebhookConfig) -> Result<(), ConfigError> {
+    let url = webhook.url.as_str();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            invalid(
+                format!("{key}.url"),
+                format!("`{url}` is not an http:// or https:// URL"),
+            )
+        })?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') || !url.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid(
+            format!("{key}.url"),
+            format!("`{url}` needs a host, no user info, and no spaces or control characters"),
+        ));
+    }
+    for name in &webhook.event_types {
+        if crate::webhook::WebhookKind::from_name(name).is_none() {
+            return Err(invalid(
+                format!("{key}.event_types"),
+                format!(
+                    "`{name}` is not a webhook event (channel_occupied, channel_vacated, member_added, \
+                     member_removed, client_event, cache_miss, subscription_count)"
+                ),
+            ));
+        }
+    }
+    for (name, value) in &webhook.headers {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(invalid(
+                format!("{key}.headers"),
+                format!("`{name}` is not a valid header name"),
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_WEBHOOK_HEADERS.contains(&lower.as_str())
+            || lower == crate::webhook::WEBHOOK_ID_HEADER.to_ascii_lowercase()
+        {
+            return Err(invalid(
+                format!("{key}.headers"),
+                format!("`{name}` is set by ringcast and cannot be overridden"),
+            ));
+        }
+        if !value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Err(invalid(
+                format!("{key}.headers.{name}"),
+                "header values are printable ASCII",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Adds "(line N)" to an invalid-value error when the key can be found in the text: the
@@ -345,6 +494,7 @@ impl Config {
             server: self.server.clone(),
             log: self.log.clone(),
             metrics: self.metrics.clone(),
+            webhooks: self.webhooks.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")
@@ -394,6 +544,45 @@ mod tests {
             error.contains("apps[1].secret") && error.contains("(line 12)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn webhook_config_is_validated() {
+        let app = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let loaded = parse(&format!(
+            "{app}webhook_removal_delay_ms = 3000\n[[apps.webhooks]]\nurl = \"https://example.test/hook\"\nevent_types = [\"channel_occupied\", \"member_added\"]\nchannel_prefix = \"presence-\"\nheaders = {{ \"X-Env\" = \"prod\" }}\n"
+        ))
+        .unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let config = loaded.config;
+        assert_eq!(config.webhooks.batch_window_ms, 50);
+        assert_eq!(config.webhooks.timeout_ms, 5_000);
+        assert!(config.webhooks.retry_for_secs >= 300);
+        assert_eq!(config.apps[0].webhook_removal_delay_ms, 3000);
+        assert_eq!(config.apps[0].webhooks[0].headers["X-Env"], "prod");
+        let error_for = |text: &str| parse(&format!("{app}{text}")).unwrap_err().to_string();
+        let error = error_for("[[apps.webhooks]]\nurl = \"ftp://example.test/\"\n");
+        assert!(error.contains("apps[0].webhooks[0].url"), "{error}");
+        let error = error_for("[[apps.webhooks]]\nurl = \"http://\"\n");
+        assert!(error.contains("apps[0].webhooks[0].url"), "{error}");
+        let error = error_for("[[apps.webhooks]]\nurl = \"http://a/\"\nevent_types = [\"nope\"]\n");
+        assert!(error.contains("apps[0].webhooks[0].event_types"), "{error}");
+        let error = error_for(
+            "[[apps.webhooks]]\nurl = \"http://a/\"\nheaders = { \"x-pusher-signature\" = \"forged\" }\n",
+        );
+        assert!(error.contains("apps[0].webhooks[0].headers"), "{error}");
+        let error = error_for(
+            "[[apps.webhooks]]\nurl = \"http://a/\"\n[[apps.webhooks]]\nurl = \"http://a/\"\n",
+        );
+        assert!(error.contains("apps[0].webhooks[1].url"), "{error}");
+        let error = parse(&format!("{app}[webhooks]\nretry_max_ms = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("webhooks.retry_max_ms"), "{error}");
+        let error = parse(&format!("{app}[webhooks]\noutbox_max = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("webhooks.outbox_max"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use signal_hook::iterator::Signals;
 use crate::config::{self, Config, LogFormat};
 use crate::control::Reload;
 use crate::runtime;
+use crate::webhook::WebhookWorker;
 
 /// Installs the global tracing subscriber: `RUST_LOG` wins over the config's level.
 pub fn init_logging(level: &str, format: LogFormat) {
@@ -48,6 +49,8 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 const CORE_STALL_MS: u64 = 2_000;
 /// Extra time a drain may take beyond its computed schedule before the process exits anyway.
 const DRAIN_SLACK_MS: u64 = 5_000;
+/// After the cores stop, the webhook worker sends what it still holds for at most this long.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(2);
 
 fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(error) = sd_notify::notify(states) {
@@ -71,6 +74,12 @@ pub fn serve(
     let mut server = runtime::start(Arc::clone(&config))?;
     let control = Arc::clone(&server.control);
     let metrics = Arc::clone(&server.metrics);
+    let webhooks = WebhookWorker::start(
+        &config,
+        Arc::clone(&server.apps),
+        Arc::clone(&server.webhooks),
+        Arc::clone(&metrics.webhooks),
+    )?;
     metrics.config_unknown_keys.store(
         unknown_keys.len() as u64,
         std::sync::atomic::Ordering::Relaxed,
@@ -119,7 +128,7 @@ pub fn serve(
         for signal in signals.pending() {
             match signal {
                 SIGHUP => {
-                    config = reload(&config, config_path.as_deref(), &mut server);
+                    config = reload(&config, config_path.as_deref(), &mut server, &webhooks);
                 }
                 _ if drain_deadline_ms.is_some() => {
                     tracing::warn!(signal, "second shutdown signal: exiting now");
@@ -187,6 +196,7 @@ pub fn serve(
         std::thread::sleep(CONTROL_TICK);
     }
     server.stop();
+    webhooks.stop(WEBHOOK_FLUSH);
     Ok(())
 }
 
@@ -196,6 +206,7 @@ fn reload(
     current: &Arc<Config>,
     path: Option<&std::path::Path>,
     server: &mut runtime::Server,
+    webhooks: &WebhookWorker,
 ) -> Arc<Config> {
     let metrics = &server.metrics;
     let loaded = match path {
@@ -235,6 +246,8 @@ fn reload(
     };
     let next = Arc::new(next);
     server.apps = Arc::clone(&apps);
+    // The worker first: an event a core makes under the new table must find its app there.
+    webhooks.reload(Arc::clone(&next), Arc::clone(&apps));
     server.control.send_reload(Arc::new(Reload {
         config: Arc::clone(&next),
         apps,

@@ -2,11 +2,88 @@
 //! carry them to the delivery worker. Cores only `push` (never block, never do IO); the worker
 //! thread (in `worker.rs`) batches, signs, POSTs and retries off every core. A full queue drops
 //! the event, counts it and logs it: the broker keeps serving.
+//!
+//! Reading order: this file (events, queues, stats), `outbox.rs` (the `Outbox` interface and
+//! its bounded in-memory implementation), `router.rs` (sans-IO: removal delay, filtering,
+//! batching, signing, retry schedule), `worker.rs` (the threads and the HTTP POSTs).
+
+mod outbox;
+mod router;
+mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
+
+pub use outbox::{Batch, MemoryOutbox, Outbox, TargetKey};
+pub use router::{Job, Outcome, Router, Settings};
+pub use worker::WebhookWorker;
+
+/// The header carrying each webhook's unique id (the same on every retry of it), so receivers
+/// can de-duplicate.
+pub const WEBHOOK_ID_HEADER: &str = "X-Ringcast-Webhook-Id";
+
+/// Upper bounds (seconds) of the delivery latency histogram (first event created → 2xx).
+pub const DELIVERY_LATENCY_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0,
+];
+
+/// What the delivery worker counts; read by the Prometheus collector (`metrics.rs`). Events
+/// are counted once per target they are sent to.
+#[derive(Debug)]
+pub struct WebhookStats {
+    /// Events placed in the outbox.
+    pub queued: AtomicU64,
+    /// Events in POSTs answered with 2xx.
+    pub delivered: AtomicU64,
+    /// Failed POSTs (non-2xx, timeout, connection error) scheduled again.
+    pub retried: AtomicU64,
+    /// Events dropped: a core's queue or the outbox was full, or retries ran out.
+    pub dropped: AtomicU64,
+    /// Removal/re-add pairs cancelled by `webhook_removal_delay_ms` (neither is sent).
+    pub cancelled: AtomicU64,
+    /// Events in the outbox now (gauge).
+    pub pending: AtomicU64,
+    /// Per-bucket counts of delivered POSTs (last = +Inf); cumulated on scrape.
+    pub latency_buckets: [AtomicU64; DELIVERY_LATENCY_BUCKETS.len() + 1],
+    pub latency_sum_ms: AtomicU64,
+    pub latency_count: AtomicU64,
+}
+
+impl Default for WebhookStats {
+    fn default() -> WebhookStats {
+        WebhookStats {
+            queued: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_ms: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl WebhookStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records one delivered POST whose first event was created `latency_ms` before the 2xx.
+    pub fn latency(&self, latency_ms: u64) {
+        let seconds = latency_ms as f64 / 1e3;
+        let index = DELIVERY_LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(DELIVERY_LATENCY_BUCKETS.len());
+        Self::add(&self.latency_buckets[index], 1);
+        Self::add(&self.latency_sum_ms, latency_ms);
+        Self::add(&self.latency_count, 1);
+    }
+}
 
 /// Webhook events waiting for the worker, per core.
 pub const WEBHOOK_QUEUE_DEPTH: usize = 64 * 1024;
@@ -34,6 +111,28 @@ impl WebhookKind {
             WebhookKind::CacheMiss => "cache_miss",
             WebhookKind::SubscriptionCount => "subscription_count",
         }
+    }
+
+    pub const ALL: [WebhookKind; 7] = [
+        WebhookKind::ChannelOccupied,
+        WebhookKind::ChannelVacated,
+        WebhookKind::MemberAdded,
+        WebhookKind::MemberRemoved,
+        WebhookKind::ClientEvent,
+        WebhookKind::CacheMiss,
+        WebhookKind::SubscriptionCount,
+    ];
+
+    /// The kind named `name` in `event_types`.
+    pub fn from_name(name: &str) -> Option<WebhookKind> {
+        WebhookKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+
+    /// A distinct bit per kind (event type filters are bit sets).
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
     }
 }
 

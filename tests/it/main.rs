@@ -19,5 +19,8 @@ mod rest;
 mod smoke;
 /// Start the binary, clients, signed REST calls.
 mod support;
+/// Webhooks: signed delivery from both cores, retries and de-duplication, a down receiver, the
+/// removal delay, filters and reload, and the `pusher` npm library's verification.
+mod webhooks;
 /// WebSocket framing and the Pusher connection protocol: transcripts, close codes, bad frames.
 mod websocket;
