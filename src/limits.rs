@@ -7,7 +7,7 @@
 pub const CORES_MAX: usize = 256;
 
 /// Messages in flight on one directed core-to-core queue before the sender backs off.
-pub const MESH_QUEUE_DEPTH: usize = 16 * 1024;
+pub const MESH_QUEUE_DEPTH: usize = 4 * 1024;
 /// Messages a core keeps for one destination core while that destination's queue is full. Past
 /// this, new work that would add to it (REST publishes) is refused with 503 + Retry-After.
 pub const MESH_BACKLOG_MAX: usize = 64 * 1024;
@@ -16,9 +16,9 @@ pub const MESH_BACKLOG_MAX: usize = 64 * 1024;
 pub const CONNECTIONS_PER_CORE_MAX: usize = 1 << 20;
 
 /// Provided receive buffers per core (shared by all of the core's connections).
-pub const RECV_BUFFERS_PER_CORE: u16 = 1024;
+pub const RECV_BUFFERS_PER_CORE: u16 = 512;
 /// Size of one provided receive buffer.
-pub const RECV_BUFFER_BYTES: usize = 8 * 1024;
+pub const RECV_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Frames handed to the kernel in one send call for one connection.
 pub const SEND_IOVECS_MAX: usize = 32;

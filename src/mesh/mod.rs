@@ -42,8 +42,17 @@ impl std::fmt::Debug for Mesh {
 impl Mesh {
     pub fn new(cores: usize) -> io::Result<Mesh> {
         assert!(cores >= 1 && cores <= limits::CORES_MAX);
+        // Index `from * cores + to`; a core never mails itself, so the diagonal gets a token
+        // queue (an ArrayQueue cannot have capacity 0) instead of a full one.
         let queues = (0..cores * cores)
-            .map(|_| ArrayQueue::new(limits::MESH_QUEUE_DEPTH))
+            .map(|index| {
+                let diagonal = index / cores == index % cores;
+                ArrayQueue::new(if diagonal {
+                    1
+                } else {
+                    limits::MESH_QUEUE_DEPTH
+                })
+            })
             .collect();
         let mut doorbells = Vec::with_capacity(cores);
         for _ in 0..cores {

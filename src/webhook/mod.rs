@@ -86,7 +86,7 @@ impl WebhookStats {
 }
 
 /// Webhook events waiting for the worker, per core.
-pub const WEBHOOK_QUEUE_DEPTH: usize = 64 * 1024;
+pub const WEBHOOK_QUEUE_DEPTH: usize = 8 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookKind {
