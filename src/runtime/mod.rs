@@ -122,6 +122,9 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit it, saving a setsockopt per connection. We coalesce frames per
+    // connection per loop tick ourselves, so Nagle would only add latency.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -466,18 +469,8 @@ impl CoreLoop {
             }
             return;
         }
+        // TCP_NODELAY is inherited from the listener (set in `bind_listener`): no syscall here.
         let fd: RawFd = result;
-        let nodelay: libc::c_int = 1;
-        // SAFETY: sets an int option on a socket we own, from a live c_int of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&raw const nodelay).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
         match self.shard.accept(fd, now) {
             Some(key) => self.arm_recv(key),
             None => {
