@@ -68,43 +68,7 @@ impl Server {
 
     /// Starts the binary on a complete config text (which must bind 127.0.0.1:0).
     pub fn with_config_text(config: &str) -> Server {
-        let n = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ringcast-it-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config_path = dir.join(format!("config-{n}.toml"));
-        let stderr_path = dir.join(format!("stderr-{n}.log"));
-        std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("start ringcast");
-        let stdout = child.stdout.take().unwrap();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let mut reader = BufReader::new(stdout);
-            let _ = reader.read_line(&mut line);
-            let _ = sender.send(line);
-            // Keep draining so the child never blocks on a full pipe.
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
-        let line = receiver.recv_timeout(WAIT).unwrap_or_default();
-        let Some(addr) = line.trim().strip_prefix("ringcast listening on ") else {
-            let _ = child.kill();
-            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-            panic!("ringcast did not start; stdout {line:?}; stderr:\n{stderr}");
-        };
-        Server {
-            addr: addr.parse().unwrap(),
-            child,
-            config_path,
-            stderr_path,
-        }
+        Server::launch(config, &[], false).0
     }
 
     pub fn stderr(&self) -> String {
