@@ -110,6 +110,11 @@ impl Server {
         }
     }
 
+    /// Whether every core-to-core queue is empty right now.
+    pub fn mesh_idle(&self) -> bool {
+        (0..self.cores).all(|core| !self.mesh.has_inbound(core))
+    }
+
     pub fn join(mut self) {
         for thread in self.threads.drain(..) {
             let _ = thread.join();

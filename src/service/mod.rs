@@ -47,6 +47,8 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// A core whose loop has not run for this long (or half the watchdog interval, if shorter)
 /// stops the watchdog pings.
 const CORE_STALL_MS: u64 = 2_000;
+/// After the last connection closed, the mesh must stay empty this long before the cores stop.
+const MESH_SETTLE: Duration = Duration::from_millis(200);
 /// Extra time a drain may take beyond its computed schedule before the process exits anyway.
 const DRAIN_SLACK_MS: u64 = 5_000;
 /// After the cores stop, the webhook worker sends what it still holds for at most this long.
@@ -124,6 +126,7 @@ pub fn serve(
     let mut last_status = Instant::now();
     let mut drain_deadline_ms: Option<u64> = None;
     let mut stalled_logged = false;
+    let mut mesh_idle_since: Option<Instant> = None;
     loop {
         for signal in signals.pending() {
             match signal {
@@ -181,9 +184,19 @@ pub fn serve(
         if let Some(deadline) = drain_deadline_ms {
             let now = control.now_ms();
             let closing_started = control.drain_close_at_ms().is_some_and(|at| now >= at);
+            // Connections are gone; the owners' last bookkeeping (unsubscribes, and the
+            // webhooks they produce) may still be in flight between cores: wait until the
+            // mesh has been empty for a settle period.
             if closing_started && control.connections() == 0 {
-                tracing::info!("drained: every connection is closed");
-                break;
+                if server.mesh_idle() {
+                    let since = *mesh_idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= MESH_SETTLE {
+                        tracing::info!("drained: every connection is closed");
+                        break;
+                    }
+                } else {
+                    mesh_idle_since = None;
+                }
             }
             if now >= deadline {
                 tracing::warn!(

@@ -765,34 +765,51 @@ fn the_removal_delay_cancels_a_leave_and_rejoin() {
 }
 
 // SIGTERM: what the drain causes (the last subscriber's connection closed: channel_vacated,
-// here also held by the removal delay) is delivered before the process exits. One core, so the
-// vacate is made before the connection count reaches 0.
+// here also held by the removal delay) is delivered before the process exits. With two cores
+// the client subscribes to one channel owned by each core, so at least one unsubscribe crosses
+// the mesh during the drain. (The control thread also waits for the mesh to be empty before it
+// stops the cores; the window that guards against is too narrow for this test to hit on its
+// own, so this is coverage of the two-core path, not a reproduction.)
 #[test]
 fn a_drain_delivers_held_webhooks_before_exit() {
-    let receiver = Receiver::ok();
-    let mut server = Server::with(Options {
-        cores: 1,
-        extra_server: "drain_grace_ms = 0\n".to_string(),
-        extra_app: webhook_app(&[&receiver.url()], "webhook_removal_delay_ms = 30000"),
-        extra_toml: "[webhooks]\nbatch_window_ms = 50\n".to_string(),
-    });
-    let mut client = server.client();
-    client.subscribe("drained");
-    receiver.wait_for(&json!({"name":"channel_occupied","channel":"drained"}));
-    server.signal(libc::SIGTERM);
-    let status = server.wait_exit(WAIT).expect("exit after the drain");
-    assert!(status.success(), "{status:?}");
-    let events = receiver.events();
-    assert_eq!(
-        sequence(&events, "drained"),
-        [
-            "channel_occupied",
-            "subscription_count:1",
-            "channel_vacated"
-        ],
-        "{}",
-        summary(&events)
-    );
+    for cores in [1usize, 2] {
+        let receiver = Receiver::ok();
+        let mut server = Server::with(Options {
+            cores,
+            extra_server: "drain_grace_ms = 0\n".to_string(),
+            extra_app: webhook_app(&[&receiver.url()], "webhook_removal_delay_ms = 30000"),
+            extra_toml: "[webhooks]\nbatch_window_ms = 50\n".to_string(),
+        });
+        let channels: Vec<String> = (0..cores)
+            .map(|owner| {
+                (0..)
+                    .map(|n| format!("drained-{n}"))
+                    .find(|name| ringcast::mesh::ChannelKey::new(0, name).owner(cores) == owner)
+                    .unwrap()
+            })
+            .collect();
+        let mut client = server.client();
+        for channel in &channels {
+            client.subscribe(channel);
+            receiver.wait_for(&json!({"name":"channel_occupied","channel":channel}));
+        }
+        server.signal(libc::SIGTERM);
+        let status = server.wait_exit(WAIT).expect("exit after the drain");
+        assert!(status.success(), "{status:?}");
+        let events = receiver.events();
+        for channel in &channels {
+            assert_eq!(
+                sequence(&events, channel),
+                [
+                    "channel_occupied",
+                    "subscription_count:1",
+                    "channel_vacated"
+                ],
+                "cores {cores}: {}",
+                summary(&events)
+            );
+        }
+    }
 }
 
 // Targets filter by event type and channel prefix, send their custom headers, and a SIGHUP
