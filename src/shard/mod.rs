@@ -478,6 +478,8 @@ impl Shard {
 
     /// Drops a connection at once, without a goodbye (the driver shuts the socket down).
     pub(crate) fn abort(&mut self, key: u32) {
+        // `closing` too, so every handler loop that stops on a closing connection stops here.
+        self.conns[key as usize].closing = true;
         self.on_peer_closed(key);
         self.mark_dirty(key);
     }

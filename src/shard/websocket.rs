@@ -45,6 +45,9 @@ impl Shard {
             }
         };
         self.queue_always(key, Bytes::from(response));
+        if self.conns[key as usize].dead {
+            return;
+        }
         self.core_metrics()
             .http_call(crate::metrics::Endpoint::Upgrade, 101);
         let now = self.now;
@@ -554,13 +557,24 @@ impl Shard {
 
     /// Queues regardless of the outbound bound: handshakes, pongs and close frames are small and
     /// must not be lost to the bound that protects the process from fan-out backlogs.
+    ///
+    /// Still bounded: a peer that keeps asking (pings, pipelined requests) without reading
+    /// the answers is dropped once its queue passes twice `outbound_bytes_max`.
     pub(super) fn queue_always(&mut self, key: u32, bytes: Bytes) {
+        let hard_limit = 2 * self.config.server.outbound_bytes_max;
         let conn = &mut self.conns[key as usize];
         if conn.dead {
             return;
         }
         conn.out_bytes += bytes.len();
         conn.out.push_back(bytes);
+        if conn.out_bytes > hard_limit {
+            self.stats.slow_consumer_closes += 1;
+            CoreMetrics::add(&self.core_metrics().slow_consumer_closes, 1);
+            self.core_metrics().close(close_code::SLOW_CONSUMER);
+            self.abort(key);
+            return;
+        }
         self.mark_dirty(key);
     }
 

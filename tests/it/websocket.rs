@@ -1250,3 +1250,49 @@ fn fan_out_over_both_cores_delivers_exactly_once() {
         assert_ping_pong(client);
     }
 }
+
+// Regression: pongs bypass the fan-out bound (they must not be lost to it), but a client that
+// floods pings and never reads the pongs is dropped once its queue passes twice
+// `outbound_bytes_max`; the server stays up and serves others.
+#[test]
+fn ping_flood_without_reading_is_dropped() {
+    let mut server = server_with(1, "outbound_bytes_max = 4096", "");
+    let mut raw = RawWs::connect(server.addr);
+    raw.stream.set_write_timeout(Some(WAIT)).unwrap();
+    let ping = client_frame(0x89, &[b'p'; 125]);
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    // Far more pongs than the kernel's socket buffers can hold (loopback buffers grow to a
+    // few MB): the server's queue must pass its cap, and the server must drop us.
+    let mut dropped = false;
+    for _ in 0..1000 {
+        if raw.stream.write_all(&batch).is_err() {
+            dropped = true;
+            break;
+        }
+    }
+    if !dropped {
+        // Everything was written: the server may have closed after reading it all. Reading
+        // what is buffered must end (EOF or reset), not block until the timeout.
+        let mut sink = vec![0u8; 1 << 20];
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match raw.stream.read(&mut sink) {
+                Ok(0) | Err(_) => {
+                    dropped = true;
+                    break;
+                }
+                Ok(_) => continue,
+            }
+        }
+    }
+    assert!(
+        dropped,
+        "a client that never reads its pongs was not dropped"
+    );
+    assert_server_healthy(&mut server);
+}
