@@ -1378,7 +1378,12 @@ impl Worker {
                         .connections_ready
                         .fetch_sub(1, Ordering::Relaxed);
                 }
-                let reconnect = publisher.result.reconnects < PUBLISHER_RECONNECTS_MAX
+                // A server that ends keep-alive after each answer (`Connection: close`, e.g.
+                // sockudo's REST API) is served by reconnecting every time: that cost is the
+                // server's behaviour, not a failure. Only real failures use up the budget.
+                let graceful = matches!(fail, Fail::KeepAliveEnded);
+                let reconnect = (graceful
+                    || publisher.result.reconnects < PUBLISHER_RECONNECTS_MAX)
                     && self.ctx.shared.phase.load(Ordering::Relaxed) != PHASE_STOP;
                 if reconnect {
                     publisher.result.reconnects += 1;
