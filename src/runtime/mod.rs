@@ -55,28 +55,28 @@ pub fn probe() -> Result<(), String> {
     match IoUring::new(8) {
         Ok(_) => Ok(()),
         Err(error) => {
-            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-                .ok()
-                .map(|text| text.trim().to_string());
-            let hint = match disabled.as_deref() {
-                Some("1") | Some("2") => format!(
-                    " (kernel.io_uring_disabled = {}; set it to 0 with `sysctl kernel.io_uring_disabled=0`)",
-                    disabled.unwrap_or_default()
-                ),
-                _ if error.raw_os_error() == Some(libc::ENOSYS) => {
-                    " (this kernel has no io_uring)".to_string()
-                }
-                _ if error.raw_os_error() == Some(libc::EPERM) => {
-                    " (blocked by kernel.io_uring_disabled or a seccomp/container policy)"
-                        .to_string()
-                }
-                _ => String::new(),
-            };
-            Err(format!(
-                "io_uring is unavailable: {error}{hint}; ringcast needs io_uring (Linux 6.0 or later)"
-            ))
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();
+            Err(unavailable_message(&error, disabled.as_deref()))
         }
     }
+}
+
+/// The start-up error when io_uring cannot be set up: what failed, and why when the system
+/// says (`kernel.io_uring_disabled`, an old kernel, a seccomp or container policy).
+fn unavailable_message(error: &io::Error, io_uring_disabled: Option<&str>) -> String {
+    let hint = match io_uring_disabled.map(str::trim) {
+        Some(value @ ("1" | "2")) => format!(
+            " (kernel.io_uring_disabled = {value}; set it to 0 with `sysctl kernel.io_uring_disabled=0`)"
+        ),
+        _ if error.raw_os_error() == Some(libc::ENOSYS) => {
+            " (this kernel has no io_uring)".to_string()
+        }
+        _ if error.raw_os_error() == Some(libc::EPERM) => {
+            " (blocked by kernel.io_uring_disabled or a seccomp/container policy)".to_string()
+        }
+        _ => String::new(),
+    };
+    format!("io_uring is unavailable: {error}{hint}; ringcast needs io_uring (Linux 6.0 or later)")
 }
 
 /// A running server: its address and its core threads.
@@ -659,4 +659,34 @@ impl Drop for CoreLoop {
 /// The raw descriptor of a listener, for tests of the runtime.
 pub fn listener_fd(listener: &TcpListener) -> RawFd {
     listener.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_message_says_why() {
+        let denied = io::Error::from_raw_os_error(libc::EPERM);
+        let message = unavailable_message(&denied, Some("2\n"));
+        assert!(
+            message.contains("kernel.io_uring_disabled = 2"),
+            "{message}"
+        );
+        assert!(
+            message.contains("sysctl kernel.io_uring_disabled=0"),
+            "{message}"
+        );
+        let message = unavailable_message(&denied, Some("0"));
+        assert!(message.contains("seccomp"), "{message}");
+        let missing = io::Error::from_raw_os_error(libc::ENOSYS);
+        assert!(unavailable_message(&missing, None).contains("no io_uring"));
+    }
+
+    #[test]
+    fn probe_succeeds_here() {
+        // The test machines run io_uring; if this fails, every integration test fails too,
+        // and this line says why.
+        probe().unwrap();
+    }
 }
