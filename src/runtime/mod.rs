@@ -140,7 +140,20 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
     probe().map_err(anyhow::Error::msg)?;
     let cores = config.cores();
-    let first = bind_listener(config.bind_addr())
+    let bind = config.bind_addr();
+    if bind.port() != 0 {
+        // SO_REUSEPORT would let a second ringcast (same user) join this port silently and
+        // take half the connections. A plain bind first fails if anything listens there.
+        let probe = Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&bind.into()).map_err(|error| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {error} (is another server running there?)",
+                config.server.bind
+            )
+        })?;
+    }
+    let first = bind_listener(bind)
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.server.bind))?;
     let local_addr = first.local_addr()?;
     let mut listeners = vec![first];

@@ -104,3 +104,28 @@ fn version_names_the_build() {
         "{text}"
     );
 }
+
+// Regression: listeners use SO_REUSEPORT (one per core), which would let a second ringcast
+// started on the same port join it silently and take part of the connections. The second one
+// must refuse to start instead.
+#[test]
+fn a_second_server_on_the_same_port_refuses_to_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        "version = 1\n[server]\nbind = \"127.0.0.1:{port}\"\ncores = 2\npin_threads = false\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+    );
+    let first = Server::with_config_text(&text);
+    assert_eq!(first.addr.port(), port);
+    let path = write_config("same-port.toml", &text);
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+}
