@@ -988,11 +988,21 @@ fn sighup_reloads_apps_and_limits_and_rejects_an_invalid_file() {
         }
     });
     assert_eq!(scraped(metrics, "ringcast_config_reloads_total"), 1.0);
-    // A's new limit holds: `first` has its only slot.
-    match attempt(server.addr, APP_KEY) {
-        Attempt::Refused(Some(4004), 4004) => {}
-        other => panic!("app A over its reloaded max_connections: {other:?}"),
-    }
+    // A's new limit holds: `first` has its only slot. Each core applies a reload at its next
+    // timer sweep, so the core this attempt lands on may not have it yet: poll (a connection
+    // admitted under the old limit is dropped again).
+    poll(
+        WAIT,
+        "app A over its reloaded max_connections",
+        || match attempt(server.addr, APP_KEY) {
+            Attempt::Refused(Some(4004), 4004) => Some(()),
+            Attempt::Connected(ws) => {
+                drop(ws);
+                None
+            }
+            other => panic!("app A over its reloaded max_connections: {other:?}"),
+        },
+    );
     server.trigger(&json!({"name":"e","channel":"reloaded","data":"after reload"}));
     assert_eq!(first.recv_event()["data"], "after reload");
 
@@ -1003,10 +1013,14 @@ fn sighup_reloads_apps_and_limits_and_rejects_an_invalid_file() {
     });
     assert!(server.is_alive());
     assert_eq!(scraped(metrics, "ringcast_config_reloads_total"), 1.0);
-    match attempt(server.addr, "key-b") {
-        Attempt::Connected(_) => {}
-        other => panic!("key-b after a rejected reload: {other:?}"),
-    }
+    // Every core keeps the first reload (a core may still be applying it: poll).
+    poll(WAIT, "key-b after a rejected reload", || {
+        match attempt(server.addr, "key-b") {
+            Attempt::Connected(_) => Some(()),
+            Attempt::Refused(Some(4001), 4001) => None,
+            other => panic!("key-b after a rejected reload: {other:?}"),
+        }
+    });
     server.trigger(&json!({"name":"e","channel":"reloaded","data":"after rejected reload"}));
     assert_eq!(first.recv_event()["data"], "after rejected reload");
     assert!(
