@@ -411,6 +411,37 @@ fn clients_of(worker: usize, threads: usize, total: usize, channels: u32) -> Vec
         .collect()
 }
 
+/// One plan per generator thread for `total` WebSocket clients spread round-robin over the
+/// threads and over `channels`: no publisher, no latency bound, no sequence limit (a scenario
+/// sets what it needs on the plans it gets back). `connect_rate` and `connect_concurrency`
+/// are totals, split over the threads (0: unpaced / uncapped).
+fn client_plans(
+    target: &Arc<Target>,
+    common: &Common,
+    total: usize,
+    channels: u32,
+    connect_rate: f64,
+    connect_concurrency: usize,
+) -> Vec<WorkerPlan> {
+    let threads = common.threads;
+    let prefix = channel_prefix();
+    (0..threads)
+        .map(|w| WorkerPlan {
+            index: w,
+            target: Arc::clone(target),
+            clients: clients_of(w, threads, total, channels),
+            channel_prefix: prefix.clone(),
+            channels,
+            connect_rate: connect_rate / threads as f64,
+            connect_inflight_max: connect_concurrency.div_ceil(threads),
+            source_ips: common.source_ips.clone(),
+            latency_bound_us: u64::MAX,
+            seq_limit: 0,
+            publisher: None,
+        })
+        .collect()
+}
+
 fn duration_ns(secs: f64) -> u64 {
     (secs * 1e9) as u64
 }
@@ -482,27 +513,24 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
     let threads = common.threads;
     let shared = Arc::new(Shared::new(threads, args.channels));
     let target = Arc::new(setup.target);
-    let prefix = channel_prefix();
-    let plans = (0..threads)
-        .map(|w| WorkerPlan {
-            index: w,
-            target: Arc::clone(&target),
-            clients: clients_of(w, threads, args.subscribers, args.channels),
-            channel_prefix: prefix.clone(),
-            channels: args.channels,
-            connect_rate: args.connect_rate / threads as f64,
-            connect_inflight_max: args.connect_concurrency.div_ceil(threads),
-            source_ips: common.source_ips.clone(),
-            latency_bound_us: (args.max_p99_ms * 1000.0) as u64,
-            seq_limit,
-            publisher: (w == 0).then(|| PublisherPlan {
-                connections: args.publishers,
-                payload_bytes: args.payload,
-                mode: mode.clone(),
-                drain_ns: duration_ns(args.drain),
-            }),
-        })
-        .collect();
+    let mut plans = client_plans(
+        &target,
+        common,
+        args.subscribers,
+        args.channels,
+        args.connect_rate,
+        args.connect_concurrency,
+    );
+    for plan in &mut plans {
+        plan.latency_bound_us = (args.max_p99_ms * 1000.0) as u64;
+        plan.seq_limit = seq_limit;
+    }
+    plans[0].publisher = Some(PublisherPlan {
+        connections: args.publishers,
+        payload_bytes: args.payload,
+        mode: mode.clone(),
+        drain_ns: duration_ns(args.drain),
+    });
     let run = Run::spawn(plans, Arc::clone(&shared))?;
     let mut monitor = Monitor::new(common.quiet, run.spawned_ns);
     let mut warnings = Vec::new();
@@ -880,22 +908,14 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
     let rss_before = common.server_pid.and_then(rss_bytes);
     let shared = Arc::new(Shared::new(threads, args.channels));
     let target = Arc::new(setup.target);
-    let prefix = channel_prefix();
-    let plans = (0..threads)
-        .map(|w| WorkerPlan {
-            index: w,
-            target: Arc::clone(&target),
-            clients: clients_of(w, threads, args.connections, args.channels),
-            channel_prefix: prefix.clone(),
-            channels: args.channels,
-            connect_rate: args.connect_rate / threads as f64,
-            connect_inflight_max: args.connect_concurrency.div_ceil(threads),
-            source_ips: common.source_ips.clone(),
-            latency_bound_us: u64::MAX,
-            seq_limit: 0,
-            publisher: None,
-        })
-        .collect();
+    let plans = client_plans(
+        &target,
+        common,
+        args.connections,
+        args.channels,
+        args.connect_rate,
+        args.connect_concurrency,
+    );
     let run = Run::spawn(plans, Arc::clone(&shared))?;
     let connect_start = CpuSnapshot::take(common.server_pid, &run.tids);
     let mut monitor = Monitor::new(common.quiet, run.spawned_ns);
@@ -997,22 +1017,7 @@ pub fn storm(args: &StormArgs, setup: Setup) -> Result<Outcome, BenchError> {
     let threads = common.threads;
     let shared = Arc::new(Shared::new(threads, args.channels));
     let target = Arc::new(setup.target);
-    let prefix = channel_prefix();
-    let plans = (0..threads)
-        .map(|w| WorkerPlan {
-            index: w,
-            target: Arc::clone(&target),
-            clients: clients_of(w, threads, args.clients, args.channels),
-            channel_prefix: prefix.clone(),
-            channels: args.channels,
-            connect_rate: 0.0,
-            connect_inflight_max: 0,
-            source_ips: common.source_ips.clone(),
-            latency_bound_us: u64::MAX,
-            seq_limit: 0,
-            publisher: None,
-        })
-        .collect();
+    let plans = client_plans(&target, common, args.clients, args.channels, 0.0, 0);
     let run = Run::spawn(plans, Arc::clone(&shared))?;
     let before = CpuSnapshot::take(common.server_pid, &run.tids);
     let mut monitor = Monitor::new(common.quiet, run.spawned_ns);
