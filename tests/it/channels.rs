@@ -19,9 +19,7 @@ use serde_json::{Value, json};
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 
-use crate::support::{
-    APP_ID, APP_KEY, APP_SECRET, Client, Options, Server, WAIT, http, signed_query, unix_now,
-};
+use crate::support::{APP_ID, APP_KEY, APP_SECRET, Client, Options, Server, WAIT};
 
 const PONG: &str = r#"{"event":"pusher:pong","data":"{}"}"#;
 
@@ -311,27 +309,6 @@ fn connect_with_origin(server: &Server, key: &str, origin: &str) -> Client {
         ws,
         socket_id: String::new(),
     }
-}
-
-/// A signed REST call with another app's credentials.
-fn rest_as(
-    server: &Server,
-    (key, secret): (&str, &str),
-    method: &str,
-    path: &str,
-    params: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    let query = signed_query(
-        method,
-        path,
-        params,
-        body.as_bytes(),
-        key,
-        secret,
-        unix_now(),
-    );
-    http(server.addr, method, &format!("{path}?{query}"), body)
 }
 
 fn json_body(status: u16, body: &str) -> Value {
@@ -1385,14 +1362,7 @@ fn apps_never_see_each_others_channels() {
     assert_eq!(one.recv_text(), event_text("e1", "shared", "from one"));
     let events2 = format!("/apps/{APP2_ID}/events");
     let body = json!({"name":"e2","channel":"shared","data":"from two"}).to_string();
-    let (status, text) = rest_as(
-        &server,
-        (APP2_KEY, APP2_SECRET),
-        "POST",
-        &events2,
-        &[],
-        &body,
-    );
+    let (status, text) = server.rest_as((APP2_KEY, APP2_SECRET), "POST", &events2, &[], &body);
     assert_eq!((status, text.as_str()), (200, "{}"));
     assert_eq!(two.recv_text(), event_text("e2", "shared", "from two"));
     assert_next_is_marker(&server, "shared", &mut [&mut one]);
@@ -1402,8 +1372,7 @@ fn apps_never_see_each_others_channels() {
         get_json(&server, "/channels", &[]),
         json!({"channels":{"only-one":{},"shared":{}}})
     );
-    let (status, text) = rest_as(
-        &server,
+    let (status, text) = server.rest_as(
         (APP2_KEY, APP2_SECRET),
         "GET",
         &format!("/apps/{APP2_ID}/channels"),
@@ -1413,7 +1382,7 @@ fn apps_never_see_each_others_channels() {
     assert_eq!(json_body(status, &text), json!({"channels":{"shared":{}}}));
 
     // App 1's credentials do not sign for app 2.
-    let (status, _) = rest_as(&server, (APP_KEY, APP_SECRET), "POST", &events2, &[], &body);
+    let (status, _) = server.rest_as((APP_KEY, APP_SECRET), "POST", &events2, &[], &body);
     assert_eq!(status, 401);
 
     // Channel auth is per app: app 1's key and secret are refused on app 2.

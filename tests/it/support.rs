@@ -112,13 +112,25 @@ impl Server {
         params: &[(&str, &str)],
         body: &str,
     ) -> (u16, String) {
+        self.rest_as((APP_KEY, APP_SECRET), method, path, params, body)
+    }
+
+    /// A REST call signed with the given app credentials (another app, or wrong ones).
+    pub fn rest_as(
+        &self,
+        (key, secret): (&str, &str),
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
         let query = signed_query(
             method,
             path,
             params,
             body.as_bytes(),
-            APP_KEY,
-            APP_SECRET,
+            key,
+            secret,
             unix_now(),
         );
         http(self.addr, method, &format!("{path}?{query}"), body)
