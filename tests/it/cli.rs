@@ -4,8 +4,6 @@
 
 use std::process::Command;
 
-use serde_json::json;
-
 use crate::support::Server;
 
 fn ringcast(args: &[&str]) -> std::process::Output {
@@ -25,25 +23,8 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
 
 const UNKNOWN_KEYS: &str = "version = 1\nfeature_from_the_future = true\n[server]\nbind = \"127.0.0.1:0\"\ncores = 1\nnew_knob = 5\n[[apps]]\nid = \"123456\"\nkey = \"app-key\"\nsecret = \"app-secret\"\nshiny = \"yes\"\n[brand_new_section]\nx = 1\n";
 
-// A config written for a newer version (keys this build does not know) still starts and
-// serves, and says which keys it ignored.
-#[test]
-fn unknown_keys_warn_and_the_server_starts() {
-    let server = Server::with_config_text(UNKNOWN_KEYS);
-    let mut client = server.client();
-    client.subscribe("after-rollback");
-    server.trigger(&json!({"name":"e","channel":"after-rollback","data":"ok"}));
-    assert_eq!(client.recv_event()["data"], "ok");
-    let stderr = server.stderr();
-    for key in [
-        "feature_from_the_future",
-        "server.new_knob",
-        "apps.0.shiny",
-        "brand_new_section",
-    ] {
-        assert!(stderr.contains(key), "no warning for {key}:\n{stderr}");
-    }
-}
+// The rollback drill (a config with keys this build does not know starts, serves and warns)
+// is `operations::unknown_config_keys_are_warned_and_counted`, which also checks the metric.
 
 // An invalid value stops the start with a non-zero exit and the key's path.
 #[test]
