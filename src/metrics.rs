@@ -53,13 +53,14 @@ pub const STATUSES: [u16; 13] = [
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 6] = [
+pub const REJECTIONS: [&str; 7] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
     "origin",
     "draining",
     "rest_in_flight",
+    "mesh_backlog",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -67,6 +68,7 @@ pub const REJECT_APP_QUOTA: usize = 2;
 pub const REJECT_ORIGIN: usize = 3;
 pub const REJECT_DRAINING: usize = 4;
 pub const REJECT_REST_IN_FLIGHT: usize = 5;
+pub const REJECT_MESH_BACKLOG: usize = 6;
 
 /// Upper bounds (seconds) of the publish→write latency histogram.
 pub const LATENCY_BUCKETS: [f64; 14] = [

@@ -9,7 +9,7 @@ mod buf_ring;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -113,12 +113,6 @@ impl Server {
     /// Whether every core-to-core queue is empty right now.
     pub fn mesh_idle(&self) -> bool {
         (0..self.cores).all(|core| !self.mesh.has_inbound(core))
-    }
-
-    pub fn join(mut self) {
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -667,11 +661,6 @@ impl Drop for CoreLoop {
         // SAFETY: we own the listener descriptor and close it exactly once.
         unsafe { libc::close(self.listener) };
     }
-}
-
-/// The raw descriptor of a listener, for tests of the runtime.
-pub fn listener_fd(listener: &TcpListener) -> RawFd {
-    listener.as_raw_fd()
 }
 
 #[cfg(test)]

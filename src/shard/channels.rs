@@ -460,7 +460,6 @@ impl Shard {
                 self.dirty.push(key);
             }
         }
-        self.stats.frames_queued += delivered;
         let core_metrics = &self.metrics.cores[self.core];
         crate::metrics::CoreMetrics::add(&core_metrics.ws_messages_sent, delivered);
         core_metrics.latency(self.now.mono_us.saturating_sub(published_us), delivered);
@@ -472,7 +471,6 @@ impl Shard {
     /// A subscriber whose queue is over its bound: closed with 4101 so it reconnects with
     /// back-off, counted, and nothing else is affected.
     pub(super) fn close_slow_consumer(&mut self, key: u32) {
-        self.stats.slow_consumer_closes += 1;
         crate::metrics::CoreMetrics::add(&self.core_metrics().slow_consumer_closes, 1);
         self.close_ws(key, close_code::SLOW_CONSUMER_CLOSE, false);
     }

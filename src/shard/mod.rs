@@ -51,17 +51,6 @@ const LOCAL_COPY_SUBSCRIBERS_MIN: usize = 8;
 /// How long a closing connection may linger for the peer's close before the socket is dropped.
 const CLOSE_LINGER_MS: u64 = 2_000;
 
-/// Counters a core keeps about itself.
-#[derive(Debug, Default, Clone)]
-pub struct ShardStats {
-    pub connections_opened: u64,
-    pub connections_closed: u64,
-    pub slow_consumer_closes: u64,
-    pub frames_queued: u64,
-    pub rest_requests: u64,
-    pub rest_shed: u64,
-}
-
 pub struct Shard {
     core: usize,
     cores: usize,
@@ -102,7 +91,6 @@ pub struct Shard {
     /// Drain pacing: closes owed to the rate but not yet done, and a jitter state.
     drain_credit: f64,
     jitter: u64,
-    pub stats: ShardStats,
 }
 
 impl Shard {
@@ -151,7 +139,6 @@ impl Shard {
             accept_refilled_ms: 0,
             drain_credit: 0.0,
             jitter: epoch ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            stats: ShardStats::default(),
         }
     }
 
@@ -201,7 +188,6 @@ impl Shard {
             dirty: false,
             io: ConnIo::default(),
         });
-        self.stats.connections_opened += 1;
         Some(key as u32)
     }
 
@@ -238,7 +224,6 @@ impl Shard {
     pub fn remove(&mut self, key: u32) -> RawFd {
         let conn = self.conns.remove(key as usize);
         assert!(conn.reclaimable(), "removing a connection still in use");
-        self.stats.connections_closed += 1;
         conn.fd
     }
 
@@ -520,7 +505,6 @@ impl Shard {
         }
         conn.out_bytes += bytes.len();
         conn.out.push_back(bytes);
-        self.stats.frames_queued += 1;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);

@@ -147,7 +147,6 @@ impl Shard {
                         Vec::new()
                     };
                     conn.deadline_ms = self.now.mono_ms + self.config.server.request_timeout_ms;
-                    self.stats.rest_requests += 1;
                     self.handle_request(key, request, leftover);
                 }
             }
@@ -377,7 +376,8 @@ impl Shard {
             owner != self.core && self.outbox.backlog(owner) >= limits::MESH_BACKLOG_MAX
         });
         if backed_up {
-            self.stats.rest_shed += 1;
+            self.core_metrics()
+                .reject(crate::metrics::REJECT_MESH_BACKLOG);
             return self.respond_error(
                 key,
                 503,
@@ -496,7 +496,6 @@ impl Shard {
         if self.queries.len() >= self.config.server.rest_in_flight_max {
             self.core_metrics()
                 .reject(crate::metrics::REJECT_REST_IN_FLIGHT);
-            self.stats.rest_shed += 1;
             self.respond_error(
                 key,
                 503,

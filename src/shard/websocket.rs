@@ -569,7 +569,6 @@ impl Shard {
         conn.out_bytes += bytes.len();
         conn.out.push_back(bytes);
         if conn.out_bytes > hard_limit {
-            self.stats.slow_consumer_closes += 1;
             CoreMetrics::add(&self.core_metrics().slow_consumer_closes, 1);
             self.core_metrics().close(close_code::SLOW_CONSUMER);
             self.abort(key);
