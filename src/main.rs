@@ -41,6 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config: path } => {
+            ringcast::runtime::disable_transparent_huge_pages();
             let loaded = match &path {
                 Some(path) => config::load_file(path),
                 None => config::parse(config::EMBEDDED_DEFAULT),

@@ -36,7 +36,13 @@ impl BufRing {
         if ring.is_null() {
             return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring"));
         }
-        let buffers = vec![0u8; usize::from(entries) * buffer_bytes].into_boxed_slice();
+        let mut buffers = vec![0u8; usize::from(entries) * buffer_bytes].into_boxed_slice();
+        // The kernel hands buffers out in ring order, so every page is in use after the first
+        // few hundred receives anyway: commit them now, so the process's resident size at start
+        // already includes this fixed per-core pool (it is not a per-connection cost).
+        for page in buffers.chunks_mut(4096) {
+            page[0] = 1;
+        }
         let mut buf_ring = BufRing {
             ring,
             ring_layout,
