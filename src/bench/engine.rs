@@ -1,15 +1,19 @@
-//! The generator's per-thread event loop: one epoll instance driving many non-blocking sockets —
+//! The generator's per-thread event loop: one io_uring instance driving many non-blocking sockets —
 //! WebSocket clients (connect, upgrade, `connection_established`, subscribe, then count every
 //! delivered event: sequence, duplicate/reorder window, publish→deliver latency) and, on one
 //! thread, the REST publisher (HTTP/1.1 keep-alive connections, one request in flight each,
 //! publishes scheduled at fixed intervals from the run's start so latency is measured from the
 //! intended send time). Threads share nothing but the atomics in [`Shared`], written once per
 //! loop iteration. It must not print, read `/proc` or decide when a scenario ends (the scenario
-//! does, through the phase), and it must not allocate per delivered message: reads go into one
-//! buffer per thread and only a partial frame is copied into the connection.
+//! does, through the phase), and it must not allocate per delivered message: every socket is read
+//! by a multishot receive into the thread's provided-buffer pool, and only a partial frame is
+//! copied into the connection. Writes are plain non-blocking writes (a few per connection); a
+//! write that would block, and a connect in progress, wait on a one-shot poll. While messages
+//! flow, a wait asks for a batch of completions (or a short timeout), so the thread is not woken
+//! — and the server not charged for waking it — once per message.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use memchr::memmem;
 use socket2::{Domain, Socket, Type};
 
 use super::measure::{new_histogram, now_ns};
-use super::sys::{self, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll};
+use super::sys::{self, Completion, OP_RECV, OP_WRITABLE, Ring};
 use super::wire::{self, FrameError, Response, Signer, Stamp, Upgrade};
 
 /// Clients connect; the publisher waits.
@@ -32,10 +36,14 @@ pub const PHASE_RUN: u8 = 1;
 /// Every thread returns its results.
 pub const PHASE_STOP: u8 = 2;
 
-/// Bytes read from a socket in one call (one buffer per thread).
-const READ_BUFFER_BYTES: usize = 256 * 1024;
-/// Ready descriptors taken from epoll in one call.
-const EVENTS_PER_WAIT: usize = 1024;
+/// Submission queue entries of a thread's ring (the completion queue is 4 times larger).
+const RING_ENTRIES: u32 = 4096;
+/// Receive buffers in a thread's pool, and the size of each (one receive fills at most one).
+const RECV_BUFFERS: u16 = 2048;
+const RECV_BUFFER_BYTES: usize = 4096;
+/// While completions keep coming, a wait returns after this many or after `BATCH_WAIT`.
+const BATCH_COMPLETIONS: usize = 32;
+const BATCH_WAIT: Duration = Duration::from_micros(50);
 /// Longest sleep of a loop iteration (how quickly a thread notices a phase change).
 const TICK: Duration = Duration::from_millis(5);
 /// Times the publisher re-opens a REST connection before giving up on it.
@@ -221,6 +229,10 @@ struct Inflight {
 
 struct Conn {
     sock: Option<Socket>,
+    /// Bumped for every new socket in this slot, so late completions for an old one are ignored.
+    generation: u32,
+    recv_armed: bool,
+    write_armed: bool,
     state: State,
     kind: Kind,
     started_ns: u64,
@@ -242,6 +254,9 @@ impl Conn {
     fn new(kind: Kind) -> Conn {
         Conn {
             sock: None,
+            generation: 0,
+            recv_armed: false,
+            write_armed: false,
             state: State::NotStarted,
             kind,
             started_ns: 0,
@@ -254,6 +269,10 @@ impl Conn {
             window: 0,
             inflight: None,
         }
+    }
+
+    fn has_pending_output(&self) -> bool {
+        self.out_at < self.out.len()
     }
 
     fn connecting(&self) -> bool {
@@ -980,7 +999,10 @@ impl Ctx {
 pub struct Worker {
     index: usize,
     target: Arc<Target>,
-    epoll: Epoll,
+    ring: Ring,
+    completions: Vec<Completion>,
+    /// Connections whose receive ended for want of buffers: re-armed once buffers are back.
+    rearm: Vec<usize>,
     conns: Vec<Conn>,
     ws_count: usize,
     next_connect: usize,
@@ -989,7 +1011,6 @@ pub struct Worker {
     connect_inflight_max: usize,
     source_ips: Vec<IpAddr>,
     upgrade: Vec<u8>,
-    rbuf: Vec<u8>,
     ctx: Ctx,
     publisher: Option<Publisher>,
 }
@@ -1022,7 +1043,9 @@ impl Worker {
             index: plan.index,
             upgrade: wire::upgrade_request(&plan.target.ws_host, &plan.target.key),
             target: plan.target,
-            epoll: Epoll::new()?,
+            ring: Ring::new(RING_ENTRIES, RECV_BUFFERS, RECV_BUFFER_BYTES)?,
+            completions: Vec::new(),
+            rearm: Vec::new(),
             conns,
             ws_count,
             next_connect: 0,
@@ -1030,7 +1053,6 @@ impl Worker {
             connect_rate: plan.connect_rate,
             connect_inflight_max: plan.connect_inflight_max,
             source_ips: plan.source_ips,
-            rbuf: vec![0; READ_BUFFER_BYTES],
             ctx: Ctx {
                 finders: Finders {
                     stamp: memmem::Finder::new(wire::STAMP_MARKER),
@@ -1061,11 +1083,23 @@ impl Worker {
         counters
             .tid
             .store(sys::thread_id() as u64, Ordering::Relaxed);
+        if let Err(error) = self.ring.enable() {
+            *self
+                .ctx
+                .stats
+                .failures
+                .entry(format!("io_uring_{:?}", error.kind()))
+                .or_default() += 1;
+            return WorkerResult {
+                stats: self.ctx.stats,
+                publisher: self.publisher.map(|publisher| publisher.result),
+            };
+        }
         let loop_start = now_ns();
         for token in self.ws_count..self.conns.len() {
             self.start_connect(token, loop_start);
         }
-        let mut events = vec![sys::empty_event(); EVENTS_PER_WAIT];
+        let mut batching = false;
         loop {
             let now = now_ns();
             let phase = shared.phase.load(Ordering::Acquire);
@@ -1079,23 +1113,37 @@ impl Worker {
             {
                 publisher.tick(now, &mut self.conns, &shared);
                 self.handle_publisher_failures(now);
+                for token in self.ws_count..self.conns.len() {
+                    self.watch_pending_output(token, now);
+                }
             }
             let timeout = self.timeout(now_ns(), loop_start);
-            let ready = match self.epoll.wait(&mut events, timeout) {
-                Ok(ready) => ready,
-                Err(error) => {
-                    *self
-                        .ctx
-                        .stats
-                        .failures
-                        .entry(format!("epoll_{:?}", error.kind()))
-                        .or_default() += 1;
-                    break;
-                }
+            // Messages flowing: take them in batches. Quiet: wake on the first one.
+            let (want, timeout) = if batching {
+                (BATCH_COMPLETIONS, timeout.min(BATCH_WAIT))
+            } else {
+                (1, timeout)
             };
-            for event in &events[..ready] {
-                let (token, flags) = sys::event_parts(event);
-                self.on_ready(token as usize, flags);
+            if let Err(error) = self.ring.wait(want, timeout) {
+                *self
+                    .ctx
+                    .stats
+                    .failures
+                    .entry(format!("io_uring_{:?}", error.kind()))
+                    .or_default() += 1;
+                break;
+            }
+            let mut completions = std::mem::take(&mut self.completions);
+            self.ring.take_completions(&mut completions);
+            batching = !completions.is_empty();
+            let now = now_ns();
+            for completion in &completions {
+                self.on_completion(*completion, now);
+            }
+            self.completions = completions;
+            self.ring.publish_buffers();
+            for token in std::mem::take(&mut self.rearm) {
+                self.arm_receive(token, now);
             }
         }
         self.flush_counters();
@@ -1194,21 +1242,27 @@ impl Worker {
                 Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
                 Err(e) => return Err(e),
             }
-            self.epoll.add(
-                sock.as_raw_fd(),
-                token as u64,
-                EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-            )?;
             Ok(sock)
         })();
         conn.started_ns = now;
         conn.inbuf.clear();
         conn.out.clear();
         conn.out_at = 0;
+        conn.generation = conn.generation.wrapping_add(1) & sys::GENERATION_MASK;
+        conn.recv_armed = false;
+        conn.write_armed = false;
         match opened {
             Ok(sock) => {
+                let fd = sock.as_raw_fd();
                 conn.sock = Some(sock);
                 conn.state = State::Connecting;
+                // Writable once connected (or failed).
+                conn.write_armed = true;
+                let data = sys::user_data(OP_WRITABLE, conn.generation, token);
+                if let Err(error) = self.ring.watch_writable(fd, data) {
+                    self.conns[token].write_armed = false;
+                    self.fail(token, Fail::Connect(error.kind()), now);
+                }
             }
             Err(error) => {
                 conn.state = State::Connecting;
@@ -1217,22 +1271,64 @@ impl Worker {
         }
     }
 
-    fn on_ready(&mut self, token: usize, flags: u32) {
-        let now = now_ns();
-        let Some(conn) = self.conns.get_mut(token) else {
-            return;
-        };
-        if conn.sock.is_none() {
-            return;
-        }
-        if conn.state == State::Connecting {
-            if flags & (EPOLLOUT | EPOLLERR | EPOLLHUP) as u32 == 0 {
-                return;
+    fn on_completion(&mut self, completion: Completion, now: u64) {
+        let (op, generation, token) = sys::split_user_data(completion.data);
+        let live = self
+            .conns
+            .get(token)
+            .is_some_and(|conn| conn.generation == generation && conn.sock.is_some());
+        match op {
+            OP_RECV => {
+                if live && !completion.more {
+                    self.conns[token].recv_armed = false;
+                }
+                match (live, completion.buffer) {
+                    (true, Some(bid)) if completion.result > 0 => {
+                        let len = completion.result as usize;
+                        self.ctx.stats.bytes_in += len as u64;
+                        let result = self.process(token, bid, len, now);
+                        self.ring.recycle(bid);
+                        if let Err(fail) = result.and_then(|()| self.conns[token].flush()) {
+                            self.fail(token, fail, now);
+                            return;
+                        }
+                        self.handle_publisher_failures(now);
+                        self.watch_pending_output(token, now);
+                        if !completion.more {
+                            // The kernel ended the multishot receive (e.g. a full queue).
+                            self.rearm.push(token);
+                        }
+                    }
+                    (_, Some(bid)) => self.ring.recycle(bid),
+                    (false, None) => {}
+                    (true, None) if completion.result == 0 => self.fail(token, Fail::Eof, now),
+                    (true, None) if completion.result == -libc::ENOBUFS => self.rearm.push(token),
+                    (true, None) => {
+                        let error = io::Error::from_raw_os_error(-completion.result);
+                        self.fail(token, Fail::Io(error.kind()), now);
+                    }
+                }
             }
-            let error = match conn.sock.as_ref().map(Socket::take_error) {
-                Some(Ok(None)) => None,
-                Some(Ok(Some(error)) | Err(error)) => Some(error),
-                None => return,
+            OP_WRITABLE if live => {
+                self.conns[token].write_armed = false;
+                self.on_writable(token, completion.result, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// A connect finished, or a socket that had refused a write can take more.
+    fn on_writable(&mut self, token: usize, result: i32, now: u64) {
+        let conn = &mut self.conns[token];
+        if conn.state == State::Connecting {
+            let error = if result < 0 {
+                Some(io::Error::from_raw_os_error(-result))
+            } else {
+                match conn.sock.as_ref().map(Socket::take_error) {
+                    Some(Ok(None)) => None,
+                    Some(Ok(Some(error)) | Err(error)) => Some(error),
+                    None => return,
+                }
             };
             if let Some(error) = error {
                 self.fail(token, Fail::Connect(error.kind()), now);
@@ -1255,65 +1351,61 @@ impl Worker {
                     }
                 }
             }
+            self.arm_receive(token, now);
         }
         if let Err(fail) = self.conns[token].flush() {
             self.fail(token, fail, now);
             return;
         }
-        if flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) as u32 != 0 {
-            self.read(token, now);
+        self.watch_pending_output(token, now);
+    }
+
+    /// Starts the multishot receive of a live connection that has none.
+    fn arm_receive(&mut self, token: usize, now: u64) {
+        let conn = &mut self.conns[token];
+        let Some(fd) = conn.sock.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        if conn.recv_armed || conn.state == State::Connecting {
+            return;
+        }
+        conn.recv_armed = true;
+        let data = sys::user_data(OP_RECV, conn.generation, token);
+        if let Err(error) = self.ring.receive(fd, data) {
+            self.conns[token].recv_armed = false;
+            self.fail(token, Fail::Io(error.kind()), now);
         }
     }
 
-    fn read(&mut self, token: usize, now: u64) {
-        loop {
-            let conn = &mut self.conns[token];
-            let Some(sock) = conn.sock.as_ref() else {
-                return;
-            };
-            let read = (&*sock).read(&mut self.rbuf);
-            match read {
-                Ok(0) => {
-                    self.fail(token, Fail::Eof, now);
-                    return;
-                }
-                Ok(n) => {
-                    self.ctx.stats.bytes_in += n as u64;
-                    let result = self.process(token, n, now).and_then(|()| {
-                        let conn = &mut self.conns[token];
-                        conn.flush()
-                    });
-                    if let Err(fail) = result {
-                        self.fail(token, fail, now);
-                        return;
-                    }
-                    self.handle_publisher_failures(now);
-                    // A short read drained the socket; edge-triggered epoll reports new data.
-                    if n < self.rbuf.len() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.fail(token, Fail::Io(e.kind()), now);
-                    return;
-                }
-            }
+    /// Waits for writability when a write left output behind.
+    fn watch_pending_output(&mut self, token: usize, now: u64) {
+        let conn = &mut self.conns[token];
+        let Some(fd) = conn.sock.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        if conn.write_armed || !conn.has_pending_output() {
+            return;
+        }
+        conn.write_armed = true;
+        let data = sys::user_data(OP_WRITABLE, conn.generation, token);
+        if let Err(error) = self.ring.watch_writable(fd, data) {
+            self.conns[token].write_armed = false;
+            self.fail(token, Fail::Io(error.kind()), now);
         }
     }
 
-    /// Feeds `rbuf[..n]` (after any buffered partial input) to the connection's protocol.
-    fn process(&mut self, token: usize, n: usize, now: u64) -> Result<(), Fail> {
+    /// Feeds `len` bytes of receive buffer `bid` (after any buffered partial input) to the
+    /// connection's protocol.
+    fn process(&mut self, token: usize, bid: u16, len: usize, now: u64) -> Result<(), Fail> {
         let Worker {
             conns,
-            rbuf,
+            ring,
             ctx,
             publisher,
             ..
         } = self;
         let conn = &mut conns[token];
-        let input = &rbuf[..n];
+        let input = ring.buffer(bid, len);
         if conn.inbuf.is_empty() {
             let used = consume(conn, input, ctx, publisher.as_mut(), token, now)?;
             if used < input.len() && conn.state != State::Closed {
@@ -1349,7 +1441,15 @@ impl Worker {
             return;
         }
         let was_connecting = conn.connecting();
-        conn.sock = None;
+        if let Some(sock) = conn.sock.take()
+            && (conn.recv_armed || conn.write_armed)
+        {
+            // The ring holds the socket open while an operation waits on it: end them first.
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        conn.generation = conn.generation.wrapping_add(1) & sys::GENERATION_MASK;
+        conn.recv_armed = false;
+        conn.write_armed = false;
         conn.state = State::Closed;
         conn.inbuf = Vec::new();
         conn.out = Vec::new();

@@ -7,8 +7,9 @@
 //! histograms in `measure.rs`, rendering in `report.rs`, and every `unsafe` in `sys.rs`.
 //!
 //! The generator is built to cost much less per message than the server it measures: a few
-//! threads (`--threads`, default 1), each an edge-triggered epoll loop over many sockets, reads
-//! of up to 256 KiB that carry many frames, no allocation per delivered message, and the
+//! threads (`--threads`, default 1), each one io_uring instance with a multishot receive per
+//! socket into a shared buffer pool and waits that take completions in batches while messages
+//! flow (one system call per batch, not per socket), no allocation per delivered message, and the
 //! sequence and send time found at a fixed layout in each event instead of parsing JSON. It
 //! reports its own CPU use and flags a thread that was ≥ 90 % busy as the bottleneck.
 
@@ -31,7 +32,7 @@ use serde_json::Value;
 pub const DURATION_CAP_SECS: f64 = 600.0;
 /// Most generator threads.
 pub const THREADS_MAX: usize = 64;
-/// Descriptors kept free for the generator itself (epoll, /proc reads, stdio).
+/// Descriptors kept free for the generator itself (io_uring, /proc reads, stdio).
 const SPARE_DESCRIPTORS: u64 = 64;
 
 #[derive(Debug, Args)]
@@ -76,7 +77,7 @@ pub struct Common {
     /// window, and its resident memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Generator threads (each one epoll loop).
+    /// Generator threads (each one io_uring loop).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Length of the measured phase in seconds (scenario default when absent; at most 600).

@@ -1,91 +1,150 @@
 //! The only file of `bench` with `unsafe`: thin, safe wrappers over the few Linux calls the load
-//! generator needs that std and socket2 do not offer — epoll (with a nanosecond timeout), the
-//! descriptor limit, thread ids, the clock-tick rate and `IP_BIND_ADDRESS_NO_PORT`. It must not
-//! hold any benchmark logic or state beyond the descriptors it wraps; every block has a
-//! `// SAFETY:` line.
+//! generator needs that std and socket2 do not offer — an io_uring instance for readiness and
+//! multishot receives (with a provided-buffer ring, so a thread reads every socket through one
+//! pool and one system call per batch), the descriptor limit, thread ids, the clock-tick rate and
+//! `IP_BIND_ADDRESS_NO_PORT`. It must not hold any benchmark logic or state beyond the
+//! descriptors and buffers it wraps; every block has a `// SAFETY:` line.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::Duration;
 
-pub use libc::{EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-/// An epoll instance; closed on drop.
-pub struct Epoll {
-    fd: OwnedFd,
+use crate::runtime::buf_ring::BufRing;
+
+/// A socket can be written to (or has failed): a one-shot poll.
+pub const OP_WRITABLE: u8 = 1;
+/// Data arrived (multishot receive into the thread's buffer pool).
+pub const OP_RECV: u8 = 2;
+/// Generations are kept to 24 bits in the operation's user data.
+pub const GENERATION_MASK: u32 = 0x00FF_FFFF;
+const BUFFER_GROUP: u16 = 0;
+
+/// Packs an operation, the connection's generation (so completions for an earlier socket of a
+/// re-used slot are recognised) and the connection's index.
+pub fn user_data(op: u8, generation: u32, token: usize) -> u64 {
+    (u64::from(op) << 56) | (u64::from(generation & GENERATION_MASK) << 32) | token as u64
 }
 
-/// One ready descriptor: the token given to [`Epoll::add`] and the ready flags.
-pub type Event = libc::epoll_event;
-
-/// An empty event slot, to size the buffer handed to [`Epoll::wait`].
-pub fn empty_event() -> Event {
-    libc::epoll_event { events: 0, u64: 0 }
+/// The (op, generation, token) of [`user_data`].
+pub fn split_user_data(data: u64) -> (u8, u32, usize) {
+    (
+        (data >> 56) as u8,
+        (data >> 32) as u32 & GENERATION_MASK,
+        (data & 0xFFFF_FFFF) as usize,
+    )
 }
 
-/// The (token, flags) of a ready event; copies out of the packed struct.
-pub fn event_parts(event: &Event) -> (u64, u32) {
-    let Event { events, u64 } = *event;
-    (u64, events)
+/// One completion: user data, result, and (for receives) the buffer holding the bytes and
+/// whether the multishot receive is still armed.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    pub data: u64,
+    pub result: i32,
+    pub buffer: Option<u16>,
+    pub more: bool,
 }
 
-impl Epoll {
-    pub fn new() -> io::Result<Epoll> {
-        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a fresh descriptor
-        // that nothing else owns, so OwnedFd may take it.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by epoll_create1 and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Epoll { fd })
+/// One generator thread's io_uring: created disabled, enabled by the thread that runs it
+/// (`DEFER_TASKRUN` rings belong to one thread). Completions are produced only while that thread
+/// waits, so the server's sends queue work here without waking the thread for each message.
+pub struct Ring {
+    // Declared before `buffers`: the ring must be dropped (unregistering the pool) first.
+    ring: IoUring,
+    buffers: BufRing,
+}
+
+impl Ring {
+    pub fn new(
+        entries: u32,
+        buffer_count: u16,
+        buffer_bytes: usize,
+    ) -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .setup_cqsize(entries * 4)
+            .build(entries)?;
+        let buffers = BufRing::new(&ring, buffer_count, buffer_bytes, BUFFER_GROUP)?;
+        Ok(Ring { ring, buffers })
     }
 
-    /// Registers `fd` with `token` for `interest` (EPOLLIN | EPOLLOUT | EPOLLET ...). The
-    /// registration ends when `fd` is closed.
-    pub fn add(&self, fd: RawFd, token: u64, interest: i32) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: interest as u32,
-            u64: token,
-        };
-        // SAFETY: `event` is a valid epoll_event that outlives the call; the kernel copies it.
-        let rc = unsafe {
-            libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &raw mut event)
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+    /// Makes the calling thread the ring's only submitter; call once, on the thread that runs it.
+    pub fn enable(&self) -> io::Result<()> {
+        self.ring.submitter().register_enable_rings()
     }
 
-    /// Waits up to `timeout` for ready descriptors; fills `events` from the start and returns
-    /// how many are ready (0 on timeout or signal).
-    pub fn wait(&self, events: &mut [Event], timeout: Duration) -> io::Result<usize> {
-        let timeout = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
-        // SAFETY: `events` is a writable buffer of at least `max` epoll_event slots and
-        // `timeout` a valid timespec, both alive for the call; a null sigmask means "unchanged".
-        let rc = unsafe {
-            libc::epoll_pwait2(
-                self.fd.as_raw_fd(),
-                events.as_mut_ptr(),
-                max,
-                &raw const timeout,
-                std::ptr::null(),
-            )
-        };
-        if rc < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                return Ok(0);
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the entries built here point at no memory of ours (a poll, or a receive
+            // into the registered buffer pool, which lives as long as the ring).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
             }
-            return Err(error);
+            self.ring.submit()?;
         }
-        Ok(rc as usize)
+    }
+
+    /// One completion when `fd` is writable or has failed (`result` is the poll mask or -errno).
+    pub fn watch_writable(&mut self, fd: RawFd, data: u64) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+            .build()
+            .user_data(data);
+        self.push(&entry)
+    }
+
+    /// A completion per arrival of data on `fd` (0 at end of stream, -errno on error) until a
+    /// completion without `more`.
+    pub fn receive(&mut self, fd: RawFd, data: u64) -> io::Result<()> {
+        let entry = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+            .build()
+            .user_data(data);
+        self.push(&entry)
+    }
+
+    /// Submits what is queued and waits until `want` completions are ready or `timeout` passes.
+    pub fn wait(&mut self, want: usize, timeout: Duration) -> io::Result<()> {
+        let timespec = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&timespec);
+        match self.ring.submitter().submit_with_args(want.max(1), &args) {
+            Ok(_) => Ok(()),
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Moves the ready completions into `out` (cleared first).
+    pub fn take_completions(&mut self, out: &mut Vec<Completion>) {
+        out.clear();
+        out.extend(self.ring.completion().map(|cqe| Completion {
+            data: cqe.user_data(),
+            result: cqe.result(),
+            buffer: cqueue::buffer_select(cqe.flags()),
+            more: cqueue::more(cqe.flags()),
+        }));
+    }
+
+    /// The `len` bytes a receive put in buffer `bid`.
+    pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        self.buffers.data(bid, len)
+    }
+
+    /// Hands buffer `bid` back to the kernel (visible after [`Ring::publish_buffers`]).
+    pub fn recycle(&mut self, bid: u16) {
+        self.buffers.push(bid);
+    }
+
+    pub fn publish_buffers(&self) {
+        self.buffers.publish();
     }
 }
 

@@ -2,6 +2,7 @@
 //! receive buffers shared by every connection of the core, so an idle connection holds no read
 //! buffer at all. The kernel picks a buffer per receive; we hand it back after the shard has
 //! consumed the bytes. Owns the ring memory and the buffers; knows nothing of connections.
+//! The load generator (`bench::sys`) uses the same pool for its own receives.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io;
@@ -18,6 +19,11 @@ pub struct BufRing {
     entries: u16,
     tail: u16,
 }
+
+// SAFETY: `ring` is an allocation owned by this value alone (like a `Box`); nothing else holds
+// the pointer, so moving the owner to another thread before use (the load generator builds its
+// rings before spawning the threads that run them) is sound. It is not `Sync`.
+unsafe impl Send for BufRing {}
 
 impl BufRing {
     /// Allocates `entries` buffers of `buffer_bytes` and registers them as group `group`.

@@ -5,7 +5,7 @@
 //! core's `Shard` and carries out what the shard queued. This module is where all socket IO and
 //! its `unsafe` live; it holds no protocol logic and shares no connection or channel state.
 
-mod buf_ring;
+pub(crate) mod buf_ring;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -277,10 +277,20 @@ impl CoreLoop {
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> io::Result<CoreLoop> {
+        // Completion work (receives, send results) runs in batches when this thread enters the
+        // ring, not on each interrupt return; the task-run flag makes a plain `submit` reap it.
+        // Kernels before 6.1 lack deferred task work: fall back to cooperative task work.
         let ring = IoUring::builder()
             .setup_single_issuer()
-            .setup_coop_taskrun()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
             .build(limits::RING_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_single_issuer()
+                    .setup_coop_taskrun()
+                    .build(limits::RING_ENTRIES)
+            })
             .or_else(|_| IoUring::new(limits::RING_ENTRIES))?;
         let buffers = BufRing::new(
             &ring,
