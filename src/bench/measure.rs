@@ -73,6 +73,21 @@ fn stat_ticks(path: &str) -> Option<u64> {
 }
 
 /// Resident memory of a process in bytes (`VmRSS` in `/proc/PID/status`).
+/// Local ports one source address can use towards one destination
+/// (`net.ipv4.ip_local_port_range`; Linux's default range when unreadable).
+pub fn ephemeral_port_count() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(str::parse::<usize>);
+            match (bounds.next(), bounds.next()) {
+                (Some(Ok(low)), Some(Ok(high))) if high >= low => Some(high - low + 1),
+                _ => None,
+            }
+        })
+        .unwrap_or(60999 - 32768 + 1)
+}
+
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|line| line.starts_with("VmRSS:"))?;

@@ -87,7 +87,8 @@ pub struct Common {
     #[arg(long, default_value_t = 30.0)]
     pub connect_timeout: f64,
     /// Local addresses to connect from, round-robin (e.g. 127.0.0.1,127.0.0.2): each gets its
-    /// own ephemeral port range, for more than ~28k connections to one server port.
+    /// own ephemeral port range, for more than ~28k connections to one server port. Default:
+    /// for a loopback IPv4 server, as many 127.0.0.x as the client count needs.
     #[arg(long, value_delimiter = ',')]
     pub source_ips: Vec<IpAddr>,
     /// Print a Markdown table instead of JSON.

@@ -6,6 +6,7 @@
 //! nor print the result (`mod.rs` does).
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -19,8 +20,8 @@ use super::engine::{
     Worker, WorkerPlan, WorkerResult,
 };
 use super::measure::{
-    CpuSnapshot, CpuWindow, latency_json, new_histogram, now_ns, percentile_curve, round1, round3,
-    rss_bytes,
+    CpuSnapshot, CpuWindow, ephemeral_port_count, latency_json, new_histogram, now_ns,
+    percentile_curve, round1, round3, rss_bytes,
 };
 use super::report::{self, Series};
 use super::{
@@ -425,6 +426,12 @@ fn client_plans(
 ) -> Vec<WorkerPlan> {
     let threads = common.threads;
     let prefix = channel_prefix();
+    let source_ips = source_ips(
+        &common.source_ips,
+        target.ws_addr.ip(),
+        total,
+        ephemeral_port_count(),
+    );
     (0..threads)
         .map(|w| WorkerPlan {
             index: w,
@@ -434,11 +441,32 @@ fn client_plans(
             channels,
             connect_rate: connect_rate / threads as f64,
             connect_inflight_max: connect_concurrency.div_ceil(threads),
-            source_ips: common.source_ips.clone(),
+            source_ips: source_ips.clone(),
             latency_bound_us: u64::MAX,
             seq_limit: 0,
             publisher: None,
         })
+        .collect()
+}
+
+/// The addresses clients connect from: `--source-ips` when given; otherwise, for a loopback IPv4
+/// server and more clients than one address's ephemeral ports allow (`ports` per address), as
+/// many 127.0.0.x addresses as keep each under 90% of its range; otherwise none (the kernel's
+/// choice).
+fn source_ips(explicit: &[IpAddr], server: IpAddr, total: usize, ports: usize) -> Vec<IpAddr> {
+    if !explicit.is_empty() {
+        return explicit.to_vec();
+    }
+    let IpAddr::V4(server) = server else {
+        return Vec::new();
+    };
+    let per_address = (ports * 9 / 10).max(1);
+    if !server.is_loopback() || total <= per_address {
+        return Vec::new();
+    }
+    let count = total.div_ceil(per_address).min(254);
+    (1..=count)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
         .collect()
 }
 
@@ -916,6 +944,7 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
         args.connect_rate,
         args.connect_concurrency,
     );
+    let source_ips: Vec<String> = plans[0].source_ips.iter().map(ToString::to_string).collect();
     let run = Run::spawn(plans, Arc::clone(&shared))?;
     let connect_start = CpuSnapshot::take(common.server_pid, &run.tids);
     let mut monitor = Monitor::new(common.quiet, run.spawned_ns);
@@ -972,7 +1001,7 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
             "channels": args.channels,
             "connect_rate": args.connect_rate,
             "connect_concurrency": args.connect_concurrency,
-            "source_ips": common.source_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "source_ips": source_ips,
             "threads": threads,
             "hold_secs": hold,
         },
@@ -1100,5 +1129,21 @@ mod tests {
         assert_eq!(clients_of(0, 2, 5, 2), vec![Some(0), Some(0), Some(0)]);
         assert_eq!(clients_of(1, 2, 5, 3), vec![Some(1), Some(0)]);
         assert_eq!(clients_of(0, 1, 2, 0), vec![None, None]);
+    }
+
+    #[test]
+    fn source_addresses_spread_past_one_port_range() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let v4 = |last: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
+        // 28,232 ports: about 25,400 connections per address before a second one is used.
+        assert!(source_ips(&[], loopback, 25_000, 28_232).is_empty());
+        assert_eq!(
+            source_ips(&[], loopback, 60_000, 28_232),
+            vec![v4(1), v4(2), v4(3)]
+        );
+        // Explicit addresses win; a remote or IPv6 server gets the kernel's choice.
+        assert_eq!(source_ips(&[v4(9)], loopback, 60_000, 28_232), vec![v4(9)]);
+        assert!(source_ips(&[], "10.0.0.1".parse().unwrap(), 60_000, 28_232).is_empty());
+        assert!(source_ips(&[], "::1".parse().unwrap(), 60_000, 28_232).is_empty());
     }
 }
