@@ -88,7 +88,7 @@ pub struct Common {
     pub connect_timeout: f64,
     /// Local addresses to connect from, round-robin (e.g. 127.0.0.1,127.0.0.2): each gets its
     /// own ephemeral port range, for more than ~28k connections to one server port. Default:
-    /// for a loopback IPv4 server, as many 127.0.0.x as the client count needs.
+    /// for a loopback IPv4 server, one more 127.0.0.x per quarter of the range in use.
     #[arg(long, value_delimiter = ',')]
     pub source_ips: Vec<IpAddr>,
     /// Print a Markdown table instead of JSON.
