@@ -1135,7 +1135,9 @@ impl Worker {
             }
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.take_completions(&mut completions);
-            batching = !completions.is_empty();
+            // Batch only once every client has been started: while connects are paced by the
+            // handshakes in flight, each answer should start the next connect at once.
+            batching = !completions.is_empty() && self.next_connect >= self.ws_count;
             let now = now_ns();
             for completion in &completions {
                 self.on_completion(*completion, now);
