@@ -142,6 +142,28 @@ pub fn disable_transparent_huge_pages() {
     }
 }
 
+/// Makes the coming close send a reset and drop whatever is still queued both ways, instead of
+/// a FIN queued behind data a peer will not read: a client the shard gave up on (a slow consumer,
+/// a close handshake that never finished) gets a prompt error, and its socket does not linger
+/// in the kernel holding its unsent data.
+fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a valid struct whose size is passed; the kernel only reads it. An error
+    // (the socket already reset) leaves an ordinary close, which is harmless.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Binds one listener per core on the configured address (the first picks the port when it is
 /// 0) and starts the core threads. Returns once every core is ready to accept.
 pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
@@ -587,11 +609,17 @@ impl CoreLoop {
         let fd = conn.fd;
         if conn.dead {
             if conn.reclaimable() {
+                let aborted = conn.aborted;
                 let fd = self.shard.remove(key);
+                if aborted {
+                    reset_on_close(fd);
+                }
                 // SAFETY: no operation refers to the socket any more, and we own it.
                 unsafe { libc::close(fd) };
-            } else if conn.io.recv_armed && !conn.io.write_shut {
-                // Wake the pending receive so it completes and releases the socket.
+            } else if (conn.io.recv_armed || conn.io.send_in_flight) && !conn.io.write_shut {
+                // Wake the pending receive so it completes and releases the socket, and fail a
+                // send stuck on a peer that does not read (a dropped slow consumer whose receive
+                // was not armed at that moment would otherwise keep its socket forever).
                 // SAFETY: shutdown on a socket we own; errors (already disconnected) are harmless.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
                 self.shard.conn_mut(key).io.write_shut = true;

@@ -184,6 +184,7 @@ impl Shard {
             out_bytes: 0,
             closing: false,
             dead: false,
+            aborted: false,
             deadline_ms: now.mono_ms + self.config.server.request_timeout_ms,
             dirty: false,
             io: ConnIo::default(),
@@ -465,6 +466,7 @@ impl Shard {
     pub(crate) fn abort(&mut self, key: u32) {
         // `closing` too, so every handler loop that stops on a closing connection stops here.
         self.conns[key as usize].closing = true;
+        self.conns[key as usize].aborted = true;
         self.on_peer_closed(key);
         self.mark_dirty(key);
     }

@@ -1281,7 +1281,15 @@ fn ping_flood_without_reading_is_dropped() {
     // few MB): the server's queue must pass its cap, and the server must drop us.
     let mut dropped = false;
     for _ in 0..1000 {
-        if raw.stream.write_all(&batch).is_err() {
+        if let Err(error) = raw.stream.write_all(&batch) {
+            // A write that times out means the server stopped reading us without dropping us.
+            assert!(
+                !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "the server stopped reading a flooding client instead of dropping it: {error}"
+            );
             dropped = true;
             break;
         }
