@@ -72,7 +72,6 @@ fn stat_ticks(path: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// Resident memory of a process in bytes (`VmRSS` in `/proc/PID/status`).
 /// Local ports one source address can use towards one destination
 /// (`net.ipv4.ip_local_port_range`; Linux's default range when unreadable).
 pub fn ephemeral_port_count() -> usize {
@@ -88,6 +87,7 @@ pub fn ephemeral_port_count() -> usize {
         .unwrap_or(60999 - 32768 + 1)
 }
 
+/// Resident memory of a process in bytes (`VmRSS` in `/proc/PID/status`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|line| line.starts_with("VmRSS:"))?;
