@@ -69,7 +69,7 @@ for server in ${SERVERS:-ringcast sockudo}; do
     echo "== $server run $run" >&2
     # Fresh server per idle run: RSS per connection needs a clean heap.
     start_server "$server"
-    bench "$server-idle-$run" idle --connections 5000 --duration 3
+    bench "$server-idle-$run" idle --connections 5000 --connect-concurrency 100 --duration 3
     stop_server
     start_server "$server"
     bench "$server-fanout-$run" fanout --subscribers 1000 --channels 10 --payload 100 --rate 500 --duration 10
@@ -105,6 +105,7 @@ for s in servers:
         "fanout_p99_us": med([d["results"]["latency_us"]["p99"] for d in f]),
         "idle_bytes_per_connection": med([d["server"].get("rss_per_connection_bytes") for d in i]),
         "idle_connects_per_sec": med([d["results"]["connects_per_sec"] for d in i]),
+        "idle_connect_cpu_us_per_connection": med([d["server"].get("connect_window", {}).get("cpu_us_per_connection") for d in i]),
         "storm_ms_to_all_subscribed": med([d["results"].get("time_to_all_subscribed_ms") for d in st]),
         "storm_cpu_us_per_connection": med([d["server"].get("cpu_us_per_connection") for d in st]),
         "publish_per_sec": med([d["results"]["accepted_per_sec"] for d in p]),
@@ -117,7 +118,8 @@ labels = [
     ("fanout_p99_us", "publish→deliver p99 µs (same run)"),
     ("fanout_lost", "deliveries lost (same run)"),
     ("idle_bytes_per_connection", "idle memory per connection, bytes (5000 connections)"),
-    ("idle_connects_per_sec", "connections established per second (idle run)"),
+    ("idle_connects_per_sec", "connections established per second (idle run, 100 handshakes in flight)"),
+    ("idle_connect_cpu_us_per_connection", "server CPU µs per connection established (same run)"),
     ("storm_ms_to_all_subscribed", "storm: ms until 5000 clients are subscribed"),
     ("storm_cpu_us_per_connection", "storm: server CPU µs per connection"),
     ("publish_per_sec", "REST publishes per second (16 keep-alive connections)"),
