@@ -26,6 +26,10 @@ pub const SEND_IOVECS_MAX: usize = 32;
 /// Submission queue entries of each core's ring.
 pub const RING_ENTRIES: u32 = 4096;
 
+/// Descriptors the process's table is sized for at start (at most the descriptor limit); past
+/// it the kernel grows the table as usual, doubling, with a short stall each time.
+pub const DESCRIPTOR_TABLE_PRESIZE: u64 = 65_536;
+
 /// Ceiling for the configurable WebSocket message size.
 pub const WS_MESSAGE_BYTES_CEILING: usize = 16 * 1024 * 1024;
 /// Ceiling for the configurable HTTP request head size.

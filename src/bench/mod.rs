@@ -320,14 +320,18 @@ fn prepare(common: &Common) -> Result<Setup, BenchError> {
     })
 }
 
-/// Fails when `sockets` would not fit under the descriptor limit.
-fn check_descriptors(sockets: usize, nofile: u64) -> Result<(), BenchError> {
-    if sockets as u64 + SPARE_DESCRIPTORS > nofile {
+/// Fails when `sockets` would not fit under the descriptor limit; otherwise sizes the
+/// descriptor table for them now, so it does not grow (with a stall each time) while clients
+/// connect.
+fn reserve_descriptors(sockets: usize, nofile: u64) -> Result<(), BenchError> {
+    let needed = sockets as u64 + SPARE_DESCRIPTORS;
+    if needed > nofile {
         return usage(format!(
             "{sockets} sockets need more descriptors than this process may open ({nofile}, \
              already raised to the hard limit); run several generator processes, or raise the \
              hard limit (ulimit -Hn)"
         ));
     }
+    sys::presize_descriptor_table(needed);
     Ok(())
 }

@@ -26,7 +26,7 @@ use super::measure::{
 use super::report::{self, Series};
 use super::{
     BenchError, Common, FanoutArgs, IdleArgs, Outcome, PublishArgs, Setup, StormArgs,
-    check_descriptors, usage, wire,
+    reserve_descriptors, usage, wire,
 };
 
 const SECOND: u64 = 1_000_000_000;
@@ -495,7 +495,7 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
     if args.connect_rate.is_nan() || args.connect_rate < 0.0 {
         return usage("--connect-rate must be >= 0");
     }
-    check_descriptors(args.subscribers + args.publishers, setup.nofile)?;
+    reserve_descriptors(args.subscribers + args.publishers, setup.nofile)?;
     let ramp = args.rate.eq_ignore_ascii_case("max");
     let duration = common.duration.unwrap_or(if ramp { 120.0 } else { 10.0 });
     let (mode, seq_limit, rate_json) = if ramp {
@@ -800,7 +800,7 @@ pub fn publish(args: &PublishArgs, setup: Setup) -> Result<Outcome, BenchError> 
     if args.payload > 1024 * 1024 {
         return usage("--payload must be at most 1 MiB");
     }
-    check_descriptors(args.connections, setup.nofile)?;
+    reserve_descriptors(args.connections, setup.nofile)?;
     let duration = common.duration.unwrap_or(10.0);
     let mode = match args.rate {
         Some(rate) if rate > 0.0 && rate <= 1e7 => PublishMode::Fixed {
@@ -931,7 +931,7 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
     if args.connect_rate.is_nan() || args.connect_rate < 0.0 {
         return usage("--connect-rate must be >= 0");
     }
-    check_descriptors(args.connections, setup.nofile)?;
+    reserve_descriptors(args.connections, setup.nofile)?;
     let hold = common.duration.unwrap_or(10.0);
     let threads = common.threads;
     let rss_before = common.server_pid.and_then(rss_bytes);
@@ -1042,7 +1042,7 @@ pub fn storm(args: &StormArgs, setup: Setup) -> Result<Outcome, BenchError> {
     if args.channels == 0 || args.channels > 100_000 {
         return usage("--channels must be 1..=100000");
     }
-    check_descriptors(args.clients, setup.nofile)?;
+    reserve_descriptors(args.clients, setup.nofile)?;
     let limit = common.duration.unwrap_or(30.0);
     let threads = common.threads;
     let shared = Arc::new(Shared::new(threads, args.channels));

@@ -171,6 +171,25 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((limit.rlim_cur, limit.rlim_max))
 }
 
+/// Grows the process's descriptor table to hold `count` descriptors. The kernel grows it on
+/// demand by doubling, and in a process with several threads each growth waits for an RCU grace
+/// period (milliseconds): done once up front, no connect stalls on it.
+pub fn presize_descriptor_table(count: u64) {
+    let Ok(highest) = libc::c_int::try_from(count.saturating_sub(1)) else {
+        return;
+    };
+    if highest <= 2 {
+        return;
+    }
+    // SAFETY: duplicates stdin to a descriptor number above every one in use (the caller checked
+    // the limit) and closes the duplicate at once; only the table's size stays.
+    unsafe {
+        if libc::dup2(0, highest) == highest {
+            libc::close(highest);
+        }
+    }
+}
+
 /// The kernel id of the calling thread (for `/proc/self/task/TID/stat`).
 pub fn thread_id() -> i32 {
     // SAFETY: gettid takes no arguments and cannot fail.
