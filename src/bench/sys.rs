@@ -181,11 +181,12 @@ pub fn presize_descriptor_table(count: u64) {
     if highest <= 2 {
         return;
     }
-    // SAFETY: duplicates stdin to a descriptor number above every one in use (the caller checked
-    // the limit) and closes the duplicate at once; only the table's size stays.
+    // SAFETY: duplicates stdin to the lowest free descriptor at or above `highest` (F_DUPFD
+    // never replaces one in use) and closes the duplicate at once; only the table's size stays.
     unsafe {
-        if libc::dup2(0, highest) == highest {
-            libc::close(highest);
+        let duplicate = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, highest);
+        if duplicate >= 0 {
+            libc::close(duplicate);
         }
     }
 }

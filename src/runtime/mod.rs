@@ -192,11 +192,12 @@ fn reserve_descriptors() {
     if highest <= 2 {
         return;
     }
-    // SAFETY: duplicates stdin to a descriptor number nobody uses yet (above every descriptor
-    // opened so far at start-up) and closes that duplicate at once; only the table's size stays.
+    // SAFETY: duplicates stdin to the lowest free descriptor at or above `highest` (F_DUPFD
+    // never replaces one in use) and closes that duplicate at once; only the table's size stays.
     unsafe {
-        if libc::dup2(0, highest) == highest {
-            libc::close(highest);
+        let duplicate = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, highest);
+        if duplicate >= 0 {
+            libc::close(duplicate);
         }
     }
 }

@@ -92,8 +92,8 @@ pub struct Conn {
     pub closing: bool,
     /// The peer's side is gone (EOF or error); shard state was already cleaned up.
     pub dead: bool,
-    /// The shard gave up on the peer (slow consumer, close handshake past its linger): the
-    /// driver resets the socket rather than closing it gracefully.
+    /// The shard gave up on a peer that stopped reading (slow consumer, a close past its
+    /// linger): the driver resets the socket rather than closing it gracefully.
     pub aborted: bool,
     /// Monotonic ms by which the next complete HTTP request must have arrived, or by which a
     /// closing connection must be gone.

@@ -451,8 +451,15 @@ impl Shard {
     fn expire(&mut self, key: u32) {
         let conn = &mut self.conns[key as usize];
         let pending_input = matches!(&conn.phase, Phase::Http { input, .. } if !input.is_empty());
-        if conn.closing || !pending_input {
-            // The driver sees `dead` with nothing in flight after it cancels the socket.
+        if conn.closing {
+            // A close the peer did not complete in time (its output may be stuck behind a
+            // reader that stopped): reset it.
+            self.reset(key);
+            return;
+        }
+        if !pending_input {
+            // An idle keep-alive connection: an orderly close (the driver sees `dead` with
+            // nothing in flight after it cancels the socket).
             self.abort(key);
             return;
         }
@@ -466,9 +473,15 @@ impl Shard {
     pub(crate) fn abort(&mut self, key: u32) {
         // `closing` too, so every handler loop that stops on a closing connection stops here.
         self.conns[key as usize].closing = true;
-        self.conns[key as usize].aborted = true;
         self.on_peer_closed(key);
         self.mark_dirty(key);
+    }
+
+    /// Drops a connection at once and has the driver reset it (`Conn::aborted`), for a peer that
+    /// stopped reading: nothing queued for it will be delivered anyway.
+    pub(crate) fn reset(&mut self, key: u32) {
+        self.conns[key as usize].aborted = true;
+        self.abort(key);
     }
 
     /// Whether the driver must tear the socket down now (the shard gave up on it).

@@ -304,3 +304,37 @@ impl Default for TestClient {
         }
     }
 }
+
+// A client that stops reading is reset when its queue passes the hard cap (its queued output
+// will never be read); an idle keep-alive HTTP connection that times out gets an orderly close.
+#[test]
+fn only_peers_that_stopped_reading_are_reset() {
+    let mut world = World::new(1);
+    let client = world.connect(0, 3);
+    let mask = [9u8, 8, 7, 6];
+    let mut ping = vec![0x89, 0x80 | 125];
+    ping.extend_from_slice(&mask);
+    ping.extend((0..125).map(|i| b'p' ^ mask[i % 4]));
+    let cap = 2 * world.shards[0].config.server.outbound_bytes_max;
+    for _ in 0..=cap / 125 {
+        if world.shards[0].conn(client.key).dead {
+            break;
+        }
+        world.shards[0].on_recv(client.key, &ping, NOW);
+    }
+    let conn = world.shards[0].conn(client.key);
+    assert!(conn.dead && conn.aborted, "a slow consumer is dropped and reset");
+
+    let shard = &mut world.shards[0];
+    let idle = shard.accept(4, NOW).unwrap();
+    let timeout_ms = shard.config.server.request_timeout_ms;
+    let later = Now {
+        mono_ms: NOW.mono_ms + timeout_ms + 1,
+        mono_us: (NOW.mono_ms + timeout_ms + 1) * 1000,
+        ..NOW
+    };
+    shard.on_timer(later);
+    let conn = shard.conn(idle);
+    assert!(conn.dead, "an idle keep-alive connection times out");
+    assert!(!conn.aborted, "and is closed in order, not reset");
+}

@@ -571,7 +571,7 @@ impl Shard {
         if conn.out_bytes > hard_limit {
             CoreMetrics::add(&self.core_metrics().slow_consumer_closes, 1);
             self.core_metrics().close(close_code::SLOW_CONSUMER);
-            self.abort(key);
+            self.reset(key);
             return;
         }
         self.mark_dirty(key);
