@@ -799,9 +799,6 @@ impl Ctx {
             .saturating_record(now.saturating_sub(conn.started_ns) / 1000);
         self.stats.last_ready_ns = now;
         self.inflight_connects = self.inflight_connects.saturating_sub(1);
-        if let Some(sock) = conn.sock.as_ref() {
-            let _ = sock.set_tcp_quickack(false);
-        }
         if let Kind::Ws {
             channel: Some(channel),
         } = conn.kind
