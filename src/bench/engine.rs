@@ -41,9 +41,11 @@ const RING_ENTRIES: u32 = 4096;
 /// Receive buffers in a thread's pool, and the size of each (one receive fills at most one).
 const RECV_BUFFERS: u16 = 2048;
 const RECV_BUFFER_BYTES: usize = 4096;
-/// While completions keep coming, a wait returns after this many or after `BATCH_WAIT`.
+/// While completions keep coming, a wait returns after this many or after `BATCH_WAIT`. The wait
+/// adds to the latency measured for the last messages of a burst: 20 µs instead of 50 lowered
+/// the fan-out p50 by about 30 µs in alternating runs, at no clear cost in generator CPU.
 const BATCH_COMPLETIONS: usize = 32;
-const BATCH_WAIT: Duration = Duration::from_micros(50);
+const BATCH_WAIT: Duration = Duration::from_micros(20);
 /// Longest sleep of a loop iteration (how quickly a thread notices a phase change).
 const TICK: Duration = Duration::from_millis(5);
 /// Times the publisher re-opens a REST connection before giving up on it.
