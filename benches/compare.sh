@@ -108,6 +108,7 @@ for s in servers:
         "idle_connect_cpu_us_per_connection": med([d["server"].get("connect_window", {}).get("cpu_us_per_connection") for d in i]),
         "storm_ms_to_all_subscribed": med([d["results"].get("time_to_all_subscribed_ms") for d in st]),
         "storm_cpu_us_per_connection": med([d["server"].get("cpu_us_per_connection") for d in st]),
+        "storm_runtime_us_per_connection": med([d["server"].get("runtime_us_per_connection") for d in st]),
         "publish_per_sec": med([d["results"]["accepted_per_sec"] for d in p]),
         "publish_cpu_us_per_request": med([d["server"].get("cpu_us_per_publish") for d in p]),
     }
@@ -122,6 +123,7 @@ labels = [
     ("idle_connect_cpu_us_per_connection", "server CPU µs per connection established (same run)"),
     ("storm_ms_to_all_subscribed", "storm: ms until 5000 clients are subscribed"),
     ("storm_cpu_us_per_connection", "storm: server CPU µs per connection"),
+    ("storm_runtime_us_per_connection", "storm: the same from the scheduler's exact run time"),
     ("publish_per_sec", "REST publishes per second (16 keep-alive connections)"),
     ("publish_cpu_us_per_request", "server CPU µs per REST publish"),
 ]

@@ -72,6 +72,37 @@ fn stat_ticks(path: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Time the process's threads spent on a CPU, in ns: the sum of `se.sum_exec_runtime` over
+/// `/proc/PID/task/*/sched`. Exact (the scheduler's own clock), where utime + stime are sampled
+/// at each timer tick; like them, on a kernel without IRQ time accounting it includes the
+/// softirq work done while the thread ran. None when the files are missing.
+pub fn runtime_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("sched")) else {
+            continue;
+        };
+        if let Some(ns) = parse_sum_exec_runtime(&text) {
+            total += ns;
+            any = true;
+        }
+    }
+    any.then_some(total)
+}
+
+/// `se.sum_exec_runtime : 1234.567890` (milliseconds, six decimals) as nanoseconds.
+fn parse_sum_exec_runtime(sched: &str) -> Option<u64> {
+    let line = sched
+        .lines()
+        .find(|line| line.starts_with("se.sum_exec_runtime"))?;
+    let value = line.split(':').nth(1)?.trim();
+    let (ms, fraction) = value.split_once('.').unwrap_or((value, "0"));
+    let fraction = format!("{fraction:0<6}");
+    Some(ms.parse::<u64>().ok()? * 1_000_000 + fraction.get(..6)?.parse::<u64>().ok()?)
+}
+
 /// Local ports one source address can use towards one destination
 /// (`net.ipv4.ip_local_port_range`; Linux's default range when unreadable).
 pub fn ephemeral_port_count() -> usize {
@@ -95,11 +126,13 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// CPU times at one instant: the server's, this process's and each generator thread's (ticks).
+/// CPU times at one instant: the server's, this process's and each generator thread's (ticks),
+/// and the server's exact run time (ns).
 #[derive(Debug, Clone)]
 pub struct CpuSnapshot {
     at_ns: u64,
     server: Option<u64>,
+    server_runtime_ns: Option<u64>,
     own: Option<u64>,
     threads: Vec<Option<u64>>,
 }
@@ -109,6 +142,7 @@ impl CpuSnapshot {
         CpuSnapshot {
             at_ns: now_ns(),
             server: server_pid.and_then(|pid| stat_ticks(&format!("/proc/{pid}/stat"))),
+            server_runtime_ns: server_pid.and_then(runtime_ns),
             own: stat_ticks("/proc/self/stat"),
             threads: thread_ids
                 .iter()
@@ -123,6 +157,8 @@ impl CpuSnapshot {
 pub struct CpuWindow {
     pub secs: f64,
     pub server_cpu_secs: Option<f64>,
+    /// The same from the scheduler's exact run time (see [`runtime_ns`]).
+    pub server_runtime_secs: Option<f64>,
     pub own_cpu_secs: Option<f64>,
     pub thread_cpu_secs: Vec<Option<f64>>,
 }
@@ -140,6 +176,10 @@ impl CpuWindow {
         CpuWindow {
             secs: end.at_ns.saturating_sub(start.at_ns) as f64 / 1e9,
             server_cpu_secs: delta(start.server, end.server),
+            server_runtime_secs: match (start.server_runtime_ns, end.server_runtime_ns) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
+                _ => None,
+            },
             own_cpu_secs: delta(start.own, end.own),
             thread_cpu_secs: start
                 .threads
@@ -175,11 +215,15 @@ impl CpuWindow {
             "cpu_secs": self.server_cpu_secs.map(round3),
             "cpu_percent_of_one_core": self.server_cpu_secs.map(|cpu| round1(pct(cpu, self.secs))),
         });
-        let per_unit = match (self.server_cpu_secs, count) {
+        let per_unit = |cpu: Option<f64>| match (cpu, count) {
             (Some(cpu), count) if count > 0 => Some(round3(cpu * 1e6 / count as f64)),
             _ => None,
         };
-        value[format!("cpu_us_per_{per}")] = json!(per_unit);
+        value[format!("cpu_us_per_{per}")] = json!(per_unit(self.server_cpu_secs));
+        // utime + stime advance in whole clock ticks (10 ms in /proc), too coarse for a window of
+        // a few hundred ms; the scheduler's run time is exact.
+        value["runtime_secs"] = json!(self.server_runtime_secs.map(|secs| (secs * 1e6).round() / 1e6));
+        value[format!("runtime_us_per_{per}")] = json!(per_unit(self.server_runtime_secs));
         value
     }
 
@@ -225,6 +269,19 @@ mod tests {
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
         let tid = sys::thread_id();
         assert!(stat_ticks(&format!("/proc/self/task/{tid}/stat")).is_some());
+    }
+
+    #[test]
+    fn scheduler_run_time_parses() {
+        let sched = "ringcast (42, #threads: 3)\n---\nse.exec_start : 5.000000\n\
+                     se.sum_exec_runtime                          :          1234.056789\n";
+        assert_eq!(parse_sum_exec_runtime(sched), Some(1_234_056_789));
+        assert_eq!(
+            parse_sum_exec_runtime("se.sum_exec_runtime : 7.5"),
+            Some(7_500_000)
+        );
+        assert_eq!(parse_sum_exec_runtime("se.vruntime : 1.0"), None);
+        assert!(runtime_ns(std::process::id()).is_some());
     }
 
     #[test]
