@@ -78,6 +78,15 @@ fn fanout_reports_zero_loss_and_the_exact_delivery_count() {
         assert_eq!(results["latency_us"]["count"], 50 * 50, "{report}");
         assert_eq!(results["publish_statuses"]["200"], 50, "{report}");
         assert!(report["server"]["cpu_secs"].is_number(), "{report}");
+        // The exact run time: the server did work in the window, so it is above zero.
+        assert!(
+            report["server"]["runtime_secs"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        assert!(
+            report["server"]["runtime_us_per_delivery"].is_number(),
+            "{report}"
+        );
         assert!(report["generator"]["cpu_secs"].is_number(), "{report}");
         assert_eq!(
             report["generator"]["thread_cpu_percent"]
