@@ -66,7 +66,13 @@ impl Ring {
             .setup_defer_taskrun()
             .setup_r_disabled()
             .setup_cqsize(entries * 4)
-            .build(entries)?;
+            .build(entries)
+            .map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("io_uring with deferred task work (Linux 6.1 or later): {error}"),
+                )
+            })?;
         let buffers = BufRing::new(&ring, buffer_count, buffer_bytes, BUFFER_GROUP)?;
         Ok(Ring { ring, buffers })
     }
