@@ -729,6 +729,7 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
             "deliveries_per_sec": per_sec(total.received, window_ns),
             "latency_us": latency_json(&all_latency),
             "publish_response_us": latency_json(&publisher.rest_latency),
+            "publish_send_lag_us": latency_json(&publisher.send_lag),
             "pusher_errors": merged.pusher_errors,
             "bytes_received": merged.bytes_in,
         },

@@ -77,6 +77,7 @@ fn fanout_reports_zero_loss_and_the_exact_delivery_count() {
         assert_eq!(results["deliveries_unexpected"], 0, "{report}");
         assert_eq!(results["latency_us"]["count"], 50 * 50, "{report}");
         assert_eq!(results["publish_statuses"]["200"], 50, "{report}");
+        assert_eq!(results["publish_send_lag_us"]["count"], 50, "{report}");
         assert!(report["server"]["cpu_secs"].is_number(), "{report}");
         // The exact run time: the server did work in the window, so it is above zero.
         assert!(
