@@ -289,7 +289,7 @@ fn prepare(common: &Common) -> Result<Setup, BenchError> {
     if !(common.connect_timeout > 0.0 && common.connect_timeout <= DURATION_CAP_SECS) {
         return usage("--connect-timeout must be > 0 and at most 600 seconds");
     }
-    let (nofile, _) = sys::raise_nofile_limit()
+    let (nofile, _) = crate::runtime::raise_descriptor_limit()
         .map_err(|e| BenchError::Run(format!("cannot read RLIMIT_NOFILE: {e}")))?;
     let rest_port = common.rest_port.unwrap_or(common.port);
     let resolve = |port: u16| -> Result<SocketAddr, BenchError> {
@@ -334,6 +334,6 @@ fn reserve_descriptors(sockets: usize, nofile: u64) -> Result<(), BenchError> {
              hard limit (ulimit -Hn)"
         ));
     }
-    sys::presize_descriptor_table(needed);
+    crate::runtime::presize_descriptor_table(needed);
     Ok(())
 }

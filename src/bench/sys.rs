@@ -1,8 +1,8 @@
 //! The only file of `bench` with `unsafe`: thin, safe wrappers over the few Linux calls the load
 //! generator needs that std and socket2 do not offer — an io_uring instance for readiness and
 //! multishot receives (with a provided-buffer ring, so a thread reads every socket through one
-//! pool and one system call per batch), the descriptor limit, thread ids, the clock-tick rate and
-//! `IP_BIND_ADDRESS_NO_PORT`. It must not hold any benchmark logic or state beyond the
+//! pool and one system call per batch), thread ids, the clock-tick rate and
+//! `IP_BIND_ADDRESS_NO_PORT`. (The descriptor limit and table are the runtime's helpers.) It must not hold any benchmark logic or state beyond the
 //! descriptors and buffers it wraps; every block has a `// SAFETY:` line.
 
 use std::io;
@@ -151,49 +151,6 @@ impl Ring {
 
     pub fn publish_buffers(&self) {
         self.buffers.publish();
-    }
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the (soft, hard) limits in force.
-pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: `raised` is a valid rlimit read by the kernel during the call.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
-            limit.rlim_cur = limit.rlim_max;
-        }
-    }
-    Ok((limit.rlim_cur, limit.rlim_max))
-}
-
-/// Grows the process's descriptor table to hold `count` descriptors. The kernel grows it on
-/// demand by doubling, and in a process with several threads each growth waits for an RCU grace
-/// period (milliseconds): done once up front, no connect stalls on it.
-pub fn presize_descriptor_table(count: u64) {
-    let Ok(highest) = libc::c_int::try_from(count.saturating_sub(1)) else {
-        return;
-    };
-    if highest <= 2 {
-        return;
-    }
-    // SAFETY: duplicates stdin to the lowest free descriptor at or above `highest` (F_DUPFD
-    // never replaces one in use) and closes the duplicate at once; only the table's size stays.
-    unsafe {
-        let duplicate = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, highest);
-        if duplicate >= 0 {
-            libc::close(duplicate);
-        }
     }
 }
 

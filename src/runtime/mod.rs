@@ -170,30 +170,46 @@ fn reset_on_close(fd: RawFd) {
 /// (the process has several threads): a stall of 5-30 ms of the accepting core, seen as the
 /// 99th percentile of connection set-up time.
 fn reserve_descriptors() {
+    if let Ok((soft, _)) = raise_descriptor_limit() {
+        presize_descriptor_table(soft.min(limits::DESCRIPTOR_TABLE_PRESIZE));
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the (soft, hard) limits in force.
+pub(crate) fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
-        return;
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
             rlim_max: limit.rlim_max,
         };
-        // SAFETY: `raised` is a valid rlimit, read by the kernel during the call.
+        // SAFETY: `raised` is a valid rlimit read by the kernel during the call.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
             limit.rlim_cur = limit.rlim_max;
         }
     }
-    let highest = limit.rlim_cur.min(limits::DESCRIPTOR_TABLE_PRESIZE) as libc::c_int - 1;
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// Grows the process's descriptor table to hold `count` descriptors. The kernel grows it on
+/// demand by doubling, and in a process with several threads each growth waits for an RCU grace
+/// period (milliseconds): done once up front, no connect stalls on it.
+pub(crate) fn presize_descriptor_table(count: u64) {
+    let Ok(highest) = libc::c_int::try_from(count.saturating_sub(1)) else {
+        return;
+    };
     if highest <= 2 {
         return;
     }
     // SAFETY: duplicates stdin to the lowest free descriptor at or above `highest` (F_DUPFD
-    // never replaces one in use) and closes that duplicate at once; only the table's size stays.
+    // never replaces one in use) and closes the duplicate at once; only the table's size stays.
     unsafe {
         let duplicate = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, highest);
         if duplicate >= 0 {
