@@ -222,7 +222,10 @@ impl CpuWindow {
         value[format!("cpu_us_per_{per}")] = json!(per_unit(self.server_cpu_secs));
         // utime + stime advance in whole clock ticks (10 ms in /proc), too coarse for a window of
         // a few hundred ms; the scheduler's run time is exact.
-        value["runtime_secs"] = json!(self.server_runtime_secs.map(|secs| (secs * 1e6).round() / 1e6));
+        value["runtime_secs"] = json!(
+            self.server_runtime_secs
+                .map(|secs| (secs * 1e6).round() / 1e6)
+        );
         value[format!("runtime_us_per_{per}")] = json!(per_unit(self.server_runtime_secs));
         value
     }

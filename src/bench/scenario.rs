@@ -946,7 +946,11 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
         args.connect_rate,
         args.connect_concurrency,
     );
-    let source_ips: Vec<String> = plans[0].source_ips.iter().map(ToString::to_string).collect();
+    let source_ips: Vec<String> = plans[0]
+        .source_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let run = Run::spawn(plans, Arc::clone(&shared))?;
     let connect_start = CpuSnapshot::take(common.server_pid, &run.tids);
     let mut monitor = Monitor::new(common.quiet, run.spawned_ns);

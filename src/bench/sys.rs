@@ -56,11 +56,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    pub fn new(
-        entries: u32,
-        buffer_count: u16,
-        buffer_bytes: usize,
-    ) -> io::Result<Ring> {
+    pub fn new(entries: u32, buffer_count: u16, buffer_bytes: usize) -> io::Result<Ring> {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()

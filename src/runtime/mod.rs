@@ -503,7 +503,11 @@ impl CoreLoop {
                 }
             }
             // With one core there is no peer to wait for: park at once.
-            let spin_max = if self.mesh.cores() > 1 { SPIN_BEFORE_PARK } else { 0 };
+            let spin_max = if self.mesh.cores() > 1 {
+                SPIN_BEFORE_PARK
+            } else {
+                0
+            };
             let mut spins = 0;
             while spins < spin_max && !self.mesh.has_inbound(self.core) {
                 std::hint::spin_loop();

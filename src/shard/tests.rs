@@ -323,7 +323,10 @@ fn only_peers_that_stopped_reading_are_reset() {
         world.shards[0].on_recv(client.key, &ping, NOW);
     }
     let conn = world.shards[0].conn(client.key);
-    assert!(conn.dead && conn.aborted, "a slow consumer is dropped and reset");
+    assert!(
+        conn.dead && conn.aborted,
+        "a slow consumer is dropped and reset"
+    );
 
     let shard = &mut world.shards[0];
     let idle = shard.accept(4, NOW).unwrap();
