@@ -336,7 +336,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn new(seq_hint: u64) -> Stats {
+    pub fn new(seq_hint: u64) -> Stats {
         Stats {
             established: 0,
             ready: 0,
@@ -355,6 +355,42 @@ impl Stats {
             ready_latency: new_histogram(),
             last_ready_ns: 0,
             counts: Vec::with_capacity(seq_hint.min(1 << 24) as usize),
+        }
+    }
+
+    /// Adds another thread's measurements to these.
+    pub fn absorb(&mut self, other: Stats) {
+        self.established += other.established;
+        self.ready += other.ready;
+        for (key, n) in other.failures {
+            *self.failures.entry(key).or_default() += n;
+        }
+        for (key, n) in other.closes {
+            *self.closes.entry(key).or_default() += n;
+        }
+        self.received += other.received;
+        self.duplicates += other.duplicates;
+        self.reordered += other.reordered;
+        self.misrouted += other.misrouted;
+        self.pings_answered += other.pings_answered;
+        self.pusher_errors += other.pusher_errors;
+        self.other_messages += other.other_messages;
+        self.over_bound += other.over_bound;
+        self.bytes_in += other.bytes_in;
+        for (step, histogram) in other.latency.iter().enumerate() {
+            while self.latency.len() <= step {
+                self.latency.push(new_histogram());
+            }
+            let _ = self.latency[step].add(histogram);
+        }
+        let _ = self.ready_latency.add(&other.ready_latency);
+        self.last_ready_ns = self.last_ready_ns.max(other.last_ready_ns);
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        // A publish is delivered at most once per subscriber: far below u32::MAX in total.
+        for (total, n) in self.counts.iter_mut().zip(&other.counts) {
+            *total = total.saturating_add(*n);
         }
     }
 }

@@ -5,19 +5,17 @@
 //! accepted publish × subscribers of its channel). It must not touch sockets (the engine does)
 //! nor print the result (`mod.rs` does).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::engine::{
-    PHASE_RUN, PHASE_STOP, PublishMode, PublisherPlan, PublisherResult, STEPS_MAX, Shared, Target,
-    Worker, WorkerPlan, WorkerResult,
+    PHASE_RUN, PHASE_STOP, PublishMode, PublisherPlan, PublisherResult, STEPS_MAX, Shared, Stats,
+    Target, Worker, WorkerPlan, WorkerResult,
 };
 use super::measure::{
     CpuSnapshot, CpuWindow, ephemeral_port_count, latency_json, new_histogram, now_ns,
@@ -257,77 +255,17 @@ fn start_run(shared: &Shared) -> u64 {
 
 /// Everything the threads measured, merged.
 struct Merged {
-    established: u64,
-    ready: u64,
-    failures: BTreeMap<String, u64>,
-    closes: BTreeMap<String, u64>,
-    received: u64,
-    duplicates: u64,
-    reordered: u64,
-    misrouted: u64,
-    pings_answered: u64,
-    pusher_errors: u64,
-    other_messages: u64,
-    bytes_in: u64,
-    latency: Vec<Histogram<u64>>,
-    ready_latency: Histogram<u64>,
-    last_ready_ns: u64,
-    counts: Vec<u64>,
+    stats: Stats,
     publisher: Option<PublisherResult>,
 }
 
 fn merge(results: Vec<WorkerResult>) -> Merged {
     let mut merged = Merged {
-        established: 0,
-        ready: 0,
-        failures: BTreeMap::new(),
-        closes: BTreeMap::new(),
-        received: 0,
-        duplicates: 0,
-        reordered: 0,
-        misrouted: 0,
-        pings_answered: 0,
-        pusher_errors: 0,
-        other_messages: 0,
-        bytes_in: 0,
-        latency: Vec::new(),
-        ready_latency: new_histogram(),
-        last_ready_ns: 0,
-        counts: Vec::new(),
+        stats: Stats::new(0),
         publisher: None,
     };
     for result in results {
-        let s = result.stats;
-        merged.established += s.established;
-        merged.ready += s.ready;
-        for (key, n) in s.failures {
-            *merged.failures.entry(key).or_default() += n;
-        }
-        for (key, n) in s.closes {
-            *merged.closes.entry(key).or_default() += n;
-        }
-        merged.received += s.received;
-        merged.duplicates += s.duplicates;
-        merged.reordered += s.reordered;
-        merged.misrouted += s.misrouted;
-        merged.pings_answered += s.pings_answered;
-        merged.pusher_errors += s.pusher_errors;
-        merged.other_messages += s.other_messages;
-        merged.bytes_in += s.bytes_in;
-        for (step, histogram) in s.latency.iter().enumerate() {
-            while merged.latency.len() <= step {
-                merged.latency.push(new_histogram());
-            }
-            let _ = merged.latency[step].add(histogram);
-        }
-        let _ = merged.ready_latency.add(&s.ready_latency);
-        merged.last_ready_ns = merged.last_ready_ns.max(s.last_ready_ns);
-        if merged.counts.len() < s.counts.len() {
-            merged.counts.resize(s.counts.len(), 0);
-        }
-        for (total, n) in merged.counts.iter_mut().zip(&s.counts) {
-            *total += u64::from(*n);
-        }
+        merged.stats.absorb(result.stats);
         if result.publisher.is_some() {
             merged.publisher = result.publisher;
         }
@@ -350,13 +288,13 @@ fn account(
     first: u64,
     end: u64,
     accepted: &[bool],
-    counts: &[u64],
+    counts: &[u32],
     subscribed: &[u64],
 ) -> Accounting {
     let mut total = Accounting::default();
     let channels = subscribed.len().max(1) as u64;
     for seq in first..end {
-        let n = counts.get(seq as usize).copied().unwrap_or(0);
+        let n = u64::from(counts.get(seq as usize).copied().unwrap_or(0));
         if accepted.get(seq as usize).copied().unwrap_or(false) {
             let subscribers = subscribed
                 .get((seq % channels) as usize)
@@ -632,7 +570,7 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
         0,
         published,
         &publisher.accepted,
-        &merged.counts,
+        &merged.stats.counts,
         &subscribed,
     );
     let end_ns = publisher
@@ -640,10 +578,14 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
         .last()
         .map_or(after_ns(&window, run_start), |s| s.drained_ns);
     let window_ns = end_ns.saturating_sub(run_start);
-    let all_latency = merged.latency.iter().fold(new_histogram(), |mut all, h| {
-        let _ = all.add(h);
-        all
-    });
+    let all_latency = merged
+        .stats
+        .latency
+        .iter()
+        .fold(new_histogram(), |mut all, h| {
+            let _ = all.add(h);
+            all
+        });
     let steps: Vec<Value> = publisher
         .steps
         .iter()
@@ -652,11 +594,12 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
                 step.first_seq,
                 step.end_seq,
                 &publisher.accepted,
-                &merged.counts,
+                &merged.stats.counts,
                 &subscribed,
             );
             let step_ns = step.drained_ns.saturating_sub(step.start_ns);
             let latency = merged
+                .stats
                 .latency
                 .get(step.step as usize)
                 .map_or(json!({"count": 0}), latency_json);
@@ -681,10 +624,10 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
     if total.lost > 0 {
         warnings.push(format!("{} deliveries were lost", total.lost));
     }
-    if !merged.failures.is_empty() {
+    if !merged.stats.failures.is_empty() {
         warnings.push(format!(
             "{} subscribers never became ready",
-            merged.failures.values().sum::<u64>()
+            merged.stats.failures.values().sum::<u64>()
         ));
     }
     warnings.extend(warnings_for(&window, common));
@@ -707,11 +650,11 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
                                       "step_secs": args.step, "max_steps": args.max_steps}) } else { Value::Null },
         },
         "connections": {
-            "subscribers_ready": merged.ready,
-            "subscribers_failed": merged.failures,
-            "closed_during_run": merged.closes,
+            "subscribers_ready": merged.stats.ready,
+            "subscribers_failed": merged.stats.failures,
+            "closed_during_run": merged.stats.closes,
             "connect_secs": round3(connect_ns as f64 / 1e9),
-            "ready_latency_us": latency_json(&merged.ready_latency),
+            "ready_latency_us": latency_json(&merged.stats.ready_latency),
         },
         "results": {
             "publishes_attempted": published,
@@ -721,17 +664,17 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
             "deliveries_expected": total.expected,
             "deliveries_received": total.received,
             "deliveries_lost": total.lost,
-            "deliveries_duplicated": merged.duplicates,
-            "deliveries_reordered": merged.reordered,
-            "deliveries_unexpected": total.unexpected + merged.misrouted,
+            "deliveries_duplicated": merged.stats.duplicates,
+            "deliveries_reordered": merged.stats.reordered,
+            "deliveries_unexpected": total.unexpected + merged.stats.misrouted,
             "window_secs": round3(window_ns as f64 / 1e9),
             "publishes_per_sec": per_sec(publisher.accepted_count, window_ns),
             "deliveries_per_sec": per_sec(total.received, window_ns),
             "latency_us": latency_json(&all_latency),
             "publish_response_us": latency_json(&publisher.rest_latency),
             "publish_send_lag_us": latency_json(&publisher.send_lag),
-            "pusher_errors": merged.pusher_errors,
-            "bytes_received": merged.bytes_in,
+            "pusher_errors": merged.stats.pusher_errors,
+            "bytes_received": merged.stats.bytes_in,
         },
         "steps": steps,
         "server": window.server_json(common.server_pid, "delivery", total.received),
@@ -758,6 +701,7 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
         });
     }
     let series: Vec<Series> = merged
+        .stats
         .latency
         .iter()
         .enumerate()
@@ -985,7 +929,7 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
     let connect_window = CpuWindow::between(&connect_start, &connected);
     let hold_window = CpuWindow::between(&connected, &held);
     let merged = merge(run.stop());
-    let still_open = ready.saturating_sub(merged.closes.values().sum());
+    let still_open = ready.saturating_sub(merged.stats.closes.values().sum());
     let per_connection = match (rss_before, rss_connected) {
         (Some(before), Some(after)) if ready > 0 => {
             Some(round1((after as f64 - before as f64) / ready as f64))
@@ -1013,14 +957,14 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
         },
         "results": {
             "connections_ready": ready,
-            "connections_failed": merged.failures,
+            "connections_failed": merged.stats.failures,
             "connect_secs": round3(connect_ns as f64 / 1e9),
             "connects_per_sec": per_sec(ready, connect_ns),
-            "ready_latency_us": latency_json(&merged.ready_latency),
+            "ready_latency_us": latency_json(&merged.stats.ready_latency),
             "hold_secs": round3(hold_window.secs),
-            "closed_during_hold": merged.closes,
+            "closed_during_hold": merged.stats.closes,
             "still_open": still_open,
-            "pings_answered": merged.pings_answered,
+            "pings_answered": merged.stats.pings_answered,
         },
         "server": server,
         "generator": connect_window.generator_json(threads, "connection", ready),
@@ -1067,8 +1011,8 @@ pub fn storm(args: &StormArgs, setup: Setup) -> Result<Outcome, BenchError> {
     let window = CpuWindow::between(&before, &after);
     let spawned_ns = run.spawned_ns;
     let merged = merge(run.stop());
-    let last_ready_ns = merged.last_ready_ns.saturating_sub(spawned_ns);
-    let all = merged.ready == args.clients as u64;
+    let last_ready_ns = merged.stats.last_ready_ns.saturating_sub(spawned_ns);
+    let all = merged.stats.ready == args.clients as u64;
     warnings.extend(warnings_for(&window, common));
     let result = json!({
         "scenario": "storm",
@@ -1080,18 +1024,18 @@ pub fn storm(args: &StormArgs, setup: Setup) -> Result<Outcome, BenchError> {
             "limit_secs": limit,
         },
         "results": {
-            "subscribed": merged.ready,
-            "failed": merged.failures,
-            "failed_total": merged.failures.values().sum::<u64>(),
-            "closed_after_subscribe": merged.closes,
+            "subscribed": merged.stats.ready,
+            "failed": merged.stats.failures,
+            "failed_total": merged.stats.failures.values().sum::<u64>(),
+            "closed_after_subscribe": merged.stats.closes,
             "all_subscribed": all,
             "time_to_all_subscribed_ms": all.then(|| round3(last_ready_ns as f64 / 1e6)),
-            "time_to_last_subscribed_ms": (merged.ready > 0).then(|| round3(last_ready_ns as f64 / 1e6)),
-            "subscribes_per_sec": per_sec(merged.ready, last_ready_ns),
-            "subscribe_latency_us": latency_json(&merged.ready_latency),
+            "time_to_last_subscribed_ms": (merged.stats.ready > 0).then(|| round3(last_ready_ns as f64 / 1e6)),
+            "subscribes_per_sec": per_sec(merged.stats.ready, last_ready_ns),
+            "subscribe_latency_us": latency_json(&merged.stats.ready_latency),
         },
-        "server": window.server_json(common.server_pid, "connection", merged.ready),
-        "generator": window.generator_json(threads, "connection", merged.ready),
+        "server": window.server_json(common.server_pid, "connection", merged.stats.ready),
+        "generator": window.generator_json(threads, "connection", merged.stats.ready),
         "warnings": warnings,
         "timeline": monitor.timeline_json(),
     });
