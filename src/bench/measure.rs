@@ -92,6 +92,13 @@ pub fn runtime_ns(pid: u32) -> Option<u64> {
     any.then_some(total)
 }
 
+/// Time one thread of this process spent on a CPU, in ns (its `se.sum_exec_runtime`, as in
+/// [`runtime_ns`]). None when the file is missing.
+pub fn thread_runtime_ns(tid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/sched")).ok()?;
+    parse_sum_exec_runtime(&text)
+}
+
 /// `se.sum_exec_runtime : 1234.567890` (milliseconds, six decimals) as nanoseconds.
 fn parse_sum_exec_runtime(sched: &str) -> Option<u64> {
     let line = sched

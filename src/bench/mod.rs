@@ -16,6 +16,7 @@
 //! and flags a thread that was ≥ 90 % busy as the bottleneck.
 
 mod engine;
+mod floor;
 mod measure;
 mod report;
 mod scenario;
@@ -55,6 +56,9 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// N clients connecting at once: time until all are subscribed, errors by close code.
     Storm(StormArgs),
+    /// No server: this machine's kernel cost of one small loopback TCP send, the floor under
+    /// any server's CPU per delivery (send(2), then io_uring in batches).
+    Floor(FloorArgs),
 }
 
 /// Options every scenario takes.
@@ -202,25 +206,64 @@ pub struct StormArgs {
     pub channels: u32,
 }
 
+#[derive(Debug, Args)]
+pub struct FloorArgs {
+    /// Loopback socket pairs; send i goes to pair i % connections.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Bytes per send (the fan-out scenario's 100 B event is a 160-byte frame).
+    #[arg(long, default_value_t = 160)]
+    pub payload: usize,
+    /// Sends per pass.
+    #[arg(long, default_value_t = 200_000)]
+    pub sends: u64,
+    /// Sends per io_uring submission (a channel's subscribers in the fan-out scenario).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// CPU the sending thread is pinned to (the one a server under test would run on).
+    #[arg(long, default_value_t = 0)]
+    pub sender_cpu: usize,
+    /// CPU the reader thread is pinned to; it polls without sleeping.
+    #[arg(long, default_value_t = 1)]
+    pub reader_cpu: usize,
+    /// Print a Markdown table instead of JSON.
+    #[arg(long)]
+    pub markdown: bool,
+    /// No summary line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// Runs one scenario: progress on stderr, the result on stdout. Exit code 0 when the run
 /// completed (whatever it measured), 1 when it could not run, 2 for invalid arguments.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let (common, result) = match &args.scenario {
+    let (markdown, plot, result) = match &args.scenario {
         Scenario::Fanout(a) => (
-            &a.common,
+            a.common.markdown,
+            &a.common.plot,
             prepare(&a.common).and_then(|t| scenario::fanout(a, t)),
         ),
         Scenario::Publish(a) => (
-            &a.common,
+            a.common.markdown,
+            &a.common.plot,
             prepare(&a.common).and_then(|t| scenario::publish(a, t)),
         ),
         Scenario::Idle(a) => (
-            &a.common,
+            a.common.markdown,
+            &a.common.plot,
             prepare(&a.common).and_then(|t| scenario::idle(a, t)),
         ),
         Scenario::Storm(a) => (
-            &a.common,
+            a.common.markdown,
+            &a.common.plot,
             prepare(&a.common).and_then(|t| scenario::storm(a, t)),
+        ),
+        Scenario::Floor(a) => (
+            a.markdown,
+            &None,
+            crate::runtime::raise_descriptor_limit()
+                .map_err(|e| BenchError::Run(format!("cannot read RLIMIT_NOFILE: {e}")))
+                .and_then(|(nofile, _)| floor::floor(a, nofile)),
         ),
     };
     let outcome = match result {
@@ -234,13 +277,13 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(path) = &common.plot
+    if let Some(path) = plot
         && let Err(error) = std::fs::write(path, &outcome.svg)
     {
         eprintln!("ringcast bench: cannot write {}: {error}", path.display());
         return ExitCode::from(1);
     }
-    let text = if common.markdown {
+    let text = if markdown {
         report::markdown(&outcome.json)
     } else {
         serde_json::to_string_pretty(&outcome.json).expect("JSON values serialize") + "\n"

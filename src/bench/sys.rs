@@ -1,6 +1,6 @@
 //! The only file of `bench` with `unsafe`: thin, safe wrappers over the few Linux calls the load
-//! generator needs that std and socket2 do not offer — an io_uring instance for readiness and
-//! multishot receives (with a provided-buffer ring, so a thread reads every socket through one
+//! generator needs that std and socket2 do not offer — an io_uring instance for readiness,
+//! sends (for `bench floor`) and multishot receives (with a provided-buffer ring, so a thread reads every socket through one
 //! pool and one system call per batch), thread ids, the clock-tick rate and
 //! `IP_BIND_ADDRESS_NO_PORT`. (The descriptor limit and table are the runtime's helpers.) It must not hold any benchmark logic or state beyond the
 //! descriptors and buffers it wraps; every block has a `// SAFETY:` line.
@@ -80,8 +80,9 @@ impl Ring {
 
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: the entries built here point at no memory of ours (a poll, or a receive
-            // into the registered buffer pool, which lives as long as the ring).
+            // SAFETY: the entries built here point at no memory of ours that could go away (a
+            // poll, a receive into the registered buffer pool, which lives as long as the ring,
+            // or a send of `'static` bytes).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
@@ -101,6 +102,18 @@ impl Ring {
     /// completion without `more`.
     pub fn receive(&mut self, fd: RawFd, data: u64) -> io::Result<()> {
         let entry = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+            .build()
+            .user_data(data);
+        self.push(&entry)
+    }
+
+    /// One send of all of `bytes` on `fd` (`result` is the count sent, or -errno). The bytes are
+    /// `'static` so they outlive the operation whatever happens to the caller.
+    pub fn send(&mut self, fd: RawFd, bytes: &'static [u8], data: u64) -> io::Result<()> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "send over 4 GiB"))?;
+        let entry = opcode::Send::new(types::Fd(fd), bytes.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(data);
         self.push(&entry)

@@ -224,3 +224,74 @@ fn storm_and_idle_counters_are_consistent() {
     let table = bench_output(&server, "storm", &["--clients", "20", "--markdown"]);
     assert!(table.contains("| results.subscribed | 20 |"), "{table}");
 }
+
+/// Runs `ringcast bench floor ARGS...` (no server); returns (exit success, stdout, stderr).
+fn floor(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["bench", "floor", "--quiet"])
+        .args(args)
+        .output()
+        .expect("run ringcast bench floor");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// The kernel floor: both passes move every byte they sent (counted by the reader), and each
+/// reports a run time for its sends.
+#[test]
+fn floor_counts_every_byte_of_both_passes() {
+    let (ok, stdout, stderr) = floor(&[
+        "--connections",
+        "50",
+        "--payload",
+        "64",
+        "--sends",
+        "3001",
+        "--batch",
+        "7",
+    ]);
+    assert!(
+        ok,
+        "bench floor failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    assert_eq!(report["scenario"], "floor", "{report}");
+    for pass in ["send_syscall", "io_uring"] {
+        let result = &report["results"][pass];
+        assert_eq!(result["sends"], 3001, "{pass}: {report}");
+        assert_eq!(result["bytes_sent"], 3001 * 64, "{pass}: {report}");
+        assert_eq!(result["bytes_received"], 3001 * 64, "{pass}: {report}");
+        assert!(
+            result["sender_cpu_us_per_send"].as_f64().unwrap() > 0.0,
+            "{pass}: {report}"
+        );
+    }
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
+}
+
+/// Bad floor arguments are refused with exit 2 and say which flag.
+#[test]
+fn floor_refuses_bad_arguments() {
+    for (args, flag) in [
+        (&["--batch", "0"][..], "--batch"),
+        (&["--connections", "10", "--batch", "11"][..], "--batch"),
+        (
+            &["--sender-cpu", "1", "--reader-cpu", "1"][..],
+            "--sender-cpu",
+        ),
+        (&["--payload", "0"][..], "--payload"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["bench", "floor", "--quiet"])
+            .args(args)
+            .output()
+            .expect("run ringcast bench floor");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}

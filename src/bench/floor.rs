@@ -1,0 +1,304 @@
+//! `ringcast bench floor`: what this machine's kernel charges for one small loopback TCP send
+//! when no server is involved — the floor under any server's CPU per delivery, measured the way
+//! a server's is (the sending thread's scheduler run time, which on loopback includes the
+//! receiving socket's softirq work done in its context). It owns the floor's socket pairs, its
+//! reader thread and its two measured passes: one `send(2)` per message, then the same sends as
+//! io_uring operations submitted `--batch` at a time (as ringcast writes one event to a
+//! channel's subscribers). It must not talk to a server, and its reader never sleeps (it polls
+//! every socket without blocking), so no wake-up is charged to the sender: this is a lower
+//! bound, not a model of a server.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::measure::{round1, round3, thread_runtime_ns};
+use super::sys::{self, Ring};
+use super::{BenchError, FloorArgs, Outcome, reserve_descriptors, usage};
+
+/// Most socket pairs of one floor run.
+pub const FLOOR_CONNECTIONS_MAX: usize = 4096;
+/// Most sends of one pass.
+pub const FLOOR_SENDS_MAX: u64 = 20_000_000;
+/// Largest message of one send.
+pub const FLOOR_PAYLOAD_MAX: usize = 65_536;
+/// Longest wait for the reader to have every byte of a pass.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The reader's receive buffer.
+const READ_BUFFER_BYTES: usize = 65_536;
+
+/// One measured pass.
+struct Pass {
+    sends: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    runtime_ns: u64,
+    wall_ns: u64,
+}
+
+impl Pass {
+    fn json(&self) -> Value {
+        let per_send = |ns: u64| round3(ns as f64 / 1e3 / self.sends.max(1) as f64);
+        json!({
+            "sends": self.sends,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "sender_runtime_secs": (self.runtime_ns as f64 / 1e3).round() / 1e6,
+            "sender_cpu_us_per_send": per_send(self.runtime_ns),
+            "sender_busy_percent": round1(self.runtime_ns as f64 * 100.0 / self.wall_ns.max(1) as f64),
+            "wall_us_per_send": per_send(self.wall_ns),
+        })
+    }
+}
+
+/// The reader thread's side: every client socket, polled without blocking, and the byte count.
+struct Reader {
+    received: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Reader {
+    fn spawn(mut clients: Vec<TcpStream>, cpu: usize) -> Result<Reader, BenchError> {
+        let received = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, f, s) = (received.clone(), failed.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("floor-reader".into())
+            .spawn(move || {
+                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+                while !s.load(Ordering::Relaxed) {
+                    for client in &mut clients {
+                        match client.read(&mut buffer) {
+                            Ok(0) => f.store(true, Ordering::Relaxed),
+                            Ok(n) => {
+                                r.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+                            Err(_) => f.store(true, Ordering::Relaxed),
+                        }
+                    }
+                }
+            })
+            .map_err(|e| BenchError::Run(format!("cannot start the reader thread: {e}")))?;
+        Ok(Reader {
+            received,
+            failed,
+            stop,
+            handle,
+        })
+    }
+
+    /// Waits until the reader holds `total` bytes; the count it reached.
+    fn wait_for(&self, total: u64) -> Result<u64, BenchError> {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            let received = self.received.load(Ordering::Relaxed);
+            if self.failed.load(Ordering::Relaxed) {
+                return Err(BenchError::Run("a floor socket failed or closed".into()));
+            }
+            if received >= total || Instant::now() >= deadline {
+                return Ok(received);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}
+
+pub fn floor(args: &FloorArgs, nofile: u64) -> Result<Outcome, BenchError> {
+    if args.connections == 0 || args.connections > FLOOR_CONNECTIONS_MAX {
+        return usage(format!("--connections must be 1..={FLOOR_CONNECTIONS_MAX}"));
+    }
+    if args.payload == 0 || args.payload > FLOOR_PAYLOAD_MAX {
+        return usage(format!("--payload must be 1..={FLOOR_PAYLOAD_MAX}"));
+    }
+    if args.sends == 0 || args.sends > FLOOR_SENDS_MAX {
+        return usage(format!("--sends must be 1..={FLOOR_SENDS_MAX}"));
+    }
+    if args.batch == 0 || args.batch > args.connections {
+        return usage("--batch must be 1..=--connections");
+    }
+    let cpus = core_affinity::get_core_ids().unwrap_or_default().len();
+    if args.sender_cpu == args.reader_cpu || args.sender_cpu.max(args.reader_cpu) >= cpus.max(1) {
+        return usage(format!(
+            "--sender-cpu and --reader-cpu must be two different CPUs below {cpus} (the reader \
+             polls without sleeping)"
+        ));
+    }
+    reserve_descriptors(2 * args.connections, nofile)?;
+    let (servers, clients) = socket_pairs(args.connections)
+        .map_err(|e| BenchError::Run(format!("cannot open loopback socket pairs: {e}")))?;
+    let reader = Reader::spawn(clients, args.reader_cpu)?;
+    core_affinity::set_for_current(core_affinity::CoreId {
+        id: args.sender_cpu,
+    });
+    // One message for the whole run, kept for as long as any send may read it.
+    let message: &'static [u8] = Box::leak(vec![b'x'; args.payload].into_boxed_slice());
+    let result = (|| {
+        let syscall = pass(args, &reader, 0, |count| {
+            send_syscalls(&servers, message, count)
+        })?;
+        let expected = syscall.bytes_received;
+        let uring = pass(args, &reader, expected, |count| {
+            send_io_uring(&servers, message, count, args.batch)
+        })?;
+        Ok((syscall, uring))
+    })();
+    reader.stop();
+    let (syscall, uring) = result?;
+    let mut warnings = Vec::new();
+    for (name, pass) in [("send_syscall", &syscall), ("io_uring", &uring)] {
+        if pass.bytes_received != pass.bytes_sent {
+            warnings.push(format!(
+                "{name}: the reader got {} of {} bytes",
+                pass.bytes_received, pass.bytes_sent
+            ));
+        }
+    }
+    let json = json!({
+        "scenario": "floor",
+        "params": {
+            "connections": args.connections,
+            "payload_bytes": args.payload,
+            "sends": args.sends,
+            "batch": args.batch,
+            "sender_cpu": args.sender_cpu,
+            "reader_cpu": args.reader_cpu,
+        },
+        "results": {
+            "send_syscall": syscall.json(),
+            "io_uring": uring.json(),
+        },
+        "warnings": warnings,
+    });
+    if !args.quiet {
+        eprintln!(
+            "floor: {:.2} µs per send(2), {:.2} µs per io_uring send ({} B to one of {} sockets)",
+            syscall.runtime_ns as f64 / 1e3 / syscall.sends as f64,
+            uring.runtime_ns as f64 / 1e3 / uring.sends as f64,
+            args.payload,
+            args.connections
+        );
+    }
+    Ok(Outcome {
+        json,
+        svg: String::new(),
+    })
+}
+
+/// `count` connected pairs over 127.0.0.1: (accepted side, the sender's with Nagle off as a
+/// server's; connecting side, non-blocking, the reader's).
+fn socket_pairs(count: usize) -> std::io::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let addr = listener.local_addr()?;
+    let mut servers = Vec::with_capacity(count);
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let client = TcpStream::connect(addr)?;
+        let (server, _) = listener.accept()?;
+        server.set_nodelay(true)?;
+        client.set_nonblocking(true)?;
+        servers.push(server);
+        clients.push(client);
+    }
+    Ok((servers, clients))
+}
+
+/// Runs one pass of `args.sends` sends, measuring the calling thread's run time, then waits for
+/// the reader to have every byte (`already` is what it had before the pass).
+fn pass(
+    args: &FloorArgs,
+    reader: &Reader,
+    already: u64,
+    send: impl FnOnce(u64) -> Result<(), BenchError>,
+) -> Result<Pass, BenchError> {
+    let tid = sys::thread_id();
+    let runtime = || {
+        thread_runtime_ns(tid)
+            .ok_or_else(|| BenchError::Run("cannot read this thread's run time".into()))
+    };
+    let start = Instant::now();
+    let before = runtime()?;
+    send(args.sends)?;
+    let runtime_ns = runtime()? - before;
+    let wall_ns = start.elapsed().as_nanos() as u64;
+    let bytes_sent = args.sends * args.payload as u64;
+    let received = reader.wait_for(already + bytes_sent)?;
+    Ok(Pass {
+        sends: args.sends,
+        bytes_sent,
+        bytes_received: received - already,
+        runtime_ns,
+        wall_ns,
+    })
+}
+
+/// One blocking `send(2)` per message, socket after socket.
+fn send_syscalls(servers: &[TcpStream], message: &[u8], count: u64) -> Result<(), BenchError> {
+    for i in 0..count {
+        let mut socket = &servers[(i % servers.len() as u64) as usize];
+        socket
+            .write_all(message)
+            .map_err(|e| BenchError::Run(format!("floor send failed: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The same sends as io_uring operations, `batch` sockets per submission, waiting for the
+/// batch's completions before the next (one `io_uring_enter` per batch).
+fn send_io_uring(
+    servers: &[TcpStream],
+    message: &'static [u8],
+    count: u64,
+    batch: usize,
+) -> Result<(), BenchError> {
+    let entries = (batch as u32).next_power_of_two().max(8);
+    let run = |e: std::io::Error| BenchError::Run(format!("floor io_uring: {e}"));
+    let mut ring = Ring::new(entries, 1, 64).map_err(run)?;
+    ring.enable().map_err(run)?;
+    let mut completions = Vec::with_capacity(batch);
+    let mut sent = 0u64;
+    while sent < count {
+        let this_batch = (count - sent).min(batch as u64) as usize;
+        for j in 0..this_batch {
+            let socket = &servers[((sent + j as u64) % servers.len() as u64) as usize];
+            ring.send(socket.as_raw_fd(), message, j as u64)
+                .map_err(run)?;
+        }
+        let mut done = 0;
+        while done < this_batch {
+            ring.wait(this_batch - done, READ_TIMEOUT).map_err(run)?;
+            ring.take_completions(&mut completions);
+            if completions.is_empty() {
+                return Err(BenchError::Run(
+                    "floor io_uring: sends did not complete".into(),
+                ));
+            }
+            for completion in &completions {
+                if completion.result != message.len() as i32 {
+                    return Err(BenchError::Run(format!(
+                        "floor io_uring: a send returned {} (of {} bytes)",
+                        completion.result,
+                        message.len()
+                    )));
+                }
+            }
+            done += completions.len();
+        }
+        sent += this_batch as u64;
+    }
+    Ok(())
+}
