@@ -763,8 +763,16 @@ impl CoreLoop {
 
 impl Drop for CoreLoop {
     fn drop(&mut self) {
-        // SAFETY: we own the listener descriptor and close it exactly once.
-        unsafe { libc::close(self.listener) };
+        // The armed multishot accept holds its own reference to the listening socket, and the
+        // kernel drops the ring's requests only in its asynchronous teardown after the process
+        // is gone: closing our descriptor alone left the port in LISTEN for a moment after
+        // exit, and a restart at once failed with EADDRINUSE. Shutting the socket down stops
+        // the listening now, whoever still holds it; the port is free for the next process.
+        // SAFETY: we own the listener descriptor; shut down, then closed exactly once.
+        unsafe {
+            libc::shutdown(self.listener, libc::SHUT_RDWR);
+            libc::close(self.listener);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::support::Server;
+use crate::support::{APP_ID, APP_KEY, APP_SECRET, Server, WAIT};
 
 fn ringcast(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ringcast"))
@@ -109,4 +109,33 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("in use"), "{stderr}");
+}
+
+// Regression: the armed multishot accept held its own reference to each core's listener, and
+// the kernel drops a ring's requests only after the process is gone, so the port stayed in
+// LISTEN for a moment after exit (7 of 10 restarts here) and a restart at once failed with
+// "Address already in use". Now each core shuts its listener down before it exits.
+#[test]
+fn the_port_is_free_the_moment_the_process_has_exited() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        "version = 1\n[server]\nbind = \"127.0.0.1:{port}\"\ncores = 2\npin_threads = false\n\
+         drain_grace_ms = 0\n[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\n\
+         secret = \"{APP_SECRET}\"\n"
+    );
+    for round in 0..8 {
+        let mut server = Server::with_config_text(&text);
+        assert_eq!(server.addr.port(), port);
+        server.signal(libc::SIGTERM);
+        let status = server.wait_exit(WAIT).expect("exits after SIGTERM");
+        assert!(status.success(), "round {round}: {status}");
+        // A plain bind (what the next server's start does first) succeeds at once.
+        if let Err(error) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            panic!("round {round}: port {port} still held after exit: {error}");
+        }
+    }
 }
