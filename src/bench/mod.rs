@@ -211,8 +211,8 @@ pub struct FloorArgs {
     /// Loopback socket pairs; send i goes to pair i % connections.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
-    /// Bytes per send (the fan-out scenario's 100 B event is a 160-byte frame).
-    #[arg(long, default_value_t = 160)]
+    /// Bytes per send (the fan-out scenario's 100 B event is a WebSocket frame of about 150).
+    #[arg(long, default_value_t = 150)]
     pub payload: usize,
     /// Sends per pass.
     #[arg(long, default_value_t = 200_000)]

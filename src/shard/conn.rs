@@ -3,15 +3,14 @@
 //! shared frames, and the few fields the io_uring driver keeps per socket. Holds no socket
 //! handle it acts on: `fd` is only carried for the driver.
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
-
-use bytes::Bytes;
 
 use crate::mesh::ChannelKey;
 use crate::protocol::socket_id::SocketId;
 use crate::ws::frame::Decoder;
+
+use super::frames::FrameQueue;
 
 /// What the io_uring driver tracks per socket. The shard never reads these except to know
 /// whether a slot may be freed.
@@ -86,7 +85,7 @@ pub struct Conn {
     pub fd: RawFd,
     pub generation: u32,
     pub phase: Phase,
-    pub out: VecDeque<Bytes>,
+    pub out: FrameQueue,
     pub out_bytes: usize,
     /// Set once: no more input is processed and no more output queued except the close.
     pub closing: bool,

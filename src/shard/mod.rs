@@ -8,11 +8,12 @@
 mod apps;
 mod channels;
 mod conn;
+mod frames;
 mod rest;
 mod users;
 mod websocket;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -253,10 +254,6 @@ impl Shard {
                 let _ = front.split_to(bytes);
                 bytes = 0;
             }
-        }
-        if conn.out.is_empty() {
-            // Idle connections are most connections: hold no queue memory between writes.
-            conn.out = VecDeque::new();
         }
     }
 
