@@ -3,6 +3,8 @@
 //! module is pure computation: it does no IO and never reads the clock (the caller passes the
 //! current Unix time in), and it neither resolves apps nor chooses 404/403 (the caller does).
 
+use std::borrow::Cow;
+
 use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
@@ -11,6 +13,8 @@ use subtle::ConstantTimeEq;
 
 /// The only REST auth version Pusher has ever defined.
 const AUTH_VERSION: &str = "1.0";
+/// Hex digits of an HMAC-SHA256 signature.
+const SIGNATURE_HEX_LEN: usize = 64;
 
 /// Characters left unescaped by [`sign_query`]: RFC 3986 unreserved, so every server decodes
 /// the query back to exactly the values that were signed.
@@ -52,7 +56,12 @@ pub fn parse_query(raw: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn decode(text: &str) -> String {
+/// Percent-decodes one query key, value or path segment (invalid UTF-8 becomes U+FFFD).
+pub fn decode(text: &str) -> String {
+    // Most keys and values have nothing to decode (SDK timestamps, keys, hex digests).
+    if !text.contains('%') {
+        return text.to_owned();
+    }
     percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
@@ -135,15 +144,25 @@ pub fn verify(
 
     // SDKs emit lowercase hex; accepting uppercase costs nothing since the bytes still have to
     // be the right HMAC.
-    let given = auth_signature.to_ascii_lowercase();
+    let mut given = [0u8; SIGNATURE_HEX_LEN];
+    let given = match auth_signature.as_bytes() {
+        sent if sent.len() == SIGNATURE_HEX_LEN => {
+            for (to, from) in given.iter_mut().zip(sent) {
+                *to = from.to_ascii_lowercase();
+            }
+            &given[..]
+        }
+        // Never equal to a signature, still compared so the answer takes the same path.
+        _ => &[][..],
+    };
     let expected_string = string_to_sign(request.method, request.path, request.query);
     let expected = hmac_sha256_hex(app_secret, &expected_string);
-    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+    if constant_time_eq(given, expected.as_bytes()) {
         return Ok(());
     }
     if let Some(php_string) = php_string_to_sign(request.method, request.path, request.query) {
         let php_expected = hmac_sha256_hex(app_secret, &php_string);
-        if constant_time_eq(given.as_bytes(), php_expected.as_bytes()) {
+        if constant_time_eq(given, php_expected.as_bytes()) {
             return Ok(());
         }
     }
@@ -222,32 +241,42 @@ fn build_string_to_sign(
     // the values of a repeated key in arrival order and adjacent, so they can be joined with ','
     // the way the SDKs join array values. Sorting rather than looking keys up one by one keeps
     // this O(n log n) for a query stuffed with parameters.
-    let mut pairs: Vec<(String, &str)> = query
+    // Keys are lowercased only when they have an uppercase letter (the SDKs send lowercase).
+    let mut pairs: Vec<(Cow<str>, &str)> = query
         .iter()
-        .map(|(key, value)| (key_of(key).to_ascii_lowercase(), value.as_str()))
+        .map(|(key, value)| {
+            let key = key_of(key);
+            let key = if key.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(key.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(key)
+            };
+            (key, value.as_str())
+        })
         .filter(|(key, _)| key != "auth_signature")
         .collect();
     pairs.sort_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
-    let mut params: Vec<(String, Vec<&str>)> = Vec::with_capacity(pairs.len());
-    for (key, value) in pairs {
-        match params.last_mut() {
-            Some((last, values)) if *last == key => values.push(value),
-            _ => params.push((key, vec![value])),
-        }
-    }
 
-    let mut out = String::with_capacity(method.len() + path.len() + 16 * params.len() + 2);
-    out.push_str(&method.to_ascii_uppercase());
+    let length: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = String::with_capacity(method.len() + path.len() + length + 2);
+    out.extend(method.chars().map(|c| c.to_ascii_uppercase()));
     out.push('\n');
     out.push_str(path);
     out.push('\n');
-    for (index, (key, values)) in params.iter().enumerate() {
-        if index > 0 {
-            out.push('&');
+    let mut previous: Option<&str> = None;
+    for (key, value) in &pairs {
+        if previous == Some(key.as_ref()) {
+            // A repeated key: its values joined with ',' in arrival order (the sort is stable).
+            out.push(',');
+        } else {
+            if previous.is_some() {
+                out.push('&');
+            }
+            out.push_str(key);
+            out.push('=');
+            previous = Some(key.as_ref());
         }
-        out.push_str(key);
-        out.push('=');
-        out.push_str(&values.join(","));
+        out.push_str(value);
     }
     out
 }
@@ -259,11 +288,22 @@ pub fn hmac_sha256_hex(secret: &str, message: &str) -> String {
         return String::new();
     };
     mac.update(message.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    lower_hex(&mac.finalize().into_bytes())
 }
 
 pub fn md5_hex(body: &[u8]) -> String {
-    hex::encode(Md5::digest(body))
+    lower_hex(&Md5::digest(body))
+}
+
+/// Lowercase hex of `bytes` (a digest: what the SDKs send and compare).
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for &byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
+    }
+    out
 }
 
 /// Builds a signed query string for a client request, as the SDKs do: `auth_key`,
@@ -770,6 +810,29 @@ mod tests {
         let full = format!("{}&AUTH_KEY={KEY_A}", signed_vector_query(v));
         let err = check(v.method, v.path, &full, b"", v.key, v.secret, v.ts).expect_err("dup");
         assert_eq!(err.message, "Duplicate parameter: auth_key");
+    }
+
+    #[test]
+    fn signature_with_a_digit_too_many_or_too_few_is_refused() {
+        let v = &vectors()[1];
+        for signature in [
+            format!("{}0", v.signature),
+            v.signature[..63].to_string(),
+            String::new(),
+        ] {
+            let query = format!("{}&auth_signature={signature}", v.raw_query);
+            let error = check(v.method, v.path, &query, b"", v.key, v.secret, v.ts).unwrap_err();
+            assert!(error.message.starts_with("Invalid signature"), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn lower_hex_and_decode_fast_path() {
+        assert_eq!(lower_hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(decode("plain-value_1.0"), "plain-value_1.0");
+        assert_eq!(decode("a%2Cb%20c"), "a,b c");
+        assert_eq!(decode("bad%zz%"), "bad%zz%");
+        assert_eq!(decode("%ff"), "\u{fffd}");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
 
 use super::Shard;
@@ -252,9 +251,7 @@ impl Shard {
         ) {
             return self.respond_error(key, error.status, &error.message, keep_alive, &[]);
         }
-        let segments: Vec<String> = segments
-            .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
-            .collect();
+        let segments: Vec<String> = segments.map(signature::decode).collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let param = |name: &str| {
             query
