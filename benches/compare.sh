@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of ringcast and sockudo with `ringcast bench`, on this machine, in one
 # run: each server pinned to CPU 0 (ringcast with cores = 1), the load generator on CPU 1,
-# every scenario RUNS times (default 3) per server, medians reported. Writes
+# every scenario RUNS times (default 3) per server, medians reported, and beside each run the
+# kernel's own floor for one loopback send (`ringcast bench floor`, no server). Writes
 # target/compare/results.json and target/compare/results.md (the table in docs/BENCHMARKS.md).
 #
 # Needs: a release build of ringcast (built here), and sockudo on PATH or in $SOCKUDO
@@ -11,6 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNS=${RUNS:-3}
 OUT=target/compare
 mkdir -p "$OUT"
+rm -f "$OUT"/floor-*.json
 SOCKUDO=${SOCKUDO:-$(command -v sockudo || echo /work/sockudo/bin/sockudo)}
 cargo build --release --quiet
 RC=target/release/ringcast
@@ -67,6 +69,10 @@ for server in ${SERVERS:-ringcast sockudo}; do
   fi
   for run in $(seq 1 "$RUNS"); do
     echo "== $server run $run" >&2
+    # The kernel's own cost of one loopback send on this machine right now (no server): the
+    # floor under the fan-out row, sampled beside every run because the machine's speed drifts.
+    "$RC" bench floor --connections 1000 --payload 150 --batch 100 --sender-cpu 0 --reader-cpu 1 \
+      --quiet >"$OUT/floor-$server-$run.json"
     # Fresh server per idle run: RSS per connection needs a clean heap.
     start_server "$server"
     bench "$server-idle-$run" idle --connections 5000 --connect-concurrency 100 --duration 3
@@ -99,6 +105,7 @@ for s in servers:
     f, i, st, p = load(s, "fanout"), load(s, "idle"), load(s, "storm"), load(s, "publish")
     table[s] = {
         "fanout_cpu_us_per_delivery": med([d["server"].get("cpu_us_per_delivery") for d in f]),
+        "fanout_generator_cpu_us_per_delivery": med([d["generator"].get("cpu_us_per_delivery") for d in f]),
         "fanout_deliveries_per_sec": med([d["results"]["deliveries_per_sec"] for d in f]),
         "fanout_lost": med([d["results"]["deliveries_lost"] for d in f]),
         "fanout_p50_us": med([d["results"]["latency_us"]["p50"] for d in f]),
@@ -112,9 +119,16 @@ for s in servers:
         "publish_per_sec": med([d["results"]["accepted_per_sec"] for d in p]),
         "publish_cpu_us_per_request": med([d["server"].get("cpu_us_per_publish") for d in p]),
     }
+floors = [json.load(open(f"{out}/{name}")) for name in sorted(os.listdir(out)) if name.startswith("floor-")]
+table["kernel_floor"] = {
+    "io_uring_us_per_send": med([d["results"]["io_uring"]["sender_cpu_us_per_send"] for d in floors]),
+    "syscall_us_per_send": med([d["results"]["send_syscall"]["sender_cpu_us_per_send"] for d in floors]),
+    "samples": len(floors),
+}
 json.dump(table, open(f"{out}/results.json", "w"), indent=2)
 labels = [
     ("fanout_cpu_us_per_delivery", "server CPU µs per delivery (1000 subs, 10 ch, 100 B, 500 pub/s)"),
+    ("fanout_generator_cpu_us_per_delivery", "load generator CPU µs per delivery (same run)"),
     ("fanout_p50_us", "publish→deliver p50 µs (same run, ~50k deliveries/s)"),
     ("fanout_p99_us", "publish→deliver p99 µs (same run)"),
     ("fanout_lost", "deliveries lost (same run)"),
@@ -134,6 +148,13 @@ for key, label in labels:
         v = table[s][key]
         cells.append("—" if v is None else (f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"))
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
+floor = table["kernel_floor"]
+if floor["samples"]:
+    lines.append("")
+    lines.append(
+        "Kernel floor (`ringcast bench floor`, no server, median of %d): %.2f µs of sender CPU per "
+        "150-byte loopback send as io_uring sends in batches of 100, %.2f µs per send(2)."
+        % (floor["samples"], floor["io_uring_us_per_send"], floor["syscall_us_per_send"]))
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
