@@ -28,8 +28,13 @@ impl ChannelKey {
     /// The core that owns this channel: FNV-1a over app and name, modulo the core count.
     /// Stable across runs (not randomized) so a channel always lands on the same core.
     pub fn owner(&self, cores: usize) -> usize {
+        ChannelKey::owner_of(self.app, &self.name, cores)
+    }
+
+    /// [`ChannelKey::owner`] of `(app, name)` without building the key (no allocation).
+    pub fn owner_of(app: u32, name: &str, cores: usize) -> usize {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.app.to_le_bytes().iter().chain(self.name.as_bytes()) {
+        for byte in app.to_le_bytes().iter().chain(name.as_bytes()) {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
@@ -244,5 +249,11 @@ mod tests {
         }
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
         assert_eq!(ChannelKey::new(1, "x").owner(1), 0);
+        for cores in [1, 2, 3, 8] {
+            assert_eq!(
+                ChannelKey::owner_of(7, "presence-room", cores),
+                ChannelKey::new(7, "presence-room").owner(cores)
+            );
+        }
     }
 }

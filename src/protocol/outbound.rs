@@ -59,11 +59,18 @@ pub fn subscription_error(channel: &str, error_type: &str, error: &str, status: 
 
 /// A channel event; `data_json` is already JSON text (a string literal for REST events).
 pub fn channel_event(event: &str, channel: &str, data_json: &str) -> String {
-    format!(
-        r#"{{"event":{},"channel":{},"data":{data_json}}}"#,
-        json_string(event),
-        json_string(channel)
-    )
+    // Once per event and channel on the publish path: one buffer, no format machinery.
+    let event = json_string(event);
+    let channel = json_string(channel);
+    let mut out = String::with_capacity(30 + event.len() + channel.len() + data_json.len());
+    out.push_str(r#"{"event":"#);
+    out.push_str(&event);
+    out.push_str(r#","channel":"#);
+    out.push_str(&channel);
+    out.push_str(r#","data":"#);
+    out.push_str(data_json);
+    out.push('}');
+    out
 }
 
 /// Presence `subscription_succeeded`; `presence_data` is the JSON text of

@@ -369,7 +369,7 @@ impl Shard {
         keep_alive: bool,
     ) {
         let backed_up = events.iter().flat_map(|e| &e.channels).any(|name| {
-            let owner = ChannelKey::new(app, name).owner(self.cores);
+            let owner = ChannelKey::owner_of(app, name, self.cores);
             owner != self.core && self.outbox.backlog(owner) >= limits::MESH_BACKLOG_MAX
         });
         if backed_up {
@@ -409,7 +409,7 @@ impl Shard {
         let mut owners: Vec<usize> = events
             .iter()
             .flat_map(|e| &e.channels)
-            .map(|name| ChannelKey::new(app, name).owner(self.cores))
+            .map(|name| ChannelKey::owner_of(app, name, self.cores))
             .filter(|&owner| owner != self.core)
             .collect();
         owners.sort_unstable();
