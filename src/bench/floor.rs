@@ -2,11 +2,13 @@
 //! when no server is involved — the floor under any server's CPU per delivery, measured the way
 //! a server's is (the sending thread's scheduler run time, which on loopback includes the
 //! receiving socket's softirq work done in its context). It owns the floor's socket pairs, its
-//! reader thread and its two measured passes: one `send(2)` per message, then the same sends as
+//! reader thread and three measured passes: one `send(2)` per message and the same sends as
 //! io_uring operations submitted `--batch` at a time (as ringcast writes one event to a
-//! channel's subscribers). It must not talk to a server, and its reader never sleeps (it polls
-//! every socket without blocking), so no wake-up is charged to the sender: this is a lower
-//! bound, not a model of a server.
+//! channel's subscribers), both to a reader that polls every socket and never sleeps, so no
+//! wake-up is charged to the sender (the lower bound); then the io_uring sends again to a reader
+//! that sleeps and wakes as the bench's generator does (a multishot receive per socket, waits
+//! of 32 completions or 20 µs), so the wake-ups a real client costs the sender are in it. It
+//! must not talk to a server.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -20,17 +22,38 @@ use serde_json::{Value, json};
 use super::measure::{round1, round3, thread_runtime_ns};
 use super::sys::{self, Ring};
 use super::{BenchError, FloorArgs, Outcome, reserve_descriptors, usage};
+use std::os::fd::RawFd;
 
 /// Most socket pairs of one floor run.
 pub const FLOOR_CONNECTIONS_MAX: usize = 4096;
 /// Most sends of one pass.
 pub const FLOOR_SENDS_MAX: u64 = 20_000_000;
+/// Most io_uring batches per second when paced.
+pub const FLOOR_BATCH_RATE_MAX: f64 = 1_000_000.0;
 /// Largest message of one send.
 pub const FLOOR_PAYLOAD_MAX: usize = 65_536;
 /// Longest wait for the reader to have every byte of a pass.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// The reader's receive buffer.
+/// The polling reader's receive buffer.
 const READ_BUFFER_BYTES: usize = 65_536;
+/// The sleeping reader's ring and buffer pool (the generator's sizes).
+const RING_ENTRIES: u32 = 4096;
+const RING_BUFFERS: u16 = 2048;
+const RING_BUFFER_BYTES: usize = 4096;
+/// The sleeping reader's waits while data flows, as the generator's.
+const BATCH_COMPLETIONS: usize = 32;
+const BATCH_WAIT: Duration = Duration::from_micros(20);
+/// Its longest wait when nothing arrives (how soon it notices the stop).
+const IDLE_WAIT: Duration = Duration::from_millis(5);
+
+/// How the reader thread reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReaderKind {
+    /// Non-blocking reads over every socket in turn, never sleeping.
+    Polling,
+    /// One io_uring multishot receive per socket, batched waits (sleeps when idle).
+    Sleeping,
+}
 
 /// One measured pass.
 struct Pass {
@@ -56,16 +79,16 @@ impl Pass {
     }
 }
 
-/// The reader thread's side: every client socket, polled without blocking, and the byte count.
+/// The reader thread's side: its client sockets, the byte count, and how to stop it.
 struct Reader {
     received: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<()>,
+    handle: std::thread::JoinHandle<Vec<TcpStream>>,
 }
 
 impl Reader {
-    fn spawn(mut clients: Vec<TcpStream>, cpu: usize) -> Result<Reader, BenchError> {
+    fn spawn(clients: Vec<TcpStream>, cpu: usize, kind: ReaderKind) -> Result<Reader, BenchError> {
         let received = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -74,19 +97,15 @@ impl Reader {
             .name("floor-reader".into())
             .spawn(move || {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                let mut buffer = vec![0u8; READ_BUFFER_BYTES];
-                while !s.load(Ordering::Relaxed) {
-                    for client in &mut clients {
-                        match client.read(&mut buffer) {
-                            Ok(0) => f.store(true, Ordering::Relaxed),
-                            Ok(n) => {
-                                r.fetch_add(n as u64, Ordering::Relaxed);
-                            }
-                            Err(error) if error.kind() == ErrorKind::WouldBlock => {}
-                            Err(_) => f.store(true, Ordering::Relaxed),
-                        }
-                    }
+                let mut clients = clients;
+                let ok = match kind {
+                    ReaderKind::Polling => read_polling(&mut clients, &r, &s),
+                    ReaderKind::Sleeping => read_sleeping(&clients, &r, &s),
+                };
+                if !ok {
+                    f.store(true, Ordering::Relaxed);
                 }
+                clients
             })
             .map_err(|e| BenchError::Run(format!("cannot start the reader thread: {e}")))?;
         Ok(Reader {
@@ -112,10 +131,82 @@ impl Reader {
         }
     }
 
-    fn stop(self) {
+    /// Stops the reader; its sockets, for the next one.
+    fn stop(self) -> Result<Vec<TcpStream>, BenchError> {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.handle.join();
+        self.handle
+            .join()
+            .map_err(|_| BenchError::Run("the reader thread panicked".into()))
     }
+}
+
+/// Reads every socket in turn without blocking until `stop`; false on a failed or closed socket.
+fn read_polling(clients: &mut [TcpStream], received: &AtomicU64, stop: &AtomicBool) -> bool {
+    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    while !stop.load(Ordering::Relaxed) {
+        for client in clients.iter_mut() {
+            match client.read(&mut buffer) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => return false,
+            }
+        }
+    }
+    true
+}
+
+/// Reads with a multishot receive per socket into a buffer pool, sleeping in batched waits,
+/// until `stop`; false on a failed or closed socket or ring. Run last: the ring's receives are
+/// cancelled only once the ring is gone, so no reader may follow it on the same sockets.
+fn read_sleeping(clients: &[TcpStream], received: &AtomicU64, stop: &AtomicBool) -> bool {
+    let Ok(mut ring) = Ring::new(RING_ENTRIES, RING_BUFFERS, RING_BUFFER_BYTES) else {
+        return false;
+    };
+    let fds: Vec<RawFd> = clients.iter().map(AsRawFd::as_raw_fd).collect();
+    if ring.enable().is_err() {
+        return false;
+    }
+    let mut rearm: Vec<usize> = (0..fds.len()).collect();
+    let mut completions = Vec::new();
+    let mut batching = false;
+    while !stop.load(Ordering::Relaxed) {
+        for token in rearm.drain(..) {
+            if ring.receive(fds[token], token as u64).is_err() {
+                return false;
+            }
+        }
+        let (want, timeout) = if batching {
+            (BATCH_COMPLETIONS, BATCH_WAIT)
+        } else {
+            (1, IDLE_WAIT)
+        };
+        if ring.wait(want, timeout).is_err() {
+            return false;
+        }
+        ring.take_completions(&mut completions);
+        batching = !completions.is_empty();
+        let mut bytes = 0u64;
+        for completion in &completions {
+            let token = completion.data as usize;
+            match (completion.buffer, completion.result) {
+                (Some(bid), len) => {
+                    bytes += len.max(0) as u64;
+                    ring.recycle(bid);
+                    if !completion.more {
+                        rearm.push(token);
+                    }
+                }
+                (None, error) if error == -libc::ENOBUFS => rearm.push(token),
+                (None, _) => return false,
+            }
+        }
+        ring.publish_buffers();
+        received.fetch_add(bytes, Ordering::Relaxed);
+    }
+    true
 }
 
 pub fn floor(args: &FloorArgs, nofile: u64) -> Result<Outcome, BenchError> {
@@ -131,6 +222,9 @@ pub fn floor(args: &FloorArgs, nofile: u64) -> Result<Outcome, BenchError> {
     if args.batch == 0 || args.batch > args.connections {
         return usage("--batch must be 1..=--connections");
     }
+    if !(args.batch_rate >= 0.0 && args.batch_rate <= FLOOR_BATCH_RATE_MAX) {
+        return usage(format!("--batch-rate must be 0..={FLOOR_BATCH_RATE_MAX}"));
+    }
     let cpus = core_affinity::get_core_ids().unwrap_or_default().len();
     if args.sender_cpu == args.reader_cpu || args.sender_cpu.max(args.reader_cpu) >= cpus.max(1) {
         return usage(format!(
@@ -141,26 +235,33 @@ pub fn floor(args: &FloorArgs, nofile: u64) -> Result<Outcome, BenchError> {
     reserve_descriptors(2 * args.connections, nofile)?;
     let (servers, clients) = socket_pairs(args.connections)
         .map_err(|e| BenchError::Run(format!("cannot open loopback socket pairs: {e}")))?;
-    let reader = Reader::spawn(clients, args.reader_cpu)?;
     core_affinity::set_for_current(core_affinity::CoreId {
         id: args.sender_cpu,
     });
     // One message for the whole run, kept for as long as any send may read it.
     let message: &'static [u8] = Box::leak(vec![b'x'; args.payload].into_boxed_slice());
-    let result = (|| {
+    let uring = |count| send_io_uring(&servers, message, count, args.batch, args.batch_rate);
+    let reader = Reader::spawn(clients, args.reader_cpu, ReaderKind::Polling)?;
+    let polled = (|| {
         let syscall = pass(args, &reader, 0, |count| {
             send_syscalls(&servers, message, count)
         })?;
         let expected = syscall.bytes_received;
-        let uring = pass(args, &reader, expected, |count| {
-            send_io_uring(&servers, message, count, args.batch)
-        })?;
-        Ok((syscall, uring))
+        Ok((syscall, pass(args, &reader, expected, uring)?))
     })();
-    reader.stop();
-    let (syscall, uring) = result?;
+    let clients = reader.stop()?;
+    let (syscall, polled_uring) = polled?;
+    let reader = Reader::spawn(clients, args.reader_cpu, ReaderKind::Sleeping)?;
+    let sleeping = pass(args, &reader, 0, uring);
+    reader.stop()?;
+    let sleeping = sleeping?;
     let mut warnings = Vec::new();
-    for (name, pass) in [("send_syscall", &syscall), ("io_uring", &uring)] {
+    let passes = [
+        ("send_syscall", &syscall),
+        ("io_uring", &polled_uring),
+        ("io_uring_sleeping_reader", &sleeping),
+    ];
+    for (name, pass) in passes {
         if pass.bytes_received != pass.bytes_sent {
             warnings.push(format!(
                 "{name}: the reader got {} of {} bytes",
@@ -175,20 +276,25 @@ pub fn floor(args: &FloorArgs, nofile: u64) -> Result<Outcome, BenchError> {
             "payload_bytes": args.payload,
             "sends": args.sends,
             "batch": args.batch,
+            "batch_rate": args.batch_rate,
             "sender_cpu": args.sender_cpu,
             "reader_cpu": args.reader_cpu,
         },
         "results": {
             "send_syscall": syscall.json(),
-            "io_uring": uring.json(),
+            "io_uring": polled_uring.json(),
+            "io_uring_sleeping_reader": sleeping.json(),
         },
         "warnings": warnings,
     });
     if !args.quiet {
+        let per_send = |pass: &Pass| pass.runtime_ns as f64 / 1e3 / pass.sends as f64;
         eprintln!(
-            "floor: {:.2} µs per send(2), {:.2} µs per io_uring send ({} B to one of {} sockets)",
-            syscall.runtime_ns as f64 / 1e3 / syscall.sends as f64,
-            uring.runtime_ns as f64 / 1e3 / uring.sends as f64,
+            "floor: {:.2} µs per send(2), {:.2} µs per io_uring send, {:.2} µs to a sleeping \
+             reader ({} B to one of {} sockets)",
+            per_send(&syscall),
+            per_send(&polled_uring),
+            per_send(&sleeping),
             args.payload,
             args.connections
         );
@@ -264,6 +370,7 @@ fn send_io_uring(
     message: &'static [u8],
     count: u64,
     batch: usize,
+    batch_rate: f64,
 ) -> Result<(), BenchError> {
     let entries = (batch as u32).next_power_of_two().max(8);
     let run = |e: std::io::Error| BenchError::Run(format!("floor io_uring: {e}"));
@@ -271,7 +378,17 @@ fn send_io_uring(
     ring.enable().map_err(run)?;
     let mut completions = Vec::with_capacity(batch);
     let mut sent = 0u64;
+    let start = Instant::now();
+    let mut batches = 0u64;
     while sent < count {
+        if batch_rate > 0.0 {
+            // Paced like a server's bursts: sleep (not spin) until the batch is due.
+            let due = start + Duration::from_secs_f64(batches as f64 / batch_rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            batches += 1;
+        }
         let this_batch = (count - sent).min(batch as u64) as usize;
         for j in 0..this_batch {
             let socket = &servers[((sent + j as u64) % servers.len() as u64) as usize];

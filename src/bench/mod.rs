@@ -220,6 +220,10 @@ pub struct FloorArgs {
     /// Sends per io_uring submission (a channel's subscribers in the fan-out scenario).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
+    /// io_uring submissions per second, the sender sleeping between them as a server does
+    /// between events (500 is the fan-out scenario's publish rate); 0: back to back.
+    #[arg(long, default_value_t = 0.0)]
+    pub batch_rate: f64,
     /// CPU the sending thread is pinned to (the one a server under test would run on).
     #[arg(long, default_value_t = 0)]
     pub sender_cpu: usize,

@@ -239,10 +239,10 @@ fn floor(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// The kernel floor: both passes move every byte they sent (counted by the reader), and each
-/// reports a run time for its sends.
+/// The kernel floor: every pass (to the polling reader, then to the sleeping one) moves every
+/// byte it sent, counted by the reader, and each reports a run time for its sends.
 #[test]
-fn floor_counts_every_byte_of_both_passes() {
+fn floor_counts_every_byte_of_every_pass() {
     let (ok, stdout, stderr) = floor(&[
         "--connections",
         "50",
@@ -252,6 +252,8 @@ fn floor_counts_every_byte_of_both_passes() {
         "3001",
         "--batch",
         "7",
+        "--batch-rate",
+        "20000",
     ]);
     assert!(
         ok,
@@ -260,7 +262,8 @@ fn floor_counts_every_byte_of_both_passes() {
     let report: Value =
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
     assert_eq!(report["scenario"], "floor", "{report}");
-    for pass in ["send_syscall", "io_uring"] {
+    assert_eq!(report["params"]["batch_rate"], 20000.0, "{report}");
+    for pass in ["send_syscall", "io_uring", "io_uring_sleeping_reader"] {
         let result = &report["results"][pass];
         assert_eq!(result["sends"], 3001, "{pass}: {report}");
         assert_eq!(result["bytes_sent"], 3001 * 64, "{pass}: {report}");
@@ -284,6 +287,7 @@ fn floor_refuses_bad_arguments() {
             "--sender-cpu",
         ),
         (&["--payload", "0"][..], "--payload"),
+        (&["--batch-rate", "2000000"][..], "--batch-rate"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
             .args(["bench", "floor", "--quiet"])
