@@ -12,7 +12,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +22,6 @@ use serde_json::{Value, json};
 use super::measure::{round1, round3, thread_runtime_ns};
 use super::sys::{self, Ring};
 use super::{BenchError, FloorArgs, Outcome, reserve_descriptors, usage};
-use std::os::fd::RawFd;
 
 /// Most socket pairs of one floor run.
 pub const FLOOR_CONNECTIONS_MAX: usize = 4096;
@@ -228,8 +227,8 @@ pub fn floor(args: &FloorArgs, nofile: u64) -> Result<Outcome, BenchError> {
     let cpus = core_affinity::get_core_ids().unwrap_or_default().len();
     if args.sender_cpu == args.reader_cpu || args.sender_cpu.max(args.reader_cpu) >= cpus.max(1) {
         return usage(format!(
-            "--sender-cpu and --reader-cpu must be two different CPUs below {cpus} (the reader \
-             polls without sleeping)"
+            "--sender-cpu and --reader-cpu must be two different CPUs below {cpus} (the first \
+             reader polls without sleeping)"
         ));
     }
     reserve_descriptors(2 * args.connections, nofile)?;
