@@ -13,8 +13,8 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -81,7 +81,8 @@ impl Pass {
 /// The reader thread's side: its client sockets, the byte count, and how to stop it.
 struct Reader {
     received: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
+    /// Why the reader stopped early, once it has.
+    failed: Arc<OnceLock<String>>,
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<Vec<TcpStream>>,
 }
@@ -89,7 +90,7 @@ struct Reader {
 impl Reader {
     fn spawn(clients: Vec<TcpStream>, cpu: usize, kind: ReaderKind) -> Result<Reader, BenchError> {
         let received = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(OnceLock::new());
         let stop = Arc::new(AtomicBool::new(false));
         let (r, f, s) = (received.clone(), failed.clone(), stop.clone());
         let handle = std::thread::Builder::new()
@@ -97,12 +98,12 @@ impl Reader {
             .spawn(move || {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                 let mut clients = clients;
-                let ok = match kind {
+                let outcome = match kind {
                     ReaderKind::Polling => read_polling(&mut clients, &r, &s),
                     ReaderKind::Sleeping => read_sleeping(&clients, &r, &s),
                 };
-                if !ok {
-                    f.store(true, Ordering::Relaxed);
+                if let Err(why) = outcome {
+                    let _ = f.set(why);
                 }
                 clients
             })
@@ -120,8 +121,10 @@ impl Reader {
         let deadline = Instant::now() + READ_TIMEOUT;
         loop {
             let received = self.received.load(Ordering::Relaxed);
-            if self.failed.load(Ordering::Relaxed) {
-                return Err(BenchError::Run("a floor socket failed or closed".into()));
+            if let Some(why) = self.failed.get() {
+                return Err(BenchError::Run(format!(
+                    "the floor's reader stopped: {why}"
+                )));
             }
             if received >= total || Instant::now() >= deadline {
                 return Ok(received);
@@ -139,52 +142,53 @@ impl Reader {
     }
 }
 
-/// Reads every socket in turn without blocking until `stop`; false on a failed or closed socket.
-fn read_polling(clients: &mut [TcpStream], received: &AtomicU64, stop: &AtomicBool) -> bool {
+/// Reads every socket in turn without blocking until `stop`; fails on a failed or closed socket.
+fn read_polling(
+    clients: &mut [TcpStream],
+    received: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     while !stop.load(Ordering::Relaxed) {
         for client in clients.iter_mut() {
             match client.read(&mut buffer) {
-                Ok(0) => return false,
+                Ok(0) => return Err("a socket was closed".into()),
                 Ok(n) => {
                     received.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => {}
-                Err(_) => return false,
+                Err(error) => return Err(format!("read: {error}")),
             }
         }
     }
-    true
+    Ok(())
 }
 
 /// Reads with a multishot receive per socket into a buffer pool, sleeping in batched waits,
-/// until `stop`; false on a failed or closed socket or ring. Run last: the ring's receives are
+/// until `stop`; fails on a failed or closed socket or ring. Run last: the ring's receives are
 /// cancelled only once the ring is gone, so no reader may follow it on the same sockets.
-fn read_sleeping(clients: &[TcpStream], received: &AtomicU64, stop: &AtomicBool) -> bool {
-    let Ok(mut ring) = Ring::new(RING_ENTRIES, RING_BUFFERS, RING_BUFFER_BYTES) else {
-        return false;
-    };
+fn read_sleeping(
+    clients: &[TcpStream],
+    received: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let ring_error = |e: std::io::Error| format!("io_uring: {e}");
+    let mut ring = Ring::new(RING_ENTRIES, RING_BUFFERS, RING_BUFFER_BYTES).map_err(ring_error)?;
+    ring.enable().map_err(ring_error)?;
     let fds: Vec<RawFd> = clients.iter().map(AsRawFd::as_raw_fd).collect();
-    if ring.enable().is_err() {
-        return false;
-    }
     let mut rearm: Vec<usize> = (0..fds.len()).collect();
     let mut completions = Vec::new();
     let mut batching = false;
     while !stop.load(Ordering::Relaxed) {
         for token in rearm.drain(..) {
-            if ring.receive(fds[token], token as u64).is_err() {
-                return false;
-            }
+            ring.receive(fds[token], token as u64).map_err(ring_error)?;
         }
         let (want, timeout) = if batching {
             (BATCH_COMPLETIONS, BATCH_WAIT)
         } else {
             (1, IDLE_WAIT)
         };
-        if ring.wait(want, timeout).is_err() {
-            return false;
-        }
+        ring.wait(want, timeout).map_err(ring_error)?;
         ring.take_completions(&mut completions);
         batching = !completions.is_empty();
         let mut bytes = 0u64;
@@ -199,13 +203,17 @@ fn read_sleeping(clients: &[TcpStream], received: &AtomicU64, stop: &AtomicBool)
                     }
                 }
                 (None, error) if error == -libc::ENOBUFS => rearm.push(token),
-                (None, _) => return false,
+                (None, 0) => return Err("a socket was closed".into()),
+                (None, error) => {
+                    let error = std::io::Error::from_raw_os_error(-error);
+                    return Err(format!("receive: {error}"));
+                }
             }
         }
         ring.publish_buffers();
         received.fetch_add(bytes, Ordering::Relaxed);
     }
-    true
+    Ok(())
 }
 
 pub fn floor(args: &FloorArgs, nofile: u64) -> Result<Outcome, BenchError> {
