@@ -1,10 +1,11 @@
 //! Operations, as an operator sees them: the systemd notify protocol read from a NOTIFY_SOCKET
 //! the test owns, `/healthz` and `/readyz`, `/metrics` values moving with traffic, the SIGTERM
 //! drain (readiness first, then closes spread at the configured rate), SIGHUP reloads,
-//! admission limits (4100, 4004), a slow reader closed with 4101 while the others lose
+//! admission limits (4100, 4004, 503 for REST reads over `rest_in_flight_max`), a slow reader closed with 4101 while the others lose
 //! nothing, and the two outage drills: unknown config keys, and a restart under a reconnect
 //! storm with a publish load. Every wait is bounded.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -1061,6 +1062,84 @@ fn max_connections_refuses_with_4100_until_a_slot_frees() {
         }
     });
     assert_eq!(scraped(metrics, "ringcast_connected"), 2.0);
+}
+
+// server.rest_in_flight_max: a REST read waiting for another core holds one of the core's
+// slots; with the limit at 1 and that core stalled (debug hook), the next such read on the same
+// core is shed at once with 503 + Retry-After and a JSON error, and counted. Nothing crashes.
+#[test]
+fn rest_in_flight_max_sheds_with_503_and_retry_after() {
+    let config = format!(
+        "{}{METRICS_ON}",
+        config_text(&Options {
+            cores: 2,
+            extra_server: "rest_in_flight_max = 1".to_string(),
+            ..Options::default()
+        })
+    );
+    let (server, metrics) = Server::launch(&config, &[("RINGCAST_TEST_STALL_CORE", "1:200")], true);
+    let metrics = metrics.unwrap();
+    poll(WAIT, "core 1 stalled", || {
+        server
+            .stderr()
+            .contains("RINGCAST_TEST_STALL_CORE")
+            .then_some(())
+    });
+    // Connections the kernel gave to core 0 answer; those on the stalled core 1 never do.
+    let on_core_0 = || {
+        poll(WAIT, "a connection served by core 0", || {
+            let mut stream = TcpStream::connect(server.addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut response = [0u8; 512];
+            match stream.read(&mut response) {
+                Ok(n) if n > 0 => Some(stream),
+                _ => None,
+            }
+        })
+    };
+    let mut first = on_core_0();
+    let mut second = on_core_0();
+    let path = format!("/apps/{APP_ID}/channels");
+    let request = || {
+        let query = signed_query("GET", &path, &[], b"", APP_KEY, APP_SECRET, unix_now());
+        format!("GET {path}?{query} HTTP/1.1\r\nHost: x\r\n\r\n")
+    };
+    // Listing channels asks every core: this one waits for core 1, in the only slot.
+    first.write_all(request().as_bytes()).unwrap();
+    let mut response = [0u8; 512];
+    assert!(
+        first.read(&mut response).is_err(),
+        "the parked request was answered"
+    );
+    second.set_read_timeout(Some(WAIT)).unwrap();
+    second.write_all(request().as_bytes()).unwrap();
+    let mut shed = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !shed.windows(4).any(|w| w == b"\r\n\r\n") || !shed.ends_with(b"}") {
+        let n = second
+            .read(&mut buffer)
+            .expect("the shed request is answered");
+        assert!(n > 0, "closed without an answer");
+        shed.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&shed).to_string();
+    let (status, body) = crate::support::parse_response(&shed);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+    let error: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(error["error"].is_string(), "{body}");
+    assert_eq!(
+        scraped(
+            metrics,
+            "ringcast_rejected_total{reason=\"rest_in_flight\"}"
+        ),
+        1.0
+    );
 }
 
 // An app's max_connections: the connection over it gets pusher:error 4004 + close 4004.
