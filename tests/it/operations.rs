@@ -1,9 +1,9 @@
 //! Operations, as an operator sees them: the systemd notify protocol read from a NOTIFY_SOCKET
 //! the test owns, `/healthz` and `/readyz`, `/metrics` values moving with traffic, the SIGTERM
 //! drain (readiness first, then closes spread at the configured rate), SIGHUP reloads,
-//! admission limits (4100, 4004, 503 for REST reads over `rest_in_flight_max`), a slow reader closed with 4101 while the others lose
-//! nothing, and the two outage drills: unknown config keys, and a restart under a reconnect
-//! storm with a publish load. Every wait is bounded.
+//! admission limits (4100, 4004, 503 for REST reads over `rest_in_flight_max`), a slow reader
+//! closed with 4101 while the others lose nothing, and the two outage drills: unknown config
+//! keys, and a restart under a reconnect storm with a publish load. Every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
