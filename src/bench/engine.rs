@@ -37,15 +37,15 @@ pub const PHASE_RUN: u8 = 1;
 pub const PHASE_STOP: u8 = 2;
 
 /// Submission queue entries of a thread's ring (the completion queue is 4 times larger).
-const RING_ENTRIES: u32 = 4096;
+pub(super) const RING_ENTRIES: u32 = 4096;
 /// Receive buffers in a thread's pool, and the size of each (one receive fills at most one).
-const RECV_BUFFERS: u16 = 2048;
-const RECV_BUFFER_BYTES: usize = 4096;
+pub(super) const RECV_BUFFERS: u16 = 2048;
+pub(super) const RECV_BUFFER_BYTES: usize = 4096;
 /// While completions keep coming, a wait returns after this many or after `BATCH_WAIT`. The wait
 /// adds to the latency measured for the last messages of a burst: 20 µs instead of 50 lowered
 /// the fan-out p50 by about 30 µs in alternating runs, at no clear cost in generator CPU.
-const BATCH_COMPLETIONS: usize = 32;
-const BATCH_WAIT: Duration = Duration::from_micros(20);
+pub(super) const BATCH_COMPLETIONS: usize = 32;
+pub(super) const BATCH_WAIT: Duration = Duration::from_micros(20);
 /// The publisher's wait for its next scheduled send ends this much early, and the rest is spun:
 /// a timed wait on an idle vCPU ended about 50 µs late here, and that lateness counted in the
 /// measured latency (it is reported as `publish_send_lag_us`).

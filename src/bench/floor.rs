@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::engine::{BATCH_COMPLETIONS, BATCH_WAIT, RECV_BUFFER_BYTES, RECV_BUFFERS, RING_ENTRIES};
 use super::measure::{round1, round3, thread_runtime_ns};
 use super::sys::{self, Ring};
 use super::{BenchError, FloorArgs, Outcome, reserve_descriptors, usage};
@@ -35,14 +36,8 @@ pub const FLOOR_PAYLOAD_MAX: usize = 65_536;
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The polling reader's receive buffer.
 const READ_BUFFER_BYTES: usize = 65_536;
-/// The sleeping reader's ring and buffer pool (the generator's sizes).
-const RING_ENTRIES: u32 = 4096;
-const RING_BUFFERS: u16 = 2048;
-const RING_BUFFER_BYTES: usize = 4096;
-/// The sleeping reader's waits while data flows, as the generator's.
-const BATCH_COMPLETIONS: usize = 32;
-const BATCH_WAIT: Duration = Duration::from_micros(20);
-/// Its longest wait when nothing arrives (how soon it notices the stop).
+/// The sleeping reader's longest wait when nothing arrives (how soon it notices the stop). Its
+/// ring, buffer pool and batched waits are the generator's own (`engine`'s constants).
 const IDLE_WAIT: Duration = Duration::from_millis(5);
 
 /// How the reader thread reads.
@@ -173,7 +168,7 @@ fn read_sleeping(
     stop: &AtomicBool,
 ) -> Result<(), String> {
     let ring_error = |e: std::io::Error| format!("io_uring: {e}");
-    let mut ring = Ring::new(RING_ENTRIES, RING_BUFFERS, RING_BUFFER_BYTES).map_err(ring_error)?;
+    let mut ring = Ring::new(RING_ENTRIES, RECV_BUFFERS, RECV_BUFFER_BYTES).map_err(ring_error)?;
     ring.enable().map_err(ring_error)?;
     let fds: Vec<RawFd> = clients.iter().map(AsRawFd::as_raw_fd).collect();
     let mut rearm: Vec<usize> = (0..fds.len()).collect();
