@@ -2,23 +2,14 @@
 //! a core does per event per channel), plus the bookkeeping when the writes complete. Built on
 //! the real `Shard`, driven without sockets.
 
-use std::sync::Arc;
+mod support;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-use ringcast::config;
-use ringcast::control::Control;
-use ringcast::mesh::{ChannelKey, Mesh, ShardMessage};
-use ringcast::metrics::Metrics;
-use ringcast::shard::{Apps, Now, Shard};
-
-const NOW: Now = Now {
-    mono_ms: 1,
-    mono_us: 1_000,
-    unix_secs: 1_700_000_000,
-    unix_ms: 1_700_000_000_000,
-};
+use ringcast::mesh::{ChannelKey, ShardMessage};
+use ringcast::shard::Shard;
+use support::NOW;
 
 fn masked(payload: &[u8]) -> Vec<u8> {
     let mask = [1u8, 2, 3, 4];
@@ -30,15 +21,7 @@ fn masked(payload: &[u8]) -> Vec<u8> {
 
 /// A one-core shard with `subscribers` WebSocket connections on channel `c`.
 fn shard_with(subscribers: usize) -> (Shard, Vec<u32>) {
-    let config = Arc::new(config::parse(config::EMBEDDED_DEFAULT).unwrap().config);
-    let apps = Arc::new(Apps::new(&config));
-    let control = Arc::new(Control::new(1));
-    let metrics = Arc::new(Metrics::new(
-        Arc::clone(&control),
-        Arc::new(Mesh::new(1).unwrap()),
-    ));
-    let webhooks = Arc::new(ringcast::webhook::WebhookQueues::new(1));
-    let mut shard = Shard::new(0, 1, config, apps, 7, control, metrics, webhooks);
+    let mut shard = support::one_core_shard();
     let upgrade = b"GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let subscribe = masked(br#"{"event":"pusher:subscribe","data":{"channel":"c"}}"#);
     let mut keys = Vec::with_capacity(subscribers);

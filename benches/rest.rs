@@ -3,27 +3,17 @@
 //! answered by the real `Shard`, driven without sockets. This is the user-space share of a
 //! REST publish; the rest of its server CPU is the kernel's receive and send.
 
-use std::sync::Arc;
+mod support;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use ringcast::config;
-use ringcast::control::Control;
 use ringcast::http::signature;
-use ringcast::mesh::Mesh;
-use ringcast::metrics::Metrics;
-use ringcast::shard::{Apps, Now, Shard};
+use ringcast::shard::Shard;
+use support::NOW;
 
 // The binary's allocator: allocation is part of this path's cost.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const NOW: Now = Now {
-    mono_ms: 1,
-    mono_us: 1_000,
-    unix_secs: 1_700_000_000,
-    unix_ms: 1_700_000_000_000,
-};
 
 fn publish_request() -> Vec<u8> {
     let body = format!(
@@ -49,15 +39,7 @@ fn publish_request() -> Vec<u8> {
 }
 
 fn rest(c: &mut Criterion) {
-    let config = Arc::new(config::parse(config::EMBEDDED_DEFAULT).unwrap().config);
-    let apps = Arc::new(Apps::new(&config));
-    let control = Arc::new(Control::new(1));
-    let metrics = Arc::new(Metrics::new(
-        Arc::clone(&control),
-        Arc::new(Mesh::new(1).unwrap()),
-    ));
-    let webhooks = Arc::new(ringcast::webhook::WebhookQueues::new(1));
-    let mut shard = Shard::new(0, 1, config, apps, 7, control, metrics, webhooks);
+    let mut shard = support::one_core_shard();
     let key = shard.accept(1000, NOW).unwrap();
     let request = publish_request();
     // Once outside the loop, to check it is answered 200 and not refused.
