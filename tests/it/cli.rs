@@ -86,16 +86,21 @@ fn version_names_the_build() {
     );
 }
 
+/// A loopback port nothing listens on right now (the OS picked it, then it was released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 // Regression: listeners use SO_REUSEPORT (one per core), which would let a second ringcast
 // started on the same port join it silently and take part of the connections. The second one
 // must refuse to start instead.
 #[test]
 fn a_second_server_on_the_same_port_refuses_to_start() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let text = format!(
         "version = 1\n[server]\nbind = \"127.0.0.1:{port}\"\ncores = 2\npin_threads = false\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
     );
@@ -117,11 +122,7 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
 // "Address already in use". Now each core shuts its listener down before it exits.
 #[test]
 fn the_port_is_free_the_moment_the_process_has_exited() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let text = format!(
         "version = 1\n[server]\nbind = \"127.0.0.1:{port}\"\ncores = 2\npin_threads = false\n\
          drain_grace_ms = 0\n[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\n\
