@@ -29,14 +29,6 @@ impl FrameQueue {
         }
     }
 
-    pub fn len(&self) -> usize {
-        match self {
-            FrameQueue::Empty => 0,
-            FrameQueue::One(_) => 1,
-            FrameQueue::Many(frames) => frames.len(),
-        }
-    }
-
     pub fn push_back(&mut self, frame: Bytes) {
         match self {
             FrameQueue::Empty => *self = FrameQueue::One(frame),
@@ -117,7 +109,7 @@ mod tests {
         queue.push_back(frame("b"));
         queue.push_back(frame("c"));
         assert!(matches!(queue, FrameQueue::Many(_)));
-        assert_eq!(queue.len(), 3);
+        assert_eq!(queue.iter().count(), 3);
         assert_eq!(contents(&queue), [&b"a"[..], b"b", b"c"]);
         assert_eq!(queue.pop_front(), Some(frame("a")));
         queue.push_back(frame("d"));
@@ -150,7 +142,6 @@ mod tests {
         queue.push_back(frame("b"));
         queue.clear();
         assert!(queue.is_empty());
-        assert_eq!(queue.len(), 0);
         assert_eq!(queue.iter().count(), 0);
     }
 
