@@ -265,9 +265,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         Scenario::Floor(a) => (
             a.markdown,
             &None,
-            crate::runtime::raise_descriptor_limit()
-                .map_err(|e| BenchError::Run(format!("cannot read RLIMIT_NOFILE: {e}")))
-                .and_then(|(nofile, _)| floor::floor(a, nofile)),
+            descriptor_limit().and_then(|nofile| floor::floor(a, nofile)),
         ),
     };
     let outcome = match result {
@@ -336,8 +334,7 @@ fn prepare(common: &Common) -> Result<Setup, BenchError> {
     if !(common.connect_timeout > 0.0 && common.connect_timeout <= DURATION_CAP_SECS) {
         return usage("--connect-timeout must be > 0 and at most 600 seconds");
     }
-    let (nofile, _) = crate::runtime::raise_descriptor_limit()
-        .map_err(|e| BenchError::Run(format!("cannot read RLIMIT_NOFILE: {e}")))?;
+    let nofile = descriptor_limit()?;
     let rest_port = common.rest_port.unwrap_or(common.port);
     let resolve = |port: u16| -> Result<SocketAddr, BenchError> {
         (common.host.as_str(), port)
@@ -367,6 +364,13 @@ fn prepare(common: &Common) -> Result<Setup, BenchError> {
         },
         nofile,
     })
+}
+
+/// The soft descriptor limit, raised to the hard limit first.
+fn descriptor_limit() -> Result<u64, BenchError> {
+    crate::runtime::raise_descriptor_limit()
+        .map(|(soft, _)| soft)
+        .map_err(|e| BenchError::Run(format!("cannot read RLIMIT_NOFILE: {e}")))
 }
 
 /// Fails when `sockets` would not fit under the descriptor limit; otherwise sizes the
