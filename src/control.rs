@@ -19,8 +19,7 @@ pub struct Reload {
     pub apps: Arc<Apps>,
 }
 
-/// Mail waiting for a core: reloads queue up at most this deep (a newer one supersedes).
-const RELOADS_QUEUED_MAX: usize = 4;
+use crate::limits::RELOADS_QUEUED_MAX;
 
 #[derive(Debug)]
 pub struct Control {

@@ -38,6 +38,9 @@ pub const HTTP_HEAD_BYTES_CEILING: usize = 1024 * 1024;
 pub const HTTP_BODY_BYTES_CEILING: usize = 64 * 1024 * 1024;
 /// Headers in one HTTP request.
 pub const HTTP_HEADERS_MAX: usize = 64;
+/// Longest chunk-size line (size plus extensions) accepted. Extensions are ignored, so a long
+/// line can only be an attempt to make us buffer framing that is not body.
+pub const HTTP_CHUNK_SIZE_LINE_BYTES_MAX: usize = 1024;
 /// Ceiling for the configurable per-connection outbound queue.
 pub const OUTBOUND_BYTES_CEILING: usize = 256 * 1024 * 1024;
 
@@ -52,8 +55,43 @@ pub const APPS_MAX: usize = 10_000;
 /// How often each core runs its timer sweep (activity timeouts, slow requests).
 pub const TIMER_SWEEP_INTERVAL_MS: u64 = 100;
 
+/// A core loop that has not run for this long is stuck: `/healthz` answers 503 and the systemd
+/// watchdog ping is withheld (or half the watchdog interval, when that is shorter).
+pub const CORE_LOOP_STALL_MS: u64 = 2_000;
+
+/// How long a closing connection may linger for the peer's close before the socket is reset.
+pub const CLOSE_LINGER_MS: u64 = 2_000;
+
+/// Request line and headers of one request on the metrics port.
+pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// Time a client of the metrics port has to send its request.
+pub const METRICS_REQUEST_READ_TIMEOUT_MS: u64 = 2_000;
+
+/// Reloads waiting for one core at most (a newer one supersedes the older ones).
+pub const RELOADS_QUEUED_MAX: usize = 4;
+
+/// How often the control thread wakes (signals, watchdog, status, drain progress).
+pub const CONTROL_TICK_MS: u64 = 50;
+/// How often systemd's `STATUS=` is refreshed.
+pub const STATUS_INTERVAL_MS: u64 = 1_000;
+/// After the last connection closed in a drain, the mesh must stay empty this long before the
+/// cores stop (the owners' last unsubscribes and their webhooks may still be in flight).
+pub const DRAIN_MESH_SETTLE_MS: u64 = 200;
+/// Extra time a drain may take beyond its computed schedule before the process exits anyway.
+pub const DRAIN_SLACK_MS: u64 = 5_000;
+/// After the cores stop, the webhook worker sends what it still holds for at most this long.
+pub const WEBHOOK_FLUSH_MS: u64 = 2_000;
+
+/// REST request timestamps are accepted within this many seconds of server time (spec §7.2).
+pub const REST_TIMESTAMP_WINDOW_SECS: u64 = 600;
+
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);
 const _: () = assert!(SEND_IOVECS_MAX <= 1024, "IOV_MAX on Linux");
 const _: () = assert!(RECV_BUFFER_BYTES >= 4096);
+// Liveness is judged from heartbeats written once per loop iteration, and an idle loop wakes at
+// least once per sweep: a healthy idle core must never look stuck.
+// The control thread must look at the cores several times per stall period.
+const _: () = assert!(CONTROL_TICK_MS * 4 <= CORE_LOOP_STALL_MS);
+const _: () = assert!(CORE_LOOP_STALL_MS >= 10 * TIMER_SWEEP_INTERVAL_MS);

@@ -26,5 +26,5 @@ pub fn one_core_shard() -> Shard {
         Arc::new(Mesh::new(1).unwrap()),
     ));
     let webhooks = Arc::new(ringcast::webhook::WebhookQueues::new(1));
-    Shard::new(0, 1, config, apps, 7, control, metrics, webhooks)
+    Shard::new(0, 1, config, apps, 7, metrics, webhooks)
 }

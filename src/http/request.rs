@@ -90,9 +90,7 @@ pub enum Parsed {
     Partial,
 }
 
-/// Longest chunk-size line (size plus extensions) accepted. Extensions are ignored, so a long
-/// line can only be an attempt to make us buffer framing that is not body.
-const CHUNK_SIZE_LINE_MAX: usize = 1024;
+use crate::limits::HTTP_CHUNK_SIZE_LINE_BYTES_MAX;
 
 const fn error(status: u16, message: &'static str) -> ParseError {
     ParseError { status, message }
@@ -314,14 +312,14 @@ fn dechunk(rest: &[u8], limits: &Limits) -> Result<Option<(Vec<u8>, usize)>, Par
             return Err(BODY_TOO_LARGE);
         }
         let remaining = &rest[pos..];
-        let line_window = &remaining[..remaining.len().min(CHUNK_SIZE_LINE_MAX)];
+        let line_window = &remaining[..remaining.len().min(HTTP_CHUNK_SIZE_LINE_BYTES_MAX)];
         // httparse reads an empty size line as zero; RFC 9112 §7.1 requires at least one digit.
         if line_window.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
             return Err(error(400, "Invalid chunk size"));
         }
         let (line_len, size) = match httparse::parse_chunk_size(line_window) {
             Ok(httparse::Status::Complete(parsed)) => parsed,
-            Ok(httparse::Status::Partial) if line_window.len() < CHUNK_SIZE_LINE_MAX => {
+            Ok(httparse::Status::Partial) if line_window.len() < HTTP_CHUNK_SIZE_LINE_BYTES_MAX => {
                 return Ok(None);
             }
             Ok(httparse::Status::Partial) => return Err(error(400, "Chunk size line too long")),
@@ -674,7 +672,7 @@ GET /three HTTP/1.1\r\n\r\n";
         }
         assert_eq!(status(&buf, &limits), 413);
         let mut long_line = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
-        long_line.extend_from_slice(&[b'x'; CHUNK_SIZE_LINE_MAX]);
+        long_line.extend_from_slice(&[b'x'; HTTP_CHUNK_SIZE_LINE_BYTES_MAX]);
         assert_eq!(status(&long_line, &LIMITS), 400);
     }
 

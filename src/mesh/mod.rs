@@ -41,7 +41,7 @@ impl std::fmt::Debug for Mesh {
 
 impl Mesh {
     pub fn new(cores: usize) -> io::Result<Mesh> {
-        assert!(cores >= 1 && cores <= limits::CORES_MAX);
+        assert!((1..=limits::CORES_MAX).contains(&cores));
         // Index `from * cores + to`; a core never mails itself, so the diagonal gets a token
         // queue (an ArrayQueue cannot have capacity 0) instead of a full one.
         let queues = (0..cores * cores)
@@ -172,10 +172,6 @@ impl Outbox {
     /// Messages still waiting for `to`.
     pub fn backlog(&self, to: usize) -> usize {
         self.pending[to].len()
-    }
-
-    pub fn backlog_max(&self) -> usize {
-        self.pending.iter().map(VecDeque::len).max().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {

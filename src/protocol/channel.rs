@@ -13,12 +13,6 @@ pub enum ChannelKind {
     ServerToUser,
 }
 
-impl ChannelKind {
-    pub fn requires_auth(self) -> bool {
-        !matches!(self, ChannelKind::Public)
-    }
-}
-
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

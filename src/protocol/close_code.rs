@@ -21,6 +21,10 @@ pub const OVER_CAPACITY: u16 = 4100;
 pub const SLOW_CONSUMER: u16 = 4101;
 pub const RECONNECT_NOW: u16 = 4200;
 pub const PONG_TIMEOUT: u16 = 4201;
+/// A client event (or an oversized presence `user_info`) refused; the connection stays open.
+pub const CLIENT_EVENT_REJECTED: u16 = 4301;
+/// A signin watchlist over the app's `watchlist_max`; the first entries are kept.
+pub const WATCHLIST_LIMIT: u16 = 4302;
 
 pub const OVER_CAPACITY_CLOSE: CloseCode = CloseCode {
     code: OVER_CAPACITY,

@@ -23,7 +23,7 @@ use crate::control::Control;
 use crate::limits;
 use crate::mesh::Mesh;
 use crate::metrics::{CoreMetrics, Metrics};
-use crate::shard::{Apps, Now, Shard};
+use crate::shard::{Apps, ControlEvent, Now, Shard};
 use crate::webhook::WebhookQueues;
 use buf_ring::BufRing;
 
@@ -261,7 +261,6 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
             Arc::clone(&config),
             Arc::clone(&apps),
             epoch,
-            Arc::clone(&control),
             Arc::clone(&metrics),
             Arc::clone(&webhooks),
         );
@@ -341,6 +340,10 @@ struct CoreLoop {
     rearm: Vec<u32>,
     accept_armed: bool,
     next_sweep_ms: u64,
+    /// The control plane as last fed to the shard (changes are fed as `ControlEvent`s).
+    fed_ready: bool,
+    fed_drain_close_at_ms: Option<u64>,
+    fed_cores_alive: bool,
 }
 
 impl CoreLoop {
@@ -385,6 +388,9 @@ impl CoreLoop {
             rearm: Vec::new(),
             accept_armed: false,
             next_sweep_ms: 0,
+            fed_ready: false,
+            fed_drain_close_at_ms: None,
+            fed_cores_alive: true,
         };
         core_loop.arm_accept();
         core_loop.arm_doorbell();
@@ -452,6 +458,7 @@ impl CoreLoop {
         while !self.stop.load(Ordering::Relaxed) {
             let now = self.now();
             self.control.beat(self.core, now.mono_ms);
+            self.feed_control(now);
             completions.clear();
             completions.extend(
                 self.ring
@@ -466,9 +473,7 @@ impl CoreLoop {
             busy |= self.drain_mesh(now);
             if now.mono_ms >= self.next_sweep_ms {
                 self.next_sweep_ms = now.mono_ms + limits::TIMER_SWEEP_INTERVAL_MS;
-                if let Some(reload) = self.control.take_reload(self.core) {
-                    self.shard.apply_reload(&reload);
-                }
+                self.feed_sweep_control(now);
                 #[cfg(debug_assertions)]
                 self.test_stall(now);
                 self.shard.on_timer(now);
@@ -531,6 +536,40 @@ impl CoreLoop {
                 self.mesh.unpark(self.core);
             }
         }
+    }
+
+    /// Feeds readiness and drain changes to the shard (two atomic loads per iteration, so a
+    /// request right after start-up or a signal already sees the new state).
+    fn feed_control(&mut self, now: Now) {
+        let ready = self.control.is_ready();
+        if ready != self.fed_ready {
+            self.fed_ready = ready;
+            self.shard.on_control(ControlEvent::Ready(ready), now);
+        }
+        let drain_close_at_ms = self.control.drain_close_at_ms();
+        if drain_close_at_ms != self.fed_drain_close_at_ms {
+            self.fed_drain_close_at_ms = drain_close_at_ms;
+            if let Some(close_at_ms) = drain_close_at_ms {
+                self.shard
+                    .on_control(ControlEvent::Drain { close_at_ms }, now);
+            }
+        }
+    }
+
+    /// Once per sweep: liveness of every core, a reload, and this core's connection count for
+    /// the control thread.
+    fn feed_sweep_control(&mut self, now: Now) {
+        let all_cores_alive = self.control.all_cores_alive(limits::CORE_LOOP_STALL_MS);
+        if all_cores_alive != self.fed_cores_alive {
+            self.fed_cores_alive = all_cores_alive;
+            self.shard
+                .on_control(ControlEvent::Liveness { all_cores_alive }, now);
+        }
+        if let Some(reload) = self.control.take_reload(self.core) {
+            self.shard.on_control(ControlEvent::Reload(reload), now);
+        }
+        self.control
+            .publish_connections(self.core, self.shard.connection_count());
     }
 
     fn shard_has(&self, key: u32) -> bool {

@@ -10,10 +10,9 @@ use std::time::Duration;
 use crate::control::Control;
 use crate::metrics::Metrics;
 
-const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// `/healthz` fails when a core's loop has not run for this long.
-const CORE_STALL_MS: u64 = 2_000;
+use crate::limits::{
+    CORE_LOOP_STALL_MS, METRICS_REQUEST_HEAD_BYTES_MAX, METRICS_REQUEST_READ_TIMEOUT_MS,
+};
 
 /// Binds the metrics address and serves it on a thread of its own; returns the bound address.
 pub fn start(
@@ -44,12 +43,12 @@ pub fn start(
 }
 
 fn answer(mut stream: TcpStream, control: &Control, metrics: &Arc<Metrics>) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_read_timeout(Some(Duration::from_millis(METRICS_REQUEST_READ_TIMEOUT_MS)))?;
     let mut head = Vec::with_capacity(512);
     let mut buffer = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = stream.read(&mut buffer)?;
-        if n == 0 || head.len() + n > REQUEST_HEAD_BYTES_MAX {
+        if n == 0 || head.len() + n > METRICS_REQUEST_HEAD_BYTES_MAX {
             return Ok(());
         }
         head.extend_from_slice(&buffer[..n]);
@@ -76,7 +75,7 @@ fn answer(mut stream: TcpStream, control: &Control, metrics: &Arc<Metrics>) -> s
                 &text,
             )
         }
-        "/healthz" if control.all_cores_alive(CORE_STALL_MS) => {
+        "/healthz" if control.all_cores_alive(CORE_LOOP_STALL_MS) => {
             respond(&mut stream, 200, "text/plain", "OK\n")
         }
         "/healthz" => respond(&mut stream, 503, "text/plain", "a core loop is stuck\n"),

@@ -40,19 +40,9 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
-/// How often the control thread wakes (signals, watchdog, status, drain progress).
-const CONTROL_TICK: Duration = Duration::from_millis(50);
-/// How often `STATUS=` is refreshed.
-const STATUS_INTERVAL: Duration = Duration::from_secs(1);
-/// A core whose loop has not run for this long (or half the watchdog interval, if shorter)
-/// stops the watchdog pings.
-const CORE_STALL_MS: u64 = 2_000;
-/// After the last connection closed, the mesh must stay empty this long before the cores stop.
-const MESH_SETTLE: Duration = Duration::from_millis(200);
-/// Extra time a drain may take beyond its computed schedule before the process exits anyway.
-const DRAIN_SLACK_MS: u64 = 5_000;
-/// After the cores stop, the webhook worker sends what it still holds for at most this long.
-const WEBHOOK_FLUSH: Duration = Duration::from_secs(2);
+use crate::limits::{
+    CONTROL_TICK_MS, DRAIN_MESH_SETTLE_MS, DRAIN_SLACK_MS, STATUS_INTERVAL_MS, WEBHOOK_FLUSH_MS,
+};
 
 fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(error) = sd_notify::notify(states) {
@@ -119,8 +109,8 @@ pub fn serve(
         sd_notify::NotifyState::Status(&status("ready")),
     ]);
     let watchdog = sd_notify::watchdog_enabled();
-    let stall_ms = watchdog.map_or(CORE_STALL_MS, |interval| {
-        CORE_STALL_MS.min(interval.as_millis() as u64 / 2)
+    let stall_ms = watchdog.map_or(crate::limits::CORE_LOOP_STALL_MS, |interval| {
+        crate::limits::CORE_LOOP_STALL_MS.min(interval.as_millis() as u64 / 2)
     });
     let mut last_watchdog = Instant::now();
     let mut last_status = Instant::now();
@@ -158,21 +148,21 @@ pub fn serve(
                 }
             }
         }
-        if let Some(interval) = watchdog {
-            if last_watchdog.elapsed() >= interval / 2 {
-                if control.all_cores_alive(stall_ms) {
-                    notify(&[sd_notify::NotifyState::Watchdog]);
-                    last_watchdog = Instant::now();
-                    stalled_logged = false;
-                } else if !stalled_logged {
-                    tracing::error!(
-                        "a core loop stopped ticking: withholding the systemd watchdog ping"
-                    );
-                    stalled_logged = true;
-                }
+        if let Some(interval) = watchdog
+            && last_watchdog.elapsed() >= interval / 2
+        {
+            if control.all_cores_alive(stall_ms) {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                last_watchdog = Instant::now();
+                stalled_logged = false;
+            } else if !stalled_logged {
+                tracing::error!(
+                    "a core loop stopped ticking: withholding the systemd watchdog ping"
+                );
+                stalled_logged = true;
             }
         }
-        if last_status.elapsed() >= STATUS_INTERVAL {
+        if last_status.elapsed() >= Duration::from_millis(STATUS_INTERVAL_MS) {
             let state = if control.is_draining() {
                 "draining"
             } else {
@@ -190,7 +180,7 @@ pub fn serve(
             if closing_started && control.connections() == 0 {
                 if server.mesh_idle() {
                     let since = *mesh_idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= MESH_SETTLE {
+                    if since.elapsed() >= Duration::from_millis(DRAIN_MESH_SETTLE_MS) {
                         tracing::info!("drained: every connection is closed");
                         break;
                     }
@@ -206,10 +196,10 @@ pub fn serve(
                 break;
             }
         }
-        std::thread::sleep(CONTROL_TICK);
+        std::thread::sleep(Duration::from_millis(CONTROL_TICK_MS));
     }
     server.stop();
-    webhooks.stop(WEBHOOK_FLUSH);
+    webhooks.stop(Duration::from_millis(WEBHOOK_FLUSH_MS));
     Ok(())
 }
 

@@ -64,7 +64,7 @@ impl OwnedChannel {
 
 impl Shard {
     /// Routes work for `channel` to its owner: run it here when we own it, else mail it.
-    pub(super) fn to_owner(&mut self, channel: &ChannelKey, message: ShardMessage) {
+    pub(super) fn route_to_owner(&mut self, channel: &ChannelKey, message: ShardMessage) {
         let owner = channel.owner(self.cores);
         if owner == self.core {
             self.handle_message(self.core, message);
@@ -124,7 +124,7 @@ impl Shard {
                             "Presence channel {} is full ({members_max} members)",
                             channel.name
                         ),
-                        status: 4100,
+                        status: close_code::OVER_CAPACITY,
                     };
                     let user_id = Some(Arc::clone(&member.user_id));
                     self.reply_to(
@@ -443,10 +443,10 @@ impl Shard {
         let mut delivered = 0u64;
         for &key in subscribers {
             let conn = &mut self.conns[key as usize];
-            if let (Some(excluded), Phase::WebSocket(ws)) = (exclude, &conn.phase) {
-                if ws.socket_id == excluded {
-                    continue;
-                }
+            if let (Some(excluded), Phase::WebSocket(ws)) = (exclude, &conn.phase)
+                && ws.socket_id == excluded
+            {
+                continue;
             }
             if conn.out_bytes + frame.len() > limit && !conn.out.is_empty() {
                 slow.push(key);
@@ -495,7 +495,7 @@ impl Shard {
             announce,
         });
         let socket_id = ws.socket_id;
-        self.to_owner(
+        self.route_to_owner(
             &channel.clone(),
             ShardMessage::Subscribe {
                 channel,
@@ -532,7 +532,7 @@ impl Shard {
         let Some(position) = position else {
             // The connection went away while the owner was counting it: undo the count.
             if joined {
-                self.to_owner(
+                self.route_to_owner(
                     &channel.clone(),
                     ShardMessage::Unsubscribe {
                         channel,
@@ -566,7 +566,7 @@ impl Shard {
         };
         if ws.subscriptions[position].state == SubState::PendingCancelled {
             ws.subscriptions.swap_remove(position);
-            self.to_owner(
+            self.route_to_owner(
                 &channel.clone(),
                 ShardMessage::Unsubscribe {
                     channel,
@@ -592,7 +592,8 @@ impl Shard {
         self.send_text(key, &reply);
         match cached {
             Some(Some(frame)) => {
-                if !self.queue(key, frame) {
+                let queued = self.queue(key, frame);
+                if !queued {
                     self.close_slow_consumer(key);
                 }
             }
@@ -611,7 +612,7 @@ impl Shard {
         self.remove_local(&subscription.channel, key, subscription.index);
         let socket_id = self.conns[key as usize].ws().map(|ws| ws.socket_id);
         let channel = subscription.channel;
-        self.to_owner(
+        self.route_to_owner(
             &channel.clone(),
             ShardMessage::Unsubscribe {
                 channel,
@@ -738,7 +739,7 @@ impl Shard {
         exclude: Option<SocketId>,
         cache: Option<CacheEntry>,
     ) {
-        self.to_owner(
+        self.route_to_owner(
             &channel.clone(),
             ShardMessage::Publish {
                 channel,

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::control::{Control, Reload};
+use crate::control::Reload;
 use crate::limits;
 use crate::mesh::{ChannelKey, ConnRef, Outbox, ShardMessage};
 use crate::metrics::{CoreMetrics, Metrics};
@@ -49,8 +49,39 @@ pub struct Now {
 /// From this many local subscribers on, a frame from another core is copied once per core.
 const LOCAL_COPY_SUBSCRIBERS_MIN: usize = 8;
 
-/// How long a closing connection may linger for the peer's close before the socket is dropped.
-const CLOSE_LINGER_MS: u64 = 2_000;
+/// What the process's control plane tells a core. The driver reads `Control` and feeds every
+/// change in as one of these; the shard itself never reads a process-wide atomic or a clock, so
+/// the same inputs always give the same outputs.
+#[derive(Debug, Clone)]
+pub enum ControlEvent {
+    /// Start-up is finished (or not): `/readyz` answers 200 while ready and not draining.
+    Ready(bool),
+    /// The drain began: readiness is false from now on, upgrades are refused with 4200,
+    /// keep-alive ends, and connections are closed from monotonic `close_at_ms` on.
+    Drain { close_at_ms: u64 },
+    /// Whether every core loop ran within `limits::CORE_LOOP_STALL_MS` (`/healthz`).
+    Liveness { all_cores_alive: bool },
+    /// A reloaded configuration (SIGHUP): apps and limits change, connections stay.
+    Reload(Arc<Reload>),
+}
+
+/// The shard's view of the control plane, built only from `ControlEvent`s.
+#[derive(Debug, Clone, Copy)]
+struct ControlView {
+    ready: bool,
+    drain_close_at_ms: Option<u64>,
+    cores_alive: bool,
+}
+
+impl ControlView {
+    fn is_draining(&self) -> bool {
+        self.drain_close_at_ms.is_some()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready && !self.is_draining()
+    }
+}
 
 pub struct Shard {
     core: usize,
@@ -79,7 +110,8 @@ pub struct Shard {
     connections_max: usize,
     /// The time of the current driver call; internal code reads this, never a clock.
     now: Now,
-    control: Arc<Control>,
+    /// Readiness, drain and liveness as last reported by the driver.
+    control: ControlView,
     metrics: Arc<Metrics>,
     webhooks: Arc<WebhookQueues>,
     /// Cache channels that recently sent a `cache_miss` webhook, and when (de-duplication).
@@ -101,7 +133,6 @@ impl Shard {
         config: Arc<Config>,
         apps: Arc<Apps>,
         epoch: u64,
-        control: Arc<Control>,
         metrics: Arc<Metrics>,
         webhooks: Arc<WebhookQueues>,
     ) -> Shard {
@@ -131,7 +162,11 @@ impl Shard {
                 unix_secs: 0,
                 unix_ms: 0,
             },
-            control,
+            control: ControlView {
+                ready: false,
+                drain_close_at_ms: None,
+                cores_alive: true,
+            },
             metrics,
             webhooks,
             cache_misses: HashMap::new(),
@@ -432,10 +467,8 @@ impl Shard {
         }
         self.pay_owed_counts();
         self.drain_some(limits::TIMER_SWEEP_INTERVAL_MS);
-        self.control
-            .publish_connections(self.core, self.conns.len());
         self.sweeps += 1;
-        if self.sweeps % 64 == 0 {
+        if self.sweeps.is_multiple_of(64) {
             self.expire_caches();
             let now_ms = self.now.mono_ms;
             self.cache_misses
@@ -481,12 +514,6 @@ impl Shard {
         self.abort(key);
     }
 
-    /// Whether the driver must tear the socket down now (the shard gave up on it).
-    pub fn wants_abort(&self, key: u32) -> bool {
-        let conn = &self.conns[key as usize];
-        conn.dead && conn.io.recv_armed
-    }
-
     /// Stop processing input; flush what is queued; the driver half-closes after the flush and
     /// drops the socket when the peer closes or the linger expires.
     fn begin_close(&mut self, key: u32) {
@@ -496,7 +523,7 @@ impl Shard {
             return;
         }
         conn.closing = true;
-        conn.deadline_ms = now.mono_ms + CLOSE_LINGER_MS;
+        conn.deadline_ms = now.mono_ms + limits::CLOSE_LINGER_MS;
         if let Phase::Http { input, .. } = &mut conn.phase {
             *input = Vec::new();
         }
@@ -545,10 +572,10 @@ impl Shard {
     fn release_connection_state(&mut self, key: u32) {
         let conn = &mut self.conns[key as usize];
         let Phase::WebSocket(ws) = &mut conn.phase else {
-            if let Phase::Http { awaiting, .. } = &mut conn.phase {
-                if let Some(slot) = awaiting.take() {
-                    self.queries.remove(slot as usize);
-                }
+            if let Phase::Http { awaiting, .. } = &mut conn.phase
+                && let Some(slot) = awaiting.take()
+            {
+                self.queries.remove(slot as usize);
             }
             return;
         };
@@ -594,8 +621,23 @@ impl Shard {
         &self.metrics.cores[self.core]
     }
 
+    /// A change of the control plane (see `ControlEvent`).
+    pub fn on_control(&mut self, event: ControlEvent, now: Now) {
+        self.now = now;
+        match event {
+            ControlEvent::Ready(ready) => self.control.ready = ready,
+            ControlEvent::Drain { close_at_ms } => {
+                self.control.drain_close_at_ms = Some(close_at_ms);
+            }
+            ControlEvent::Liveness { all_cores_alive } => {
+                self.control.cores_alive = all_cores_alive;
+            }
+            ControlEvent::Reload(reload) => self.apply_reload(&reload),
+        }
+    }
+
     /// Applies a reloaded configuration: apps and limits change, connections stay.
-    pub fn apply_reload(&mut self, reload: &Reload) {
+    fn apply_reload(&mut self, reload: &Reload) {
         self.config = Arc::clone(&reload.config);
         self.apps = Arc::clone(&reload.apps);
     }
@@ -621,7 +663,7 @@ impl Shard {
     /// Drain: once the grace period is over, closes this core's share of `drain_rate_per_s`
     /// connections per sweep, in a jittered order and amount, WebSocket clients with 4200.
     fn drain_some(&mut self, elapsed_ms: u64) {
-        let Some(close_at) = self.control.drain_close_at_ms() else {
+        let Some(close_at) = self.control.drain_close_at_ms else {
             return;
         };
         if self.now.mono_ms < close_at {

@@ -23,9 +23,6 @@ use crate::protocol::socket_id::SocketId;
 use crate::ws::frame;
 use crate::ws::handshake;
 
-/// REST timestamps are accepted within this many seconds of server time (spec §7.2).
-const TIMESTAMP_WINDOW_SECS: u64 = 600;
-
 /// A REST request waiting for other cores.
 #[derive(Debug)]
 pub(super) struct Query {
@@ -184,8 +181,9 @@ impl Shard {
         }
         match (request.method, path) {
             (Method::Get | Method::Head, "/" | "/healthz") => {
-                // Alive when every core loop ran recently (this one obviously did).
-                if self.control.all_cores_alive(HEALTH_HEARTBEAT_MAX_AGE_MS) {
+                // Alive when every core loop ran recently (this one obviously did), as the
+                // driver last reported.
+                if self.control.cores_alive {
                     self.respond(key, 200, "text/plain", b"OK", keep_alive, &[]);
                 } else {
                     let body = b"a core loop is stuck";
@@ -247,7 +245,7 @@ impl Shard {
             &app_config.key,
             &app_config.secret,
             self.now.unix_secs,
-            TIMESTAMP_WINDOW_SECS,
+            limits::REST_TIMESTAMP_WINDOW_SECS,
         ) {
             return self.respond_error(key, error.status, &error.message, keep_alive, &[]);
         }
@@ -447,7 +445,7 @@ impl Shard {
             channel: channel.clone(),
             with_users,
         };
-        self.to_owner(&channel, message);
+        self.route_to_owner(&channel, message);
     }
 
     fn channel_users(&mut self, key: u32, app: u32, name: &str, keep_alive: bool) {
@@ -793,9 +791,6 @@ impl Shard {
         }
     }
 }
-
-/// `/healthz` fails when a core's loop has not run for this long.
-const HEALTH_HEARTBEAT_MAX_AGE_MS: u64 = 2_000;
 
 /// Which endpoint a path is, for metrics.
 fn endpoint_of(path: &str) -> Endpoint {

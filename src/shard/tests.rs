@@ -9,6 +9,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::*;
 use crate::config;
+use crate::control::Control;
 use crate::mesh::Mesh;
 use crate::ws::frame::{Decoder, Message};
 
@@ -41,7 +42,6 @@ impl World {
                     config,
                     apps,
                     42,
-                    Arc::clone(&control),
                     Arc::clone(&metrics),
                     Arc::new(crate::webhook::WebhookQueues::new(cores)),
                 )

@@ -31,9 +31,9 @@ pub struct Watchlist {
 }
 
 impl Shard {
-    fn to_user_owner(&mut self, app: u32, user_id: &str, message: ShardMessage) {
+    fn route_to_user_owner(&mut self, app: u32, user_id: &str, message: ShardMessage) {
         let key = user_key(app, user_id);
-        self.to_owner(&key, message);
+        self.route_to_owner(&key, message);
     }
 
     /// A connection signed in as `user_id` with `watched` users.
@@ -44,7 +44,7 @@ impl Shard {
         user_id: Arc<str>,
         watched: Vec<Arc<str>>,
     ) {
-        self.to_user_owner(
+        self.route_to_user_owner(
             app,
             &user_id.clone(),
             ShardMessage::UserOnline {
@@ -69,7 +69,7 @@ impl Shard {
                 watched: Arc::clone(&target),
                 conn,
             };
-            self.to_user_owner(app, &target, message);
+            self.route_to_user_owner(app, &target, message);
         }
     }
 
@@ -86,13 +86,13 @@ impl Shard {
                 watcher: Arc::clone(&user_id),
                 watched: Arc::clone(&watched),
             };
-            self.to_user_owner(app, &watched, message);
+            self.route_to_user_owner(app, &watched, message);
         }
         let message = ShardMessage::UserOffline {
             app,
             user_id: Arc::clone(&user_id),
         };
-        self.to_user_owner(app, &user_id, message);
+        self.route_to_user_owner(app, &user_id, message);
     }
 
     /// Owner side: counts a connection in or out, and tells watchers about 0↔1 transitions.

@@ -246,7 +246,12 @@ impl Shard {
                 };
                 self.send_text(
                     key,
-                    &outbound::subscription_error(name, error_type, error.message(), 4009),
+                    &outbound::subscription_error(
+                        name,
+                        error_type,
+                        error.message(),
+                        close_code::UNAUTHORIZED,
+                    ),
                 );
                 return;
             }
@@ -295,7 +300,7 @@ impl Shard {
                     name,
                     "LimitReached",
                     "Too many channels on one connection",
-                    4009,
+                    close_code::UNAUTHORIZED,
                 ),
             );
             return;
@@ -359,7 +364,7 @@ impl Shard {
                             "user_id is longer than {} characters",
                             app.presence_user_id_bytes_max
                         ),
-                        4009,
+                        close_code::UNAUTHORIZED,
                     ));
                 }
                 if member.info_json.len() > app.presence_user_info_bytes_max {
@@ -368,7 +373,7 @@ impl Shard {
                             "user_info is larger than {} bytes",
                             app.presence_user_info_bytes_max
                         ),
-                        4301,
+                        close_code::CLIENT_EVENT_REJECTED,
                     ));
                 }
                 Ok(Some(member))
@@ -411,7 +416,10 @@ impl Shard {
             let message = format!(
                 "Watchlist limit exceeded. Only the first {watchlist_max} user IDs are accepted."
             );
-            self.send_text(key, &outbound::error(Some(4302), &message));
+            self.send_text(
+                key,
+                &outbound::error(Some(close_code::WATCHLIST_LIMIT), &message),
+            );
         }
         let channel_name = format!("{}{}", channel::SERVER_TO_USER_PREFIX, user.id);
         let ws = self.conns[key as usize].ws().expect("WebSocket phase");
@@ -437,7 +445,7 @@ impl Shard {
         let app = self.apps.get(ws.app);
         let refusal = if !app.enable_client_events {
             Some((
-                Some(4301),
+                Some(close_code::CLIENT_EVENT_REJECTED),
                 "The app does not have client messaging enabled.".to_string(),
             ))
         } else if !matches!(
@@ -462,7 +470,7 @@ impl Shard {
             ))
         } else if event.len() > app.event_name_bytes_max {
             Some((
-                Some(4301),
+                Some(close_code::CLIENT_EVENT_REJECTED),
                 format!(
                     "Client event name is longer than {} bytes",
                     app.event_name_bytes_max
@@ -470,7 +478,7 @@ impl Shard {
             ))
         } else if data_json.len() > app.payload_bytes_max {
             Some((
-                Some(4301),
+                Some(close_code::CLIENT_EVENT_REJECTED),
                 format!(
                     "Client event data is larger than {} bytes",
                     app.payload_bytes_max
@@ -494,7 +502,7 @@ impl Shard {
                 key,
                 &outbound::channel_error(
                     name,
-                    Some(4301),
+                    Some(close_code::CLIENT_EVENT_REJECTED),
                     "Client event rejected due to rate limit",
                 ),
             );

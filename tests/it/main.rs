@@ -19,6 +19,8 @@ mod rest;
 mod smoke;
 /// Start the binary, clients, signed REST calls.
 mod support;
+/// Source hygiene: module docs, `unsafe` placement and SAFETY notes, function length, leftovers.
+mod tidy;
 /// Webhooks: signed delivery from both cores, retries and de-duplication, a down receiver, the
 /// removal delay, filters and reload, and the `pusher` npm library's verification.
 mod webhooks;

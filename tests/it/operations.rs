@@ -69,7 +69,7 @@ fn publish(addr: SocketAddr, body: &Value) -> (u16, String) {
 /// How one WebSocket connection attempt ended.
 enum Attempt {
     /// `pusher:connection_established` was read.
-    Connected(WebSocket<TcpStream>),
+    Connected(Box<WebSocket<TcpStream>>),
     /// Refused: the `pusher:error` code (if one came first) and the close code.
     Refused(Option<u64>, u16),
     /// Anything else (connect or handshake error, unexpected message, socket ended).
@@ -111,7 +111,7 @@ fn attempt(addr: SocketAddr, key: &str) -> Attempt {
                 };
                 match event["event"].as_str() {
                     Some("pusher:connection_established") if error_code.is_none() => {
-                        return Attempt::Connected(ws);
+                        return Attempt::Connected(Box::new(ws));
                     }
                     Some("pusher:error") if error_code.is_none() => {
                         error_code = event["data"]["code"].as_u64();
@@ -543,7 +543,7 @@ fn storm_thread(storm: Arc<Storm>, ids: std::ops::Range<usize>) -> Vec<String> {
                     match ws.send(Message::text(subscribe.to_string())) {
                         Ok(()) => {
                             storm.connected.fetch_add(1, Ordering::SeqCst);
-                            connected.push((client.id, ws));
+                            connected.push((client.id, *ws));
                         }
                         Err(error) => {
                             problems.push(format!("client {}: subscribe: {error}", client.id));

@@ -2,8 +2,6 @@
 //! test, WebSocket clients (tungstenite over a blocking TcpStream with timeouts), raw TCP, and
 //! signed REST calls. Every wait is bounded; a test that waits too long fails, it never hangs.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
