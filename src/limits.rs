@@ -49,6 +49,25 @@ pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1024;
 /// REST queries (channel listings) one core may have waiting for other cores' answers.
 pub const PENDING_QUERIES_PER_CORE_MAX: usize = 4096;
 
+/// Ceiling for `history.events_per_channel_max`.
+pub const HISTORY_EVENTS_PER_CHANNEL_CEILING: usize = 100_000;
+/// Ceiling for `history.age_secs_max` (one day).
+pub const HISTORY_AGE_SECS_CEILING: usize = 24 * 3600;
+/// Ceiling for `history.bytes_max` (all channels together).
+pub const HISTORY_BYTES_CEILING: usize = 64 * 1024 * 1024 * 1024;
+/// After a restart (or a promotion), presence members and channel positions restored from the
+/// WAL are kept this long for their clients to come back: a member who re-subscribes is
+/// reconfirmed silently, the others are removed when it ends.
+pub const RESTORED_STATE_GRACE_MS: u64 = 30_000;
+/// Publish acknowledgements one core holds waiting for the WAL: one per REST request in flight
+/// on any core (each waits for at most one barrier per owner).
+pub const PENDING_ACKS_PER_CORE_MAX: usize = CORES_MAX * PENDING_QUERIES_PER_CORE_MAX;
+/// The owner's rarer housekeeping (cache and history expiry) runs every this many sweeps.
+pub const OWNER_HOUSEKEEPING_SWEEPS: u64 = 10;
+
+/// Events in one page of the REST history API (`limit`).
+pub const HISTORY_PAGE_EVENTS_MAX: usize = 1000;
+
 /// Apps in one process.
 pub const APPS_MAX: usize = 10_000;
 

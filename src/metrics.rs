@@ -29,18 +29,20 @@ pub enum Endpoint {
     Channels,
     Channel,
     Users,
+    History,
     TerminateConnections,
     Health,
     Upgrade,
     Other,
 }
 
-pub const ENDPOINTS: [(Endpoint, &str); 9] = [
+pub const ENDPOINTS: [(Endpoint, &str); 10] = [
     (Endpoint::Events, "events"),
     (Endpoint::BatchEvents, "batch_events"),
     (Endpoint::Channels, "channels"),
     (Endpoint::Channel, "channel"),
     (Endpoint::Users, "users"),
+    (Endpoint::History, "history"),
     (Endpoint::TerminateConnections, "terminate_connections"),
     (Endpoint::Health, "health"),
     (Endpoint::Upgrade, "upgrade"),
@@ -53,7 +55,7 @@ pub const STATUSES: [u16; 13] = [
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 7] = [
+pub const REJECTIONS: [&str; 8] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
@@ -61,6 +63,7 @@ pub const REJECTIONS: [&str; 7] = [
     "draining",
     "rest_in_flight",
     "mesh_backlog",
+    "storage_full",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -69,6 +72,8 @@ pub const REJECT_ORIGIN: usize = 3;
 pub const REJECT_DRAINING: usize = 4;
 pub const REJECT_REST_IN_FLIGHT: usize = 5;
 pub const REJECT_MESH_BACKLOG: usize = 6;
+/// A publish refused because the WAL's disk is full.
+pub const REJECT_STORAGE_FULL: usize = 7;
 
 /// Upper bounds (seconds) of the publish→write latency histogram.
 pub const LATENCY_BUCKETS: [f64; 14] = [

@@ -15,7 +15,32 @@ pub struct RawConfig {
     #[serde(default)]
     pub webhooks: WebhooksConfig,
     #[serde(default)]
+    pub history: HistoryConfig,
+    #[serde(default)]
     pub apps: Vec<AppConfig>,
+}
+
+/// Channel history (kept in memory, rebuilt from the WAL at start): the window each channel
+/// keeps for the REST history API and for clients that resume after a reconnect.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HistoryConfig {
+    /// Events kept per channel; 0 keeps none (sequence numbers still count).
+    pub events_per_channel_max: usize,
+    /// Events older than this are dropped.
+    pub age_secs_max: u64,
+    /// Bytes of retained events across every channel (oldest evicted first).
+    pub bytes_max: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig {
+            events_per_channel_max: 100,
+            age_secs_max: 300,
+            bytes_max: 256 * 1024 * 1024,
+        }
+    }
 }
 
 /// Webhook delivery (spec §8), for every app; the targets are per app (`[[apps.webhooks]]`).
@@ -245,6 +270,11 @@ pub struct AppConfig {
     /// once; Pusher waits up to 3000.
     #[serde(default)]
     pub webhook_removal_delay_ms: u64,
+    /// Event frames carry `"seq"`, `subscription_succeeded` carries the channel's `"epoch"`
+    /// and last `"seq"`, and a subscribe may carry `resume_after` (off: frames are exactly
+    /// Pusher's).
+    #[serde(default)]
+    pub event_sequence: bool,
 }
 
 /// One webhook target of an app.

@@ -11,7 +11,8 @@ use std::path::Path;
 use crate::limits;
 
 pub use file::{
-    AppConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig, WebhookConfig, WebhooksConfig,
+    AppConfig, HistoryConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig, WebhookConfig,
+    WebhooksConfig,
 };
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
@@ -24,6 +25,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub webhooks: WebhooksConfig,
+    pub history: HistoryConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -181,6 +183,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         1024,
     )?;
     validate_webhooks(&raw.webhooks)?;
+    validate_history(&raw.history)?;
     if raw.apps.is_empty() {
         return Err(invalid("apps", "at least one [[apps]] entry is required"));
     }
@@ -274,8 +277,31 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         log: raw.log,
         metrics: raw.metrics,
         webhooks: raw.webhooks,
+        history: raw.history,
         apps: raw.apps,
     })
+}
+
+fn validate_history(history: &HistoryConfig) -> Result<(), ConfigError> {
+    check_range(
+        "history.events_per_channel_max",
+        history.events_per_channel_max,
+        0,
+        limits::HISTORY_EVENTS_PER_CHANNEL_CEILING,
+    )?;
+    check_range(
+        "history.age_secs_max",
+        history.age_secs_max as usize,
+        1,
+        limits::HISTORY_AGE_SECS_CEILING,
+    )?;
+    check_range(
+        "history.bytes_max",
+        history.bytes_max,
+        0,
+        limits::HISTORY_BYTES_CEILING,
+    )?;
+    Ok(())
 }
 
 /// Longest `apps[].webhook_removal_delay_ms`.
@@ -495,6 +521,7 @@ impl Config {
             log: self.log.clone(),
             metrics: self.metrics.clone(),
             webhooks: self.webhooks.clone(),
+            history: self.history.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")

@@ -91,6 +91,11 @@ pub enum SubscribeReply {
         presence_data: Option<String>,
         /// Cache channels: the last event's frame (`Some(None)` is a miss).
         cached: Option<Option<Bytes>>,
+        /// Apps with `event_sequence`: the channel's (epoch, last seq) for
+        /// `subscription_succeeded`.
+        position: Option<(u64, u64)>,
+        /// The answer to a `resume_after`: the missed events, or that they are not all here.
+        replay: Option<Replay>,
     },
     /// The owner refused (presence channel full): a `pusher:subscription_error`.
     Refused {
@@ -100,11 +105,67 @@ pub enum SubscribeReply {
     },
 }
 
-/// The last event of a cache channel, kept on its owner.
+/// What a subscription that asked to resume gets right after `subscription_succeeded`.
+#[derive(Debug)]
+pub struct Replay {
+    /// True when `frames` holds every missed event (possibly none); false replays nothing.
+    pub recovered: bool,
+    pub frames: Vec<Bytes>,
+}
+
+/// An event to sequence on one channel: everything its WAL record needs. It names the app by
+/// its index and the excluded connection by socket id, nothing else of this process.
 #[derive(Debug, Clone)]
-pub struct CacheEntry {
-    /// The raw JSON text of the event's `data`.
-    pub data_json: Box<str>,
+pub struct PublishCommand {
+    pub channel: ChannelKey,
+    pub event: Arc<str>,
+    /// The raw JSON text of `data` (a string literal for REST events).
+    pub data: Arc<str>,
+    pub exclude: Option<SocketId>,
+    /// The sender of a client event on a presence channel.
+    pub user_id: Option<Arc<str>>,
+    /// Wall-clock Unix ms when the receiving core accepted it.
+    pub published_ms: u64,
+    /// A REST event on a cache channel: it becomes the channel's cached event.
+    pub cache: bool,
+    /// A client event (relayed from a connection, not from REST).
+    pub client: bool,
+}
+
+/// How durable an acknowledged publish is (the `X-Ringcast-Durability` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Durability {
+    /// No WAL (`[storage] dir` empty): sequenced in memory only.
+    Memory,
+    /// Written to the WAL file: survives a crash of the process.
+    Written,
+    /// Written and fsynced: survives a power loss.
+    Fsynced,
+}
+
+impl Durability {
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Durability::Memory => "memory",
+            Durability::Written => "local-written",
+            Durability::Fsynced => "local-fsynced",
+        }
+    }
+}
+
+/// Why an owner did not sequence a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRefusal {
+    /// The WAL's disk is full: nothing could be persisted.
+    StorageFull,
+}
+
+/// An owner's answer to a `Barrier`: every publish the sender sent before it is durable at the
+/// given level, or at least one was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    Durable(Durability),
+    Refused(PublishRefusal),
 }
 
 /// One channel as described by its owner for REST.
@@ -127,6 +188,8 @@ pub enum ShardMessage {
         conn: ConnRef,
         socket_id: SocketId,
         member: Option<Member>,
+        /// `resume_after` from the client: (epoch, last seq seen).
+        resume: Option<(u64, u64)>,
     },
     /// Owner → connection core: the answer to `Subscribe`. When joined, the owner has counted
     /// `conn` in and forwards the channel's events to the connection's core from here on.
@@ -143,14 +206,18 @@ pub enum ShardMessage {
         user_id: Option<Arc<str>>,
         socket_id: Option<SocketId>,
     },
-    /// Any core → owner: sequence `frame` on `channel` and fan it out; REST events on cache
-    /// channels carry the entry to keep.
+    /// Any core → owner: sequence an event (REST or client event): log it, keep it in the
+    /// history, fan it out.
     Publish {
+        publish: Box<PublishCommand>,
+        /// When the publish arrived (process monotonic µs), for the latency histogram.
+        published_us: u64,
+    },
+    /// Any core → owner: fan out an internal frame (watchlist events) without sequencing or
+    /// logging it.
+    Relay {
         channel: ChannelKey,
         frame: Bytes,
-        exclude: Option<SocketId>,
-        cache: Option<CacheEntry>,
-        /// When the publish arrived (process monotonic µs), for the latency histogram.
         published_us: u64,
     },
     /// Owner → every core with subscribers: write `frame` to local subscribers of `channel`.
@@ -184,14 +251,28 @@ pub enum ShardMessage {
         index: u32,
         info: ChannelInfo,
     },
-    /// REST core → owner, after the request's `Publish` messages: answered by `BarrierAck`
-    /// once everything the REST core sent before it has been handled (queues are FIFO), so the
-    /// REST answer means "sequenced by the owner".
+    /// REST core → owner (this core included), after the request's `Publish` messages:
+    /// answered by `BarrierAck` once everything the REST core sent before it has been handled
+    /// (queues are FIFO) and its WAL records are durable, so the REST answer means "sequenced
+    /// and persisted by the owner".
     Barrier {
         query: QueryRef,
     },
     BarrierAck {
         query: QueryRef,
+        outcome: AckOutcome,
+    },
+    /// REST core → owner: up to `limit` retained events of `channel` after `after`.
+    History {
+        query: QueryRef,
+        channel: ChannelKey,
+        after: u64,
+        limit: usize,
+    },
+    /// Owner → REST core: the answer to `History`.
+    HistoryPage {
+        query: QueryRef,
+        page: Box<crate::shard::HistoryPage>,
     },
     /// REST core → every core: close every connection signed in as `user_id` (4009).
     TerminateUser {

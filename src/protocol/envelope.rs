@@ -16,6 +16,10 @@ pub enum ClientMessage {
         /// The exact string that was signed (presence); an object sent by an old client is
         /// serialized compactly.
         channel_data: Option<String>,
+        /// `resume_after: {"epoch": E, "seq": N}` (apps with `event_sequence`): the last event
+        /// the client saw. A malformed one is kept as epoch 0, which never matches (the client
+        /// is told `recovered: false` rather than silently ignored).
+        resume_after: Option<(u64, u64)>,
     },
     Unsubscribe {
         channel: String,
@@ -61,6 +65,21 @@ struct SubscribeData {
     auth: Option<String>,
     #[serde(default)]
     channel_data: Option<serde_json::Value>,
+    #[serde(default)]
+    resume_after: Option<serde_json::Value>,
+}
+
+/// `resume_after` as (epoch, seq); anything malformed becomes (0, 0), an epoch no channel has.
+fn resume_point(value: &serde_json::Value) -> (u64, u64) {
+    let epoch = value
+        .get("epoch")
+        .and_then(serde_json::Value::as_str)
+        .and_then(super::outbound::parse_epoch);
+    let seq = value.get("seq").and_then(serde_json::Value::as_u64);
+    match (epoch, seq) {
+        (Some(epoch), Some(seq)) => (epoch, seq),
+        _ => (0, 0),
+    }
 }
 
 #[derive(Deserialize)]
@@ -109,6 +128,7 @@ pub fn parse(text: &[u8]) -> Result<ClientMessage, EnvelopeError> {
                 channel: data.channel,
                 auth: data.auth,
                 channel_data,
+                resume_after: data.resume_after.as_ref().map(resume_point),
             }
         }
         "pusher:unsubscribe" => {
@@ -153,7 +173,8 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 channel: "my-channel".into(),
                 auth: Some(String::new()),
-                channel_data: None
+                channel_data: None,
+                resume_after: None
             })
         );
         assert_eq!(
@@ -161,7 +182,8 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 channel: "presence-x".into(),
                 auth: Some("k:s".into()),
-                channel_data: Some(r#"{"user_id":"10"}"#.into())
+                channel_data: Some(r#"{"user_id":"10"}"#.into()),
+                resume_after: None
             })
         );
         assert_eq!(
@@ -181,13 +203,40 @@ mod tests {
     }
 
     #[test]
+    fn resume_after_is_parsed_and_malformed_ones_never_match() {
+        let parsed = parse(
+            br#"{"event":"pusher:subscribe","data":{"channel":"c","resume_after":{"epoch":"00000000000000ab","seq":7}}}"#,
+        );
+        let Ok(ClientMessage::Subscribe { resume_after, .. }) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(resume_after, Some((0xab, 7)));
+        for bad in [
+            r#"{"epoch":5,"seq":7}"#,
+            r#"{"epoch":"zz","seq":7}"#,
+            r#""x""#,
+            "{}",
+        ] {
+            let text = format!(
+                r#"{{"event":"pusher:subscribe","data":{{"channel":"c","resume_after":{bad}}}}}"#
+            );
+            let parsed = parse(text.as_bytes());
+            let Ok(ClientMessage::Subscribe { resume_after, .. }) = parsed else {
+                panic!("{parsed:?}");
+            };
+            assert_eq!(resume_after, Some((0, 0)), "{bad}");
+        }
+    }
+
+    #[test]
     fn string_encoded_data_from_old_clients() {
         assert_eq!(
             parse(br#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#),
             Ok(ClientMessage::Subscribe {
                 channel: "a".into(),
                 auth: None,
-                channel_data: None
+                channel_data: None,
+                resume_after: None
             })
         );
     }

@@ -73,6 +73,52 @@ pub fn channel_event(event: &str, channel: &str, data_json: &str) -> String {
     out
 }
 
+/// A channel's history epoch as clients see it (16 hex digits).
+pub fn epoch_text(epoch: u64) -> String {
+    format!("{epoch:016x}")
+}
+
+/// The reverse of `epoch_text`; `None` for anything that is not 1..=16 hex digits.
+pub fn parse_epoch(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
+}
+
+/// Adds the top-level `"seq"` (channels with `event_sequence`) to an event's JSON text.
+pub fn with_sequence(mut text: String, seq: u64) -> String {
+    assert_eq!(text.pop(), Some('}'), "an event is a JSON object");
+    text.push_str(r#","seq":"#);
+    text.push_str(&seq.to_string());
+    text.push('}');
+    text
+}
+
+/// Adds the channel's position (`"epoch"` and the last `"seq"`) to a `subscription_succeeded`.
+pub fn with_position(mut text: String, epoch: u64, seq: u64) -> String {
+    assert_eq!(text.pop(), Some('}'), "an event is a JSON object");
+    text.push_str(&format!(
+        r#","epoch":"{}","seq":{seq}}}"#,
+        epoch_text(epoch)
+    ));
+    text
+}
+
+/// `ringcast:resume`: whether every missed event was replayed, and the channel's position.
+pub fn resume(channel: &str, recovered: bool, epoch: u64, seq: u64) -> String {
+    let data = format!(
+        r#"{{"channel":{},"recovered":{recovered},"epoch":"{}","seq":{seq}}}"#,
+        json_string(channel),
+        epoch_text(epoch)
+    );
+    format!(
+        r#"{{"event":"ringcast:resume","channel":{},"data":{}}}"#,
+        json_string(channel),
+        json_string(&data)
+    )
+}
+
 /// Presence `subscription_succeeded`; `presence_data` is the JSON text of
 /// `{"presence":{"ids":[..],"hash":{..},"count":N}}` (sent string-encoded).
 pub fn presence_subscription_succeeded(channel: &str, presence_data: &str) -> String {
@@ -184,6 +230,27 @@ pub fn watchlist_events(online: &[&str], offline: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_position_and_resume_encodings() {
+        let event = channel_event("e", "c", r#""d""#);
+        assert_eq!(
+            with_sequence(event, 42),
+            r#"{"event":"e","channel":"c","data":"d","seq":42}"#
+        );
+        assert_eq!(
+            with_position(subscription_succeeded("c"), 0xab, 7),
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"c","data":"{}","epoch":"00000000000000ab","seq":7}"#
+        );
+        assert_eq!(
+            resume("c", true, 0xab, 7),
+            r#"{"event":"ringcast:resume","channel":"c","data":"{\"channel\":\"c\",\"recovered\":true,\"epoch\":\"00000000000000ab\",\"seq\":7}"}"#
+        );
+        assert_eq!(parse_epoch(&epoch_text(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_epoch("xyz"), None);
+        assert_eq!(parse_epoch(""), None);
+        assert_eq!(parse_epoch("00000000000000001"), None);
+    }
 
     #[test]
     fn exact_spec_encodings() {

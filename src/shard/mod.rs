@@ -9,6 +9,8 @@ mod apps;
 mod channels;
 mod conn;
 mod frames;
+mod history;
+mod owner;
 mod rest;
 mod users;
 mod websocket;
@@ -23,14 +25,16 @@ use slab::Slab;
 use crate::config::Config;
 use crate::control::Reload;
 use crate::limits;
+use crate::mesh::message::Durability;
 use crate::mesh::{ChannelKey, ConnRef, Outbox, ShardMessage};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::protocol::socket_id::SocketIdGenerator;
 use crate::webhook::{WebhookEvent, WebhookKind, WebhookQueues};
 
 pub use apps::Apps;
-use channels::{CachedEvent, OwnedChannel};
 pub use conn::{Conn, ConnIo, Phase};
+pub use history::{HistoryEvent, HistoryPage};
+pub use owner::{Journal, JournalFull, NoJournal, Owner, OwnerRecord};
 use rest::Query;
 
 /// The time, passed in by the driver (the shard never reads a clock).
@@ -42,8 +46,18 @@ pub struct Now {
     pub mono_us: u64,
     /// Wall-clock Unix seconds (REST timestamps).
     pub unix_secs: u64,
-    /// Wall-clock Unix milliseconds (webhook `time_ms`).
+    /// Wall-clock Unix milliseconds (webhook `time_ms`, publish times, cache expiry).
     pub unix_ms: u64,
+}
+
+impl Now {
+    /// The time before the driver's first call.
+    pub const ZERO: Now = Now {
+        mono_ms: 0,
+        mono_us: 0,
+        unix_secs: 0,
+        unix_ms: 0,
+    };
 }
 
 /// From this many local subscribers on, a frame from another core is copied once per core.
@@ -92,14 +106,12 @@ pub struct Shard {
     generation: u32,
     /// Channel → this core's Active subscribers (slab keys).
     local: HashMap<ChannelKey, Vec<u32>>,
-    /// Channels owned by this core that have subscribers somewhere.
-    owned: HashMap<ChannelKey, OwnedChannel>,
-    /// Last events of cache channels owned by this core (kept with or without subscribers).
-    caches: HashMap<ChannelKey, CachedEvent>,
-    /// Owned channels whose `subscription_count` event is waiting for its interval.
-    counts_owed: Vec<ChannelKey>,
-    /// Signed-in users owned by this core: connection counts and watchers.
-    users: HashMap<(u32, Arc<str>), users::UserEntry>,
+    /// The state of the channels and users this core owns (the WAL's state machine).
+    owner: Owner,
+    /// Where the owner appends its records (the WAL's group-commit buffer, or nothing).
+    journal: Box<dyn Journal + Send>,
+    /// The owner's effects being carried out (kept to reuse its allocation).
+    effects: Vec<(usize, ShardMessage)>,
     /// Timer sweeps done, to run rarer housekeeping every so many sweeps.
     sweeps: u64,
     queries: Slab<Query>,
@@ -114,8 +126,6 @@ pub struct Shard {
     control: ControlView,
     metrics: Arc<Metrics>,
     webhooks: Arc<WebhookQueues>,
-    /// Cache channels that recently sent a `cache_miss` webhook, and when (de-duplication).
-    cache_misses: HashMap<ChannelKey, u64>,
     /// The endpoint of the HTTP request being answered (for metrics).
     endpoint: crate::metrics::Endpoint,
     /// Accept-rate token bucket: tokens available and when it was last refilled.
@@ -137,6 +147,14 @@ impl Shard {
         webhooks: Arc<WebhookQueues>,
     ) -> Shard {
         assert!(core < cores);
+        let owner = Owner::new(
+            core,
+            cores,
+            Arc::clone(&config),
+            Arc::clone(&apps),
+            Arc::clone(&webhooks),
+            epoch,
+        );
         Shard {
             core,
             cores,
@@ -145,23 +163,17 @@ impl Shard {
             conns: Slab::new(),
             generation: 0,
             local: HashMap::new(),
-            owned: HashMap::new(),
-            caches: HashMap::new(),
-            counts_owed: Vec::new(),
+            owner,
+            journal: Box::new(NoJournal),
+            effects: Vec::new(),
             sweeps: 0,
-            users: HashMap::new(),
             queries: Slab::new(),
             query_generation: 0,
             outbox: Outbox::new(core, cores),
             dirty: Vec::new(),
             socket_ids: SocketIdGenerator::new(epoch, core, cores),
             connections_max: limits::CONNECTIONS_PER_CORE_MAX,
-            now: Now {
-                mono_ms: 0,
-                mono_us: 0,
-                unix_secs: 0,
-                unix_ms: 0,
-            },
+            now: Now::ZERO,
             control: ControlView {
                 ready: false,
                 drain_close_at_ms: None,
@@ -169,7 +181,6 @@ impl Shard {
             },
             metrics,
             webhooks,
-            cache_misses: HashMap::new(),
             endpoint: crate::metrics::Endpoint::Other,
             accept_tokens: 0.0,
             accept_refilled_ms: 0,
@@ -310,31 +321,19 @@ impl Shard {
 
     /// Handles one message from core `from` (which may be this core, for work it owns itself).
     fn handle_message(&mut self, from: usize, message: ShardMessage) {
+        if Owner::is_owner_bound(&message) {
+            self.owner
+                .apply(from, message, self.now, &mut *self.journal);
+            self.run_owner_effects();
+            return;
+        }
         match message {
-            ShardMessage::Subscribe {
-                channel,
-                conn,
-                socket_id,
-                member,
-            } => self.owner_subscribe(from, channel, conn, socket_id, member),
             ShardMessage::SubscribeOk {
                 channel,
                 conn,
                 user_id,
                 reply,
             } => self.subscription_answered(channel, conn, user_id, reply),
-            ShardMessage::Unsubscribe {
-                channel,
-                user_id,
-                socket_id,
-            } => self.owner_unsubscribe(from, &channel, user_id, socket_id),
-            ShardMessage::Publish {
-                channel,
-                frame,
-                exclude,
-                cache,
-                published_us,
-            } => self.owner_publish_at(channel, frame, exclude, cache, published_us),
             ShardMessage::Deliver {
                 channel,
                 frame,
@@ -353,58 +352,67 @@ impl Shard {
                 };
                 self.deliver_local(&channel, &frame, exclude, published_us);
             }
-            ShardMessage::ListChannels { query, app, prefix } => {
-                let channels = self.owned_channels(app, &prefix);
-                self.outbox
-                    .push(from, ShardMessage::ChannelList { query, channels });
-            }
             ShardMessage::ChannelList { query, channels } => self.query_list_reply(query, channels),
-            ShardMessage::DescribeChannel {
-                query,
-                index,
-                channel,
-                with_users,
-            } => {
-                let info = self.owned_channel_info(&channel, with_users);
-                let reply = ShardMessage::ChannelDescription { query, index, info };
-                if from == self.core {
-                    self.handle_message(from, reply);
-                } else {
-                    self.outbox.push(from, reply);
-                }
-            }
             ShardMessage::ChannelDescription { query, index, info } => {
                 self.query_describe_reply(query, index, info)
             }
+            ShardMessage::HistoryPage { query, page } => self.query_history_reply(query, *page),
             ShardMessage::TerminateUser { app, user_id } => self.terminate_user(app, &user_id),
-            ShardMessage::Barrier { query } => {
-                assert_ne!(from, self.core, "barriers are only sent to other cores");
-                self.outbox.push(from, ShardMessage::BarrierAck { query });
-            }
-            ShardMessage::BarrierAck { query } => self.query_barrier_reply(query),
-            ShardMessage::UserOnline { app, user_id } => {
-                self.owner_user_presence(app, user_id, true)
-            }
-            ShardMessage::UserOffline { app, user_id } => {
-                self.owner_user_presence(app, user_id, false)
-            }
-            ShardMessage::Watch {
-                app,
-                watcher,
-                watched,
-                conn,
-            } => self.owner_watch(from, app, watcher, watched, conn),
-            ShardMessage::Unwatch {
-                app,
-                watcher,
-                watched,
-            } => self.owner_unwatch(app, watcher, watched),
+            ShardMessage::BarrierAck { query, outcome } => self.query_barrier_reply(query, outcome),
             ShardMessage::WatchStatus {
                 conn,
                 watched,
                 online,
             } => self.watch_status(conn, watched, online),
+            other => unreachable!("owner-bound messages are handled above: {other:?}"),
         }
+    }
+
+    /// Carries out what the owner produced: messages for this core are handled here at once,
+    /// in order; the others go to the outbox.
+    fn run_owner_effects(&mut self) {
+        let mut effects = std::mem::take(&mut self.effects);
+        self.owner.take_effects(&mut effects);
+        for (to, message) in effects.drain(..) {
+            if to == self.core {
+                self.handle_message(to, message);
+            } else {
+                self.outbox.push(to, message);
+            }
+        }
+        self.effects = effects;
+    }
+
+    /// The driver wrote (and, by policy, synced) the journal up to `durable_lsn`: publishes
+    /// waiting for it are acknowledged with `durability`.
+    pub fn on_committed(&mut self, durable_lsn: u64, durability: Durability, now: Now) {
+        self.now = now;
+        self.owner.committed(durable_lsn, durability);
+        self.run_owner_effects();
+    }
+
+    /// Installs the WAL's group-commit buffer (before the first connection).
+    pub fn set_journal(&mut self, journal: Box<dyn Journal + Send>) {
+        self.journal = journal;
+    }
+
+    pub fn journal_mut(&mut self) -> &mut (dyn Journal + Send) {
+        &mut *self.journal
+    }
+
+    /// Start-up: one WAL record of this core's stream, applied without effects.
+    pub fn replay(&mut self, record: OwnerRecord, lsn: u64, now: Now) {
+        self.owner.replay(record, lsn, now);
+    }
+
+    /// Start-up: the replay is over (restored presence and positions get their grace).
+    pub fn replayed(&mut self, now: Now) {
+        self.owner.replayed(now);
+    }
+
+    /// The oldest WAL record the owner state still needs (for retention).
+    pub fn needed_lsn(&self) -> u64 {
+        self.owner.needed_lsn()
     }
 
     /// Periodic sweep: request deadlines, activity pings, pong timeouts, close lingers.
@@ -465,15 +473,10 @@ impl Shard {
                 true,
             );
         }
-        self.pay_owed_counts();
         self.drain_some(limits::TIMER_SWEEP_INTERVAL_MS);
         self.sweeps += 1;
-        if self.sweeps.is_multiple_of(64) {
-            self.expire_caches();
-            let now_ms = self.now.mono_ms;
-            self.cache_misses
-                .retain(|_, sent| now_ms < *sent + channels::CACHE_MISS_WEBHOOK_INTERVAL_MS);
-        }
+        self.owner.tick(now, self.sweeps, &mut *self.journal);
+        self.run_owner_effects();
     }
 
     /// A deadline passed: a slow HTTP request gets 408, an idle keep-alive connection or a
@@ -600,8 +603,7 @@ impl Shard {
         }
     }
 
-    /// Queues a webhook event for the worker when the app has webhook targets (free otherwise).
-    /// Internal channels (`#server-to-user-`, user registry keys) never produce webhooks.
+    /// Queues a webhook event made on this core (see `queue_webhook`).
     fn webhook(
         &self,
         app: u32,
@@ -609,12 +611,16 @@ impl Shard {
         channel: &Arc<str>,
         fill: impl FnOnce(&mut WebhookEvent),
     ) {
-        if self.apps.get(app).webhooks.is_empty() || channel.starts_with('#') {
-            return;
-        }
-        let mut event = WebhookEvent::new(app, kind, Arc::clone(channel), self.now.unix_ms);
-        fill(&mut event);
-        self.webhooks.push(self.core, event);
+        let queues = (&*self.webhooks, self.core);
+        queue_webhook(
+            &self.apps,
+            queues,
+            self.now.unix_ms,
+            app,
+            kind,
+            channel,
+            fill,
+        );
     }
 
     pub(crate) fn core_metrics(&self) -> &CoreMetrics {
@@ -640,6 +646,8 @@ impl Shard {
     fn apply_reload(&mut self, reload: &Reload) {
         self.config = Arc::clone(&reload.config);
         self.apps = Arc::clone(&reload.apps);
+        self.owner
+            .reload(Arc::clone(&reload.config), Arc::clone(&reload.apps));
     }
 
     /// One token of this core's share of `server.accepts_per_sec_max` (always true when
@@ -711,6 +719,25 @@ impl Shard {
             }
         }
     }
+}
+
+/// Queues a webhook event for the worker when the app has webhook targets (free otherwise).
+/// Internal channels (`#server-to-user-`, user registry keys) never produce webhooks.
+fn queue_webhook(
+    apps: &Apps,
+    (queues, core): (&WebhookQueues, usize),
+    unix_ms: u64,
+    app: u32,
+    kind: WebhookKind,
+    channel: &Arc<str>,
+    fill: impl FnOnce(&mut WebhookEvent),
+) {
+    if apps.get(app).webhooks.is_empty() || channel.starts_with('#') {
+        return;
+    }
+    let mut event = WebhookEvent::new(app, kind, Arc::clone(channel), unix_ms);
+    fill(&mut event);
+    queues.push(core, event);
 }
 
 #[cfg(test)]

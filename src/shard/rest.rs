@@ -14,13 +14,15 @@ use crate::http::request::{self, Method, Parsed, Request};
 use crate::http::rest::{self, EventLimits, TriggerEvent};
 use crate::http::{response, signature};
 use crate::limits;
-use crate::mesh::message::{CacheEntry, ChannelInfo, ChannelSummary, QueryRef};
+use crate::mesh::message::{
+    AckOutcome, ChannelInfo, ChannelSummary, Durability, PublishCommand, PublishRefusal, QueryRef,
+};
 use crate::mesh::{ChannelKey, ShardMessage};
 use crate::metrics::Endpoint;
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::outbound;
 use crate::protocol::socket_id::SocketId;
-use crate::ws::frame;
+use crate::shard::HistoryPage;
 use crate::ws::handshake;
 
 /// A REST request waiting for other cores.
@@ -33,6 +35,8 @@ pub(super) struct Query {
     remaining: usize,
     keep_alive: bool,
     kind: QueryKind,
+    /// Publishes: the weakest durability the owners reported, or the first refusal.
+    acked: Result<Durability, PublishRefusal>,
 }
 
 #[derive(Debug)]
@@ -46,6 +50,8 @@ enum QueryKind {
     Describe { attributes: Attributes },
     /// `GET /channels/{name}/users`.
     Users,
+    /// `GET /channels/{name}/history`.
+    History,
     /// `POST /events` or `/batch_events` without `info`: waits for the owners' barriers.
     Published,
     /// `info` on `POST /events` or `/batch_events`: one description per target, filled by index.
@@ -274,6 +280,11 @@ impl Shard {
             (Method::Get, ["channels", name, "users"]) => {
                 self.channel_users(key, app, name, keep_alive)
             }
+            (Method::Get, ["channels", name, "history"]) => {
+                let after = param("after").unwrap_or("0").to_string();
+                let limit = param("limit").unwrap_or("100").to_string();
+                self.channel_history(key, app, name, (&after, &limit), keep_alive);
+            }
             (Method::Post, ["users", user_id, "terminate_connections"]) => {
                 self.terminate_connections(key, app, user_id, keep_alive);
             }
@@ -281,7 +292,7 @@ impl Shard {
                 _,
                 ["events" | "batch_events" | "channels"]
                 | ["channels", _]
-                | ["channels", _, "users"],
+                | ["channels", _, "users" | "history"],
             )
             | (_, ["users", _, "terminate_connections"]) => {
                 self.respond_error(key, 405, "Method not allowed", keep_alive, &[]);
@@ -382,16 +393,23 @@ impl Shard {
             );
         }
         let mut targets = Vec::new();
+        let published_ms = self.now.unix_ms;
         for (index, event) in events.iter().enumerate() {
             let exclude = event.socket_id.as_deref().and_then(SocketId::parse);
             let attributes = Attributes::parse(&event.info);
+            let event_name: Arc<str> = Arc::from(event.name.as_str());
+            let data: Arc<str> = Arc::from(event.data_json.as_str());
             for name in &event.channels {
-                let text = outbound::channel_event(&event.name, name, &event.data_json);
-                let frame = frame::encode_text(text.as_bytes());
-                let cache = channel::is_cache(name).then(|| CacheEntry {
-                    data_json: event.data_json.as_str().into(),
+                self.publish(PublishCommand {
+                    channel: ChannelKey::new(app, name),
+                    event: Arc::clone(&event_name),
+                    data: Arc::clone(&data),
+                    exclude,
+                    user_id: None,
+                    published_ms,
+                    cache: channel::is_cache(name),
+                    client: false,
                 });
-                self.publish(ChannelKey::new(app, name), frame, exclude, cache);
                 if attributes.user_count || attributes.subscription_count {
                     targets.push(InfoTarget {
                         name: name.clone(),
@@ -401,20 +419,16 @@ impl Shard {
                 }
             }
         }
-        // Owners on other cores answer a barrier once they have sequenced everything this
-        // core sent them before it; the response waits for those answers (and for the channel
-        // descriptions when `info` was asked).
+        // Every owner (this core included) answers a barrier once it has sequenced everything
+        // this core sent it before and its WAL records are durable; the response waits for
+        // those answers (and for the channel descriptions when `info` was asked).
         let mut owners: Vec<usize> = events
             .iter()
             .flat_map(|e| &e.channels)
             .map(|name| ChannelKey::owner_of(app, name, self.cores))
-            .filter(|&owner| owner != self.core)
             .collect();
         owners.sort_unstable();
         owners.dedup();
-        if targets.is_empty() && owners.is_empty() {
-            return self.respond(key, 200, "application/json", b"{}", keep_alive, &[]);
-        }
         let channels: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         let kind = if targets.is_empty() {
             QueryKind::Published
@@ -430,10 +444,19 @@ impl Shard {
             return;
         };
         for owner in owners {
-            self.outbox.push(owner, ShardMessage::Barrier { query });
+            self.send_to_core(owner, ShardMessage::Barrier { query });
         }
         for (index, name) in channels.iter().enumerate() {
             self.describe(query, index as u32, ChannelKey::new(app, name), false);
+        }
+    }
+
+    /// Sends `message` to core `core`, handling it here when that is this core.
+    fn send_to_core(&mut self, core: usize, message: ShardMessage) {
+        if core == self.core {
+            self.handle_message(core, message);
+        } else {
+            self.outbox.push(core, message);
         }
     }
 
@@ -510,6 +533,7 @@ impl Shard {
             remaining,
             keep_alive,
             kind,
+            acked: Ok(Durability::Fsynced),
         }) as u32;
         if let Phase::Http { awaiting, .. } = &mut self.conns[key as usize].phase {
             *awaiting = Some(slot);
@@ -527,26 +551,94 @@ impl Shard {
             let message = "info=user_count is only allowed with filter_by_prefix=presence-";
             return self.respond_error(key, 400, message, keep_alive, &[]);
         }
-        let channels = self.owned_channels(app, prefix);
         let kind = QueryKind::List {
-            channels,
+            channels: Vec::new(),
             attributes,
         };
-        let Some(query) = self.new_query(key, keep_alive, self.cores - 1, kind) else {
+        let Some(query) = self.new_query(key, keep_alive, self.cores, kind) else {
             return;
         };
         let prefix: Arc<str> = Arc::from(prefix);
-        for core in (0..self.cores).filter(|&core| core != self.core) {
-            self.outbox.push(
-                core,
-                ShardMessage::ListChannels {
-                    query,
-                    app,
-                    prefix: Arc::clone(&prefix),
-                },
-            );
+        for core in 0..self.cores {
+            let message = ShardMessage::ListChannels {
+                query,
+                app,
+                prefix: Arc::clone(&prefix),
+            };
+            self.send_to_core(core, message);
         }
-        self.finish_query_if_done(query.slot);
+    }
+
+    /// `GET /channels/{name}/history?after=SEQ&limit=N`: the owner's retained events.
+    fn channel_history(
+        &mut self,
+        key: u32,
+        app: u32,
+        name: &str,
+        (after, limit): (&str, &str),
+        keep_alive: bool,
+    ) {
+        if let Err(error) = channel::validate(name, self.config.server.channel_name_bytes_max) {
+            return self.respond_error(key, 400, error.message(), keep_alive, &[]);
+        }
+        let Ok(after) = after.parse::<u64>() else {
+            let message = "after must be a non-negative integer";
+            return self.respond_error(key, 400, message, keep_alive, &[]);
+        };
+        let limit = match limit.parse::<usize>() {
+            Ok(limit @ 1..=limits::HISTORY_PAGE_EVENTS_MAX) => limit,
+            _ => {
+                let message = format!(
+                    "limit must be an integer from 1 to {}",
+                    limits::HISTORY_PAGE_EVENTS_MAX
+                );
+                return self.respond_error(key, 400, &message, keep_alive, &[]);
+            }
+        };
+        let Some(query) = self.new_query(key, keep_alive, 1, QueryKind::History) else {
+            return;
+        };
+        let channel = ChannelKey::new(app, name);
+        let message = ShardMessage::History {
+            query,
+            channel: channel.clone(),
+            after,
+            limit,
+        };
+        self.route_to_owner(&channel, message);
+    }
+
+    /// The owner's history page: the JSON body of the history API.
+    pub(super) fn query_history_reply(&mut self, query: QueryRef, page: HistoryPage) {
+        let Some(pending) = self.live_query(query) else {
+            return;
+        };
+        pending.remaining -= 1;
+        let events: Vec<Value> = page
+            .events
+            .iter()
+            .map(|event| {
+                let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                let mut body = json!({
+                    "seq": event.seq,
+                    "event": &*event.event,
+                    "data": data,
+                    "published_ms": event.published_ms,
+                });
+                if let Some(user_id) = &event.user_id {
+                    body["user_id"] = json!(&**user_id);
+                }
+                body
+            })
+            .collect();
+        let body = json!({
+            "epoch": page.epoch.map(outbound::epoch_text),
+            "first_seq": page.first_seq,
+            "last_seq": page.last_seq,
+            "complete": page.complete,
+            "events": events,
+        });
+        self.finish_query(query.slot, body);
     }
 
     fn describe_channel(&mut self, key: u32, app: u32, name: &str, info: &str, keep_alive: bool) {
@@ -629,7 +721,7 @@ impl Shard {
                 }
                 self.trigger_info_body(query.slot)
             }
-            QueryKind::List { .. } | QueryKind::Published => {
+            QueryKind::List { .. } | QueryKind::Published | QueryKind::History => {
                 unreachable!("only describe, users and trigger-info queries get descriptions")
             }
         };
@@ -637,11 +729,15 @@ impl Shard {
     }
 
     /// An owner's barrier answer for a publish: the response goes out with the last answer.
-    pub(super) fn query_barrier_reply(&mut self, query: QueryRef) {
+    pub(super) fn query_barrier_reply(&mut self, query: QueryRef, outcome: AckOutcome) {
         let Some(pending) = self.live_query(query) else {
             return;
         };
         pending.remaining -= 1;
+        pending.acked = match (pending.acked, outcome) {
+            (Err(refusal), _) | (Ok(_), AckOutcome::Refused(refusal)) => Err(refusal),
+            (Ok(so_far), AckOutcome::Durable(durability)) => Ok(so_far.min(durability)),
+        };
         if pending.remaining > 0 {
             return;
         }
@@ -735,15 +831,37 @@ impl Shard {
             assert_eq!(*awaiting, Some(slot));
             *awaiting = None;
         }
-        let text = body.to_string();
-        self.respond(
-            key,
-            200,
-            "application/json",
-            text.as_bytes(),
-            pending.keep_alive,
-            &[],
+        let publish = matches!(
+            pending.kind,
+            QueryKind::Published | QueryKind::TriggerInfo { .. }
         );
+        match pending.acked {
+            Ok(durability) if publish => {
+                let header = [(DURABILITY_HEADER, durability.header_value())];
+                let text = body.to_string();
+                let body = text.as_bytes();
+                self.respond(
+                    key,
+                    200,
+                    "application/json",
+                    body,
+                    pending.keep_alive,
+                    &header,
+                );
+            }
+            Ok(_) => {
+                let text = body.to_string();
+                let body = text.as_bytes();
+                self.respond(key, 200, "application/json", body, pending.keep_alive, &[]);
+            }
+            Err(PublishRefusal::StorageFull) => {
+                self.core_metrics()
+                    .reject(crate::metrics::REJECT_STORAGE_FULL);
+                let message = "Storage is full: the event was not persisted; retry later";
+                let retry = [("Retry-After", "5")];
+                self.respond_error(key, 503, message, pending.keep_alive, &retry);
+            }
+        }
         self.process_http(key);
     }
 
@@ -792,6 +910,9 @@ impl Shard {
     }
 }
 
+/// The response header that says how durable an acknowledged publish is.
+pub const DURABILITY_HEADER: &str = "X-Ringcast-Durability";
+
 /// Which endpoint a path is, for metrics.
 fn endpoint_of(path: &str) -> Endpoint {
     let Some(rest) = path.strip_prefix("/apps/") else {
@@ -807,6 +928,7 @@ fn endpoint_of(path: &str) -> Endpoint {
         ["channels"] => Endpoint::Channels,
         ["channels", _] => Endpoint::Channel,
         ["channels", _, "users"] => Endpoint::Users,
+        ["channels", _, "history"] => Endpoint::History,
         ["users", _, "terminate_connections"] => Endpoint::TerminateConnections,
         _ => Endpoint::Other,
     }

@@ -173,9 +173,16 @@ impl World {
 
     /// Publishes `data` on `channel` as if a REST request arrived on `core`.
     fn publish(&mut self, core: usize, channel: &str, data: &str) {
-        let text = crate::protocol::outbound::channel_event("e", channel, &format!("\"{data}\""));
-        let frame = crate::ws::frame::encode_text(text.as_bytes());
-        self.shards[core].publish(ChannelKey::new(0, channel), frame, None, None);
+        self.shards[core].publish(crate::mesh::message::PublishCommand {
+            channel: ChannelKey::new(0, channel),
+            event: Arc::from("e"),
+            data: Arc::from(format!("\"{data}\"")),
+            exclude: None,
+            user_id: None,
+            published_ms: 0,
+            cache: false,
+            client: false,
+        });
     }
 }
 
@@ -206,8 +213,10 @@ fn subscription_succeeds_only_after_the_owner_counted_it() {
         )]
     );
     assert_eq!(
-        world.shards[1].owned[&ChannelKey::new(0, &channel)].total,
-        1
+        world.shards[1]
+            .owner
+            .subscribers(&ChannelKey::new(0, &channel)),
+        Some(1)
     );
 }
 
@@ -221,7 +230,7 @@ fn a_connection_gone_while_pending_is_uncounted() {
     world.shards[0].on_peer_closed(client.key);
     world.pump(&mut rng);
     assert!(
-        world.shards[1].owned.is_empty(),
+        world.shards[1].owner.occupied_channels() == 0,
         "the owner's count was undone"
     );
     assert!(world.shards[0].local.is_empty());

@@ -1,25 +1,15 @@
-//! Signed-in users across cores: the online registry and watchlists (spec §4.3). Each user's
-//! entry lives on the owner of `user_key(app, id)`: how many connections are signed in as the
-//! user, and which users watch them. Online/offline changes go to each watcher's
-//! `#server-to-user-{id}` channel, so they reach every signed-in connection of the watcher.
+//! Signed-in users on the connection's core (spec §4.3): telling the user's owner core (the
+//! owner of `user_key(app, id)`, whose registry is in `owner.rs`) that a connection signed in
+//! or out, registering the connection's watchlist there, and sending the connection its first
+//! `watchlist_events` once every watched user's status is in. Later online/offline changes come
+//! from the owner over each watcher's `#server-to-user-{id}` channel.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Shard;
 use crate::mesh::message::user_key;
-use crate::mesh::{ChannelKey, ConnRef, ShardMessage};
-use crate::protocol::channel::SERVER_TO_USER_PREFIX;
+use crate::mesh::{ConnRef, ShardMessage};
 use crate::protocol::outbound;
-use crate::ws::frame;
-
-/// One user's entry on its owner core.
-#[derive(Debug, Default)]
-pub(super) struct UserEntry {
-    connections: u32,
-    /// Watcher user id → how many of the watcher's connections declared this user.
-    watchers: HashMap<Arc<str>, u32>,
-}
 
 /// A connection's watchlist while its initial status is being gathered, and afterwards.
 #[derive(Debug, Default)]
@@ -93,82 +83,6 @@ impl Shard {
             user_id: Arc::clone(&user_id),
         };
         self.route_to_user_owner(app, &user_id, message);
-    }
-
-    /// Owner side: counts a connection in or out, and tells watchers about 0↔1 transitions.
-    pub(super) fn owner_user_presence(&mut self, app: u32, user_id: Arc<str>, online: bool) {
-        let key = (app, Arc::clone(&user_id));
-        let entry = self.users.entry(key.clone()).or_default();
-        let changed = if online {
-            entry.connections += 1;
-            entry.connections == 1
-        } else {
-            assert!(entry.connections > 0, "user connection count underflow");
-            entry.connections -= 1;
-            entry.connections == 0
-        };
-        let watchers: Vec<Arc<str>> = if changed {
-            entry.watchers.keys().cloned().collect()
-        } else {
-            Vec::new()
-        };
-        if entry.connections == 0 && entry.watchers.is_empty() {
-            self.users.remove(&key);
-        }
-        if !self.apps.get(app).enable_watchlist_events {
-            return;
-        }
-        let ids = [&*user_id];
-        let text = if online {
-            outbound::watchlist_events(&ids, &[])
-        } else {
-            outbound::watchlist_events(&[], &ids)
-        };
-        let frame = frame::encode_text(text.as_bytes());
-        for watcher in watchers {
-            let channel = ChannelKey::new(app, &format!("{SERVER_TO_USER_PREFIX}{watcher}"));
-            self.publish(channel, frame.clone(), None, None);
-        }
-    }
-
-    /// Owner side: a watcher connection registers interest and learns the current status.
-    pub(super) fn owner_watch(
-        &mut self,
-        from: usize,
-        app: u32,
-        watcher: Arc<str>,
-        watched: Arc<str>,
-        conn: ConnRef,
-    ) {
-        let entry = self.users.entry((app, Arc::clone(&watched))).or_default();
-        *entry.watchers.entry(watcher).or_default() += 1;
-        let online = entry.connections > 0;
-        let reply = ShardMessage::WatchStatus {
-            conn,
-            watched,
-            online,
-        };
-        if from == self.core {
-            self.handle_message(from, reply);
-        } else {
-            self.outbox.push(from, reply);
-        }
-    }
-
-    pub(super) fn owner_unwatch(&mut self, app: u32, watcher: Arc<str>, watched: Arc<str>) {
-        let key = (app, watched);
-        let Some(entry) = self.users.get_mut(&key) else {
-            return;
-        };
-        if let Some(count) = entry.watchers.get_mut(&watcher) {
-            *count -= 1;
-            if *count == 0 {
-                entry.watchers.remove(&watcher);
-            }
-        }
-        if entry.connections == 0 && entry.watchers.is_empty() {
-            self.users.remove(&key);
-        }
     }
 
     /// Connection side: one watched user's status; once all are in, one

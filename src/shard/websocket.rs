@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::apps::ConnectRefusal;
 use crate::mesh::ChannelKey;
-use crate::mesh::message::Member;
+use crate::mesh::message::{Member, PublishCommand};
 use crate::metrics::{self, CoreMetrics};
 use crate::protocol::channel::{self, ChannelKind, ChannelNameError};
 use crate::protocol::close_code::{self, CloseCode};
@@ -224,7 +224,11 @@ impl Shard {
                 channel,
                 auth,
                 channel_data,
-            } => self.subscribe(key, &channel, auth.as_deref(), channel_data.as_deref()),
+                resume_after,
+            } => {
+                let credentials = (auth.as_deref(), channel_data.as_deref());
+                self.subscribe(key, &channel, credentials, resume_after);
+            }
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(key, &channel),
             ClientMessage::Signin { auth, user_data } => self.signin(key, &auth, &user_data),
             ClientMessage::ClientEvent {
@@ -235,7 +239,13 @@ impl Shard {
         }
     }
 
-    fn subscribe(&mut self, key: u32, name: &str, auth: Option<&str>, channel_data: Option<&str>) {
+    fn subscribe(
+        &mut self,
+        key: u32,
+        name: &str,
+        (auth, channel_data): (Option<&str>, Option<&str>),
+        resume_after: Option<(u64, u64)>,
+    ) {
         let kind = match channel::validate(name, self.config.server.channel_name_bytes_max) {
             Ok(kind) => kind,
             Err(error) => {
@@ -306,7 +316,7 @@ impl Shard {
             return;
         }
         let app = ws.app;
-        self.start_subscription(key, ChannelKey::new(app, name), member, true);
+        self.start_subscription(key, ChannelKey::new(app, name), member, true, resume_after);
     }
 
     /// Checks the right to join `name` (spec §2.3); presence channels also yield the member.
@@ -428,7 +438,8 @@ impl Shard {
             .iter()
             .any(|s| *s.channel.name == *channel_name)
         {
-            self.start_subscription(key, ChannelKey::new(app_index, &channel_name), None, false);
+            let channel = ChannelKey::new(app_index, &channel_name);
+            self.start_subscription(key, channel, None, false, None);
         }
         if first_signin {
             let mut watched = user.watchlist;
@@ -513,16 +524,25 @@ impl Shard {
             .find(|s| &*s.channel.name == name && s.state == SubState::Active)
             .expect("checked above");
         let channel = subscription.channel.clone();
-        let text = outbound::client_event(event, name, data_json, subscription.user_id.as_deref());
         let exclude = Some(ws.socket_id);
         let (app, user_id) = (ws.app, subscription.user_id.clone());
+        let webhook_user_id = user_id.clone();
         self.webhook(app, WebhookKind::ClientEvent, &channel.name, |webhook| {
             webhook.event = Some(event.into());
             webhook.data_json = Some(data_json.into());
             webhook.socket_id = exclude.map(|id| id.to_string().into_boxed_str());
-            webhook.user_id = user_id;
+            webhook.user_id = webhook_user_id;
         });
-        self.publish(channel, frame::encode_text(text.as_bytes()), exclude, None);
+        self.publish(PublishCommand {
+            channel,
+            event: Arc::from(event),
+            data: Arc::from(data_json),
+            exclude,
+            user_id,
+            published_ms: self.now.unix_ms,
+            cache: false,
+            client: true,
+        });
     }
 
     /// REST `terminate_connections`: closes this core's connections signed in as the user.

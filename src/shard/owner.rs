@@ -1,0 +1,1254 @@
+//! The owner state of one core as one deterministic state machine: the channels this core owns
+//! (subscribers per core, presence members, the pending `subscription_count`), each channel's
+//! position and history, the cache slots, and the signed-in user registry. One entry point takes
+//! an owner-bound mesh message (`apply`); `tick` runs its timers; `replay` applies a WAL record.
+//!
+//! Live: a command that changes durable state becomes an `OwnerRecord`, is appended to the
+//! journal (the WAL's group-commit buffer), and only then applied; its effects (messages for
+//! cores, this one included, and webhooks) are queued for the shard. Replay (start-up): the same
+//! `apply_record` with no effects. It never reads a clock (time comes in as `Now`), never does
+//! IO (the journal is a seam the driver commits), and never sees a connection: hosts are reached
+//! only through the messages it emits.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Now;
+use super::apps::Apps;
+use super::history::{Histories, HistoryEvent, HistoryLimits, Missed};
+use crate::config::Config;
+use crate::limits;
+use crate::mesh::message::{
+    AckOutcome, ChannelInfo, ChannelSummary, Durability, Member, PublishCommand, PublishRefusal,
+    QueryRef, Replay, SubscribeReply, user_key,
+};
+use crate::mesh::{ChannelKey, ConnRef, ShardMessage};
+use crate::protocol::channel::{self, ChannelKind};
+use crate::protocol::close_code;
+use crate::protocol::outbound;
+use crate::protocol::socket_id::SocketId;
+use crate::webhook::{WebhookEvent, WebhookKind, WebhookQueues};
+use crate::ws::frame;
+
+/// Above this many subscribers, `subscription_count` events are sent at most every
+/// `SUBSCRIPTION_COUNT_INTERVAL_MS` (Pusher's rule), so a join storm is not quadratic.
+const SUBSCRIPTION_COUNT_EAGER_MAX: u64 = 100;
+const SUBSCRIPTION_COUNT_INTERVAL_MS: u64 = 5_000;
+/// At most one `cache_miss` webhook per channel per this interval (Pusher de-duplicates).
+const CACHE_MISS_WEBHOOK_INTERVAL_MS: u64 = 5_000;
+
+/// A durable change of owner state: exactly what one WAL record says. Apps are named by index
+/// here; the journal maps them to their stable ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnerRecord {
+    /// Event `seq` of `channel` in history `epoch`.
+    Publish {
+        epoch: u64,
+        seq: u64,
+        publish: Arc<PublishCommand>,
+    },
+    PresenceJoin {
+        channel: ChannelKey,
+        user_id: Arc<str>,
+        info_json: Box<str>,
+    },
+    PresenceLeave {
+        channel: ChannelKey,
+        user_id: Arc<str>,
+    },
+    /// A channel's position without an event (a history that starts with a subscriber).
+    ChannelState {
+        channel: ChannelKey,
+        epoch: u64,
+        seq: u64,
+    },
+}
+
+impl PartialEq for PublishCommand {
+    fn eq(&self, other: &PublishCommand) -> bool {
+        self.channel == other.channel
+            && self.event == other.event
+            && self.data == other.data
+            && self.exclude == other.exclude
+            && self.user_id == other.user_id
+            && self.published_ms == other.published_ms
+            && self.cache == other.cache
+            && self.client == other.client
+    }
+}
+
+/// The journal refused a record: storage is full. Nothing was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalFull;
+
+/// Where the owner appends its records: the current loop tick's group-commit buffer. The driver
+/// writes (and syncs) the buffer after the tick and reports back with `Owner::committed`.
+pub trait Journal {
+    /// Appends `record`, returning its LSN; refuses (appending nothing) when storage is full.
+    fn append(&mut self, record: &OwnerRecord) -> Result<u64, JournalFull>;
+    /// The LSN of the last record appended (0 before any).
+    fn appended_lsn(&self) -> u64;
+    /// False without a WAL: nothing is appended and every acknowledgement is immediate.
+    fn enabled(&self) -> bool;
+}
+
+/// No WAL: records are dropped, nothing is ever full, LSNs stay 0.
+#[derive(Debug, Default)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn append(&mut self, _record: &OwnerRecord) -> Result<u64, JournalFull> {
+        Ok(0)
+    }
+
+    fn appended_lsn(&self) -> u64 {
+        0
+    }
+
+    fn enabled(&self) -> bool {
+        false
+    }
+}
+
+/// What the owner knows about one occupied (or, after a replay, tentatively occupied) channel.
+#[derive(Debug)]
+struct OwnedChannel {
+    /// Subscribers per core (index = core).
+    per_core: Box<[u32]>,
+    total: u64,
+    /// Presence channels: user id → member (per user, not per connection).
+    members: Option<HashMap<Arc<str>, MemberState>>,
+    /// When a `subscription_count` event was last sent, and whether a newer count is owed.
+    count_sent_ms: u64,
+    count_owed: bool,
+}
+
+impl OwnedChannel {
+    fn new(cores: usize, presence: bool) -> OwnedChannel {
+        OwnedChannel {
+            per_core: vec![0; cores].into_boxed_slice(),
+            total: 0,
+            members: presence.then(HashMap::new),
+            count_sent_ms: 0,
+            count_owed: false,
+        }
+    }
+
+    fn user_count(&self) -> u64 {
+        self.members
+            .as_ref()
+            .map_or(0, |members| members.len() as u64)
+    }
+
+    /// Nothing left to keep: no subscriber and no (tentative) member.
+    fn is_empty(&self) -> bool {
+        self.total == 0 && self.members.as_ref().is_none_or(HashMap::is_empty)
+    }
+}
+
+#[derive(Debug)]
+struct MemberState {
+    info_json: Box<str>,
+    /// Subscribed connections of this user; 0 for a member restored by a replay that has not
+    /// come back yet (tentative until the grace ends).
+    connections: u32,
+    /// The WAL record that holds its join.
+    lsn: u64,
+}
+
+/// The last event of a cache channel. Its expiry is wall-clock time, as the WAL records it.
+#[derive(Debug)]
+struct CachedEvent {
+    /// Built on first use (a replay restores the slot without building frames).
+    frame: Option<Bytes>,
+    publish: Arc<PublishCommand>,
+    seq: u64,
+    expires_unix_ms: u64,
+}
+
+/// One signed-in user's entry on its owner core.
+#[derive(Debug, Default)]
+struct UserEntry {
+    connections: u32,
+    /// Watcher user id → how many of the watcher's connections declared this user.
+    watchers: HashMap<Arc<str>, u32>,
+}
+
+/// A `Barrier` waiting for its records to become durable.
+#[derive(Debug)]
+struct PendingAck {
+    to: usize,
+    query: QueryRef,
+    lsn: u64,
+}
+
+pub struct Owner {
+    core: usize,
+    cores: usize,
+    config: Arc<Config>,
+    apps: Arc<Apps>,
+    webhooks: Arc<WebhookQueues>,
+    channels: HashMap<ChannelKey, OwnedChannel>,
+    histories: Histories,
+    caches: HashMap<ChannelKey, CachedEvent>,
+    /// Owned channels whose `subscription_count` event is waiting for its interval.
+    counts_owed: Vec<ChannelKey>,
+    /// Cache channels that recently sent a `cache_miss` webhook, and when (de-duplication).
+    cache_misses: HashMap<ChannelKey, u64>,
+    users: HashMap<(u32, Arc<str>), UserEntry>,
+    /// Per source core: a publish from it was refused since its last barrier.
+    refused: Box<[Option<PublishRefusal>]>,
+    /// Barriers waiting for durability, in LSN order.
+    acks: VecDeque<PendingAck>,
+    /// Monotonic ms at which presence members restored by a replay and not back are removed
+    /// (0: no grace running).
+    presence_grace_until_ms: u64,
+    /// State of the generator of channel epochs (seeded per process start).
+    random: u64,
+    /// Messages for cores (this one included), in the order they were made.
+    effects: Vec<(usize, ShardMessage)>,
+    now: Now,
+}
+
+impl Owner {
+    pub fn new(
+        core: usize,
+        cores: usize,
+        config: Arc<Config>,
+        apps: Arc<Apps>,
+        webhooks: Arc<WebhookQueues>,
+        seed: u64,
+    ) -> Owner {
+        assert!(core < cores);
+        let limits = history_limits(&config, cores);
+        Owner {
+            core,
+            cores,
+            config,
+            apps,
+            webhooks,
+            channels: HashMap::new(),
+            histories: Histories::new(limits),
+            caches: HashMap::new(),
+            counts_owed: Vec::new(),
+            cache_misses: HashMap::new(),
+            users: HashMap::new(),
+            refused: vec![None; cores].into_boxed_slice(),
+            acks: VecDeque::new(),
+            presence_grace_until_ms: 0,
+            random: seed ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            effects: Vec::new(),
+            now: Now::ZERO,
+        }
+    }
+
+    /// A reloaded configuration (apps keep their indexes).
+    pub fn reload(&mut self, config: Arc<Config>, apps: Arc<Apps>) {
+        self.histories
+            .set_limits(history_limits(&config, self.cores));
+        self.config = config;
+        self.apps = apps;
+    }
+
+    /// Takes the messages made since the last call, in order.
+    pub fn take_effects(&mut self, into: &mut Vec<(usize, ShardMessage)>) {
+        into.append(&mut self.effects);
+    }
+
+    /// The one entry point for owner-bound messages from core `from` (this core included).
+    pub fn apply(
+        &mut self,
+        from: usize,
+        message: ShardMessage,
+        now: Now,
+        journal: &mut dyn Journal,
+    ) {
+        self.now = now;
+        match message {
+            ShardMessage::Subscribe {
+                channel,
+                conn,
+                socket_id,
+                member,
+                resume,
+            } => self.subscribe(from, channel, conn, socket_id, member, resume, journal),
+            ShardMessage::Unsubscribe {
+                channel,
+                user_id,
+                socket_id,
+            } => self.unsubscribe(from, &channel, user_id, socket_id, journal),
+            ShardMessage::Publish {
+                publish,
+                published_us,
+            } => self.publish(from, *publish, published_us, journal),
+            ShardMessage::Relay {
+                channel,
+                frame,
+                published_us,
+            } => self.fan_out(&channel, &frame, None, published_us),
+            ShardMessage::Barrier { query } => self.barrier(from, query, journal),
+            ShardMessage::ListChannels { query, app, prefix } => {
+                let channels = self.owned_channels(app, &prefix);
+                self.emit(from, ShardMessage::ChannelList { query, channels });
+            }
+            ShardMessage::DescribeChannel {
+                query,
+                index,
+                channel,
+                with_users,
+            } => {
+                let info = self.channel_info(&channel, with_users);
+                self.emit(
+                    from,
+                    ShardMessage::ChannelDescription { query, index, info },
+                );
+            }
+            ShardMessage::History {
+                query,
+                channel,
+                after,
+                limit,
+            } => {
+                let page = Box::new(self.histories.page(&channel, after, limit));
+                self.emit(from, ShardMessage::HistoryPage { query, page });
+            }
+            ShardMessage::UserOnline { app, user_id } => self.user_presence(app, user_id, true),
+            ShardMessage::UserOffline { app, user_id } => self.user_presence(app, user_id, false),
+            ShardMessage::Watch {
+                app,
+                watcher,
+                watched,
+                conn,
+            } => self.watch(from, app, watcher, watched, conn),
+            ShardMessage::Unwatch {
+                app,
+                watcher,
+                watched,
+            } => self.unwatch(app, watcher, watched),
+            other => unreachable!("not an owner-bound message: {other:?}"),
+        }
+    }
+
+    /// Whether `message` is for the owner side (`apply`) rather than for connections.
+    pub fn is_owner_bound(message: &ShardMessage) -> bool {
+        matches!(
+            message,
+            ShardMessage::Subscribe { .. }
+                | ShardMessage::Unsubscribe { .. }
+                | ShardMessage::Publish { .. }
+                | ShardMessage::Relay { .. }
+                | ShardMessage::Barrier { .. }
+                | ShardMessage::ListChannels { .. }
+                | ShardMessage::DescribeChannel { .. }
+                | ShardMessage::History { .. }
+                | ShardMessage::UserOnline { .. }
+                | ShardMessage::UserOffline { .. }
+                | ShardMessage::Watch { .. }
+                | ShardMessage::Unwatch { .. }
+        )
+    }
+
+    fn emit(&mut self, to: usize, message: ShardMessage) {
+        self.effects.push((to, message));
+    }
+
+    /// Appends `record` and applies it; false (nothing applied) when the journal is full.
+    fn log_and_apply(&mut self, record: OwnerRecord, journal: &mut dyn Journal) -> bool {
+        match journal.append(&record) {
+            Ok(lsn) => {
+                self.apply_record(record, lsn, true);
+                true
+            }
+            Err(JournalFull) => false,
+        }
+    }
+
+    /// Replays one WAL record at start-up (no effects).
+    pub fn replay(&mut self, record: OwnerRecord, lsn: u64, now: Now) {
+        self.now = now;
+        self.apply_record(record, lsn, false);
+    }
+
+    /// The replay is over: restored presence members who do not come back within the grace
+    /// are removed then, and restored channel positions are kept at least as long.
+    pub fn replayed(&mut self, now: Now) {
+        self.now = now;
+        let until = now.mono_ms + limits::RESTORED_STATE_GRACE_MS;
+        let tentative = self
+            .channels
+            .values()
+            .any(|owned| owned.members.as_ref().is_some_and(|m| !m.is_empty()));
+        if tentative {
+            self.presence_grace_until_ms = until;
+        }
+        self.histories.keep_all_until(until);
+        self.histories.expire(now.unix_ms);
+    }
+
+    /// The state change of one record; `live` also makes its effects (deliveries, webhooks).
+    fn apply_record(&mut self, record: OwnerRecord, lsn: u64, live: bool) {
+        match record {
+            OwnerRecord::Publish {
+                epoch,
+                seq,
+                publish,
+            } => self.apply_publish(epoch, seq, publish, lsn, live),
+            OwnerRecord::PresenceJoin {
+                channel,
+                user_id,
+                info_json,
+            } => {
+                let cores = self.cores;
+                let owned = self
+                    .channels
+                    .entry(channel)
+                    .or_insert_with(|| OwnedChannel::new(cores, true));
+                let members = owned.members.get_or_insert_with(HashMap::new);
+                let member = members.entry(user_id).or_insert(MemberState {
+                    info_json: info_json.clone(),
+                    connections: 0,
+                    lsn,
+                });
+                member.info_json = info_json;
+                member.lsn = lsn;
+            }
+            OwnerRecord::PresenceLeave { channel, user_id } => {
+                if let Some(owned) = self.channels.get_mut(&channel) {
+                    if let Some(members) = owned.members.as_mut() {
+                        members.remove(&user_id);
+                    }
+                    if owned.is_empty() {
+                        self.channels.remove(&channel);
+                    }
+                }
+            }
+            OwnerRecord::ChannelState {
+                channel,
+                epoch,
+                seq,
+            } => self.histories.set_position(&channel, epoch, seq, lsn),
+        }
+    }
+
+    fn apply_publish(
+        &mut self,
+        epoch: u64,
+        seq: u64,
+        publish: Arc<PublishCommand>,
+        lsn: u64,
+        live: bool,
+    ) {
+        let channel = &publish.channel;
+        let sequenced = is_sequenced(channel);
+        if sequenced {
+            self.histories.append(
+                channel,
+                epoch,
+                HistoryEvent {
+                    seq,
+                    published_ms: publish.published_ms,
+                    event: Arc::clone(&publish.event),
+                    data: Arc::clone(&publish.data),
+                    user_id: publish.user_id.clone(),
+                    lsn,
+                },
+            );
+        }
+        let frame = live.then(|| self.event_frame(&publish, seq));
+        if publish.cache {
+            let ttl_ms = self.apps.get(channel.app).cache_ttl_secs * 1000;
+            let cached = CachedEvent {
+                frame: frame.clone(),
+                publish: Arc::clone(&publish),
+                seq,
+                expires_unix_ms: publish.published_ms + ttl_ms,
+            };
+            self.caches.insert(channel.clone(), cached);
+        }
+        if let Some(frame) = frame {
+            let published_us = self.now.mono_us;
+            self.fan_out(channel, &frame, publish.exclude, published_us);
+        }
+    }
+
+    /// The frame subscribers get for `publish` (with its `seq` when the app asks for it).
+    fn event_frame(&self, publish: &PublishCommand, seq: u64) -> Bytes {
+        let channel = &publish.channel;
+        let text = if publish.client {
+            outbound::client_event(
+                &publish.event,
+                &channel.name,
+                &publish.data,
+                publish.user_id.as_deref(),
+            )
+        } else {
+            outbound::channel_event(&publish.event, &channel.name, &publish.data)
+        };
+        let text = if self.wants_sequence(channel) {
+            outbound::with_sequence(text, seq)
+        } else {
+            text
+        };
+        frame::encode_text(text.as_bytes())
+    }
+
+    fn wants_sequence(&self, channel: &ChannelKey) -> bool {
+        is_sequenced(channel) && self.apps.get(channel.app).event_sequence
+    }
+
+    /// A fresh channel epoch (never 0).
+    fn next_epoch(&mut self) -> u64 {
+        // splitmix64: deterministic for a seed, well spread.
+        self.random = self.random.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.random;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)).max(1)
+    }
+
+    /// Sequences one event: the record is appended first; a full journal refuses it (the
+    /// sender's next barrier reports it and nothing of it is applied).
+    fn publish(
+        &mut self,
+        from: usize,
+        publish: PublishCommand,
+        published_us: u64,
+        journal: &mut dyn Journal,
+    ) {
+        let channel = publish.channel.clone();
+        if !is_sequenced(&channel) {
+            // Internal channels (`#server-to-user-`) have no history: deliver, never log.
+            let frame = self.event_frame(&publish, 0);
+            self.fan_out(&channel, &frame, publish.exclude, published_us);
+            return;
+        }
+        let (epoch, seq) = match self.histories.log(&channel) {
+            Some(log) => (log.epoch, log.seq + 1),
+            None => (self.next_epoch(), 1),
+        };
+        let record = OwnerRecord::Publish {
+            epoch,
+            seq,
+            publish: Arc::new(publish),
+        };
+        if !self.log_and_apply(record, journal) {
+            self.refused[from] = Some(PublishRefusal::StorageFull);
+        }
+    }
+
+    /// Sends `frame` to every core with subscribers of `channel` (this one included).
+    fn fan_out(
+        &mut self,
+        channel: &ChannelKey,
+        frame: &Bytes,
+        exclude: Option<SocketId>,
+        published_us: u64,
+    ) {
+        let Some(owned) = self.channels.get(channel) else {
+            return;
+        };
+        for (core, &count) in owned.per_core.iter().enumerate() {
+            if count > 0 {
+                self.effects.push((
+                    core,
+                    ShardMessage::Deliver {
+                        channel: channel.clone(),
+                        frame: frame.clone(),
+                        exclude,
+                        published_us,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// A barrier from `from`: answered once the records before it are durable, or at once with
+    /// the refusal when one of its publishes was refused.
+    fn barrier(&mut self, from: usize, query: QueryRef, journal: &mut dyn Journal) {
+        if let Some(refusal) = self.refused[from].take() {
+            let outcome = AckOutcome::Refused(refusal);
+            self.emit(from, ShardMessage::BarrierAck { query, outcome });
+            return;
+        }
+        if !journal.enabled() {
+            let outcome = AckOutcome::Durable(Durability::Memory);
+            self.emit(from, ShardMessage::BarrierAck { query, outcome });
+            return;
+        }
+        assert!(
+            self.acks.len() < limits::PENDING_ACKS_PER_CORE_MAX,
+            "pending acknowledgements are bounded by the REST queries in flight"
+        );
+        self.acks.push_back(PendingAck {
+            to: from,
+            query,
+            lsn: journal.appended_lsn(),
+        });
+    }
+
+    /// The driver committed the journal: every barrier whose records are at or below
+    /// `durable_lsn` is answered with `durability`.
+    pub fn committed(&mut self, durable_lsn: u64, durability: Durability) {
+        while let Some(ack) = self.acks.front() {
+            if ack.lsn > durable_lsn {
+                break;
+            }
+            let ack = self.acks.pop_front().expect("front exists");
+            let outcome = AckOutcome::Durable(durability);
+            self.emit(
+                ack.to,
+                ShardMessage::BarrierAck {
+                    query: ack.query,
+                    outcome,
+                },
+            );
+        }
+    }
+
+    /// Timers: owed subscription counts, cache and history expiry, the end of the presence
+    /// grace after a replay.
+    pub fn tick(&mut self, now: Now, sweep: u64, journal: &mut dyn Journal) {
+        self.now = now;
+        self.pay_owed_counts();
+        if self.presence_grace_until_ms != 0 && now.mono_ms >= self.presence_grace_until_ms {
+            self.presence_grace_until_ms = 0;
+            self.remove_tentative_members(journal);
+        }
+        if sweep.is_multiple_of(limits::OWNER_HOUSEKEEPING_SWEEPS) {
+            let now_ms = now.mono_ms;
+            self.caches
+                .retain(|_, cached| cached.expires_unix_ms > now.unix_ms);
+            self.cache_misses
+                .retain(|_, sent| now_ms < *sent + CACHE_MISS_WEBHOOK_INTERVAL_MS);
+            self.histories.expire(now.unix_ms);
+            for channel in self.histories.empty_logs() {
+                let occupied = self.channels.contains_key(&channel);
+                self.histories.forget_if_idle(&channel, occupied, now_ms);
+            }
+        }
+    }
+
+    /// The oldest WAL record the owner state still needs (retention keeps it).
+    pub fn needed_lsn(&self) -> u64 {
+        let members = self
+            .channels
+            .values()
+            .flat_map(|owned| owned.members.iter().flat_map(|m| m.values()))
+            .map(|member| member.lsn)
+            .filter(|&lsn| lsn > 0);
+        self.histories
+            .needed_lsn()
+            .min(members.min().unwrap_or(u64::MAX))
+    }
+
+    /// Presence members restored by a replay who did not come back: removed now, with their
+    /// `member_removed` event and webhook.
+    fn remove_tentative_members(&mut self, journal: &mut dyn Journal) {
+        let mut gone = Vec::new();
+        for (channel, owned) in &self.channels {
+            for (user_id, member) in owned.members.iter().flatten() {
+                if member.connections == 0 {
+                    gone.push((channel.clone(), Arc::clone(user_id)));
+                }
+            }
+        }
+        for (channel, user_id) in gone {
+            self.member_left(&channel, user_id, None, journal);
+        }
+    }
+
+    /// A presence member is gone: logged, the webhook, and `member_removed` to the others.
+    fn member_left(
+        &mut self,
+        channel: &ChannelKey,
+        user_id: Arc<str>,
+        socket_id: Option<SocketId>,
+        journal: &mut dyn Journal,
+    ) {
+        let record = OwnerRecord::PresenceLeave {
+            channel: channel.clone(),
+            user_id: Arc::clone(&user_id),
+        };
+        // Presence is soft state: with the disk full the member still leaves.
+        if journal.append(&record).is_err() {
+            tracing::debug!(?channel, "presence leave not logged: storage full");
+        }
+        self.apply_record(record, 0, true);
+        self.webhook(
+            channel.app,
+            WebhookKind::MemberRemoved,
+            &channel.name,
+            |event| {
+                event.user_id = Some(Arc::clone(&user_id));
+            },
+        );
+        if self.channels.contains_key(channel) {
+            let text = outbound::member_removed(&channel.name, &user_id);
+            let frame = frame::encode_text(text.as_bytes());
+            let published_us = self.now.mono_us;
+            self.fan_out(channel, &frame, socket_id, published_us);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe(
+        &mut self,
+        from: usize,
+        channel: ChannelKey,
+        conn: ConnRef,
+        socket_id: SocketId,
+        member: Option<Member>,
+        resume: Option<(u64, u64)>,
+        journal: &mut dyn Journal,
+    ) {
+        let presence = channel::kind_of(&channel.name) == ChannelKind::Presence;
+        let cores = self.cores;
+        let owned = self
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(|| OwnedChannel::new(cores, presence));
+        let newly_occupied = owned.total == 0;
+        let joined = match member.as_ref() {
+            Some(member) if presence => match self.join_member(&channel, member, journal) {
+                Ok(joined) => joined,
+                Err(reply) => {
+                    let user_id = Some(Arc::clone(&member.user_id));
+                    return self.emit(
+                        from,
+                        ShardMessage::SubscribeOk {
+                            channel,
+                            conn,
+                            user_id,
+                            reply,
+                        },
+                    );
+                }
+            },
+            _ => false,
+        };
+        let owned = self.channels.get_mut(&channel).expect("inserted above");
+        owned.per_core[from] += 1;
+        owned.total += 1;
+        if newly_occupied {
+            self.webhook(
+                channel.app,
+                WebhookKind::ChannelOccupied,
+                &channel.name,
+                |_| {},
+            );
+        }
+        let reply = self.joined_reply(&channel, resume, journal);
+        let user_id = member.as_ref().map(|m| Arc::clone(&m.user_id));
+        self.emit(
+            from,
+            ShardMessage::SubscribeOk {
+                channel: channel.clone(),
+                conn,
+                user_id,
+                reply,
+            },
+        );
+        if let (true, Some(member)) = (joined, member) {
+            self.webhook(
+                channel.app,
+                WebhookKind::MemberAdded,
+                &channel.name,
+                |event| {
+                    event.user_id = Some(Arc::clone(&member.user_id));
+                },
+            );
+            let text = outbound::member_added(&channel.name, &member.user_id, &member.info_json);
+            let frame = frame::encode_text(text.as_bytes());
+            let published_us = self.now.mono_us;
+            self.fan_out(&channel, &frame, Some(socket_id), published_us);
+        }
+        let app = self.apps.get(channel.app);
+        if (app.enable_subscription_count || !app.webhooks.is_empty()) && !presence {
+            self.owe_subscription_count(&channel);
+        }
+    }
+
+    /// Counts one more connection of `member` on a presence channel. Ok(true) when the user is
+    /// new to the channel (logged, announced); Ok(false) for another connection of a present
+    /// user, or one restored by a replay coming back (no announcement); Err when the channel
+    /// is full.
+    fn join_member(
+        &mut self,
+        channel: &ChannelKey,
+        member: &Member,
+        journal: &mut dyn Journal,
+    ) -> Result<bool, SubscribeReply> {
+        let members_max = self.apps.get(channel.app).presence_members_max;
+        let owned = self
+            .channels
+            .get_mut(channel)
+            .expect("created by the caller");
+        let members = owned.members.get_or_insert_with(HashMap::new);
+        let full = members.len() >= members_max;
+        let (known, info_changed) = match members.get_mut(&member.user_id) {
+            // Another connection of a known user: last writer wins, no member_added.
+            Some(state) => {
+                state.connections += 1;
+                (true, state.info_json != member.info_json)
+            }
+            None if full => {
+                if owned.is_empty() {
+                    self.channels.remove(channel);
+                }
+                return Err(SubscribeReply::Refused {
+                    error_type: "LimitReached",
+                    message: format!(
+                        "Presence channel {} is full ({members_max} members)",
+                        channel.name
+                    ),
+                    status: close_code::OVER_CAPACITY,
+                });
+            }
+            None => (false, true),
+        };
+        if info_changed {
+            let record = OwnerRecord::PresenceJoin {
+                channel: channel.clone(),
+                user_id: Arc::clone(&member.user_id),
+                info_json: member.info_json.clone(),
+            };
+            // Presence is soft state: with the disk full the member still joins (unlogged).
+            let lsn = journal.append(&record).unwrap_or(0);
+            self.apply_record(record, lsn, true);
+        }
+        if !known {
+            let owned = self.channels.get_mut(channel).expect("still there");
+            let members = owned.members.as_mut().expect("presence");
+            members
+                .get_mut(&member.user_id)
+                .expect("just joined")
+                .connections = 1;
+        }
+        Ok(!known)
+    }
+
+    /// The answer to a subscription that was counted in: presence data, the cached event, the
+    /// position and the resume replay, as the app asks.
+    fn joined_reply(
+        &mut self,
+        channel: &ChannelKey,
+        resume: Option<(u64, u64)>,
+        journal: &mut dyn Journal,
+    ) -> SubscribeReply {
+        let owned = &self.channels[channel];
+        // Members restored by a replay who have not come back yet are listed too: if they
+        // return they are reconfirmed silently, if not `member_removed` follows the grace.
+        let presence_data = owned.members.as_ref().map(|members| {
+            outbound::presence_data(members.iter().map(|(id, m)| (&**id, &*m.info_json)))
+        });
+        let cached = channel::is_cache(&channel.name).then(|| self.cached_frame(channel));
+        if matches!(cached, Some(None)) {
+            self.cache_miss_webhook(channel);
+        }
+        let sequence = self.wants_sequence(channel);
+        let position = sequence.then(|| self.position(channel, journal));
+        let replay = match (sequence, resume) {
+            (true, Some((epoch, seq))) => Some(self.replay_for(channel, epoch, seq)),
+            _ => None,
+        };
+        SubscribeReply::Joined {
+            presence_data,
+            cached,
+            position,
+            replay,
+        }
+    }
+
+    /// The channel's (epoch, last seq); a channel without a history gets one now, logged so a
+    /// subscriber's position survives a restart.
+    fn position(&mut self, channel: &ChannelKey, journal: &mut dyn Journal) -> (u64, u64) {
+        if let Some(log) = self.histories.log(channel) {
+            return (log.epoch, log.seq);
+        }
+        let epoch = self.next_epoch();
+        let record = OwnerRecord::ChannelState {
+            channel: channel.clone(),
+            epoch,
+            seq: 0,
+        };
+        let lsn = journal.append(&record).unwrap_or(0);
+        self.apply_record(record, lsn, true);
+        (epoch, 0)
+    }
+
+    /// Every event after `(epoch, seq)`, or nothing when they are not all retained.
+    fn replay_for(&mut self, channel: &ChannelKey, epoch: u64, seq: u64) -> Replay {
+        match self.histories.missed(channel, epoch, seq) {
+            Missed::Complete(events) => {
+                let frames = events
+                    .into_iter()
+                    .map(|event| {
+                        let publish = PublishCommand {
+                            channel: channel.clone(),
+                            event: event.event,
+                            data: event.data,
+                            exclude: None,
+                            client: event.user_id.is_some(),
+                            user_id: event.user_id,
+                            published_ms: event.published_ms,
+                            cache: false,
+                        };
+                        self.event_frame(&publish, event.seq)
+                    })
+                    .collect();
+                Replay {
+                    recovered: true,
+                    frames,
+                }
+            }
+            Missed::Incomplete => Replay {
+                recovered: false,
+                frames: Vec::new(),
+            },
+        }
+    }
+
+    /// A subscribe found an empty cache slot: one `cache_miss` webhook per channel per interval.
+    fn cache_miss_webhook(&mut self, channel: &ChannelKey) {
+        if self.apps.get(channel.app).webhooks.is_empty() {
+            return;
+        }
+        let now_ms = self.now.mono_ms;
+        let recent = self
+            .cache_misses
+            .get(channel)
+            .is_some_and(|&sent| now_ms < sent + CACHE_MISS_WEBHOOK_INTERVAL_MS);
+        if recent {
+            return;
+        }
+        self.cache_misses.insert(channel.clone(), now_ms);
+        self.webhook(channel.app, WebhookKind::CacheMiss, &channel.name, |_| {});
+    }
+
+    fn unsubscribe(
+        &mut self,
+        from: usize,
+        channel: &ChannelKey,
+        user_id: Option<Arc<str>>,
+        socket_id: Option<SocketId>,
+        journal: &mut dyn Journal,
+    ) {
+        let owned = self
+            .channels
+            .get_mut(channel)
+            .expect("unsubscribe from a channel the owner never counted");
+        assert!(
+            owned.per_core[from] > 0,
+            "owner count underflow for {channel:?}"
+        );
+        owned.per_core[from] -= 1;
+        owned.total -= 1;
+        let mut left = None;
+        if let (Some(user_id), Some(members)) = (user_id, owned.members.as_mut()) {
+            let state = members
+                .get_mut(&user_id)
+                .expect("presence member of a counted subscription");
+            state.connections -= 1;
+            if state.connections == 0 {
+                left = Some(user_id);
+            }
+        }
+        let presence = owned.members.is_some();
+        let vacated = owned.total == 0;
+        if let Some(user_id) = left {
+            self.member_left(channel, user_id, socket_id, journal);
+        }
+        if vacated {
+            if self
+                .channels
+                .get(channel)
+                .is_some_and(OwnedChannel::is_empty)
+            {
+                self.channels.remove(channel);
+            }
+            self.webhook(
+                channel.app,
+                WebhookKind::ChannelVacated,
+                &channel.name,
+                |_| {},
+            );
+            let now_ms = self.now.mono_ms;
+            self.histories.forget_if_idle(channel, false, now_ms);
+            return;
+        }
+        let app = self.apps.get(channel.app);
+        if (app.enable_subscription_count || !app.webhooks.is_empty()) && !presence {
+            self.owe_subscription_count(channel);
+        }
+    }
+
+    /// Sends the channel's subscription count now, or marks it owed when the channel is large
+    /// and one was sent recently (the timer pays the debt).
+    fn owe_subscription_count(&mut self, channel: &ChannelKey) {
+        let now_ms = self.now.mono_ms;
+        let Some(owned) = self.channels.get_mut(channel) else {
+            return;
+        };
+        if owned.total > SUBSCRIPTION_COUNT_EAGER_MAX
+            && now_ms < owned.count_sent_ms + SUBSCRIPTION_COUNT_INTERVAL_MS
+        {
+            if !owned.count_owed {
+                owned.count_owed = true;
+                self.counts_owed.push(channel.clone());
+            }
+            return;
+        }
+        owned.count_sent_ms = now_ms;
+        owned.count_owed = false;
+        let total = owned.total;
+        self.send_subscription_count(channel.clone(), total);
+    }
+
+    /// The count event to subscribers (when the app enables it) and the webhook (when the app
+    /// has webhook targets).
+    fn send_subscription_count(&mut self, channel: ChannelKey, total: u64) {
+        self.webhook(
+            channel.app,
+            WebhookKind::SubscriptionCount,
+            &channel.name,
+            |event| {
+                event.subscription_count = Some(total);
+            },
+        );
+        if self.apps.get(channel.app).enable_subscription_count {
+            let text = outbound::subscription_count(&channel.name, total);
+            let frame = frame::encode_text(text.as_bytes());
+            let published_us = self.now.mono_us;
+            self.fan_out(&channel, &frame, None, published_us);
+        }
+    }
+
+    /// Timer: sends owed subscription counts whose interval has passed.
+    fn pay_owed_counts(&mut self) {
+        let now_ms = self.now.mono_ms;
+        let owed = std::mem::take(&mut self.counts_owed);
+        for channel in owed {
+            let Some(owned) = self.channels.get_mut(&channel) else {
+                continue;
+            };
+            if !owned.count_owed {
+                continue;
+            }
+            if now_ms < owned.count_sent_ms + SUBSCRIPTION_COUNT_INTERVAL_MS {
+                self.counts_owed.push(channel);
+                continue;
+            }
+            owned.count_owed = false;
+            owned.count_sent_ms = now_ms;
+            let total = owned.total;
+            self.send_subscription_count(channel, total);
+        }
+    }
+
+    /// The cached event's frame, when there is an unexpired one.
+    fn cached_frame(&mut self, channel: &ChannelKey) -> Option<Bytes> {
+        let now_ms = self.now.unix_ms;
+        let cached = self.caches.get(channel)?;
+        if cached.expires_unix_ms <= now_ms {
+            self.caches.remove(channel);
+            return None;
+        }
+        if let Some(frame) = &cached.frame {
+            return Some(frame.clone());
+        }
+        let frame = self.event_frame(&cached.publish, cached.seq);
+        self.caches.get_mut(channel).expect("checked").frame = Some(frame.clone());
+        Some(frame)
+    }
+
+    /// Occupied channels this core owns for `app` whose name starts with `prefix` (the
+    /// server-to-user channels are internal and never listed).
+    fn owned_channels(&self, app: u32, prefix: &str) -> Vec<ChannelSummary> {
+        self.channels
+            .iter()
+            .filter(|(key, owned)| {
+                key.app == app
+                    && owned.total > 0
+                    && key.name.starts_with(prefix)
+                    && !key.name.starts_with(channel::SERVER_TO_USER_PREFIX)
+            })
+            .map(|(key, owned)| ChannelSummary {
+                name: Arc::clone(&key.name),
+                subscription_count: owned.total,
+                user_count: owned.user_count(),
+            })
+            .collect()
+    }
+
+    /// What the owner knows about one channel, for REST.
+    fn channel_info(&mut self, channel: &ChannelKey, with_users: bool) -> ChannelInfo {
+        let now_ms = self.now.unix_ms;
+        let cache = channel::is_cache(&channel.name)
+            .then(|| {
+                self.caches
+                    .get(channel)
+                    .filter(|cached| cached.expires_unix_ms > now_ms)
+            })
+            .flatten()
+            .map(|cached| {
+                (
+                    Box::from(&*cached.publish.data),
+                    (cached.expires_unix_ms - now_ms).div_ceil(1000),
+                )
+            });
+        let Some(owned) = self.channels.get(channel) else {
+            return ChannelInfo {
+                users: with_users.then(Vec::new),
+                cache,
+                ..ChannelInfo::default()
+            };
+        };
+        ChannelInfo {
+            subscription_count: owned.total,
+            user_count: owned.user_count(),
+            users: with_users.then(|| {
+                let mut ids: Vec<Arc<str>> = owned
+                    .members
+                    .iter()
+                    .flat_map(|m| m.keys().cloned())
+                    .collect();
+                ids.sort();
+                ids
+            }),
+            cache,
+        }
+    }
+
+    /// Counts a signed-in connection of `user_id` in or out; tells watchers about 0↔1
+    /// transitions on their `#server-to-user-` channels.
+    fn user_presence(&mut self, app: u32, user_id: Arc<str>, online: bool) {
+        let key = (app, Arc::clone(&user_id));
+        let entry = self.users.entry(key.clone()).or_default();
+        let changed = if online {
+            entry.connections += 1;
+            entry.connections == 1
+        } else {
+            assert!(entry.connections > 0, "user connection count underflow");
+            entry.connections -= 1;
+            entry.connections == 0
+        };
+        let watchers: Vec<Arc<str>> = if changed {
+            entry.watchers.keys().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        if entry.connections == 0 && entry.watchers.is_empty() {
+            self.users.remove(&key);
+        }
+        if !self.apps.get(app).enable_watchlist_events {
+            return;
+        }
+        let ids = [&*user_id];
+        let text = if online {
+            outbound::watchlist_events(&ids, &[])
+        } else {
+            outbound::watchlist_events(&[], &ids)
+        };
+        let frame = frame::encode_text(text.as_bytes());
+        let published_us = self.now.mono_us;
+        for watcher in watchers {
+            let channel =
+                ChannelKey::new(app, &format!("{}{watcher}", channel::SERVER_TO_USER_PREFIX));
+            let owner = channel.owner(self.cores);
+            self.emit(
+                owner,
+                ShardMessage::Relay {
+                    channel,
+                    frame: frame.clone(),
+                    published_us,
+                },
+            );
+        }
+    }
+
+    /// A watcher connection registers interest and learns the current status.
+    fn watch(
+        &mut self,
+        from: usize,
+        app: u32,
+        watcher: Arc<str>,
+        watched: Arc<str>,
+        conn: ConnRef,
+    ) {
+        debug_assert_eq!(user_key(app, &watched).owner(self.cores), self.core);
+        let entry = self.users.entry((app, Arc::clone(&watched))).or_default();
+        *entry.watchers.entry(watcher).or_default() += 1;
+        let online = entry.connections > 0;
+        self.emit(
+            from,
+            ShardMessage::WatchStatus {
+                conn,
+                watched,
+                online,
+            },
+        );
+    }
+
+    fn unwatch(&mut self, app: u32, watcher: Arc<str>, watched: Arc<str>) {
+        let key = (app, watched);
+        let Some(entry) = self.users.get_mut(&key) else {
+            return;
+        };
+        if let Some(count) = entry.watchers.get_mut(&watcher) {
+            *count -= 1;
+            if *count == 0 {
+                entry.watchers.remove(&watcher);
+            }
+        }
+        if entry.connections == 0 && entry.watchers.is_empty() {
+            self.users.remove(&key);
+        }
+    }
+
+    /// Subscribers the owner counts for `channel` (tests).
+    #[cfg(test)]
+    pub fn subscribers(&self, channel: &ChannelKey) -> Option<u64> {
+        self.channels.get(channel).map(|owned| owned.total)
+    }
+
+    /// Channels the owner keeps (tests).
+    #[cfg(test)]
+    pub fn occupied_channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Queues a webhook event made by the owner (see `queue_webhook`).
+    fn webhook(
+        &self,
+        app: u32,
+        kind: WebhookKind,
+        channel: &Arc<str>,
+        fill: impl FnOnce(&mut WebhookEvent),
+    ) {
+        let queues = (&*self.webhooks, self.core);
+        super::queue_webhook(
+            &self.apps,
+            queues,
+            self.now.unix_ms,
+            app,
+            kind,
+            channel,
+            fill,
+        );
+    }
+}
+
+/// Channels with a history and sequence numbers: every channel but the internal ones (`#`).
+fn is_sequenced(channel: &ChannelKey) -> bool {
+    !channel.name.starts_with('#')
+}
+
+fn history_limits(config: &Config, cores: usize) -> HistoryLimits {
+    HistoryLimits {
+        events_per_channel_max: config.history.events_per_channel_max,
+        age_ms_max: config.history.age_secs_max * 1000,
+        bytes_max: config.history.bytes_max / cores.max(1),
+    }
+}
