@@ -197,7 +197,8 @@ pub enum ShardMessage {
         channel: ChannelKey,
         conn: ConnRef,
         user_id: Option<Arc<str>>,
-        reply: SubscribeReply,
+        /// Boxed: most messages on the mesh are deliveries, which should not pay for its size.
+        reply: Box<SubscribeReply>,
     },
     /// Connection core → owner: one subscriber on the sender's core left (as presence member
     /// `user_id`, with socket `socket_id`).
@@ -309,6 +310,10 @@ pub enum ShardMessage {
         online: bool,
     },
 }
+
+// Every mesh queue slot holds one message: keep the large, rare variants boxed so the slots
+// (and the deliveries that fill them) stay small.
+const _: () = assert!(size_of::<ShardMessage>() <= 112);
 
 /// The key that routes a user's registry entry to its owner core (never a real channel: `#` is
 /// reserved, and this prefix is not `#server-to-user-`).

@@ -333,7 +333,7 @@ impl Shard {
                 conn,
                 user_id,
                 reply,
-            } => self.subscription_answered(channel, conn, user_id, reply),
+            } => self.subscription_answered(channel, conn, user_id, *reply),
             ShardMessage::Deliver {
                 channel,
                 frame,

@@ -721,7 +721,7 @@ impl Owner {
                             channel,
                             conn,
                             user_id,
-                            reply,
+                            reply: Box::new(reply),
                         },
                     );
                 }
@@ -739,7 +739,7 @@ impl Owner {
                 |_| {},
             );
         }
-        let reply = self.joined_reply(&channel, resume, journal);
+        let reply = Box::new(self.joined_reply(&channel, resume, journal));
         let user_id = member.as_ref().map(|m| Arc::clone(&m.user_id));
         self.emit(
             from,
