@@ -9,6 +9,8 @@ mod channels;
 mod cli;
 /// The real-client suite (pusher-js and the `pusher` npm library) run against the binary.
 mod compat;
+/// Channel history: the REST history API, sequence numbers on the wire, resume after reconnect.
+mod history;
 /// Many connections over both cores, one publisher: nothing lost, nothing reordered.
 mod load;
 /// Operations: systemd notify, health, metrics, drain, reload, admission, slow readers.
