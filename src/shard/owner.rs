@@ -1252,3 +1252,256 @@ fn history_limits(config: &Config, cores: usize) -> HistoryLimits {
         bytes_max: config.history.bytes_max / cores.max(1),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    /// A journal that keeps every record, and can be made full.
+    #[derive(Default)]
+    struct MemJournal {
+        records: Vec<(u64, OwnerRecord)>,
+        full: bool,
+    }
+
+    impl Journal for MemJournal {
+        fn append(&mut self, record: &OwnerRecord) -> Result<u64, JournalFull> {
+            if self.full {
+                return Err(JournalFull);
+            }
+            let lsn = self.records.len() as u64 + 1;
+            self.records.push((lsn, record.clone()));
+            Ok(lsn)
+        }
+
+        fn appended_lsn(&self) -> u64 {
+            self.records.len() as u64
+        }
+
+        fn enabled(&self) -> bool {
+            true
+        }
+    }
+
+    const NOW: Now = Now {
+        mono_ms: 1_000,
+        mono_us: 1_000_000,
+        unix_secs: 1_700_000_000,
+        unix_ms: 1_700_000_000_000,
+    };
+
+    fn owner(event_sequence: bool) -> Owner {
+        let mut loaded = config::parse(config::EMBEDDED_DEFAULT).unwrap();
+        loaded.config.apps[0].event_sequence = event_sequence;
+        let config = Arc::new(loaded.config);
+        let apps = Arc::new(Apps::new(&config));
+        Owner::new(0, 1, config, apps, Arc::new(WebhookQueues::new(1)), 7)
+    }
+
+    fn publish(channel: &str, data: &str, cache: bool) -> ShardMessage {
+        ShardMessage::Publish {
+            publish: Box::new(PublishCommand {
+                channel: ChannelKey::new(0, channel),
+                event: Arc::from("e"),
+                data: Arc::from(data),
+                exclude: None,
+                user_id: None,
+                published_ms: NOW.unix_ms,
+                cache,
+                client: false,
+            }),
+            published_us: 0,
+        }
+    }
+
+    fn subscribe(channel: &str, user: Option<&str>, key: u32) -> ShardMessage {
+        ShardMessage::Subscribe {
+            channel: ChannelKey::new(0, channel),
+            conn: ConnRef {
+                core: 0,
+                key,
+                generation: 1,
+            },
+            socket_id: SocketId {
+                high: 1,
+                low: key.into(),
+            },
+            member: user.map(|id| Member {
+                user_id: Arc::from(id),
+                info_json: "{}".into(),
+            }),
+            resume: None,
+        }
+    }
+
+    fn query(slot: u32) -> QueryRef {
+        QueryRef {
+            core: 0,
+            slot,
+            generation: 1,
+        }
+    }
+
+    fn acks(owner: &mut Owner) -> Vec<AckOutcome> {
+        let mut effects = Vec::new();
+        owner.take_effects(&mut effects);
+        effects
+            .into_iter()
+            .filter_map(|(_, message)| match message {
+                ShardMessage::BarrierAck { outcome, .. } => Some(outcome),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_replay_of_the_records_rebuilds_the_durable_state() {
+        let mut live = owner(true);
+        let mut journal = MemJournal::default();
+        for n in 0..30 {
+            let channel = format!("chan-{}", n % 3);
+            live.apply(
+                0,
+                publish(&channel, &format!("\"{n}\""), false),
+                NOW,
+                &mut journal,
+            );
+        }
+        live.apply(0, publish("cache-x", "\"last\"", true), NOW, &mut journal);
+        live.apply(
+            0,
+            subscribe("presence-room", Some("ann"), 1),
+            NOW,
+            &mut journal,
+        );
+        live.apply(
+            0,
+            subscribe("presence-room", Some("bob"), 2),
+            NOW,
+            &mut journal,
+        );
+        live.apply(0, subscribe("quiet", None, 3), NOW, &mut journal);
+        let bob_leaves = ShardMessage::Unsubscribe {
+            channel: ChannelKey::new(0, "presence-room"),
+            user_id: Some(Arc::from("bob")),
+            socket_id: None,
+        };
+        live.apply(0, bob_leaves, NOW, &mut journal);
+
+        let mut replayed = owner(true);
+        for (lsn, record) in journal.records.clone() {
+            replayed.replay(record, lsn, NOW);
+        }
+        replayed.replayed(NOW);
+        for channel in ["chan-0", "chan-1", "chan-2", "cache-x", "quiet", "nothing"] {
+            let key = ChannelKey::new(0, channel);
+            assert_eq!(
+                live.histories.page(&key, 0, 1000),
+                replayed.histories.page(&key, 0, 1000),
+                "{channel}"
+            );
+        }
+        let cache = ChannelKey::new(0, "cache-x");
+        assert_eq!(
+            live.channel_info(&cache, false).cache,
+            replayed.channel_info(&cache, false).cache
+        );
+        assert_eq!(live.cached_frame(&cache), replayed.cached_frame(&cache));
+        let room = ChannelKey::new(0, "presence-room");
+        let members = replayed.channel_info(&room, true).users.unwrap();
+        assert_eq!(
+            members,
+            vec![Arc::<str>::from("ann")],
+            "bob left before the crash"
+        );
+        assert_eq!(replayed.channel_info(&room, false).subscription_count, 0);
+        assert!(replayed.needed_lsn() >= 1);
+    }
+
+    #[test]
+    fn restored_members_who_come_back_are_reconfirmed_silently_and_the_others_removed() {
+        let mut live = owner(false);
+        let mut journal = MemJournal::default();
+        live.apply(
+            0,
+            subscribe("presence-room", Some("ann"), 1),
+            NOW,
+            &mut journal,
+        );
+        live.apply(
+            0,
+            subscribe("presence-room", Some("bob"), 2),
+            NOW,
+            &mut journal,
+        );
+        let mut restarted = owner(false);
+        for (lsn, record) in journal.records.clone() {
+            restarted.replay(record, lsn, NOW);
+        }
+        restarted.replayed(NOW);
+        let mut journal = MemJournal::default();
+        restarted.apply(
+            0,
+            subscribe("presence-room", Some("ann"), 5),
+            NOW,
+            &mut journal,
+        );
+        let mut effects = Vec::new();
+        restarted.take_effects(&mut effects);
+        let added = effects.iter().any(|(_, message)| {
+            matches!(message, ShardMessage::Deliver { frame, .. }
+                if String::from_utf8_lossy(frame).contains("member_added"))
+        });
+        assert!(!added, "ann came back: no member_added");
+        assert!(journal.records.is_empty(), "a reconfirmation logs nothing");
+        let later = Now {
+            mono_ms: NOW.mono_ms + limits::RESTORED_STATE_GRACE_MS,
+            ..NOW
+        };
+        restarted.tick(later, 1, &mut journal);
+        let room = ChannelKey::new(0, "presence-room");
+        let members = restarted.channel_info(&room, true).users.unwrap();
+        assert_eq!(members, vec![Arc::<str>::from("ann")]);
+        assert!(matches!(
+            &journal.records[..],
+            [(_, OwnerRecord::PresenceLeave { user_id, .. })] if &**user_id == "bob"
+        ));
+    }
+
+    #[test]
+    fn a_full_journal_refuses_the_publish_and_its_barrier_says_so() {
+        let mut owner = owner(false);
+        let mut journal = MemJournal::default();
+        owner.apply(0, publish("a", "\"1\"", false), NOW, &mut journal);
+        journal.full = true;
+        owner.apply(0, publish("a", "\"2\"", false), NOW, &mut journal);
+        owner.apply(
+            0,
+            ShardMessage::Barrier { query: query(1) },
+            NOW,
+            &mut journal,
+        );
+        assert_eq!(
+            acks(&mut owner),
+            [AckOutcome::Refused(PublishRefusal::StorageFull)]
+        );
+        let page = owner.histories.page(&ChannelKey::new(0, "a"), 0, 10);
+        assert_eq!(page.last_seq, 1, "the refused event was not sequenced");
+        journal.full = false;
+        owner.apply(0, publish("a", "\"3\"", false), NOW, &mut journal);
+        owner.apply(
+            0,
+            ShardMessage::Barrier { query: query(2) },
+            NOW,
+            &mut journal,
+        );
+        assert!(acks(&mut owner).is_empty(), "waits for the commit");
+        owner.committed(1, Durability::Written);
+        assert!(acks(&mut owner).is_empty(), "its record is lsn 2");
+        owner.committed(2, Durability::Fsynced);
+        assert_eq!(acks(&mut owner), [AckOutcome::Durable(Durability::Fsynced)]);
+        let page = owner.histories.page(&ChannelKey::new(0, "a"), 0, 10);
+        assert_eq!(page.last_seq, 2, "sequences continue without a gap");
+    }
+}

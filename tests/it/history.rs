@@ -55,7 +55,10 @@ fn history_api_pages_retained_events_in_order() {
         assert_eq!(first["data"], format!("{channel}-3"));
         assert!(first["published_ms"].as_u64().unwrap() > 1_600_000_000_000);
         let (_, page) = history(&server, channel, &[("after", "2")]);
-        assert_eq!((seqs(&page), &page["complete"]), (vec![3, 4, 5], &json!(true)));
+        assert_eq!(
+            (seqs(&page), &page["complete"]),
+            (vec![3, 4, 5], &json!(true))
+        );
         let (_, page) = history(&server, channel, &[("after", "3"), ("limit", "1")]);
         assert_eq!(seqs(&page), [4]);
         let (_, page) = history(&server, channel, &[("after", "5")]);
@@ -68,7 +71,10 @@ fn history_api_pages_retained_events_in_order() {
         json!({"epoch": null, "first_seq": 1, "last_seq": 0, "complete": true, "events": []})
     );
     let (_, page) = history(&server, "never-used", &[("after", "4")]);
-    assert_eq!(page["complete"], false, "a position in a lost history: {page}");
+    assert_eq!(
+        page["complete"], false,
+        "a position in a lost history: {page}"
+    );
 }
 
 #[test]
@@ -98,7 +104,15 @@ fn a_publish_says_how_durable_it_is() {
     let server = Server::start();
     let body = json!({"name": "e", "channels": CHANNELS, "data": "x"}).to_string();
     let path = format!("/apps/{APP_ID}/events");
-    let query = signed_query("POST", &path, &[], body.as_bytes(), APP_KEY, APP_SECRET, unix_now());
+    let query = signed_query(
+        "POST",
+        &path,
+        &[],
+        body.as_bytes(),
+        APP_KEY,
+        APP_SECRET,
+        unix_now(),
+    );
     let request = format!(
         "POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -128,7 +142,10 @@ fn subscribe(client: &mut Client, channel: &str, resume_after: Option<Value>) ->
     }
     client.send(&json!({"event": "pusher:subscribe", "data": data}));
     let reply = client.recv_event();
-    assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "{reply}");
+    assert_eq!(
+        reply["event"], "pusher_internal:subscription_succeeded",
+        "{reply}"
+    );
     reply
 }
 
@@ -153,9 +170,15 @@ fn event_frames_carry_sequence_numbers_and_the_position() {
         );
         let mut late = server.client();
         let reply = subscribe(&mut late, channel, None);
-        assert_eq!((reply["epoch"].as_str(), &reply["seq"]), (Some(&*epoch), &json!(2)));
+        assert_eq!(
+            (reply["epoch"].as_str(), &reply["seq"]),
+            (Some(&*epoch), &json!(2))
+        );
         let (_, page) = history(&server, channel, &[]);
-        assert_eq!(page["epoch"], epoch, "the REST history names the same epoch");
+        assert_eq!(
+            page["epoch"], epoch,
+            "the REST history names the same epoch"
+        );
     }
 }
 
@@ -200,10 +223,19 @@ fn resume_replays_exactly_the_missed_events_then_goes_live() {
         );
         // Up to date already: nothing to replay, still told it is complete.
         let mut current = server.client();
-        subscribe(&mut current, channel, Some(json!({"epoch": epoch, "seq": 5})));
+        subscribe(
+            &mut current,
+            channel,
+            Some(json!({"epoch": epoch, "seq": 5})),
+        );
         let resume = current.recv_event();
         assert_eq!(resume["event"], "ringcast:resume", "{resume}");
-        assert!(resume["data"].as_str().unwrap().contains(r#""recovered":true"#));
+        assert!(
+            resume["data"]
+                .as_str()
+                .unwrap()
+                .contains(r#""recovered":true"#)
+        );
     }
 }
 
@@ -217,9 +249,18 @@ fn resume_is_all_or_nothing() {
         publish(&server, channel, "e", &format!("m{n}"));
     }
     let cases = [
-        (json!({"epoch": epoch, "seq": 1}), "events 2 and 3 are no longer retained"),
-        (json!({"epoch": "0000000000000001", "seq": 4}), "another history"),
-        (json!({"epoch": epoch, "seq": 9}), "a position the channel never reached"),
+        (
+            json!({"epoch": epoch, "seq": 1}),
+            "events 2 and 3 are no longer retained",
+        ),
+        (
+            json!({"epoch": "0000000000000001", "seq": 4}),
+            "another history",
+        ),
+        (
+            json!({"epoch": epoch, "seq": 9}),
+            "a position the channel never reached",
+        ),
         (json!("garbage"), "a malformed resume_after"),
     ];
     for (last_seq, (resume_after, why)) in (5..).zip(cases) {
@@ -229,7 +270,11 @@ fn resume_is_all_or_nothing() {
         assert_eq!(resume["event"], "ringcast:resume", "{why}: {resume}");
         let data: Value = serde_json::from_str(resume["data"].as_str().unwrap()).unwrap();
         assert_eq!(data["recovered"], false, "{why}: {data}");
-        assert_eq!((&data["epoch"], &data["seq"]), (&epoch, &json!(last_seq)), "{why}");
+        assert_eq!(
+            (&data["epoch"], &data["seq"]),
+            (&epoch, &json!(last_seq)),
+            "{why}"
+        );
         publish(&server, channel, "e", "next");
         let next = client.recv_event();
         assert_eq!(next["data"], "next", "{why}: nothing was replayed: {next}");
