@@ -61,6 +61,11 @@ pub struct ChannelLog {
 }
 
 impl ChannelLog {
+    /// The retained events, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = &HistoryEvent> {
+        self.events.iter()
+    }
+
     fn first_seq(&self) -> u64 {
         self.events.front().map_or(self.seq + 1, |event| event.seq)
     }
@@ -114,6 +119,10 @@ impl Histories {
 
     pub fn log(&self, channel: &ChannelKey) -> Option<&ChannelLog> {
         self.logs.get(channel)
+    }
+
+    pub fn logs(&self) -> impl Iterator<Item = (&ChannelKey, &ChannelLog)> {
+        self.logs.iter()
     }
 
     /// Sets a channel's position without an event (a replayed `ChannelState`): a different

@@ -64,6 +64,13 @@ pub enum OwnerRecord {
         epoch: u64,
         seq: u64,
     },
+    /// A cache channel's cached event alone, without touching its history (a snapshot
+    /// carries a cached event that has left the history window).
+    Cache {
+        epoch: u64,
+        seq: u64,
+        publish: Arc<PublishCommand>,
+    },
 }
 
 impl PartialEq for PublishCommand {
@@ -164,8 +171,11 @@ struct CachedEvent {
     /// Built on first use (a replay restores the slot without building frames).
     frame: Option<Bytes>,
     publish: Arc<PublishCommand>,
+    epoch: u64,
     seq: u64,
     expires_unix_ms: u64,
+    /// The WAL record that holds it.
+    lsn: u64,
 }
 
 /// One signed-in user's entry on its owner core.
@@ -429,7 +439,67 @@ impl Owner {
                 epoch,
                 seq,
             } => self.histories.set_position(&channel, epoch, seq, lsn),
+            OwnerRecord::Cache {
+                epoch,
+                seq,
+                publish,
+            } => {
+                let ttl_ms = self.apps.get(publish.channel.app).cache_ttl_secs * 1000;
+                let cached = CachedEvent {
+                    frame: None,
+                    expires_unix_ms: publish.published_ms + ttl_ms,
+                    publish: Arc::clone(&publish),
+                    epoch,
+                    seq,
+                    lsn,
+                };
+                self.caches.insert(publish.channel.clone(), cached);
+            }
         }
+    }
+
+    /// Records that rebuild this owner's durable state from nothing: each channel's position
+    /// and retained events, each unexpired cached event, each presence member. Replayed into an
+    /// empty owner (in order) they give the same history pages, cache slots and members. Used
+    /// to move the state into new streams when the core count changes, and to carry it past
+    /// retention.
+    pub fn snapshot(&self, now_unix_ms: u64) -> Vec<OwnerRecord> {
+        let mut records = Vec::new();
+        for (channel, log) in self.histories.logs() {
+            let first = log.events().next().map_or(log.seq, |event| event.seq - 1);
+            records.push(OwnerRecord::ChannelState {
+                channel: channel.clone(),
+                epoch: log.epoch,
+                seq: first,
+            });
+            for event in log.events() {
+                let publish = history_publish(channel, event);
+                records.push(OwnerRecord::Publish {
+                    epoch: log.epoch,
+                    seq: event.seq,
+                    publish: Arc::new(publish),
+                });
+            }
+        }
+        for cached in self.caches.values() {
+            if cached.expires_unix_ms > now_unix_ms {
+                records.push(OwnerRecord::Cache {
+                    epoch: cached.epoch,
+                    seq: cached.seq,
+                    publish: Arc::clone(&cached.publish),
+                });
+            }
+        }
+        for (channel, owned) in &self.channels {
+            for (user_id, member) in owned.members.iter().flatten() {
+                records.push(OwnerRecord::PresenceJoin {
+                    channel: channel.clone(),
+                    user_id: Arc::clone(user_id),
+                    info_json: member.info_json.clone(),
+                });
+            }
+        }
+        records
     }
 
     fn apply_publish(
@@ -462,8 +532,10 @@ impl Owner {
             let cached = CachedEvent {
                 frame: frame.clone(),
                 publish: Arc::clone(&publish),
+                epoch,
                 seq,
                 expires_unix_ms: publish.published_ms + ttl_ms,
+                lsn,
             };
             self.caches.insert(channel.clone(), cached);
         }
@@ -636,11 +708,14 @@ impl Owner {
             .channels
             .values()
             .flat_map(|owned| owned.members.iter().flat_map(|m| m.values()))
-            .map(|member| member.lsn)
-            .filter(|&lsn| lsn > 0);
-        self.histories
-            .needed_lsn()
-            .min(members.min().unwrap_or(u64::MAX))
+            .map(|member| member.lsn);
+        let caches = self.caches.values().map(|cached| cached.lsn);
+        members
+            .chain(caches)
+            .filter(|&lsn| lsn > 0)
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(self.histories.needed_lsn())
     }
 
     /// Presence members restored by a replay who did not come back: removed now, with their
@@ -884,19 +959,7 @@ impl Owner {
             Missed::Complete(events) => {
                 let frames = events
                     .into_iter()
-                    .map(|event| {
-                        let publish = PublishCommand {
-                            channel: channel.clone(),
-                            event: event.event,
-                            data: event.data,
-                            exclude: None,
-                            client: event.user_id.is_some(),
-                            user_id: event.user_id,
-                            published_ms: event.published_ms,
-                            cache: false,
-                        };
-                        self.event_frame(&publish, event.seq)
-                    })
+                    .map(|event| self.event_frame(&history_publish(channel, &event), event.seq))
                     .collect();
                 Replay {
                     recovered: true,
@@ -1240,6 +1303,21 @@ impl Owner {
     }
 }
 
+/// The publish a retained event came from, as far as delivery and replay need it (a client
+/// event's frame differs from a REST event's only by its `user_id`).
+fn history_publish(channel: &ChannelKey, event: &HistoryEvent) -> PublishCommand {
+    PublishCommand {
+        channel: channel.clone(),
+        event: Arc::clone(&event.event),
+        data: Arc::clone(&event.data),
+        exclude: None,
+        user_id: event.user_id.clone(),
+        published_ms: event.published_ms,
+        cache: false,
+        client: event.user_id.is_some(),
+    }
+}
+
 /// Channels with a history and sequence numbers: every channel but the internal ones (`#`).
 fn is_sequenced(channel: &ChannelKey) -> bool {
     !channel.name.starts_with('#')
@@ -1257,6 +1335,7 @@ fn history_limits(config: &Config, cores: usize) -> HistoryLimits {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::shard::HistoryPage;
 
     /// A journal that keeps every record, and can be made full.
     #[derive(Default)]
@@ -1417,6 +1496,33 @@ mod tests {
         );
         assert_eq!(replayed.channel_info(&room, false).subscription_count, 0);
         assert!(replayed.needed_lsn() >= 1);
+
+        // A snapshot of the replayed state, replayed again, is the same state (the events
+        // sit in other WAL records then).
+        let mut from_snapshot = owner(true);
+        for (index, record) in replayed.snapshot(NOW.unix_ms).into_iter().enumerate() {
+            from_snapshot.replay(record, index as u64 + 1, NOW);
+        }
+        let without_lsns = |mut page: HistoryPage| {
+            page.events.iter_mut().for_each(|event| event.lsn = 0);
+            page
+        };
+        for channel in ["chan-0", "chan-1", "chan-2", "cache-x", "quiet"] {
+            let key = ChannelKey::new(0, channel);
+            assert_eq!(
+                without_lsns(live.histories.page(&key, 0, 1000)),
+                without_lsns(from_snapshot.histories.page(&key, 0, 1000)),
+                "{channel}"
+            );
+        }
+        assert_eq!(
+            live.cached_frame(&cache),
+            from_snapshot.cached_frame(&cache)
+        );
+        assert_eq!(
+            from_snapshot.channel_info(&room, true).users.unwrap(),
+            vec![Arc::<str>::from("ann")]
+        );
     }
 
     #[test]
