@@ -75,33 +75,14 @@ const COLORS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
 
+/// Width and height of the plot area inside the margins.
+const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
+const PLOT_H: f64 = HEIGHT - TOP - BOTTOM;
+
 /// A line chart as a standalone SVG document. The y axis starts at zero; x spans the ticks
 /// and the data.
 pub fn line_chart(title: &str, x: &Axis, y_title: &str, series: &[Series]) -> String {
-    let all = || series.iter().flat_map(|s| s.points.iter());
-    let x_min = x
-        .ticks
-        .iter()
-        .map(|t| t.0)
-        .chain(all().map(|p| p.0))
-        .fold(f64::INFINITY, f64::min);
-    let x_max = x
-        .ticks
-        .iter()
-        .map(|t| t.0)
-        .chain(all().map(|p| p.0))
-        .fold(f64::NEG_INFINITY, f64::max);
-    let (x_min, x_max) = if x_min.is_finite() && x_max > x_min {
-        (x_min, x_max)
-    } else {
-        (0.0, 1.0)
-    };
-    let y_max = nice_ceiling(all().map(|p| p.1).fold(0.0, f64::max));
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
-    let px = |v: f64| LEFT + (v - x_min) / (x_max - x_min) * plot_w;
-    let py = |v: f64| TOP + plot_h - v / y_max * plot_h;
-
+    let scale = Scale::of(x, series);
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -114,55 +95,102 @@ pub fn line_chart(title: &str, x: &Axis, y_title: &str, series: &[Series]) -> St
     let _ = writeln!(
         svg,
         r#"<text x="{}" y="28" font-size="16" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
+        LEFT + PLOT_W / 2.0,
         escape(title)
     );
-    // Grid and y ticks.
-    for i in 0..=5 {
-        let value = y_max * f64::from(i) / 5.0;
-        let y = py(value);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LEFT + plot_w,
-            LEFT - 6.0,
-            y + 4.0,
-            format_number(value)
-        );
-    }
-    for (value, label) in &x.ticks {
-        let xp = px(*value);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{xp:.1}" y1="{TOP}" x2="{xp:.1}" y2="{:.1}" stroke="#eeeeee"/><text x="{xp:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            TOP + plot_h,
-            TOP + plot_h + 18.0,
-            escape(label)
-        );
-    }
+    grid(&mut svg, &scale, x);
     let _ = writeln!(
         svg,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333333"/>"##
+        r##"<rect x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}" fill="none" stroke="#333333"/>"##
     );
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
+        LEFT + PLOT_W / 2.0,
         HEIGHT - 15.0,
         escape(&x.title)
     );
     let _ = writeln!(
         svg,
         r#"<text transform="translate(20 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
-        TOP + plot_h / 2.0,
+        TOP + PLOT_H / 2.0,
         escape(y_title)
     );
+    lines(&mut svg, &scale, series);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The data ranges of a chart and where their values land in the plot area.
+struct Scale {
+    x_min: f64,
+    x_max: f64,
+    y_max: f64,
+}
+
+impl Scale {
+    fn of(x: &Axis, series: &[Series]) -> Scale {
+        let all = || series.iter().flat_map(|s| s.points.iter());
+        let xs = || x.ticks.iter().map(|t| t.0).chain(all().map(|p| p.0));
+        let x_min = xs().fold(f64::INFINITY, f64::min);
+        let x_max = xs().fold(f64::NEG_INFINITY, f64::max);
+        let (x_min, x_max) = if x_min.is_finite() && x_max > x_min {
+            (x_min, x_max)
+        } else {
+            (0.0, 1.0)
+        };
+        let y_max = nice_ceiling(all().map(|p| p.1).fold(0.0, f64::max));
+        Scale {
+            x_min,
+            x_max,
+            y_max,
+        }
+    }
+
+    fn px(&self, v: f64) -> f64 {
+        LEFT + (v - self.x_min) / (self.x_max - self.x_min) * PLOT_W
+    }
+
+    fn py(&self, v: f64) -> f64 {
+        TOP + PLOT_H - v / self.y_max * PLOT_H
+    }
+}
+
+/// The horizontal grid lines with their y values, and the x ticks with their labels.
+fn grid(svg: &mut String, scale: &Scale, x: &Axis) {
+    // Grid and y ticks.
+    for i in 0..=5 {
+        let value = scale.y_max * f64::from(i) / 5.0;
+        let y = scale.py(value);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            LEFT + PLOT_W,
+            LEFT - 6.0,
+            y + 4.0,
+            format_number(value)
+        );
+    }
+    for (value, label) in &x.ticks {
+        let xp = scale.px(*value);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{xp:.1}" y1="{TOP}" x2="{xp:.1}" y2="{:.1}" stroke="#eeeeee"/><text x="{xp:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            TOP + PLOT_H,
+            TOP + PLOT_H + 18.0,
+            escape(label)
+        );
+    }
+}
+
+/// One polyline per series, and its entry in the legend right of the plot.
+fn lines(svg: &mut String, scale: &Scale, series: &[Series]) {
     for (index, line) in series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
         let points: Vec<String> = line
             .points
             .iter()
-            .map(|(xv, yv)| format!("{:.1},{:.1}", px(*xv), py(*yv)))
+            .map(|(xv, yv)| format!("{:.1},{:.1}", scale.px(*xv), scale.py(*yv)))
             .collect();
         let _ = writeln!(
             svg,
@@ -170,7 +198,7 @@ pub fn line_chart(title: &str, x: &Axis, y_title: &str, series: &[Series]) -> St
             points.join(" ")
         );
         let ly = TOP + 10.0 + index as f64 * 18.0;
-        let lx = LEFT + plot_w + 12.0;
+        let lx = LEFT + PLOT_W + 12.0;
         let _ = writeln!(
             svg,
             r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
@@ -180,8 +208,6 @@ pub fn line_chart(title: &str, x: &Axis, y_title: &str, series: &[Series]) -> St
             escape(&line.label)
         );
     }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 /// Percentile axis ticks for x = -log10(1 - q).

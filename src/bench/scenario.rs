@@ -5,6 +5,7 @@
 //! accepted publish × subscribers of its channel). It must not touch sockets (the engine does)
 //! nor print the result (`mod.rs` does).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,6 +87,17 @@ impl Run {
             spawned_ns,
             tids,
         })
+    }
+
+    /// Time from starting the threads to the last client ready.
+    fn connect_ns(&self) -> u64 {
+        self.shared
+            .workers
+            .iter()
+            .map(|c| c.last_ready_ns.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(self.spawned_ns)
     }
 
     fn stop(self) -> Vec<WorkerResult> {
@@ -413,8 +425,78 @@ fn duration_ns(secs: f64) -> u64 {
     (secs * 1e9) as u64
 }
 
-pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
-    let common = &args.common;
+/// The publish phase as the main thread drives it: the name on its progress lines, how long
+/// after the run start it waits for the publisher, and what it warns when that cap passes.
+struct PublishPhase {
+    name: &'static str,
+    cap_ns: u64,
+    cap_warning: &'static str,
+}
+
+/// The measured window of a publishing run.
+struct PublishWindow {
+    /// REST connections that were ready when the run was to be armed.
+    ready: u64,
+    /// When the publisher's schedule started (when the window started, if nothing was armed).
+    run_start: u64,
+    cpu: CpuWindow,
+}
+
+impl PublishWindow {
+    /// The window's length: from the run start to `end_ns` (the publisher's last step, when
+    /// it recorded one), else to the end of the CPU window.
+    fn ns(&self, end_ns: Option<u64>) -> u64 {
+        let end_ns = end_ns.unwrap_or(self.run_start + (self.cpu.secs * 1e9) as u64);
+        end_ns.saturating_sub(self.run_start)
+    }
+}
+
+/// Arms the run when a REST connection is ready and waits, ticking the monitor, until the
+/// publisher is done or the phase's cap passes; CPU snapshots bound the window.
+fn publish_window(
+    run: &Run,
+    monitor: &mut Monitor,
+    server_pid: Option<u32>,
+    phase: PublishPhase,
+    warnings: &mut Vec<String>,
+) -> PublishWindow {
+    let shared = &run.shared;
+    let ready = shared.publisher.connections_ready.load(Ordering::Relaxed);
+    let before = CpuSnapshot::take(server_pid, &run.tids);
+    let mut run_start = now_ns();
+    if ready > 0 {
+        run_start = start_run(shared);
+        let hard_deadline = run_start + phase.cap_ns;
+        while !shared.publisher.done.load(Ordering::Acquire) {
+            if now_ns() > hard_deadline {
+                warnings.push(phase.cap_warning.into());
+                break;
+            }
+            monitor.tick(shared, phase.name);
+            std::thread::sleep(POLL);
+        }
+    } else {
+        warnings
+            .push("no REST connection to the server could be opened: nothing was published".into());
+    }
+    let after = CpuSnapshot::take(server_pid, &run.tids);
+    monitor.finish(shared);
+    PublishWindow {
+        ready,
+        run_start,
+        cpu: CpuWindow::between(&before, &after),
+    }
+}
+
+/// Answered publishes by HTTP status, keyed by the status as text.
+fn statuses_json(statuses: &BTreeMap<u16, u64>) -> serde_json::Map<String, Value> {
+    statuses
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect()
+}
+
+fn check_fanout_args(args: &FanoutArgs) -> Result<(), BenchError> {
     if args.channels == 0 || args.channels > 100_000 {
         return usage("--channels must be 1..=100000");
     }
@@ -433,56 +515,95 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
     if args.connect_rate.is_nan() || args.connect_rate < 0.0 {
         return usage("--connect-rate must be >= 0");
     }
-    reserve_descriptors(args.subscribers + args.publishers, setup.nofile)?;
-    let ramp = args.rate.eq_ignore_ascii_case("max");
-    let duration = common.duration.unwrap_or(if ramp { 120.0 } else { 10.0 });
-    let (mode, seq_limit, rate_json) = if ramp {
-        if !(args.start_rate > 0.0 && args.start_rate <= 1e7) {
-            return usage("--start-rate must be > 0 and at most 10000000");
-        }
-        if !(args.ramp_factor > 1.0 && args.ramp_factor <= 10.0) {
-            return usage("--ramp-factor must be > 1 and at most 10");
-        }
-        if !(args.step > 0.0 && args.step <= 60.0) {
-            return usage("--step must be > 0 and at most 60 seconds");
-        }
-        if args.max_steps == 0 || args.max_steps > STEPS_MAX {
-            return usage(format!("--max-steps must be 1..={STEPS_MAX}"));
-        }
-        (
-            PublishMode::Ramp {
-                start_rate: args.start_rate,
-                factor: args.ramp_factor,
-                step_ns: duration_ns(args.step),
-                max_steps: args.max_steps,
-                duration_ns: duration_ns(duration),
-            },
-            wire::SEQ_MAX,
-            json!("max"),
-        )
-    } else {
-        let Ok(rate) = args.rate.parse::<f64>() else {
-            return usage("--rate must be a number of publishes per second, or `max`");
-        };
-        if !(rate > 0.0 && rate <= 1e7) {
-            return usage("--rate must be > 0 and at most 10000000");
-        }
-        let mut count = (rate * duration).ceil() as u64;
-        if let Some(publishes) = args.publishes {
-            if publishes == 0 {
-                return usage("--publishes must be at least 1");
+    Ok(())
+}
+
+/// How a fan-out run publishes: at a fixed `--rate`, or ramping (`--rate max`).
+struct Schedule {
+    ramp: bool,
+    duration: f64,
+    mode: PublishMode,
+    /// Largest publish sequence the subscribers expect.
+    seq_limit: u64,
+    /// `--rate` as the result's parameters show it.
+    rate_json: Value,
+}
+
+impl Schedule {
+    fn of(args: &FanoutArgs) -> Result<Schedule, BenchError> {
+        let ramp = args.rate.eq_ignore_ascii_case("max");
+        let duration = args
+            .common
+            .duration
+            .unwrap_or(if ramp { 120.0 } else { 10.0 });
+        let (mode, seq_limit, rate_json) = if ramp {
+            if !(args.start_rate > 0.0 && args.start_rate <= 1e7) {
+                return usage("--start-rate must be > 0 and at most 10000000");
             }
-            count = count.min(publishes);
-        }
-        let count = count.clamp(1, wire::SEQ_MAX);
-        (PublishMode::Fixed { rate, count }, count, json!(rate))
-    };
-    let threads = common.threads;
-    let shared = Arc::new(Shared::new(threads, args.channels));
-    let target = Arc::new(setup.target);
+            if !(args.ramp_factor > 1.0 && args.ramp_factor <= 10.0) {
+                return usage("--ramp-factor must be > 1 and at most 10");
+            }
+            if !(args.step > 0.0 && args.step <= 60.0) {
+                return usage("--step must be > 0 and at most 60 seconds");
+            }
+            if args.max_steps == 0 || args.max_steps > STEPS_MAX {
+                return usage(format!("--max-steps must be 1..={STEPS_MAX}"));
+            }
+            (
+                PublishMode::Ramp {
+                    start_rate: args.start_rate,
+                    factor: args.ramp_factor,
+                    step_ns: duration_ns(args.step),
+                    max_steps: args.max_steps,
+                    duration_ns: duration_ns(duration),
+                },
+                wire::SEQ_MAX,
+                json!("max"),
+            )
+        } else {
+            let Ok(rate) = args.rate.parse::<f64>() else {
+                return usage("--rate must be a number of publishes per second, or `max`");
+            };
+            if !(rate > 0.0 && rate <= 1e7) {
+                return usage("--rate must be > 0 and at most 10000000");
+            }
+            let mut count = (rate * duration).ceil() as u64;
+            if let Some(publishes) = args.publishes {
+                if publishes == 0 {
+                    return usage("--publishes must be at least 1");
+                }
+                count = count.min(publishes);
+            }
+            let count = count.clamp(1, wire::SEQ_MAX);
+            (PublishMode::Fixed { rate, count }, count, json!(rate))
+        };
+        Ok(Schedule {
+            ramp,
+            duration,
+            mode,
+            seq_limit,
+            rate_json,
+        })
+    }
+
+    /// How long after the run start the main thread waits for the publisher.
+    fn cap_ns(&self, args: &FanoutArgs) -> u64 {
+        duration_ns(self.duration.min(super::DURATION_CAP_SECS))
+            + duration_ns(args.drain)
+            + if self.ramp {
+                duration_ns(args.step + args.drain + 5.0)
+            } else {
+                duration_ns(self.duration)
+            }
+            + 30 * SECOND
+    }
+}
+
+/// The subscribers' plans, with the publisher on the first thread.
+fn fanout_plans(args: &FanoutArgs, target: &Arc<Target>, schedule: &Schedule) -> Vec<WorkerPlan> {
     let mut plans = client_plans(
-        &target,
-        common,
+        target,
+        &args.common,
         args.subscribers,
         args.channels,
         args.connect_rate,
@@ -490,14 +611,25 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
     );
     for plan in &mut plans {
         plan.latency_bound_us = (args.max_p99_ms * 1000.0) as u64;
-        plan.seq_limit = seq_limit;
+        plan.seq_limit = schedule.seq_limit;
     }
     plans[0].publisher = Some(PublisherPlan {
         connections: args.publishers,
         payload_bytes: args.payload,
-        mode: mode.clone(),
+        mode: schedule.mode.clone(),
         drain_ns: duration_ns(args.drain),
     });
+    plans
+}
+
+pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
+    let common = &args.common;
+    check_fanout_args(args)?;
+    reserve_descriptors(args.subscribers + args.publishers, setup.nofile)?;
+    let schedule = Schedule::of(args)?;
+    let shared = Arc::new(Shared::new(common.threads, args.channels));
+    let target = Arc::new(setup.target);
+    let plans = fanout_plans(args, &target, &schedule);
     let run = Run::spawn(plans, Arc::clone(&shared))?;
     let mut monitor = Monitor::new(common.quiet, run.spawned_ns);
     let mut warnings = Vec::new();
@@ -513,71 +645,70 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
             common.connect_timeout
         ));
     }
-    let connect_ns = shared
-        .workers
-        .iter()
-        .map(|c| c.last_ready_ns.load(Ordering::Relaxed))
-        .max()
-        .unwrap_or(0)
-        .saturating_sub(run.spawned_ns);
-    let publisher_ready = shared.publisher.connections_ready.load(Ordering::Relaxed) > 0;
-    let before = CpuSnapshot::take(common.server_pid, &run.tids);
-    let mut run_start = now_ns();
-    if publisher_ready {
-        run_start = start_run(&shared);
-        let hard_deadline = run_start
-            + duration_ns(duration.min(super::DURATION_CAP_SECS))
-            + duration_ns(args.drain)
-            + if ramp {
-                duration_ns(args.step + args.drain + 5.0)
-            } else {
-                duration_ns(duration)
-            }
-            + 30 * SECOND;
-        loop {
-            if shared.publisher.done.load(Ordering::Acquire) {
-                break;
-            }
-            if now_ns() > hard_deadline {
-                warnings.push(
-                    "the run hit its hard time cap before the publisher finished: the server \
-                     did not keep up with --rate (latency is measured from the schedule, so it \
-                     shows the backlog)"
-                        .into(),
-                );
-                break;
-            }
-            monitor.tick(&shared, "fanout");
-            std::thread::sleep(POLL);
-        }
-    } else {
-        warnings
-            .push("no REST connection to the server could be opened: nothing was published".into());
-    }
-    let after = CpuSnapshot::take(common.server_pid, &run.tids);
-    monitor.finish(&shared);
-    let window = CpuWindow::between(&before, &after);
+    let connect_ns = run.connect_ns();
+    let phase = PublishPhase {
+        name: "fanout",
+        cap_ns: schedule.cap_ns(args),
+        cap_warning: "the run hit its hard time cap before the publisher finished: the server \
+                      did not keep up with --rate (latency is measured from the schedule, so it \
+                      shows the backlog)",
+    };
+    let publishing = publish_window(&run, &mut monitor, common.server_pid, phase, &mut warnings);
     let subscribed: Vec<u64> = shared
         .subscribed_per_channel
         .iter()
         .map(|n| n.load(Ordering::Relaxed))
         .collect();
     let merged = merge(run.stop());
-    let publisher = merged.publisher.as_ref().expect("worker 0 publishes");
+    let measured = FanoutMeasured {
+        connect_ns,
+        publishing,
+        subscribed,
+        merged,
+        monitor,
+        warnings,
+    };
+    Ok(fanout_report(args, &schedule, &target, measured))
+}
 
-    let published = publisher.published;
+/// What a fan-out run measured, for its report.
+struct FanoutMeasured {
+    connect_ns: u64,
+    publishing: PublishWindow,
+    /// Subscribers per channel index.
+    subscribed: Vec<u64>,
+    merged: Merged,
+    monitor: Monitor,
+    warnings: Vec<String>,
+}
+
+/// The fan-out result (with the exact accounting) and its latency chart.
+fn fanout_report(
+    args: &FanoutArgs,
+    schedule: &Schedule,
+    target: &Target,
+    measured: FanoutMeasured,
+) -> Outcome {
+    let FanoutMeasured {
+        connect_ns,
+        publishing,
+        subscribed,
+        merged,
+        monitor,
+        mut warnings,
+    } = measured;
+    let common = &args.common;
+    let publisher = merged.publisher.as_ref().expect("worker 0 publishes");
+    let window = &publishing.cpu;
+
     let total = account(
         0,
-        published,
+        publisher.published,
         &publisher.accepted,
         &merged.stats.counts,
         &subscribed,
     );
-    let end_ns = publisher
-        .steps
-        .last()
-        .map_or(after_ns(&window, run_start), |s| s.drained_ns);
-    let window_ns = end_ns.saturating_sub(run_start);
+    let window_ns = publishing.ns(publisher.steps.last().map(|s| s.drained_ns));
     let all_latency = merged
         .stats
         .latency
@@ -586,7 +717,91 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
             let _ = all.add(h);
             all
         });
-    let steps: Vec<Value> = publisher
+    if total.lost > 0 {
+        warnings.push(format!("{} deliveries were lost", total.lost));
+    }
+    if !merged.stats.failures.is_empty() {
+        warnings.push(format!(
+            "{} subscribers never became ready",
+            merged.stats.failures.values().sum::<u64>()
+        ));
+    }
+    warnings.extend(warnings_for(window, common));
+    let mut result = json!({
+        "scenario": "fanout",
+        "target": target_json(target),
+        "params": fanout_params(args, schedule),
+        "connections": {
+            "subscribers_ready": merged.stats.ready,
+            "subscribers_failed": merged.stats.failures,
+            "closed_during_run": merged.stats.closes,
+            "connect_secs": round3(connect_ns as f64 / 1e9),
+            "ready_latency_us": latency_json(&merged.stats.ready_latency),
+        },
+        "results": {
+            "publishes_attempted": publisher.published,
+            "publishes_accepted": publisher.accepted_count,
+            "publish_statuses": statuses_json(&publisher.statuses),
+            "publish_errors": publisher.errors,
+            "deliveries_expected": total.expected,
+            "deliveries_received": total.received,
+            "deliveries_lost": total.lost,
+            "deliveries_duplicated": merged.stats.duplicates,
+            "deliveries_reordered": merged.stats.reordered,
+            "deliveries_unexpected": total.unexpected + merged.stats.misrouted,
+            "window_secs": round3(window_ns as f64 / 1e9),
+            "publishes_per_sec": per_sec(publisher.accepted_count, window_ns),
+            "deliveries_per_sec": per_sec(total.received, window_ns),
+            "latency_us": latency_json(&all_latency),
+            "publish_response_us": latency_json(&publisher.rest_latency),
+            "publish_send_lag_us": latency_json(&publisher.send_lag),
+            "pusher_errors": merged.stats.pusher_errors,
+            "bytes_received": merged.stats.bytes_in,
+        },
+        "steps": steps_json(publisher, &merged.stats, &subscribed),
+        "server": window.server_json(common.server_pid, "delivery", total.received),
+        "generator": window.generator_json(common.threads, "delivery", total.received),
+        "warnings": warnings,
+        "timeline": monitor.timeline_json(),
+    });
+    if schedule.ramp {
+        result["max"] = ramp_max(publisher, &result["steps"], args.max_steps);
+    }
+    let svg = report::line_chart(
+        &format!(
+            "fanout: {} subscribers, {} channels — publish→deliver latency",
+            args.subscribers, args.channels
+        ),
+        &report::percentile_axis(),
+        "latency (ms)",
+        &latency_series(&merged.stats, publisher),
+    );
+    Outcome { json: result, svg }
+}
+
+/// The fan-out parameters as the result shows them.
+fn fanout_params(args: &FanoutArgs, schedule: &Schedule) -> Value {
+    json!({
+        "subscribers": args.subscribers,
+        "channels": args.channels,
+        "rate": schedule.rate_json,
+        "payload_bytes": args.payload.max(wire::STAMP_LEN),
+        "publishes": match &schedule.mode { PublishMode::Fixed { count, .. } => json!(count), _ => Value::Null },
+        "publishers": args.publishers,
+        "threads": args.common.threads,
+        "duration_secs": schedule.duration,
+        "drain_secs": args.drain,
+        "connect_rate": args.connect_rate,
+        "max_p99_ms": args.max_p99_ms,
+        "ramp": if schedule.ramp { json!({"start_rate": args.start_rate, "factor": args.ramp_factor,
+                                           "step_secs": args.step, "max_steps": args.max_steps}) } else { Value::Null },
+    })
+}
+
+/// One entry per publisher step: its publishes, the exact accounting of its deliveries, and
+/// its latency.
+fn steps_json(publisher: &PublisherResult, stats: &Stats, subscribed: &[u64]) -> Vec<Value> {
+    publisher
         .steps
         .iter()
         .map(|step| {
@@ -594,12 +809,11 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
                 step.first_seq,
                 step.end_seq,
                 &publisher.accepted,
-                &merged.stats.counts,
-                &subscribed,
+                &stats.counts,
+                subscribed,
             );
             let step_ns = step.drained_ns.saturating_sub(step.start_ns);
-            let latency = merged
-                .stats
+            let latency = stats
                 .latency
                 .get(step.step as usize)
                 .map_or(json!({"count": 0}), latency_json);
@@ -620,88 +834,33 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
                 "verdict": step.verdict,
             })
         })
-        .collect();
-    if total.lost > 0 {
-        warnings.push(format!("{} deliveries were lost", total.lost));
-    }
-    if !merged.stats.failures.is_empty() {
-        warnings.push(format!(
-            "{} subscribers never became ready",
-            merged.stats.failures.values().sum::<u64>()
-        ));
-    }
-    warnings.extend(warnings_for(&window, common));
-    let mut result = json!({
-        "scenario": "fanout",
-        "target": target_json(&target),
-        "params": {
-            "subscribers": args.subscribers,
-            "channels": args.channels,
-            "rate": rate_json,
-            "payload_bytes": args.payload.max(wire::STAMP_LEN),
-            "publishes": match &mode { PublishMode::Fixed { count, .. } => json!(count), _ => Value::Null },
-            "publishers": args.publishers,
-            "threads": threads,
-            "duration_secs": duration,
-            "drain_secs": args.drain,
-            "connect_rate": args.connect_rate,
-            "max_p99_ms": args.max_p99_ms,
-            "ramp": if ramp { json!({"start_rate": args.start_rate, "factor": args.ramp_factor,
-                                      "step_secs": args.step, "max_steps": args.max_steps}) } else { Value::Null },
-        },
-        "connections": {
-            "subscribers_ready": merged.stats.ready,
-            "subscribers_failed": merged.stats.failures,
-            "closed_during_run": merged.stats.closes,
-            "connect_secs": round3(connect_ns as f64 / 1e9),
-            "ready_latency_us": latency_json(&merged.stats.ready_latency),
-        },
-        "results": {
-            "publishes_attempted": published,
-            "publishes_accepted": publisher.accepted_count,
-            "publish_statuses": publisher.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            "publish_errors": publisher.errors,
-            "deliveries_expected": total.expected,
-            "deliveries_received": total.received,
-            "deliveries_lost": total.lost,
-            "deliveries_duplicated": merged.stats.duplicates,
-            "deliveries_reordered": merged.stats.reordered,
-            "deliveries_unexpected": total.unexpected + merged.stats.misrouted,
-            "window_secs": round3(window_ns as f64 / 1e9),
-            "publishes_per_sec": per_sec(publisher.accepted_count, window_ns),
-            "deliveries_per_sec": per_sec(total.received, window_ns),
-            "latency_us": latency_json(&all_latency),
-            "publish_response_us": latency_json(&publisher.rest_latency),
-            "publish_send_lag_us": latency_json(&publisher.send_lag),
-            "pusher_errors": merged.stats.pusher_errors,
-            "bytes_received": merged.stats.bytes_in,
-        },
-        "steps": steps,
-        "server": window.server_json(common.server_pid, "delivery", total.received),
-        "generator": window.generator_json(threads, "delivery", total.received),
-        "warnings": warnings,
-        "timeline": monitor.timeline_json(),
-    });
-    if ramp {
-        let best = publisher.steps.iter().rev().find(|s| s.verdict == "ok");
-        let last = publisher.steps.last();
-        let stopped_by = match last {
-            Some(s) if s.verdict != "ok" => s.verdict,
-            Some(s) if s.step + 1 >= args.max_steps => "max_steps",
-            Some(_) => "duration",
-            None => "no_steps",
-        };
-        result["max"] = json!({
-            "rate": best.map(|s| round1(s.rate)),
-            "deliveries_per_sec": best.and_then(|s| {
-                let idx = publisher.steps.iter().position(|x| x.step == s.step)?;
-                result["steps"][idx]["deliveries_per_sec"].as_f64()
-            }),
-            "stopped_by": stopped_by,
-        });
-    }
-    let series: Vec<Series> = merged
-        .stats
+        .collect()
+}
+
+/// The ramp's answer: the fastest step that passed, its deliveries per second (from the
+/// result's `steps`), and what ended the ramp.
+fn ramp_max(publisher: &PublisherResult, steps: &Value, max_steps: u32) -> Value {
+    let best = publisher.steps.iter().rev().find(|s| s.verdict == "ok");
+    let last = publisher.steps.last();
+    let stopped_by = match last {
+        Some(s) if s.verdict != "ok" => s.verdict,
+        Some(s) if s.step + 1 >= max_steps => "max_steps",
+        Some(_) => "duration",
+        None => "no_steps",
+    };
+    json!({
+        "rate": best.map(|s| round1(s.rate)),
+        "deliveries_per_sec": best.and_then(|s| {
+            let idx = publisher.steps.iter().position(|x| x.step == s.step)?;
+            steps[idx]["deliveries_per_sec"].as_f64()
+        }),
+        "stopped_by": stopped_by,
+    })
+}
+
+/// The latency-percentile curve of each step that saw a delivery, the last eight at most.
+fn latency_series(stats: &Stats, publisher: &PublisherResult) -> Vec<Series> {
+    let series: Vec<Series> = stats
         .latency
         .iter()
         .enumerate()
@@ -717,21 +876,29 @@ pub fn fanout(args: &FanoutArgs, setup: Setup) -> Result<Outcome, BenchError> {
             points: percentile_curve(h),
         })
         .collect();
-    let series = series[series.len().saturating_sub(8)..].to_vec();
-    let svg = report::line_chart(
-        &format!(
-            "fanout: {} subscribers, {} channels — publish→deliver latency",
-            args.subscribers, args.channels
-        ),
-        &report::percentile_axis(),
-        "latency (ms)",
-        &series,
-    );
-    Ok(Outcome { json: result, svg })
+    series[series.len().saturating_sub(8)..].to_vec()
 }
 
-fn after_ns(window: &CpuWindow, start: u64) -> u64 {
-    start + (window.secs * 1e9) as u64
+/// The one publisher thread's plan: no WebSocket clients, `connections` REST connections.
+fn publish_plan(args: &PublishArgs, target: &Arc<Target>, mode: PublishMode) -> WorkerPlan {
+    WorkerPlan {
+        index: 0,
+        target: Arc::clone(target),
+        clients: Vec::new(),
+        channel_prefix: format!("{}pub-", channel_prefix()),
+        channels: args.channels,
+        connect_rate: 0.0,
+        connect_inflight_max: 0,
+        source_ips: Vec::new(),
+        latency_bound_us: u64::MAX,
+        seq_limit: wire::SEQ_MAX,
+        publisher: Some(PublisherPlan {
+            connections: args.connections,
+            payload_bytes: args.payload,
+            mode,
+            drain_ns: 0,
+        }),
+    }
 }
 
 pub fn publish(args: &PublishArgs, setup: Setup) -> Result<Outcome, BenchError> {
@@ -763,24 +930,7 @@ pub fn publish(args: &PublishArgs, setup: Setup) -> Result<Outcome, BenchError> 
     }
     let shared = Arc::new(Shared::new(1, args.channels));
     let target = Arc::new(setup.target);
-    let plan = WorkerPlan {
-        index: 0,
-        target: Arc::clone(&target),
-        clients: Vec::new(),
-        channel_prefix: format!("{}pub-", channel_prefix()),
-        channels: args.channels,
-        connect_rate: 0.0,
-        connect_inflight_max: 0,
-        source_ips: Vec::new(),
-        latency_bound_us: u64::MAX,
-        seq_limit: wire::SEQ_MAX,
-        publisher: Some(PublisherPlan {
-            connections: args.connections,
-            payload_bytes: args.payload,
-            mode: mode.clone(),
-            drain_ns: 0,
-        }),
-    };
+    let plan = publish_plan(args, &target, mode);
     let run = Run::spawn(vec![plan], Arc::clone(&shared))?;
     let mut monitor = Monitor::new(common.quiet, run.spawned_ns);
     if !wait_connected(
@@ -792,36 +942,18 @@ pub fn publish(args: &PublishArgs, setup: Setup) -> Result<Outcome, BenchError> 
     ) {
         warnings.push("not every REST connection was ready; running with those that were".into());
     }
-    let ready = shared.publisher.connections_ready.load(Ordering::Relaxed);
-    let before = CpuSnapshot::take(common.server_pid, &run.tids);
-    let mut run_start = now_ns();
-    if ready > 0 {
-        run_start = start_run(&shared);
-        let hard_deadline = run_start + 2 * duration_ns(duration) + 30 * SECOND;
-        while !shared.publisher.done.load(Ordering::Acquire) {
-            if now_ns() > hard_deadline {
-                warnings.push("the run hit its hard time cap before the publisher finished".into());
-                break;
-            }
-            monitor.tick(&shared, "publish");
-            std::thread::sleep(POLL);
-        }
-    } else {
-        warnings
-            .push("no REST connection to the server could be opened: nothing was published".into());
-    }
-    let after = CpuSnapshot::take(common.server_pid, &run.tids);
-    monitor.finish(&shared);
-    let window = CpuWindow::between(&before, &after);
+    let phase = PublishPhase {
+        name: "publish",
+        cap_ns: 2 * duration_ns(duration) + 30 * SECOND,
+        cap_warning: "the run hit its hard time cap before the publisher finished",
+    };
+    let publishing = publish_window(&run, &mut monitor, common.server_pid, phase, &mut warnings);
+    let window = &publishing.cpu;
     let merged = merge(run.stop());
     let publisher = merged.publisher.as_ref().expect("the worker publishes");
-    let end_ns = publisher
-        .steps
-        .last()
-        .map_or(after_ns(&window, run_start), |s| s.sent_end_ns);
-    let window_ns = end_ns.saturating_sub(run_start);
+    let window_ns = publishing.ns(publisher.steps.last().map(|s| s.sent_end_ns));
     let answered: u64 = publisher.statuses.values().sum();
-    warnings.extend(warnings_for(&window, common));
+    warnings.extend(warnings_for(window, common));
     let result = json!({
         "scenario": "publish",
         "target": target_json(&target),
@@ -833,11 +965,11 @@ pub fn publish(args: &PublishArgs, setup: Setup) -> Result<Outcome, BenchError> 
             "duration_secs": duration,
         },
         "results": {
-            "connections_ready": ready,
+            "connections_ready": publishing.ready,
             "requests_sent": publisher.published,
             "responses": answered,
             "accepted": publisher.accepted_count,
-            "statuses": publisher.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "statuses": statuses_json(&publisher.statuses),
             "errors": publisher.errors,
             "reconnects": publisher.reconnects,
             "window_secs": round3(window_ns as f64 / 1e9),
@@ -878,9 +1010,8 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
     }
     reserve_descriptors(args.connections, setup.nofile)?;
     let hold = common.duration.unwrap_or(10.0);
-    let threads = common.threads;
     let rss_before = common.server_pid.and_then(rss_bytes);
-    let shared = Arc::new(Shared::new(threads, args.channels));
+    let shared = Arc::new(Shared::new(common.threads, args.channels));
     let target = Arc::new(setup.target);
     let plans = client_plans(
         &target,
@@ -911,13 +1042,7 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
     let connected = CpuSnapshot::take(common.server_pid, &run.tids);
     let rss_connected = common.server_pid.and_then(rss_bytes);
     let ready = shared.sum(|c| &c.ready);
-    let connect_ns = shared
-        .workers
-        .iter()
-        .map(|c| c.last_ready_ns.load(Ordering::Relaxed))
-        .max()
-        .unwrap_or(0)
-        .saturating_sub(run.spawned_ns);
+    let connect_ns = run.connect_ns();
     let hold_end = now_ns() + duration_ns(hold);
     while now_ns() < hold_end {
         monitor.tick(&shared, "idle");
@@ -926,9 +1051,55 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
     let held = CpuSnapshot::take(common.server_pid, &run.tids);
     let rss_end = common.server_pid.and_then(rss_bytes);
     monitor.finish(&shared);
-    let connect_window = CpuWindow::between(&connect_start, &connected);
-    let hold_window = CpuWindow::between(&connected, &held);
-    let merged = merge(run.stop());
+    let measured = IdleMeasured {
+        source_ips,
+        ready,
+        connect_ns,
+        connect_window: CpuWindow::between(&connect_start, &connected),
+        hold_window: CpuWindow::between(&connected, &held),
+        rss_before,
+        rss_connected,
+        rss_end,
+        merged: merge(run.stop()),
+        monitor,
+        warnings,
+    };
+    Ok(idle_report(args, hold, &target, measured))
+}
+
+/// What an idle run measured, for its report.
+struct IdleMeasured {
+    source_ips: Vec<String>,
+    ready: u64,
+    connect_ns: u64,
+    connect_window: CpuWindow,
+    hold_window: CpuWindow,
+    /// The server's resident memory before connecting, once connected, and after the hold.
+    rss_before: Option<u64>,
+    rss_connected: Option<u64>,
+    rss_end: Option<u64>,
+    merged: Merged,
+    monitor: Monitor,
+    warnings: Vec<String>,
+}
+
+/// The idle result (with the server's memory per connection) and its chart of open
+/// connections.
+fn idle_report(args: &IdleArgs, hold: f64, target: &Target, measured: IdleMeasured) -> Outcome {
+    let IdleMeasured {
+        source_ips,
+        ready,
+        connect_ns,
+        connect_window,
+        hold_window,
+        rss_before,
+        rss_connected,
+        rss_end,
+        merged,
+        monitor,
+        mut warnings,
+    } = measured;
+    let common = &args.common;
     let still_open = ready.saturating_sub(merged.stats.closes.values().sum());
     let per_connection = match (rss_before, rss_connected) {
         (Some(before), Some(after)) if ready > 0 => {
@@ -945,14 +1116,14 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
     server["connect_window"] = connect_window.server_json(common.server_pid, "connection", ready);
     let result = json!({
         "scenario": "idle",
-        "target": target_json(&target),
+        "target": target_json(target),
         "params": {
             "connections": args.connections,
             "channels": args.channels,
             "connect_rate": args.connect_rate,
             "connect_concurrency": args.connect_concurrency,
             "source_ips": source_ips,
-            "threads": threads,
+            "threads": common.threads,
             "hold_secs": hold,
         },
         "results": {
@@ -967,7 +1138,7 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
             "pings_answered": merged.stats.pings_answered,
         },
         "server": server,
-        "generator": connect_window.generator_json(threads, "connection", ready),
+        "generator": connect_window.generator_json(common.threads, "connection", ready),
         "warnings": warnings,
         "timeline": monitor.timeline_json(),
     });
@@ -980,7 +1151,7 @@ pub fn idle(args: &IdleArgs, setup: Setup) -> Result<Outcome, BenchError> {
             points: monitor.level_points(|s| s.ready.saturating_sub(s.closed)),
         }],
     );
-    Ok(Outcome { json: result, svg })
+    Outcome { json: result, svg }
 }
 
 pub fn storm(args: &StormArgs, setup: Setup) -> Result<Outcome, BenchError> {
