@@ -60,6 +60,13 @@ impl OwnedChannel {
             .as_ref()
             .map_or(0, |members| members.len() as u64)
     }
+
+    /// Presence channels: the `data` of `subscription_succeeded` (every member, spec §2.6).
+    fn presence_data(&self) -> Option<String> {
+        self.members.as_ref().map(|members| {
+            outbound::presence_data(members.iter().map(|(id, m)| (&**id, &*m.info_json)))
+        })
+    }
 }
 
 impl Shard {
@@ -153,9 +160,7 @@ impl Shard {
         owned.per_core[from] += 1;
         owned.total += 1;
         let occupied = owned.total == 1;
-        let presence_data = owned.members.as_ref().map(|members| {
-            outbound::presence_data(members.iter().map(|(id, m)| (&**id, &*m.info_json)))
-        });
+        let presence_data = owned.presence_data();
         let cached = channel::is_cache(&channel.name).then(|| self.cached_frame(&channel));
         if occupied {
             self.webhook(
@@ -202,6 +207,32 @@ impl Shard {
         if (count_enabled || self.has_webhooks(channel.app)) && !presence {
             self.owe_subscription_count(&channel);
         }
+    }
+
+    /// A connection already counted in a presence channel subscribed again: answer with the
+    /// member list as of now, changing nothing (no count, no member, no `member_added`).
+    pub(super) fn owner_resubscribe(&mut self, from: usize, channel: ChannelKey, conn: ConnRef) {
+        // The connection's core sends this only for an Active subscription, whose `Unsubscribe`
+        // can only follow it on the same FIFO queue: the owner still counts the connection.
+        let owned = self
+            .owned
+            .get(&channel)
+            .expect("resubscribe to a channel the owner does not count");
+        assert!(
+            owned.per_core[from] > 0,
+            "resubscribe from a core without subscribers of {channel:?}"
+        );
+        let presence_data = owned
+            .presence_data()
+            .expect("resubscribe is only sent for presence channels");
+        self.reply_to(
+            from,
+            ShardMessage::Resubscribed {
+                channel,
+                conn,
+                presence_data,
+            },
+        );
     }
 
     fn has_webhooks(&self, app: u32) -> bool {
@@ -598,6 +629,34 @@ impl Shard {
             }
             Some(None) => self.send_text(key, &outbound::cache_miss(&channel.name)),
             None => {}
+        }
+    }
+
+    /// The owner answered a repeated presence subscribe: confirm it with the member list, as
+    /// the first subscribe was. Dropped when the subscription is no longer the Active one it
+    /// answers (the client unsubscribed meanwhile, or subscribed afresh and that subscription's
+    /// own answer will announce it).
+    pub(super) fn resubscribe_answered(
+        &mut self,
+        channel: ChannelKey,
+        conn_ref: ConnRef,
+        presence_data: String,
+    ) {
+        assert_eq!(usize::from(conn_ref.core), self.core);
+        let key = conn_ref.key;
+        let active = self.conns.get(key as usize).is_some_and(|conn| {
+            conn.generation == conn_ref.generation
+                && !conn.closing
+                && !conn.dead
+                && conn.ws().is_some_and(|ws| {
+                    ws.subscriptions
+                        .iter()
+                        .any(|s| s.channel == channel && s.state == SubState::Active)
+                })
+        });
+        if active {
+            let reply = outbound::presence_subscription_succeeded(&channel.name, &presence_data);
+            self.send_text(key, &reply);
         }
     }
 

@@ -288,6 +288,14 @@ impl Shard {
                 user_id,
                 reply,
             } => self.subscription_answered(channel, conn, user_id, reply),
+            ShardMessage::Resubscribe { channel, conn } => {
+                self.owner_resubscribe(from, channel, conn)
+            }
+            ShardMessage::Resubscribed {
+                channel,
+                conn,
+                presence_data,
+            } => self.resubscribe_answered(channel, conn, presence_data),
             ShardMessage::Unsubscribe {
                 channel,
                 user_id,

@@ -227,6 +227,57 @@ fn a_connection_gone_while_pending_is_uncounted() {
     assert!(world.shards[0].local.is_empty());
 }
 
+/// A repeated presence subscribe (issue 11, item 2): while the first is pending, the owner's one
+/// answer confirms both, once; once the subscription is Active, the owner answers a repeat with
+/// the member list and counts nothing.
+#[test]
+fn a_repeated_presence_subscribe_gets_the_members_and_is_counted_once() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut world = World::new(2);
+    let channel = (0..)
+        .map(|n| format!("presence-{n}"))
+        .find(|name| ChannelKey::new(0, name).owner(2) == 1)
+        .unwrap();
+    let mut client = world.connect(0, 100);
+    let socket_id = world.shards[0]
+        .conn(client.key)
+        .ws()
+        .unwrap()
+        .socket_id
+        .to_string();
+    let channel_data = r#"{"user_id":"1"}"#;
+    let auth = crate::http::signature::hmac_sha256_hex(
+        "app-secret",
+        &format!("{socket_id}:{channel}:{channel_data}"),
+    );
+    let subscribe = serde_json::json!({"event":"pusher:subscribe","data":{
+        "auth":format!("app-key:{auth}"),"channel":channel,"channel_data":channel_data}})
+    .to_string();
+    let confirmation = crate::protocol::outbound::presence_subscription_succeeded(
+        &channel,
+        &crate::protocol::outbound::presence_data([("1", "null")].into_iter()),
+    );
+
+    world.send(&client, &subscribe);
+    world.send(&client, &subscribe);
+    assert!(
+        world.frames(&mut client).is_empty(),
+        "both wait for the owner"
+    );
+    world.pump(&mut rng);
+    assert_eq!(world.frames(&mut client), vec![confirmation.clone()]);
+
+    world.send(&client, &subscribe);
+    assert!(
+        world.frames(&mut client).is_empty(),
+        "the member list comes from the owner"
+    );
+    world.pump(&mut rng);
+    assert_eq!(world.frames(&mut client), vec![confirmation]);
+    let owned = &world.shards[1].owned[&ChannelKey::new(0, &channel)];
+    assert_eq!((owned.total, owned.user_count()), (1, 1));
+}
+
 /// Seeded interleavings: subscribers on three cores, publishes from every core to channels
 /// owned by every core, mesh messages delivered in random order. Every subscriber of a channel
 /// sees the same sequence, and it contains every event published after it subscribed.

@@ -12,8 +12,8 @@ use crate::limits;
 use std::sync::Arc;
 
 use super::apps::ConnectRefusal;
-use crate::mesh::ChannelKey;
 use crate::mesh::message::Member;
+use crate::mesh::{ChannelKey, ShardMessage};
 use crate::metrics::{self, CoreMetrics};
 use crate::protocol::channel::{self, ChannelKind, ChannelNameError};
 use crate::protocol::close_code::{self, CloseCode};
@@ -274,17 +274,24 @@ impl Shard {
             .iter_mut()
             .find(|s| &*s.channel.name == name)
         {
+            // Idempotent (spec §2.2 step 4): no double count and no `member_added`, but the
+            // client gets its confirmation again, in the same form as the first one (soketi).
+            existing.announce = true;
             match existing.state {
-                // Idempotent: no double count, but confirm again (soketi).
-                SubState::Active => {
-                    existing.announce = true;
-                    self.send_text(key, &outbound::subscription_succeeded(name));
+                // A presence confirmation carries the member list (pusher-js reads
+                // `presence.hash` from it), which only the channel's owner knows.
+                SubState::Active if kind == ChannelKind::Presence => {
+                    let channel = existing.channel.clone();
+                    let conn = self.conn_ref(key);
+                    self.to_owner(
+                        &channel.clone(),
+                        ShardMessage::Resubscribe { channel, conn },
+                    );
                 }
-                SubState::Pending => existing.announce = true,
-                SubState::PendingCancelled => {
-                    existing.state = SubState::Pending;
-                    existing.announce = true;
-                }
+                SubState::Active => self.send_text(key, &outbound::subscription_succeeded(name)),
+                // The owner's answer to the first subscribe confirms both, once.
+                SubState::Pending => {}
+                SubState::PendingCancelled => existing.state = SubState::Pending,
             }
             return;
         }
