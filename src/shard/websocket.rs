@@ -32,18 +32,19 @@ impl Shard {
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_slice()))
             .collect();
-        let response = match handshake::accept(&request.method_text, &headers) {
-            Ok(response) => response,
-            Err(error) => {
-                let extra: &[(&str, &str)] = if error.status == 426 {
-                    &[("Sec-WebSocket-Version", "13")]
-                } else {
-                    &[]
-                };
-                self.respond_error(key, error.status, error.message, false, extra);
-                return;
-            }
-        };
+        let response =
+            match handshake::accept(&request.method_text, request.version_minor, &headers) {
+                Ok(response) => response,
+                Err(error) => {
+                    let extra: &[(&str, &str)] = if error.status == 426 {
+                        &[("Sec-WebSocket-Version", "13")]
+                    } else {
+                        &[]
+                    };
+                    self.respond_error(key, error.status, error.message, false, extra);
+                    return;
+                }
+            };
         self.queue_always(key, Bytes::from(response));
         if self.conns[key as usize].dead {
             return;

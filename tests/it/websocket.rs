@@ -351,6 +351,45 @@ fn socket_ids_are_distinct() {
     }
 }
 
+// An upgrade request sent as HTTP/1.0 is refused with 400 and a JSON error (RFC 6455 §4.1: the
+// opening handshake is HTTP/1.1 or later), and the connection is closed; the same request as
+// HTTP/1.1 is upgraded.
+#[test]
+fn http_1_0_upgrade_is_refused_with_400() {
+    let server = Server::start();
+    let upgrade = |version: &str| {
+        format!(
+            "GET /app/{APP_KEY}?protocol=7 {version}\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        )
+    };
+    // `raw` reads until the server closes the connection, so a 400 that kept it open would fail
+    // here by timing out.
+    let response = crate::support::raw(server.addr, upgrade("HTTP/1.0").as_bytes());
+    let text = String::from_utf8_lossy(&response).to_string();
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{text}"
+    );
+    let (status, body) = crate::support::parse_response(&response);
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        r#"{"error":"a WebSocket upgrade requires HTTP/1.1 or later","code":400}"#
+    );
+
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(upgrade("HTTP/1.1").as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. In-band refusals after the upgrade
 // ---------------------------------------------------------------------------------------------
