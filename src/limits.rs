@@ -41,7 +41,9 @@ pub const HTTP_HEADERS_MAX: usize = 64;
 /// Ceiling for the configurable per-connection outbound queue.
 pub const OUTBOUND_BYTES_CEILING: usize = 256 * 1024 * 1024;
 
-/// Channels one connection may be subscribed to at once.
+/// Channels one connection may be subscribed to at once, pending ones and a signed-in
+/// connection's `#server-to-user-{id}` included; one more gets `pusher:subscription_error`
+/// (`LimitReached`, 4009) and the connection stays open. Hosted Pusher has no such limit.
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1024;
 /// REST queries (channel listings) one core may have waiting for other cores' answers.
 pub const PENDING_QUERIES_PER_CORE_MAX: usize = 4096;

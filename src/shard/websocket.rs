@@ -297,14 +297,17 @@ impl Shard {
             return;
         }
         if ws.subscriptions.len() >= limits::SUBSCRIPTIONS_PER_CONNECTION_MAX {
+            // Hosted Pusher has no such limit, so there is no frame of its to copy: this is the
+            // spec's soketi form (§2.5) with the type and status of the other client-caused
+            // channel limit there (a name too long: `LimitReached`, 4009), and a message that
+            // names the bound. The connection stays open and its other channels stay joined.
+            let message = format!(
+                "Too many channels on one connection (at most {})",
+                limits::SUBSCRIPTIONS_PER_CONNECTION_MAX
+            );
             self.send_text(
                 key,
-                &outbound::subscription_error(
-                    name,
-                    "LimitReached",
-                    "Too many channels on one connection",
-                    4009,
-                ),
+                &outbound::subscription_error(name, "LimitReached", &message, 4009),
             );
             return;
         }

@@ -1232,6 +1232,54 @@ fn client_event_rejection_names_the_channel() {
 
 // One connection on many channels gets each channel's events with the right `channel` field,
 // from single-channel and multi-channel triggers.
+// The channels-per-connection cap (limits::SUBSCRIPTIONS_PER_CONNECTION_MAX, 1024): all 1024
+// are joined, the 1025th gets exactly one pusher:subscription_error frame and the connection
+// stays open with its channels; after an unsubscribe there is room for one more.
+#[test]
+fn subscription_over_the_per_connection_cap_is_limit_reached() {
+    const CAP: usize = 1024;
+    let server = Server::start();
+    let mut client = server.client();
+    let channel = |n: usize| format!("cap-{n}");
+    // Pipelined: every subscribe is in the server's list (pending or joined) before the next is
+    // read, so the refusal of the last one does not depend on when the owners answer.
+    for n in 0..=CAP {
+        let subscribe = json!({"event":"pusher:subscribe","data":{"auth":"","channel":channel(n)}});
+        client
+            .ws
+            .write(Message::text(subscribe.to_string()))
+            .unwrap();
+    }
+    client.ws.flush().unwrap();
+    let refused = format!(
+        r#"{{"event":"pusher:subscription_error","channel":"cap-{CAP}","data":{{"type":"LimitReached","error":"Too many channels on one connection (at most {CAP})","status":4009}}}}"#
+    );
+    let mut joined = HashSet::new();
+    let mut errors = Vec::new();
+    // The replies of channels owned by another core may come after the refusal.
+    for _ in 0..=CAP {
+        let text = client.recv_text();
+        if text.starts_with(r#"{"event":"pusher:subscription_error""#) {
+            errors.push(text);
+            continue;
+        }
+        let event: Value = serde_json::from_str(&text).unwrap();
+        let name = event["channel"].as_str().unwrap().to_string();
+        assert_eq!(text, succeeded_text(&name));
+        assert!(joined.insert(name), "duplicate {text}");
+    }
+    assert_eq!(errors, [refused]);
+    assert_eq!(joined.len(), CAP);
+    assert!(!joined.contains(&channel(CAP)));
+
+    // Still open and still subscribed; one unsubscribe makes room for one more.
+    trigger(&server, "ev", &channel(0), "d");
+    assert_eq!(client.recv_text(), event_text("ev", &channel(0), "d"));
+    client.send(&json!({"event":"pusher:unsubscribe","data":{"channel":channel(0)}}));
+    client.subscribe(&channel(CAP));
+    assert_ping_pong(&mut client);
+}
+
 #[test]
 fn many_subscriptions_route_per_channel() {
     let server = Server::start();
