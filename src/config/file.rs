@@ -98,7 +98,8 @@ pub struct ServerConfig {
     pub rest_in_flight_max: usize,
     /// On SIGTERM: readiness goes false, then this long passes before connections are closed.
     pub drain_grace_ms: u64,
-    /// Connections closed per second (with 4200) while draining, across all cores.
+    /// Connections closed per second (with 4200) while draining, across all cores; also the
+    /// pace of closing the clients of apps a reload disabled (4003) or removed (4001).
     pub drain_rate_per_s: u64,
 }
 

@@ -42,6 +42,12 @@ pub const APP_DISABLED_CLOSE: CloseCode = CloseCode {
     code: APP_DISABLED,
     message: "The app is not enabled.",
 };
+/// The clients of an app a reload removed: 4001, as for an unknown key (whose canonical
+/// message names the key, which the reloaded table no longer has).
+pub const APP_REMOVED_CLOSE: CloseCode = CloseCode {
+    code: APP_NOT_FOUND,
+    message: "The app no longer exists.",
+};
 pub const APP_OVER_QUOTA_CLOSE: CloseCode = CloseCode {
     code: APP_OVER_QUOTA,
     message: "Application is over connection quota",
