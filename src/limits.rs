@@ -32,6 +32,8 @@ pub const DESCRIPTOR_TABLE_PRESIZE: u64 = 65_536;
 
 /// Ceiling for the configurable WebSocket message size.
 pub const WS_MESSAGE_BYTES_CEILING: usize = 16 * 1024 * 1024;
+/// Ceiling for the configurable bytes held by unfinished WebSocket messages on one core.
+pub const WS_PARTIAL_BYTES_PER_CORE_CEILING: usize = 4 * 1024 * 1024 * 1024;
 /// Ceiling for the configurable HTTP request head size.
 pub const HTTP_HEAD_BYTES_CEILING: usize = 1024 * 1024;
 /// Ceiling for the configurable HTTP request body size.
@@ -59,3 +61,4 @@ const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);
 const _: () = assert!(SEND_IOVECS_MAX <= 1024, "IOV_MAX on Linux");
 const _: () = assert!(RECV_BUFFER_BYTES >= 4096);
+const _: () = assert!(WS_PARTIAL_BYTES_PER_CORE_CEILING >= 2 * WS_MESSAGE_BYTES_CEILING);

@@ -92,6 +92,9 @@ pub struct Shard {
     /// Drain pacing: closes owed to the rate but not yet done, and a jitter state.
     drain_credit: f64,
     jitter: u64,
+    /// Heap bytes the frame decoders of this core's WebSocket connections hold for unfinished
+    /// messages, bounded by `server.ws_partial_bytes_per_core_max`.
+    ws_partial_bytes: usize,
     /// A reload may have disabled or removed apps whose clients are still connected: the timer
     /// closes them at the drain's pace until a sweep finds none.
     evicting: bool,
@@ -143,6 +146,7 @@ impl Shard {
             accept_refilled_ms: 0,
             drain_credit: 0.0,
             jitter: epoch ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ws_partial_bytes: 0,
             evicting: false,
         }
     }
@@ -389,7 +393,9 @@ impl Shard {
         self.now = now;
         let activity_ms = u64::from(self.config.server.activity_timeout_secs) * 1000;
         let pong_ms = u64::from(self.config.server.pong_timeout_secs) * 1000;
+        let message_ms = self.config.server.ws_message_timeout_ms;
         let mut expired = Vec::new();
+        let mut stalled = Vec::new();
         let mut ping = Vec::new();
         let mut pong_missing = Vec::new();
         let mut unauthorized = Vec::new();
@@ -413,6 +419,15 @@ impl Shard {
                         unauthorized.push(key as u32);
                         continue;
                     }
+                    // Sending a byte now and then resets the activity timer, but not this
+                    // one: a message must finish within its own deadline.
+                    if ws
+                        .partial_since
+                        .is_some_and(|(_, since)| now.mono_ms.saturating_sub(since) >= message_ms)
+                    {
+                        stalled.push(key as u32);
+                        continue;
+                    }
                     match ws.ping_sent_ms {
                         None if now.mono_ms.saturating_sub(ws.last_seen_ms) >= activity_ms => {
                             ping.push(key as u32)
@@ -430,6 +445,13 @@ impl Shard {
         }
         for key in ping {
             self.send_ping(key);
+        }
+        for key in stalled {
+            self.close_ws(
+                key,
+                crate::protocol::close_code::MESSAGE_TIMEOUT_CLOSE,
+                false,
+            );
         }
         for key in pong_missing {
             self.close_ws(key, crate::protocol::close_code::PONG_NOT_RECEIVED, true);
@@ -567,6 +589,10 @@ impl Shard {
             }
             return;
         };
+        // The connection reads no more input: what its decoder holds is dead weight.
+        self.ws_partial_bytes -= ws.decoder.buffered_bytes();
+        ws.decoder.discard();
+        ws.partial_since = None;
         let subscriptions = std::mem::take(&mut ws.subscriptions);
         let app = ws.app;
         let counted = std::mem::replace(&mut ws.counted, false);

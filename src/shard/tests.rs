@@ -392,3 +392,73 @@ fn only_peers_that_stopped_reading_are_reset() {
     assert!(conn.dead, "an idle keep-alive connection times out");
     assert!(!conn.aborted, "and is closed in order, not reset");
 }
+
+/// A masked client frame with the first header byte `first` (FIN bit and opcode).
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = masked_text(payload);
+    frame[0] = first;
+    frame
+}
+
+/// A message left unfinished is closed with 1008 once `ws_message_timeout_ms` has passed since
+/// its first byte, however the client keeps the connection busy meanwhile; the bytes it held
+/// are released, and the core's count of them returns to zero however a connection ends.
+#[test]
+fn an_unfinished_message_is_closed_at_its_deadline_and_its_bytes_released() {
+    let mut world = World::new(1);
+    let timeout_ms = world.shards[0].config.server.ws_message_timeout_ms;
+    let at = |ms: u64| Now {
+        mono_ms: NOW.mono_ms + ms,
+        mono_us: (NOW.mono_ms + ms) * 1000,
+        ..NOW
+    };
+    let stalled = world.connect(0, 100);
+    let gone = world.connect(0, 101);
+    let first = masked_frame(0x01, &[b' '; 1000]);
+    world.shards[0].on_recv(stalled.key, &first, NOW);
+    world.shards[0].on_recv(gone.key, &first[..8], NOW);
+    assert_eq!(world.shards[0].ws_partial_bytes, 2000);
+
+    // Pings inside the message keep the connection alive but not the message.
+    world.shards[0].on_recv(stalled.key, &masked_frame(0x89, b"p"), at(timeout_ms - 1));
+    world.shards[0].on_timer(at(timeout_ms - 1));
+    assert!(!world.shards[0].conn(stalled.key).closing);
+    world.shards[0].on_peer_closed(gone.key);
+    assert_eq!(world.shards[0].ws_partial_bytes, 1000);
+    world.shards[0].on_timer(at(timeout_ms));
+    assert!(world.shards[0].conn(stalled.key).closing);
+    assert_eq!(world.shards[0].ws_partial_bytes, 0);
+    let out = world.output(&stalled);
+    assert!(
+        out.ends_with(&crate::ws::frame::encode_close(
+            1008,
+            "Message not completed in time"
+        )),
+        "{out:?}"
+    );
+
+    // A message that finishes in time holds nothing afterwards, and the next one gets its own
+    // deadline.
+    let mut fine = world.connect(0, 102);
+    let later = at(timeout_ms);
+    world.shards[0].on_recv(
+        fine.key,
+        &masked_frame(0x01, br#"{"event":"pusher:"#),
+        later,
+    );
+    world.shards[0].on_recv(
+        fine.key,
+        &masked_frame(0x80, br#"ping"}"#),
+        at(2 * timeout_ms - 1),
+    );
+    assert!(
+        world
+            .frames(&mut fine)
+            .iter()
+            .any(|f| f.contains("pusher:pong"))
+    );
+    assert_eq!(world.shards[0].ws_partial_bytes, 0);
+    world.shards[0].on_recv(fine.key, &first[..8], at(2 * timeout_ms - 1));
+    world.shards[0].on_timer(at(2 * timeout_ms));
+    assert!(!world.shards[0].conn(fine.key).closing, "a new deadline");
+}

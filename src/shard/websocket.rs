@@ -58,6 +58,7 @@ impl Shard {
             decoder: Decoder::new(self.config.server.ws_message_bytes_max),
             subscriptions: Vec::new(),
             last_seen_ms: now.mono_ms,
+            partial_since: None,
             ping_sent_ms: None,
             counted: false,
             user_id: None,
@@ -166,9 +167,22 @@ impl Shard {
         let now = self.now;
         let mut messages = Vec::new();
         let ws = self.conns[key as usize].ws_mut().expect("WebSocket phase");
+        let held_before = ws.decoder.buffered_bytes();
         let result = ws.decoder.feed(data, &mut messages);
+        let held_after = ws.decoder.buffered_bytes();
         ws.last_seen_ms = now.mono_ms;
         ws.ping_sent_ms = None;
+        // A unit the decoder had not started before this input started now.
+        ws.partial_since = match (ws.decoder.partial(), ws.partial_since) {
+            (None, _) => None,
+            (Some(unit), Some((seen, since))) if unit == seen => Some((seen, since)),
+            (Some(unit), _) => Some((unit, now.mono_ms)),
+        };
+        // Accounted before any message is handled: a close on the way releases what the
+        // decoder then holds (`release_connection_state`).
+        self.ws_partial_bytes = self.ws_partial_bytes + held_after - held_before;
+        let over_budget = held_after > held_before
+            && self.ws_partial_bytes > self.config.server.ws_partial_bytes_per_core_max;
         for message in messages {
             if self.conns[key as usize].closing {
                 return;
@@ -181,6 +195,10 @@ impl Shard {
                 message: error.reason,
             };
             self.close_ws(key, close, false);
+        } else if over_budget {
+            // The connection whose message grew past the core's budget goes, not the others
+            // that were within it before (counted with the other closes, by code).
+            self.close_ws(key, close_code::PARTIAL_BUDGET_CLOSE, false);
         }
     }
 

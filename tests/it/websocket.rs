@@ -1057,6 +1057,71 @@ fn oversized_message_closes_with_1009() {
     assert_server_healthy(&mut server);
 }
 
+// A message left unfinished is closed with 1008 after ws_message_timeout_ms, whether it is a
+// fragmented message missing its last fragment or a single frame missing payload bytes, and
+// even though the client keeps the connection busy with pings; other clients are unaffected.
+#[test]
+fn unfinished_message_closes_with_1008_after_the_timeout() {
+    let mut server = server_with(1, "ws_message_timeout_ms = 300", "");
+    let mut fragmented = RawWs::connect(server.addr);
+    fragmented.send(&client_frame(0x01, br#"{"event":"pusher:"#));
+    let mut partial_frame = RawWs::connect(server.addr);
+    let frame = client_frame(0x81, br#"{"event":"pusher:ping","data":{}}"#);
+    partial_frame.send(&frame[..10]);
+    // Pings between the fragments are answered (until the close, whenever it comes), and do
+    // not extend the message's time.
+    for _ in 0..3 {
+        fragmented.send(&client_frame(0x89, b"alive"));
+    }
+    let close = loop {
+        match fragmented.expect_frame() {
+            (0x8A, payload) => assert_eq!(payload, b"alive"),
+            (0x88, payload) => break u16::from_be_bytes([payload[0], payload[1]]),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    assert_eq!(close, 1008);
+    assert_eq!(partial_frame.expect_close(), 1008);
+    assert_server_healthy(&mut server);
+}
+
+// The bytes unfinished messages hold on one core are bounded by ws_partial_bytes_per_core_max:
+// the connection whose message would go over it is closed with 1009, and the connections whose
+// messages fit keep them and finish them.
+#[test]
+fn unfinished_messages_over_the_core_budget_close_with_1009() {
+    let mut server = server_with(
+        1,
+        "ws_message_bytes_max = 1024\nws_partial_bytes_per_core_max = 3500",
+        "",
+    );
+    // A pusher:ping of exactly 1000 bytes, sent as a first fragment that holds all of it and an
+    // empty last fragment (the first frame of a message is held at its announced size).
+    let prefix = r#"{"event":"pusher:ping","data":{"pad":""#;
+    let suffix = r#""}}"#;
+    let ping = format!(
+        "{prefix}{}{suffix}",
+        "x".repeat(1000 - prefix.len() - suffix.len())
+    );
+    assert_eq!(ping.len(), 1000);
+    let mut holders: Vec<RawWs> = (0..3).map(|_| RawWs::connect(server.addr)).collect();
+    for holder in &mut holders {
+        holder.send(&client_frame(0x01, ping.as_bytes()));
+        // The pong proves the server has read the fragment before it.
+        holder.send(&client_frame(0x89, b"held"));
+        assert_eq!(holder.expect_frame(), (0x8A, b"held".to_vec()));
+    }
+    // 3 x 1000 bytes are held; 1000 more would make 4000 > 3500.
+    let mut over = RawWs::connect(server.addr);
+    over.send(&client_frame(0x01, ping.as_bytes()));
+    assert_eq!(over.expect_close(), 1009);
+    for holder in &mut holders {
+        holder.send(&client_frame(0x80, b""));
+        assert_eq!(holder.expect_text(), PONG);
+    }
+    assert_server_healthy(&mut server);
+}
+
 // A text message that is not valid UTF-8 closes with 1007 (also when split across fragments).
 #[test]
 fn invalid_utf8_text_closes_with_1007() {
