@@ -32,6 +32,8 @@ pub const DESCRIPTOR_TABLE_PRESIZE: u64 = 65_536;
 
 /// Ceiling for the configurable WebSocket message size.
 pub const WS_MESSAGE_BYTES_CEILING: usize = 16 * 1024 * 1024;
+/// Ceiling for the configurable bytes held by unfinished WebSocket messages on one core.
+pub const WS_PARTIAL_BYTES_PER_CORE_CEILING: usize = 4 * 1024 * 1024 * 1024;
 /// Ceiling for the configurable HTTP request head size.
 pub const HTTP_HEAD_BYTES_CEILING: usize = 1024 * 1024;
 /// Ceiling for the configurable HTTP request body size.
@@ -44,7 +46,9 @@ pub const HTTP_CHUNK_SIZE_LINE_BYTES_MAX: usize = 1024;
 /// Ceiling for the configurable per-connection outbound queue.
 pub const OUTBOUND_BYTES_CEILING: usize = 256 * 1024 * 1024;
 
-/// Channels one connection may be subscribed to at once.
+/// Channels one connection may be subscribed to at once, pending ones and a signed-in
+/// connection's `#server-to-user-{id}` included; one more gets `pusher:subscription_error`
+/// (`LimitReached`, 4009) and the connection stays open. Hosted Pusher has no such limit.
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1024;
 /// REST queries (channel listings) one core may have waiting for other cores' answers.
 pub const PENDING_QUERIES_PER_CORE_MAX: usize = 4096;
@@ -114,3 +118,4 @@ const _: () = assert!(RECV_BUFFER_BYTES >= 4096);
 // The control thread must look at the cores several times per stall period.
 const _: () = assert!(CONTROL_TICK_MS * 4 <= CORE_LOOP_STALL_MS);
 const _: () = assert!(CORE_LOOP_STALL_MS >= 10 * TIMER_SWEEP_INTERVAL_MS);
+const _: () = assert!(WS_PARTIAL_BYTES_PER_CORE_CEILING >= 2 * WS_MESSAGE_BYTES_CEILING);

@@ -111,6 +111,12 @@ pub struct ServerConfig {
     pub http_body_bytes_max: usize,
     /// Largest WebSocket message from a client; larger closes with 1009.
     pub ws_message_bytes_max: usize,
+    /// Milliseconds a client's WebSocket message (or frame) may stay unfinished, from its first
+    /// byte to its last; longer closes with 1008, and its buffer is freed.
+    pub ws_message_timeout_ms: u64,
+    /// Bytes all unfinished WebSocket messages on one core may hold together; the connection
+    /// whose message would take the core over it is closed with 1009.
+    pub ws_partial_bytes_per_core_max: usize,
     /// Bytes queued to one connection before it is closed as a slow consumer (4101).
     pub outbound_bytes_max: usize,
     pub channel_name_bytes_max: usize,
@@ -123,7 +129,8 @@ pub struct ServerConfig {
     pub rest_in_flight_max: usize,
     /// On SIGTERM: readiness goes false, then this long passes before connections are closed.
     pub drain_grace_ms: u64,
-    /// Connections closed per second (with 4200) while draining, across all cores.
+    /// Connections closed per second (with 4200) while draining, across all cores; also the
+    /// pace of closing the clients of apps a reload disabled (4003) or removed (4001).
     pub drain_rate_per_s: u64,
 }
 
@@ -139,6 +146,8 @@ impl Default for ServerConfig {
             http_head_bytes_max: 16 * 1024,
             http_body_bytes_max: 1024 * 1024,
             ws_message_bytes_max: 100 * 1024,
+            ws_message_timeout_ms: 10_000,
+            ws_partial_bytes_per_core_max: 64 * 1024 * 1024,
             outbound_bytes_max: 4 * 1024 * 1024,
             channel_name_bytes_max: 200,
             max_connections: 0,

@@ -133,6 +133,20 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         limits::WS_MESSAGE_BYTES_CEILING,
     )?;
     check_range(
+        "server.ws_message_timeout_ms",
+        server.ws_message_timeout_ms as usize,
+        1,
+        3_600_000,
+    )?;
+    // Twice the largest message: a fragmented one grows its buffer by doubling, so one message
+    // of the largest size always fits on an otherwise idle core.
+    check_range(
+        "server.ws_partial_bytes_per_core_max",
+        server.ws_partial_bytes_per_core_max,
+        2 * server.ws_message_bytes_max,
+        limits::WS_PARTIAL_BYTES_PER_CORE_CEILING,
+    )?;
+    check_range(
         "server.http_head_bytes_max",
         server.http_head_bytes_max,
         512,
@@ -627,6 +641,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("apps[0].key"), "{error}");
+        // Room for one message of the largest size, twice over (a fragmented one grows by
+        // doubling).
+        let error = parse(&format!(
+            "{base}[server]\nws_message_bytes_max = 1024\nws_partial_bytes_per_core_max = 2047\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("server.ws_partial_bytes_per_core_max"),
+            "{error}"
+        );
+        let error = parse(&format!("{base}[server]\nws_message_timeout_ms = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("server.ws_message_timeout_ms"), "{error}");
         let error = parse("version = 2\n").unwrap_err().to_string();
         assert!(error.contains("version"), "{error}");
         let error = parse("version = 1\n[server\n").unwrap_err().to_string();

@@ -200,6 +200,22 @@ pub enum ShardMessage {
         /// Boxed: most messages on the mesh are deliveries, which should not pay for its size.
         reply: Box<SubscribeReply>,
     },
+    /// Connection core → owner: `conn`, already counted in the presence channel `channel`,
+    /// subscribed to it again. Answered by `Resubscribed`; counts nothing and announces nothing
+    /// (no `member_added`), because the connection is a member already.
+    Resubscribe {
+        channel: ChannelKey,
+        conn: ConnRef,
+    },
+    /// Owner → connection core: the answer to `Resubscribe`, the `data` of presence
+    /// `subscription_succeeded` as the owner knows it now. It travels behind every member event
+    /// the owner sequenced before it (queues are FIFO), so the list agrees with the events the
+    /// connection has seen.
+    Resubscribed {
+        channel: ChannelKey,
+        conn: ConnRef,
+        presence_data: String,
+    },
     /// Connection core → owner: one subscriber on the sender's core left (as presence member
     /// `user_id`, with socket `socket_id`).
     Unsubscribe {

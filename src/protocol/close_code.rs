@@ -46,6 +46,12 @@ pub const APP_DISABLED_CLOSE: CloseCode = CloseCode {
     code: APP_DISABLED,
     message: "The app is not enabled.",
 };
+/// The clients of an app a reload removed: 4001, as for an unknown key (whose canonical
+/// message names the key, which the reloaded table no longer has).
+pub const APP_REMOVED_CLOSE: CloseCode = CloseCode {
+    code: APP_NOT_FOUND,
+    message: "The app no longer exists.",
+};
 pub const APP_OVER_QUOTA_CLOSE: CloseCode = CloseCode {
     code: APP_OVER_QUOTA,
     message: "Application is over connection quota",
@@ -57,6 +63,24 @@ pub const PATH_NOT_FOUND_CLOSE: CloseCode = CloseCode {
 pub const UNSUPPORTED_PROTOCOL_CLOSE: CloseCode = CloseCode {
     code: UNSUPPORTED_PROTOCOL,
     message: "Unsupported protocol version",
+};
+
+/// A client message left unfinished past `server.ws_message_timeout_ms`: 1008, RFC 6455's
+/// code for a message that violates the endpoint's policy, and the one RFC 6455 names for when
+/// no more specific code fits. Not a Pusher 4xxx code: the fault is in the WebSocket framing,
+/// below the Pusher protocol, and pusher-js treats 1008 as any other standard close (it
+/// reconnects after a second), which suits a client that was merely slow.
+pub const MESSAGE_TIMEOUT_CLOSE: CloseCode = CloseCode {
+    code: crate::ws::frame::CLOSE_POLICY,
+    message: "Message not completed in time",
+};
+/// A client message that would take its core's unfinished messages over
+/// `server.ws_partial_bytes_per_core_max`: 1009, RFC 6455's "message too big for it to
+/// process" (the endpoint cannot take that message now), rather than the generic 1008. pusher-js
+/// reconnects after a second, like after 1008.
+pub const PARTIAL_BUDGET_CLOSE: CloseCode = CloseCode {
+    code: crate::ws::frame::CLOSE_TOO_BIG,
+    message: "No room for more unfinished messages",
 };
 
 /// What pusher-js does after a close with `code` (`Protocol.getCloseAction`).
@@ -103,6 +127,13 @@ mod tests {
         }
         for code in [RECONNECT_NOW, PONG_TIMEOUT] {
             assert_eq!(client_action(code), ClientAction::RetryNow, "{code}");
+        }
+        for close in [MESSAGE_TIMEOUT_CLOSE, PARTIAL_BUDGET_CLOSE] {
+            assert_eq!(
+                client_action(close.code),
+                ClientAction::Default,
+                "{close:?}"
+            );
         }
         assert_eq!(client_action(1002), ClientAction::Backoff);
         assert_eq!(client_action(1009), ClientAction::Default);

@@ -244,6 +244,34 @@ impl Shard {
         queued
     }
 
+    /// The owner answered a repeated presence subscribe: confirm it with the member list, as
+    /// the first subscribe was. Dropped when the subscription is no longer the Active one it
+    /// answers (the client unsubscribed meanwhile, or subscribed afresh and that subscription's
+    /// own answer will announce it).
+    pub(super) fn resubscribe_answered(
+        &mut self,
+        channel: ChannelKey,
+        conn_ref: ConnRef,
+        presence_data: String,
+    ) {
+        assert_eq!(usize::from(conn_ref.core), self.core);
+        let key = conn_ref.key;
+        let active = self.conns.get(key as usize).is_some_and(|conn| {
+            conn.generation == conn_ref.generation
+                && !conn.closing
+                && !conn.dead
+                && conn.ws().is_some_and(|ws| {
+                    ws.subscriptions
+                        .iter()
+                        .any(|s| s.channel == channel && s.state == SubState::Active)
+                })
+        });
+        if active {
+            let reply = outbound::presence_subscription_succeeded(&channel.name, &presence_data);
+            self.send_text(key, &reply);
+        }
+    }
+
     /// Ends one subscription of connection `key` (already removed from its list).
     pub(super) fn drop_subscription(&mut self, key: u32, subscription: Subscription) {
         // Pending ones need nothing here: the coming answer finds no matching entry in the

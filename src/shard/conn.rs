@@ -51,6 +51,9 @@ pub struct WsState {
     pub subscriptions: Vec<Subscription>,
     /// Monotonic ms of the last frame received (any kind).
     pub last_seen_ms: u64,
+    /// The decoder's unfinished unit (`Decoder::partial`) and the monotonic ms its first bytes
+    /// arrived; the timer closes the connection when it stays unfinished too long.
+    pub partial_since: Option<(u16, u64)>,
     /// Monotonic ms when we sent `pusher:ping` and are waiting for any answer.
     pub ping_sent_ms: Option<u64>,
     /// Counted against the app's connection limit (released when the connection goes).

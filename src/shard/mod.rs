@@ -134,6 +134,12 @@ pub struct Shard {
     /// Drain pacing: closes owed to the rate but not yet done, and a jitter state.
     drain_credit: f64,
     jitter: u64,
+    /// Heap bytes the frame decoders of this core's WebSocket connections hold for unfinished
+    /// messages, bounded by `server.ws_partial_bytes_per_core_max`.
+    ws_partial_bytes: usize,
+    /// A reload may have disabled or removed apps whose clients are still connected: the timer
+    /// closes them at the drain's pace until a sweep finds none.
+    evicting: bool,
 }
 
 impl Shard {
@@ -186,6 +192,8 @@ impl Shard {
             accept_refilled_ms: 0,
             drain_credit: 0.0,
             jitter: epoch ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ws_partial_bytes: 0,
+            evicting: false,
         }
     }
 
@@ -334,6 +342,11 @@ impl Shard {
                 user_id,
                 reply,
             } => self.subscription_answered(channel, conn, user_id, *reply),
+            ShardMessage::Resubscribed {
+                channel,
+                conn,
+                presence_data,
+            } => self.resubscribe_answered(channel, conn, presence_data),
             ShardMessage::Deliver {
                 channel,
                 frame,
@@ -420,7 +433,9 @@ impl Shard {
         self.now = now;
         let activity_ms = u64::from(self.config.server.activity_timeout_secs) * 1000;
         let pong_ms = u64::from(self.config.server.pong_timeout_secs) * 1000;
+        let message_ms = self.config.server.ws_message_timeout_ms;
         let mut expired = Vec::new();
+        let mut stalled = Vec::new();
         let mut ping = Vec::new();
         let mut pong_missing = Vec::new();
         let mut unauthorized = Vec::new();
@@ -444,6 +459,15 @@ impl Shard {
                         unauthorized.push(key as u32);
                         continue;
                     }
+                    // Sending a byte now and then resets the activity timer, but not this
+                    // one: a message must finish within its own deadline.
+                    if ws
+                        .partial_since
+                        .is_some_and(|(_, since)| now.mono_ms.saturating_sub(since) >= message_ms)
+                    {
+                        stalled.push(key as u32);
+                        continue;
+                    }
                     match ws.ping_sent_ms {
                         None if now.mono_ms.saturating_sub(ws.last_seen_ms) >= activity_ms => {
                             ping.push(key as u32)
@@ -462,6 +486,13 @@ impl Shard {
         for key in ping {
             self.send_ping(key);
         }
+        for key in stalled {
+            self.close_ws(
+                key,
+                crate::protocol::close_code::MESSAGE_TIMEOUT_CLOSE,
+                false,
+            );
+        }
         for key in pong_missing {
             self.close_ws(key, crate::protocol::close_code::PONG_NOT_RECEIVED, true);
         }
@@ -473,7 +504,10 @@ impl Shard {
                 true,
             );
         }
-        self.drain_some(limits::TIMER_SWEEP_INTERVAL_MS);
+        // One pace for both: while the drain closes everything, evictions would only double it.
+        if !self.drain_some(limits::TIMER_SWEEP_INTERVAL_MS) {
+            self.evict_some(limits::TIMER_SWEEP_INTERVAL_MS);
+        }
         self.sweeps += 1;
         self.owner.tick(now, self.sweeps, &mut *self.journal);
         self.run_owner_effects();
@@ -582,6 +616,10 @@ impl Shard {
             }
             return;
         };
+        // The connection reads no more input: what its decoder holds is dead weight.
+        self.ws_partial_bytes -= ws.decoder.buffered_bytes();
+        ws.decoder.discard();
+        ws.partial_since = None;
         let subscriptions = std::mem::take(&mut ws.subscriptions);
         let app = ws.app;
         let counted = std::mem::replace(&mut ws.counted, false);
@@ -642,12 +680,15 @@ impl Shard {
         }
     }
 
-    /// Applies a reloaded configuration: apps and limits change, connections stay.
+    /// Applies a reloaded configuration: apps and limits change, connections stay, except the
+    /// clients of apps the reload disabled or removed, which the timer then closes
+    /// (`evict_some`).
     fn apply_reload(&mut self, reload: &Reload) {
         self.config = Arc::clone(&reload.config);
         self.apps = Arc::clone(&reload.apps);
         self.owner
             .reload(Arc::clone(&reload.config), Arc::clone(&reload.apps));
+        self.evicting = true;
     }
 
     /// One token of this core's share of `server.accepts_per_sec_max` (always true when
@@ -670,43 +711,15 @@ impl Shard {
 
     /// Drain: once the grace period is over, closes this core's share of `drain_rate_per_s`
     /// connections per sweep, in a jittered order and amount, WebSocket clients with 4200.
-    fn drain_some(&mut self, elapsed_ms: u64) {
+    /// Returns whether the drain is closing connections.
+    fn drain_some(&mut self, elapsed_ms: u64) -> bool {
         let Some(close_at) = self.control.drain_close_at_ms else {
-            return;
+            return false;
         };
         if self.now.mono_ms < close_at {
-            return;
+            return false;
         }
-        let share = (self.config.server.drain_rate_per_s as f64 / self.cores as f64).max(1.0);
-        // Jitter: this sweep's budget is 50%..150% of the steady rate.
-        self.jitter ^= self.jitter << 13;
-        self.jitter ^= self.jitter >> 7;
-        self.jitter ^= self.jitter << 17;
-        let factor = 0.5 + (self.jitter % 1000) as f64 / 1000.0;
-        self.drain_credit += share * elapsed_ms as f64 / 1000.0 * factor;
-        let budget = self.drain_credit.floor() as usize;
-        if budget == 0 {
-            return;
-        }
-        let open: Vec<u32> = self
-            .conns
-            .iter()
-            .filter(|(_, conn)| !conn.closing && !conn.dead)
-            .map(|(key, _)| key as u32)
-            .collect();
-        if open.is_empty() {
-            self.drain_credit = 0.0;
-            return;
-        }
-        let start = (self.jitter as usize) % open.len();
-        let chosen: Vec<u32> = open
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(budget.min(open.len()))
-            .copied()
-            .collect();
-        self.drain_credit -= chosen.len() as f64;
+        let chosen = self.paced_closes(elapsed_ms, |_| true).unwrap_or_default();
         for key in chosen {
             match self.conns[key as usize].phase {
                 Phase::WebSocket(_) => {
@@ -718,6 +731,86 @@ impl Shard {
                 Phase::Http { .. } => {}
             }
         }
+        true
+    }
+
+    /// After a reload: closes the WebSocket clients of apps that are now disabled (4003, as a
+    /// new connection would get) or removed (4001), at the drain's pace (`drain_rate_per_s`,
+    /// jittered), so a reload that turns off a large app does not close every client in one
+    /// sweep. Both codes are in pusher-js's "do not reconnect" range. Stops once a sweep finds
+    /// no such client.
+    fn evict_some(&mut self, elapsed_ms: u64) {
+        if !self.evicting {
+            return;
+        }
+        let apps = Arc::clone(&self.apps);
+        let turned_off = |conn: &Conn| {
+            conn.ws()
+                .is_some_and(|ws| ws.counted && !apps.get(ws.app).enabled)
+        };
+        let Some(chosen) = self.paced_closes(elapsed_ms, turned_off) else {
+            return;
+        };
+        if chosen.is_empty() {
+            self.evicting = false;
+            return;
+        }
+        for key in chosen {
+            let app = self.conns[key as usize]
+                .ws()
+                .expect("chosen as WebSocket")
+                .app;
+            // A removed app keeps its slot with an empty id (`Apps::reloaded`).
+            let close = if apps.get(app).id.is_empty() {
+                crate::protocol::close_code::APP_REMOVED_CLOSE
+            } else {
+                crate::protocol::close_code::APP_DISABLED_CLOSE
+            };
+            self.close_ws(key, close, true);
+        }
+    }
+
+    /// The pacer shared by the drain and evictions: adds this sweep's jittered share of
+    /// `drain_rate_per_s` (50%..150% of the steady rate) to the credit and picks that many
+    /// open connections for which `eligible` holds, starting at a jittered place. None when the
+    /// credit is not yet worth one close (nothing was looked at); an empty list when no open
+    /// connection is eligible (the credit is then dropped, so none builds up for later).
+    fn paced_closes(
+        &mut self,
+        elapsed_ms: u64,
+        eligible: impl Fn(&Conn) -> bool,
+    ) -> Option<Vec<u32>> {
+        let share = (self.config.server.drain_rate_per_s as f64 / self.cores as f64).max(1.0);
+        // Jitter: this sweep's budget is 50%..150% of the steady rate.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let factor = 0.5 + (self.jitter % 1000) as f64 / 1000.0;
+        self.drain_credit += share * elapsed_ms as f64 / 1000.0 * factor;
+        let budget = self.drain_credit.floor() as usize;
+        if budget == 0 {
+            return None;
+        }
+        let open: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| !conn.closing && !conn.dead && eligible(conn))
+            .map(|(key, _)| key as u32)
+            .collect();
+        if open.is_empty() {
+            self.drain_credit = 0.0;
+            return Some(Vec::new());
+        }
+        let start = (self.jitter as usize) % open.len();
+        let chosen: Vec<u32> = open
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(budget.min(open.len()))
+            .copied()
+            .collect();
+        self.drain_credit -= chosen.len() as f64;
+        Some(chosen)
     }
 }
 

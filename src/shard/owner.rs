@@ -149,6 +149,15 @@ impl OwnedChannel {
             .map_or(0, |members| members.len() as u64)
     }
 
+    /// Presence channels: the `data` of `subscription_succeeded` (every member, spec §2.6).
+    /// Members restored by a replay who have not come back yet are listed too: if they return
+    /// they are reconfirmed silently, if not `member_removed` follows the grace.
+    fn presence_data(&self) -> Option<String> {
+        self.members.as_ref().map(|members| {
+            outbound::presence_data(members.iter().map(|(id, m)| (&**id, &*m.info_json)))
+        })
+    }
+
     /// Nothing left to keep: no subscriber and no (tentative) member.
     fn is_empty(&self) -> bool {
         self.total == 0 && self.members.as_ref().is_none_or(HashMap::is_empty)
@@ -284,6 +293,7 @@ impl Owner {
                 member,
                 resume,
             } => self.subscribe(from, channel, conn, socket_id, member, resume, journal),
+            ShardMessage::Resubscribe { channel, conn } => self.resubscribe(from, channel, conn),
             ShardMessage::Unsubscribe {
                 channel,
                 user_id,
@@ -346,6 +356,7 @@ impl Owner {
         matches!(
             message,
             ShardMessage::Subscribe { .. }
+                | ShardMessage::Resubscribe { .. }
                 | ShardMessage::Unsubscribe { .. }
                 | ShardMessage::Publish { .. }
                 | ShardMessage::Relay { .. }
@@ -845,6 +856,32 @@ impl Owner {
         }
     }
 
+    /// A connection already counted in the presence channel subscribed again: it gets the
+    /// member list as it stands, counting nothing and announcing nothing.
+    fn resubscribe(&mut self, from: usize, channel: ChannelKey, conn: ConnRef) {
+        // The connection's core sends this only for an Active subscription, whose `Unsubscribe`
+        // can only follow it on the same FIFO queue: the owner still counts the connection.
+        let owned = self
+            .channels
+            .get(&channel)
+            .expect("resubscribe to a channel the owner does not count");
+        assert!(
+            owned.per_core[from] > 0,
+            "resubscribe from a core without subscribers of {channel:?}"
+        );
+        let presence_data = owned
+            .presence_data()
+            .expect("resubscribe is only sent for presence channels");
+        self.emit(
+            from,
+            ShardMessage::Resubscribed {
+                channel,
+                conn,
+                presence_data,
+            },
+        );
+    }
+
     /// Counts one more connection of `member` on a presence channel. Ok(true) when the user is
     /// new to the channel (logged, announced); Ok(false) for another connection of a present
     /// user, or one restored by a replay coming back (no announcement); Err when the channel
@@ -913,11 +950,7 @@ impl Owner {
         journal: &mut dyn Journal,
     ) -> SubscribeReply {
         let owned = &self.channels[channel];
-        // Members restored by a replay who have not come back yet are listed too: if they
-        // return they are reconfirmed silently, if not `member_removed` follows the grace.
-        let presence_data = owned.members.as_ref().map(|members| {
-            outbound::presence_data(members.iter().map(|(id, m)| (&**id, &*m.info_json)))
-        });
+        let presence_data = owned.presence_data();
         let cached = channel::is_cache(&channel.name).then(|| self.cached_frame(channel));
         if matches!(cached, Some(None)) {
             self.cache_miss_webhook(channel);
@@ -1274,6 +1307,12 @@ impl Owner {
     #[cfg(test)]
     pub fn subscribers(&self, channel: &ChannelKey) -> Option<u64> {
         self.channels.get(channel).map(|owned| owned.total)
+    }
+
+    /// What REST would be told about `channel` (tests).
+    #[cfg(test)]
+    pub fn describe(&mut self, channel: &ChannelKey) -> ChannelInfo {
+        self.channel_info(channel, false)
     }
 
     /// Channels the owner keeps (tests).

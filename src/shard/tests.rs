@@ -236,6 +236,58 @@ fn a_connection_gone_while_pending_is_uncounted() {
     assert!(world.shards[0].local.is_empty());
 }
 
+/// A repeated presence subscribe (issue 11, item 2): while the first is pending, the owner's one
+/// answer confirms both, once; once the subscription is Active, the owner answers a repeat with
+/// the member list and counts nothing.
+#[test]
+fn a_repeated_presence_subscribe_gets_the_members_and_is_counted_once() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut world = World::new(2);
+    let channel = (0..)
+        .map(|n| format!("presence-{n}"))
+        .find(|name| ChannelKey::new(0, name).owner(2) == 1)
+        .unwrap();
+    let mut client = world.connect(0, 100);
+    let socket_id = world.shards[0]
+        .conn(client.key)
+        .ws()
+        .unwrap()
+        .socket_id
+        .to_string();
+    let channel_data = r#"{"user_id":"1"}"#;
+    let auth = crate::http::signature::hmac_sha256_hex(
+        "app-secret",
+        &format!("{socket_id}:{channel}:{channel_data}"),
+    );
+    let subscribe = serde_json::json!({"event":"pusher:subscribe","data":{
+        "auth":format!("app-key:{auth}"),"channel":channel,"channel_data":channel_data}})
+    .to_string();
+    let confirmation = crate::protocol::outbound::presence_subscription_succeeded(
+        &channel,
+        &crate::protocol::outbound::presence_data([("1", "null")].into_iter()),
+    );
+
+    world.send(&client, &subscribe);
+    world.send(&client, &subscribe);
+    assert!(
+        world.frames(&mut client).is_empty(),
+        "both wait for the owner"
+    );
+    world.pump(&mut rng);
+    assert_eq!(world.frames(&mut client), vec![confirmation.clone()]);
+
+    world.send(&client, &subscribe);
+    assert!(
+        world.frames(&mut client).is_empty(),
+        "the member list comes from the owner"
+    );
+    world.pump(&mut rng);
+    assert_eq!(world.frames(&mut client), vec![confirmation]);
+    let key = ChannelKey::new(0, &channel);
+    let info = world.shards[1].owner.describe(&key);
+    assert_eq!((info.subscription_count, info.user_count), (1, 1));
+}
+
 /// Seeded interleavings: subscribers on three cores, publishes from every core to channels
 /// owned by every core, mesh messages delivered in random order. Every subscriber of a channel
 /// sees the same sequence, and it contains every event published after it subscribed.
@@ -349,4 +401,74 @@ fn only_peers_that_stopped_reading_are_reset() {
     let conn = shard.conn(idle);
     assert!(conn.dead, "an idle keep-alive connection times out");
     assert!(!conn.aborted, "and is closed in order, not reset");
+}
+
+/// A masked client frame with the first header byte `first` (FIN bit and opcode).
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = masked_text(payload);
+    frame[0] = first;
+    frame
+}
+
+/// A message left unfinished is closed with 1008 once `ws_message_timeout_ms` has passed since
+/// its first byte, however the client keeps the connection busy meanwhile; the bytes it held
+/// are released, and the core's count of them returns to zero however a connection ends.
+#[test]
+fn an_unfinished_message_is_closed_at_its_deadline_and_its_bytes_released() {
+    let mut world = World::new(1);
+    let timeout_ms = world.shards[0].config.server.ws_message_timeout_ms;
+    let at = |ms: u64| Now {
+        mono_ms: NOW.mono_ms + ms,
+        mono_us: (NOW.mono_ms + ms) * 1000,
+        ..NOW
+    };
+    let stalled = world.connect(0, 100);
+    let gone = world.connect(0, 101);
+    let first = masked_frame(0x01, &[b' '; 1000]);
+    world.shards[0].on_recv(stalled.key, &first, NOW);
+    world.shards[0].on_recv(gone.key, &first[..8], NOW);
+    assert_eq!(world.shards[0].ws_partial_bytes, 2000);
+
+    // Pings inside the message keep the connection alive but not the message.
+    world.shards[0].on_recv(stalled.key, &masked_frame(0x89, b"p"), at(timeout_ms - 1));
+    world.shards[0].on_timer(at(timeout_ms - 1));
+    assert!(!world.shards[0].conn(stalled.key).closing);
+    world.shards[0].on_peer_closed(gone.key);
+    assert_eq!(world.shards[0].ws_partial_bytes, 1000);
+    world.shards[0].on_timer(at(timeout_ms));
+    assert!(world.shards[0].conn(stalled.key).closing);
+    assert_eq!(world.shards[0].ws_partial_bytes, 0);
+    let out = world.output(&stalled);
+    assert!(
+        out.ends_with(&crate::ws::frame::encode_close(
+            1008,
+            "Message not completed in time"
+        )),
+        "{out:?}"
+    );
+
+    // A message that finishes in time holds nothing afterwards, and the next one gets its own
+    // deadline.
+    let mut fine = world.connect(0, 102);
+    let later = at(timeout_ms);
+    world.shards[0].on_recv(
+        fine.key,
+        &masked_frame(0x01, br#"{"event":"pusher:"#),
+        later,
+    );
+    world.shards[0].on_recv(
+        fine.key,
+        &masked_frame(0x80, br#"ping"}"#),
+        at(2 * timeout_ms - 1),
+    );
+    assert!(
+        world
+            .frames(&mut fine)
+            .iter()
+            .any(|f| f.contains("pusher:pong"))
+    );
+    assert_eq!(world.shards[0].ws_partial_bytes, 0);
+    world.shards[0].on_recv(fine.key, &first[..8], at(2 * timeout_ms - 1));
+    world.shards[0].on_timer(at(2 * timeout_ms));
+    assert!(!world.shards[0].conn(fine.key).closing, "a new deadline");
 }

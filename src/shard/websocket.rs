@@ -12,8 +12,8 @@ use crate::limits;
 use std::sync::Arc;
 
 use super::apps::ConnectRefusal;
-use crate::mesh::ChannelKey;
 use crate::mesh::message::{Member, PublishCommand};
+use crate::mesh::{ChannelKey, ShardMessage};
 use crate::metrics::{self, CoreMetrics};
 use crate::protocol::channel::{self, ChannelKind, ChannelNameError};
 use crate::protocol::close_code::{self, CloseCode};
@@ -32,18 +32,19 @@ impl Shard {
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_slice()))
             .collect();
-        let response = match handshake::accept(&request.method_text, &headers) {
-            Ok(response) => response,
-            Err(error) => {
-                let extra: &[(&str, &str)] = if error.status == 426 {
-                    &[("Sec-WebSocket-Version", "13")]
-                } else {
-                    &[]
-                };
-                self.respond_error(key, error.status, error.message, false, extra);
-                return;
-            }
-        };
+        let response =
+            match handshake::accept(&request.method_text, request.version_minor, &headers) {
+                Ok(response) => response,
+                Err(error) => {
+                    let extra: &[(&str, &str)] = if error.status == 426 {
+                        &[("Sec-WebSocket-Version", "13")]
+                    } else {
+                        &[]
+                    };
+                    self.respond_error(key, error.status, error.message, false, extra);
+                    return;
+                }
+            };
         self.queue_always(key, Bytes::from(response));
         if self.conns[key as usize].dead {
             return;
@@ -57,6 +58,7 @@ impl Shard {
             decoder: Decoder::new(self.config.server.ws_message_bytes_max),
             subscriptions: Vec::new(),
             last_seen_ms: now.mono_ms,
+            partial_since: None,
             ping_sent_ms: None,
             counted: false,
             user_id: None,
@@ -165,9 +167,22 @@ impl Shard {
         let now = self.now;
         let mut messages = Vec::new();
         let ws = self.conns[key as usize].ws_mut().expect("WebSocket phase");
+        let held_before = ws.decoder.buffered_bytes();
         let result = ws.decoder.feed(data, &mut messages);
+        let held_after = ws.decoder.buffered_bytes();
         ws.last_seen_ms = now.mono_ms;
         ws.ping_sent_ms = None;
+        // A unit the decoder had not started before this input started now.
+        ws.partial_since = match (ws.decoder.partial(), ws.partial_since) {
+            (None, _) => None,
+            (Some(unit), Some((seen, since))) if unit == seen => Some((seen, since)),
+            (Some(unit), _) => Some((unit, now.mono_ms)),
+        };
+        // Accounted before any message is handled: a close on the way releases what the
+        // decoder then holds (`release_connection_state`).
+        self.ws_partial_bytes = self.ws_partial_bytes + held_after - held_before;
+        let over_budget = held_after > held_before
+            && self.ws_partial_bytes > self.config.server.ws_partial_bytes_per_core_max;
         for message in messages {
             if self.conns[key as usize].closing {
                 return;
@@ -180,6 +195,10 @@ impl Shard {
                 message: error.reason,
             };
             self.close_ws(key, close, false);
+        } else if over_budget {
+            // The connection whose message grew past the core's budget goes, not the others
+            // that were within it before (counted with the other closes, by code).
+            self.close_ws(key, close_code::PARTIAL_BUDGET_CLOSE, false);
         }
     }
 
@@ -289,27 +308,42 @@ impl Shard {
             .iter_mut()
             .find(|s| &*s.channel.name == name)
         {
+            // Idempotent (spec §2.2 step 4): no double count and no `member_added`, but the
+            // client gets its confirmation again, in the same form as the first one (soketi).
+            existing.announce = true;
             match existing.state {
-                // Idempotent: no double count, but confirm again (soketi).
-                SubState::Active => {
-                    existing.announce = true;
-                    self.send_text(key, &outbound::subscription_succeeded(name));
+                // A presence confirmation carries the member list (pusher-js reads
+                // `presence.hash` from it), which only the channel's owner knows.
+                SubState::Active if kind == ChannelKind::Presence => {
+                    let channel = existing.channel.clone();
+                    let conn = self.conn_ref(key);
+                    self.route_to_owner(
+                        &channel.clone(),
+                        ShardMessage::Resubscribe { channel, conn },
+                    );
                 }
-                SubState::Pending => existing.announce = true,
-                SubState::PendingCancelled => {
-                    existing.state = SubState::Pending;
-                    existing.announce = true;
-                }
+                SubState::Active => self.send_text(key, &outbound::subscription_succeeded(name)),
+                // The owner's answer to the first subscribe confirms both, once.
+                SubState::Pending => {}
+                SubState::PendingCancelled => existing.state = SubState::Pending,
             }
             return;
         }
         if ws.subscriptions.len() >= limits::SUBSCRIPTIONS_PER_CONNECTION_MAX {
+            // Hosted Pusher has no such limit, so there is no frame of its to copy: this is the
+            // spec's soketi form (§2.5) with the type and status of the other client-caused
+            // channel limit there (a name too long: `LimitReached`, 4009), and a message that
+            // names the bound. The connection stays open and its other channels stay joined.
+            let message = format!(
+                "Too many channels on one connection (at most {})",
+                limits::SUBSCRIPTIONS_PER_CONNECTION_MAX
+            );
             self.send_text(
                 key,
                 &outbound::subscription_error(
                     name,
                     "LimitReached",
-                    "Too many channels on one connection",
+                    &message,
                     close_code::UNAUTHORIZED,
                 ),
             );

@@ -134,6 +134,11 @@ pub struct Decoder {
     frame: u8,
     /// `NO_MESSAGE`, or `OP_TEXT`/`OP_BINARY` for the data message in progress.
     message_op: u8,
+    /// Units started so far (a frame begun outside a data message, with the fragments and
+    /// control frames inside that message counting as part of it), wrapping; names the
+    /// unfinished one in [`Decoder::partial`]. Sixteen bits fit in the struct's padding, and a
+    /// wrap back to the same number would need 65536 units started within one `feed`.
+    units: u16,
 }
 
 impl fmt::Debug for Decoder {
@@ -146,6 +151,7 @@ impl fmt::Debug for Decoder {
             .field("remaining", &self.remaining)
             .field("frame", &self.frame)
             .field("message_op", &self.message_op)
+            .field("units", &self.units)
             .finish()
     }
 }
@@ -170,6 +176,7 @@ impl Decoder {
             mask: [0; 4],
             frame: AT_HEADER,
             message_op: NO_MESSAGE,
+            units: 0,
         }
     }
 
@@ -193,9 +200,28 @@ impl Decoder {
 
     /// Heap bytes currently held for a partial frame and a partial fragmented message. This is
     /// the allocated capacity, which is what memory accounting needs; it is zero whenever no
-    /// partial data is pending.
+    /// partial data is pending. The first frame of a message reserves its announced length
+    /// when its header is read, so from then on it counts whole, however its bytes trickle in.
     pub fn buffered_bytes(&self) -> usize {
         self.message.capacity() + self.pending.capacity()
+    }
+
+    /// The number of the unit (a frame, or a fragmented message with the control frames sent
+    /// inside it) that has begun but not finished, or `None` between units. The number changes
+    /// when a new unit begins, so a caller that remembers when it first saw a number knows how
+    /// long that unit has been unfinished (the decoder itself never reads a clock).
+    pub fn partial(&self) -> Option<u16> {
+        let idle =
+            self.frame == AT_HEADER && self.pending.is_empty() && self.message_op == NO_MESSAGE;
+        (!idle && self.frame != POISONED).then_some(self.units)
+    }
+
+    /// Drops whatever partial data is held (the connection is closing and will not be fed
+    /// again); like an error, it leaves the decoder refusing any further input.
+    pub fn discard(&mut self) {
+        self.message = Vec::new();
+        self.pending = Vec::new();
+        self.frame = POISONED;
     }
 
     fn feed_inner(&mut self, mut input: &[u8], out: &mut Vec<Message>) -> Result<(), DecodeError> {
@@ -226,6 +252,10 @@ impl Decoder {
     /// Parses the next header from `pending` plus `input`. Returns how many bytes of `input` the
     /// header used, or `None` when the header is still incomplete (its bytes are then kept).
     fn read_header(&mut self, input: &[u8]) -> Result<Option<usize>, DecodeError> {
+        if self.pending.is_empty() && self.message_op == NO_MESSAGE {
+            // The first byte of a new unit (a frame inside a data message belongs to it).
+            self.units = self.units.wrapping_add(1);
+        }
         if self.pending.is_empty() {
             // Fast path: the header starts in this input, so it is parsed in place.
             return match self.parse_header(input)? {
@@ -356,6 +386,13 @@ impl Decoder {
         self.frame = header.opcode | if header.fin { FIN_BIT } else { 0 };
         if header.opcode == OP_TEXT || header.opcode == OP_BINARY {
             self.message_op = header.opcode;
+            // The header already passed the size limit, so the length fits. Reserving it now
+            // makes the buffer exactly one allocation of the announced size, whatever the read
+            // boundaries, and lets the caller account for it from the header on. Continuation
+            // frames grow the buffer as their bytes come (amortized), since many tiny fragments
+            // must not each cost a reallocation.
+            let len = usize::try_from(header.len).expect("checked against the size limit");
+            self.message.reserve_exact(len);
         }
     }
 
@@ -666,6 +703,49 @@ mod tests {
         };
         assert_eq!(frame.len(), at + len, "exactly one frame");
         (frame[0], frame[at..].to_vec())
+    }
+
+    #[test]
+    fn partial_names_the_unfinished_unit() {
+        let mut decoder = Decoder::new(LIMIT);
+        let mut out = Vec::new();
+        assert_eq!(decoder.partial(), None);
+
+        // A fragmented message with a ping inside is one unit until its last fragment.
+        decoder
+            .feed(&client_frame(OP_TEXT, b"{\"a\":"), &mut out)
+            .expect("valid");
+        let unit = decoder.partial().expect("a message in progress");
+        decoder
+            .feed(&client_frame(fin(OP_PING), b"p"), &mut out)
+            .expect("valid");
+        let half = client_frame(OP_CONTINUATION, b"1");
+        decoder.feed(&half[..3], &mut out).expect("valid");
+        assert_eq!(decoder.partial(), Some(unit));
+        decoder.feed(&half[3..], &mut out).expect("valid");
+        assert_eq!(decoder.partial(), Some(unit));
+        decoder
+            .feed(&client_frame(fin(OP_CONTINUATION), b"}"), &mut out)
+            .expect("valid");
+        assert_eq!(decoder.partial(), None);
+
+        // The next unit gets another number, also when it starts in the same input that
+        // finished the previous one.
+        let mut input = client_frame(fin(OP_TEXT), b"{}");
+        input.extend_from_slice(&client_frame(fin(OP_TEXT), b"{}")[..3]);
+        decoder.feed(&input, &mut out).expect("valid");
+        let next = decoder.partial().expect("a frame in progress");
+        assert_ne!(next, unit);
+
+        // The first frame of a message is held at its announced size from its header on.
+        let mut decoder = Decoder::new(LIMIT);
+        decoder
+            .feed(&client_frame(OP_BINARY, &[7; 900])[..8], &mut out)
+            .expect("valid");
+        assert_eq!(decoder.buffered_bytes(), 900);
+        decoder.discard();
+        assert_eq!((decoder.buffered_bytes(), decoder.partial()), (0, None));
+        assert!(decoder.feed(b"x", &mut out).is_err(), "discarded for good");
     }
 
     #[test]

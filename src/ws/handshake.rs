@@ -13,6 +13,8 @@ use tungstenite::handshake::derive_accept_key;
 const VERSION: &[u8] = b"13";
 /// Length of the base64 of 16 bytes: 22 data characters and `==`.
 const KEY_LEN: usize = 24;
+/// The minor version of HTTP/1.1, the oldest HTTP that can carry an upgrade.
+const HTTP_1_1_MINOR: u8 = 1;
 
 /// Why an upgrade request was refused, as the HTTP status to answer with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +84,8 @@ pub fn is_upgrade(headers: &[(&str, &[u8])]) -> bool {
     values(headers, "upgrade").any(|value| has_token(value, b"websocket"))
 }
 
-/// Validates a WebSocket upgrade request (method must be GET, `Connection` must contain the
+/// Validates a WebSocket upgrade request (method must be GET, the request HTTP/1.1 or later,
+/// `Connection` must contain the
 /// token `upgrade` among comma-separated tokens, case-insensitive; `Upgrade: websocket`;
 /// `Sec-WebSocket-Version: 13`; `Sec-WebSocket-Key` present and the base64 of exactly 16
 /// bytes). Header names in `headers` are matched case-insensitively, and a header that occurs
@@ -91,12 +94,24 @@ pub fn is_upgrade(headers: &[(&str, &[u8])]) -> bool {
 /// Returns the complete `HTTP/1.1 101 Switching Protocols` response bytes (with
 /// `Upgrade: websocket`, `Connection: Upgrade` and `Sec-WebSocket-Accept`). A missing or
 /// repeated `Sec-WebSocket-Version` is malformed (400); a single one with another value is a
-/// version the server does not speak (426).
-pub fn accept(method: &str, headers: &[(&str, &[u8])]) -> Result<Vec<u8>, HandshakeError> {
+/// version the server does not speak (426). `version_minor` is the request's HTTP/1.x minor
+/// version (the HTTP parser accepts nothing but HTTP/1.0 and HTTP/1.1).
+pub fn accept(
+    method: &str,
+    version_minor: u8,
+    headers: &[(&str, &[u8])],
+) -> Result<Vec<u8>, HandshakeError> {
     // HTTP methods are case-sensitive (RFC 9110 §9.1), so `get` is not GET.
     if method != "GET" {
         return Err(HandshakeError::bad_request(
             "a WebSocket upgrade must use the GET method",
+        ));
+    }
+    // RFC 6455 §4.1 and §4.2.1: the opening handshake is an HTTP/1.1 (or later) request.
+    // HTTP/1.0 has no Upgrade mechanism, so a 101 would answer a request that cannot ask for it.
+    if version_minor < HTTP_1_1_MINOR {
+        return Err(HandshakeError::bad_request(
+            "a WebSocket upgrade requires HTTP/1.1 or later",
         ));
     }
     if !is_upgrade(headers) {
@@ -267,7 +282,7 @@ mod tests {
 
     #[test]
     fn rfc_example_key() {
-        let response = accept("GET", &request()).expect("valid upgrade");
+        let response = accept("GET", 1, &request()).expect("valid upgrade");
         let text = String::from_utf8(response.clone()).expect("ASCII response");
         assert_eq!(
             text,
@@ -292,7 +307,7 @@ mod tests {
             ("sec-websocket-key", b"  dGhlIHNhbXBsZSBub25jZQ==\t"),
             ("SEC-WEBSOCKET-VERSION", b" 13 "),
         ];
-        let response = accept("GET", &headers).expect("valid upgrade");
+        let response = accept("GET", 1, &headers).expect("valid upgrade");
         let (_, parsed, _) = parse_response(&response);
         assert_eq!(header(&parsed, "sec-websocket-accept"), Some(RFC_ACCEPT));
     }
@@ -301,12 +316,12 @@ mod tests {
     fn connection_token_may_be_in_any_occurrence() {
         let mut headers = with(request(), "Connection", Some(b"keep-alive"));
         assert_eq!(
-            accept("GET", &headers).map_err(|e| e.status),
+            accept("GET", 1, &headers).map_err(|e| e.status),
             Err(400),
             "keep-alive alone is not an upgrade"
         );
         headers.push(("Connection", b"Upgrade"));
-        assert!(accept("GET", &headers).is_ok());
+        assert!(accept("GET", 1, &headers).is_ok());
     }
 
     #[test]
@@ -314,7 +329,7 @@ mod tests {
         let mut headers = request();
         headers.push(("Sec-WebSocket-Protocol", b"chat, superchat"));
         headers.push(("Sec-WebSocket-Extensions", b"permessage-deflate"));
-        let response = accept("GET", &headers).expect("valid upgrade");
+        let response = accept("GET", 1, &headers).expect("valid upgrade");
         let (_, parsed, _) = parse_response(&response);
         assert_eq!(parsed.len(), 3);
         assert_eq!(header(&parsed, "sec-websocket-protocol"), None);
@@ -332,10 +347,20 @@ mod tests {
     }
 
     #[test]
+    fn rejects_http_1_0() {
+        assert_eq!(
+            accept("GET", 0, &request()),
+            Err(HandshakeError::bad_request(
+                "a WebSocket upgrade requires HTTP/1.1 or later"
+            ))
+        );
+    }
+
+    #[test]
     fn rejects_wrong_method() {
         for method in ["POST", "get", "HEAD"] {
             assert_eq!(
-                accept(method, &request()),
+                accept(method, 1, &request()),
                 Err(HandshakeError::bad_request(
                     "a WebSocket upgrade must use the GET method"
                 ))
@@ -353,7 +378,7 @@ mod tests {
             ("Connection", Some(b"upgrades")),
         ];
         for (name, value) in cases {
-            let err = accept("GET", &with(request(), name, value)).expect_err("refused");
+            let err = accept("GET", 1, &with(request(), name, value)).expect_err("refused");
             assert_eq!(err.status, 400, "{name}: {value:?}");
         }
     }
@@ -362,7 +387,7 @@ mod tests {
     fn wrong_version_is_426_with_supported_version() {
         for version in [&b"8"[..], b"14", b"13, 8", b""] {
             let headers = with(request(), "Sec-WebSocket-Version", Some(version));
-            let err = accept("GET", &headers).expect_err("refused");
+            let err = accept("GET", 1, &headers).expect_err("refused");
             assert_eq!(err.status, 426, "version {version:?}");
             let response = err.response();
             let (status, parsed, head_len) = parse_response(&response);
@@ -375,7 +400,7 @@ mod tests {
 
     #[test]
     fn missing_or_repeated_version_is_400() {
-        let err = accept("GET", &with(request(), "Sec-WebSocket-Version", None));
+        let err = accept("GET", 1, &with(request(), "Sec-WebSocket-Version", None));
         assert_eq!(
             err,
             Err(HandshakeError::bad_request(
@@ -384,7 +409,7 @@ mod tests {
         );
         let mut headers = request();
         headers.push(("sec-websocket-version", b"13"));
-        assert_eq!(accept("GET", &headers).map_err(|e| e.status), Err(400));
+        assert_eq!(accept("GET", 1, &headers).map_err(|e| e.status), Err(400));
     }
 
     #[test]
@@ -401,7 +426,7 @@ mod tests {
             b"dGhlIHNhbXBsZSBub25jZQ==dGhl",
         ];
         for key in bad {
-            let err = accept("GET", &request_with(key)).expect_err("refused");
+            let err = accept("GET", 1, &request_with(key)).expect_err("refused");
             assert_eq!(
                 err,
                 HandshakeError::bad_request("Sec-WebSocket-Key must be the base64 of 16 bytes"),
@@ -409,7 +434,7 @@ mod tests {
                 String::from_utf8_lossy(key)
             );
         }
-        let missing = accept("GET", &with(request(), "Sec-WebSocket-Key", None));
+        let missing = accept("GET", 1, &with(request(), "Sec-WebSocket-Key", None));
         assert_eq!(
             missing,
             Err(HandshakeError::bad_request(
@@ -419,7 +444,7 @@ mod tests {
         let mut repeated = request();
         repeated.push(("Sec-WebSocket-Key", RFC_KEY));
         assert_eq!(
-            accept("GET", &repeated),
+            accept("GET", 1, &repeated),
             Err(HandshakeError::bad_request(
                 "repeated Sec-WebSocket-Key header"
             ))
@@ -437,7 +462,7 @@ mod tests {
                 ("Sec-WebSocket-Key", key.as_bytes()),
                 ("Sec-WebSocket-Version", b"13"),
             ];
-            let response = accept("GET", &headers).expect("valid upgrade");
+            let response = accept("GET", 1, &headers).expect("valid upgrade");
             let (_, parsed, _) = parse_response(&response);
             let expected = derive_accept_key(key.as_bytes());
             assert_eq!(

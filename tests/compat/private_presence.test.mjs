@@ -253,3 +253,70 @@ test("REST: GET /channels/NAME/users lists members once; trigger with info retur
     assert.deepEqual(delivered, channels.map(() => [{ n: 1 }]));
   });
 });
+
+test("presence: a repeated pusher:subscribe is confirmed with the member list, counted once", async () => {
+  // pusher-js 8 does not repeat a subscribe by itself on one connection: `subscribe()` on a
+  // subscribed or pending channel sends nothing, and `unsubscribe()` then `subscribe()` sends
+  // pusher:unsubscribe in between (checked first). Other clients do repeat it, and so can an app
+  // through pusher-js's public `send_event`; pusher-js then handles the second confirmation like
+  // the first (Members.onSubscription reads `data.presence.hash`, and threw on `"data":"{}"`).
+  const server = rest();
+  await withClients(async (open) => {
+    const name = channelName("presence-again");
+    const ada = open(undefined, authorizing(server, { presence: { user_id: "ada", user_info: { name: "Ada" } } }));
+    const bob = open(undefined, authorizing(server, { presence: { user_id: "bob", user_info: { name: "Bob" } } }));
+    await Promise.all([connected(ada), connected(bob)]);
+    const sent = [];
+    const send = ada.send_event.bind(ada);
+    ada.send_event = (event, data, channel) => {
+      if (event.startsWith("pusher:") && data?.channel === name) sent.push(event);
+      return send(event, data, channel);
+    };
+
+    const bobChannel = await subscribed(bob, name);
+    // What bob hears about members, before pusher-js de-duplicates anything.
+    const bobMembers = recordMessages(bob, (m) => m.channel === name && m.event.startsWith("pusher_internal:member_"));
+    const memberEvents = () => bobMembers.map((m) => `${m.event.slice("pusher_internal:".length)} ${m.data.user_id}`);
+    let adaChannel = await subscribed(ada, name);
+    assert.equal(adaChannel.members.count, 2);
+    ada.subscribe(name);
+    ada.unsubscribe(name);
+    adaChannel = await subscribed(ada, name);
+    assert.deepEqual(sent, ["pusher:subscribe", "pusher:unsubscribe", "pusher:subscribe"]);
+    assert.equal(adaChannel.members.count, 2);
+
+    const confirmations = record(adaChannel, "pusher:subscription_succeeded");
+    const { auth, channel_data } = server.authorizeChannel(ada.connection.socket_id, name, {
+      user_id: "ada",
+      user_info: { name: "Ada" },
+    });
+    ada.send_event("pusher:subscribe", { auth, channel_data, channel: name });
+    await waitUntil(() => confirmations.length >= 1, WAIT_MS, "the second subscription_succeeded");
+    assert.equal(adaChannel.members.count, 2);
+    assert.deepEqual(adaChannel.members.me, { id: "ada", info: { name: "Ada" } });
+    assert.deepEqual(adaChannel.members.get("bob"), { id: "bob", info: { name: "Bob" } });
+
+    // Counted once: no member_added at bob for the repeat (a REST event sent afterwards
+    // arrives behind anything the repeat caused), and REST sees two connections of two users.
+    const marker = nextEvent(bobChannel, "marker");
+    await server.trigger(name, "marker", { n: 1 });
+    await marker;
+    assert.deepEqual(
+      memberEvents(),
+      ["member_added ada", "member_removed ada", "member_added ada"],
+      "the join, the unsubscribe and the new subscribe, and nothing for the repeat",
+    );
+    assert.equal(bobChannel.members.count, 2);
+    const info = await okJson(
+      server.get({ path: `/channels/${name}`, params: { info: "user_count,subscription_count" } }),
+      "GET channel",
+    );
+    assert.deepEqual(info, { occupied: true, user_count: 2, subscription_count: 2 });
+
+    // One unsubscribe leaves: bob sees ada go.
+    const removed = nextEvent(bobChannel, "pusher:member_removed");
+    ada.unsubscribe(name);
+    assert.deepEqual(await removed, { id: "ada", info: { name: "Ada" } });
+    assert.equal(bobChannel.members.count, 1);
+  });
+});

@@ -565,6 +565,101 @@ fn presence_membership_is_per_user_across_cores() {
     assert_next_is_marker(&server, room, &mut [&mut a]);
 }
 
+/// A repeated `pusher:subscribe` to a presence channel (issue 11, item 2): the confirmation
+/// carries the member list, as the first one did (pusher-js reads `presence.hash` from it and
+/// throws on `"{}"`), and the connection is counted once: no `member_added` for the repeat, and
+/// one unsubscribe is enough to leave.
+#[test]
+fn presence_repeated_subscribe_answers_with_the_member_list() {
+    let server = Server::start();
+    let room = "presence-again";
+    let mut clients = spread(&server, 3).into_iter();
+    let (mut a, mut b, mut c) = (
+        clients.next().unwrap(),
+        clients.next().unwrap(),
+        clients.next().unwrap(),
+    );
+    let a_data = r#"{"user_id":"1","user_info":{"name":"A"}}"#;
+    join_presence(&mut a, room, a_data);
+    join_presence(&mut b, room, r#"{"user_id":"2","user_info":{"name":"B"}}"#);
+    assert_eq!(
+        a.recv_text(),
+        member_added_text(room, "2", r#"{"name":"B"}"#)
+    );
+
+    // The repeat of an Active subscription: the same presence data as a first subscribe.
+    let presence = join_presence(&mut a, room, a_data);
+    assert_eq!(sorted_ids(&presence), ["1", "2"], "{presence}");
+    assert_eq!(
+        presence["hash"],
+        json!({"1":{"name":"A"},"2":{"name":"B"}}),
+        "{presence}"
+    );
+    assert_eq!(presence["count"], 2, "{presence}");
+    // Nothing else: one confirmation for `a`, no member_added for `b`.
+    assert_next_is_marker(&server, room, &mut [&mut a, &mut b]);
+    let described = get_json(
+        &server,
+        &format!("/channels/{room}"),
+        &[("info", "user_count,subscription_count")],
+    );
+    assert_eq!(
+        described,
+        json!({"occupied":true,"user_count":2,"subscription_count":2}),
+        "the repeat counted the connection again"
+    );
+
+    // A repeat sent right behind the first subscribe (whose owner may not have answered yet):
+    // every confirmation `c` gets carries the member list, and `c` is still counted once.
+    let c_data = r#"{"user_id":"3"}"#;
+    let auth = presence_auth(&c.socket_id, room, c_data);
+    let subscribe = json!({"event":"pusher:subscribe","data":{
+        "auth":auth,"channel":room,"channel_data":c_data}});
+    for _ in 0..2 {
+        c.ws.write(Message::text(subscribe.to_string())).unwrap();
+    }
+    c.ws.flush().unwrap();
+    let presence = presence_of(&c.recv_event(), room);
+    assert_eq!(sorted_ids(&presence), ["1", "2", "3"], "{presence}");
+    assert_eq!(a.recv_text(), member_added_text(room, "3", "null"));
+    assert_eq!(b.recv_text(), member_added_text(room, "3", "null"));
+    let marker = format!("marker-{}", NEXT_MARKER.fetch_add(1, Ordering::Relaxed));
+    server.trigger(&json!({"name":"marker","channel":room,"data":marker}));
+    let marker_text = event_text("marker", room, &marker);
+    loop {
+        let text = c.recv_text();
+        if text == marker_text {
+            break;
+        }
+        // At most the second confirmation (when the first subscribe was already Active).
+        let presence = presence_of(&serde_json::from_str(&text).unwrap(), room);
+        assert_eq!(sorted_ids(&presence), ["1", "2", "3"], "{presence}");
+        assert_eq!(presence["count"], 3, "{presence}");
+    }
+    for client in [&mut a, &mut b] {
+        assert_eq!(
+            client.recv_text(),
+            marker_text,
+            "only one member_added for 3"
+        );
+    }
+
+    // One unsubscribe leaves: the others hear member_removed once.
+    a.send(&json!({"event":"pusher:unsubscribe","data":{"channel":room}}));
+    assert_eq!(b.recv_text(), member_removed_text(room, "1"));
+    assert_eq!(c.recv_text(), member_removed_text(room, "1"));
+    assert_next_is_marker(&server, room, &mut [&mut b, &mut c]);
+    let described = get_json(
+        &server,
+        &format!("/channels/{room}"),
+        &[("info", "user_count,subscription_count")],
+    );
+    assert_eq!(
+        described,
+        json!({"occupied":true,"user_count":2,"subscription_count":2})
+    );
+}
+
 #[test]
 fn presence_integer_user_id_becomes_a_string() {
     let server = Server::start();

@@ -1031,6 +1031,161 @@ fn sighup_reloads_apps_and_limits_and_rejects_an_invalid_file() {
     );
 }
 
+// SIGHUP that disables one app and removes another: their connected clients get pusher:error +
+// close 4003 (disabled) and 4001 (removed), spread over time at drain_rate_per_s like the
+// drain; a third app's client stays connected and keeps receiving; new connections to the two
+// apps are refused as before, and REST for them is 403 (disabled) and 404 (removed).
+#[test]
+fn sighup_closes_the_clients_of_disabled_and_removed_apps_paced() {
+    const PER_APP: usize = 8;
+    let head = format!(
+        "version = 1\n[server]\nbind = \"127.0.0.1:0\"\ncores = 2\npin_threads = false\n\
+         drain_rate_per_s = 20\n{METRICS_ON}"
+    );
+    let app = |id: &str, key: &str, extra: &str| {
+        format!("[[apps]]\nid = \"{id}\"\nkey = \"{key}\"\nsecret = \"secret-{id}\"\n{extra}\n")
+    };
+    let kept = app("888", "key-kept", "");
+    let (server, metrics) = Server::launch(
+        &format!(
+            "{head}{}{}{kept}",
+            app("111", "key-disabled", ""),
+            app("222", "key-removed", "")
+        ),
+        &[],
+        true,
+    );
+    let metrics = metrics.unwrap();
+    let connect = |key: &str| {
+        let mut client = Client::connect(
+            server.addr,
+            &format!("/app/{key}?protocol=7&client=js&version=8.4.0&flash=false"),
+        );
+        let established = client.recv_event();
+        assert_eq!(
+            established["event"], "pusher:connection_established",
+            "{established}"
+        );
+        client
+    };
+    let readers: Vec<_> = ["key-disabled", "key-removed"]
+        .into_iter()
+        .flat_map(|key| (0..PER_APP).map(move |n| (key, n)))
+        .map(|(key, n)| {
+            let mut client = connect(key);
+            client.subscribe("evicted");
+            std::thread::spawn(move || {
+                let mut error = None;
+                loop {
+                    match client.ws.read() {
+                        Ok(Message::Text(text)) => {
+                            let event: Value = serde_json::from_str(&text).unwrap();
+                            assert_eq!(event["event"], "pusher:error", "{key} {n}: {text}");
+                            error = Some(event["data"].clone());
+                        }
+                        Ok(Message::Close(frame)) => {
+                            let code = frame.map_or(1005, |f| u16::from(f.code));
+                            return (key, error, code, Instant::now());
+                        }
+                        Ok(_) => {}
+                        Err(error) => panic!("{key} {n}: no close, {error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut stays = connect("key-kept");
+    stays.subscribe("kept");
+    assert_eq!(
+        scraped(metrics, "ringcast_connected"),
+        (2 * PER_APP + 1) as f64
+    );
+
+    std::fs::write(
+        server.config_path(),
+        format!(
+            "{head}{}{kept}",
+            app("111", "key-disabled", "enabled = false")
+        ),
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    let closes: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    for (key, error, code, _) in &closes {
+        let (expected_code, message) = if *key == "key-disabled" {
+            (4003, "The app is not enabled.")
+        } else {
+            (4001, "The app no longer exists.")
+        };
+        assert_eq!(
+            error.as_ref(),
+            Some(&json!({"code":expected_code,"message":message})),
+            "{key}"
+        );
+        assert_eq!(*code, expected_code, "{key}");
+    }
+    // 16 closes at 20/s: each core closes at most two per 100 ms sweep (its jittered share is
+    // at most 1.5 per sweep), so they cannot all come at once. A slow machine only spreads
+    // them more.
+    let first = closes.iter().map(|c| c.3).min().unwrap();
+    let last = closes.iter().map(|c| c.3).max().unwrap();
+    assert!(
+        last - first >= Duration::from_millis(200),
+        "{} closes at 20/s took only {:?}",
+        closes.len(),
+        last - first
+    );
+
+    // Every evicted connection was released before its close was sent.
+    assert_eq!(scraped(metrics, "ringcast_connected"), 1.0);
+
+    // The kept app's client is untouched and still receives.
+    let path = "/apps/888/events";
+    let body = json!({"name":"e","channel":"kept","data":"still here"}).to_string();
+    let query = signed_query(
+        "POST",
+        path,
+        &[],
+        body.as_bytes(),
+        "key-kept",
+        "secret-888",
+        unix_now(),
+    );
+    let (status, text) = http(server.addr, "POST", &format!("{path}?{query}"), &body);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(stays.recv_event()["data"], "still here");
+    // Each core applies a reload at its next timer sweep, so the core an attempt lands on may
+    // not have it yet: poll (a connection admitted under the old table is dropped again).
+    for (key, code) in [("key-disabled", 4003), ("key-removed", 4001)] {
+        poll(
+            WAIT,
+            &format!("{key} refused after the reload"),
+            || match attempt(server.addr, key) {
+                Attempt::Refused(Some(error), close)
+                    if error == code && u64::from(close) == code =>
+                {
+                    Some(())
+                }
+                Attempt::Connected(_) => None,
+                other => panic!("{key} after the reload: {other:?}"),
+            },
+        );
+    }
+    for (id, key, status) in [("111", "key-disabled", 403), ("222", "key-removed", 404)] {
+        let path = format!("/apps/{id}/channels");
+        let secret = format!("secret-{id}");
+        poll(WAIT, &format!("REST {status} for app {id}"), || {
+            let query = signed_query("GET", &path, &[], b"", key, &secret, unix_now());
+            let (got, text) = http(server.addr, "GET", &format!("{path}?{query}"), "");
+            match got {
+                got if got == status => Some(()),
+                200 => None,
+                other => panic!("app {id}: {other} {text}"),
+            }
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Admission.
 

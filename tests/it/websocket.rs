@@ -351,6 +351,45 @@ fn socket_ids_are_distinct() {
     }
 }
 
+// An upgrade request sent as HTTP/1.0 is refused with 400 and a JSON error (RFC 6455 §4.1: the
+// opening handshake is HTTP/1.1 or later), and the connection is closed; the same request as
+// HTTP/1.1 is upgraded.
+#[test]
+fn http_1_0_upgrade_is_refused_with_400() {
+    let server = Server::start();
+    let upgrade = |version: &str| {
+        format!(
+            "GET /app/{APP_KEY}?protocol=7 {version}\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        )
+    };
+    // `raw` reads until the server closes the connection, so a 400 that kept it open would fail
+    // here by timing out.
+    let response = crate::support::raw(server.addr, upgrade("HTTP/1.0").as_bytes());
+    let text = String::from_utf8_lossy(&response).to_string();
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{text}"
+    );
+    let (status, body) = crate::support::parse_response(&response);
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        r#"{"error":"a WebSocket upgrade requires HTTP/1.1 or later","code":400}"#
+    );
+
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(upgrade("HTTP/1.1").as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. In-band refusals after the upgrade
 // ---------------------------------------------------------------------------------------------
@@ -1018,6 +1057,71 @@ fn oversized_message_closes_with_1009() {
     assert_server_healthy(&mut server);
 }
 
+// A message left unfinished is closed with 1008 after ws_message_timeout_ms, whether it is a
+// fragmented message missing its last fragment or a single frame missing payload bytes, and
+// even though the client keeps the connection busy with pings; other clients are unaffected.
+#[test]
+fn unfinished_message_closes_with_1008_after_the_timeout() {
+    let mut server = server_with(1, "ws_message_timeout_ms = 300", "");
+    let mut fragmented = RawWs::connect(server.addr);
+    fragmented.send(&client_frame(0x01, br#"{"event":"pusher:"#));
+    let mut partial_frame = RawWs::connect(server.addr);
+    let frame = client_frame(0x81, br#"{"event":"pusher:ping","data":{}}"#);
+    partial_frame.send(&frame[..10]);
+    // Pings between the fragments are answered (until the close, whenever it comes), and do
+    // not extend the message's time.
+    for _ in 0..3 {
+        fragmented.send(&client_frame(0x89, b"alive"));
+    }
+    let close = loop {
+        match fragmented.expect_frame() {
+            (0x8A, payload) => assert_eq!(payload, b"alive"),
+            (0x88, payload) => break u16::from_be_bytes([payload[0], payload[1]]),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    assert_eq!(close, 1008);
+    assert_eq!(partial_frame.expect_close(), 1008);
+    assert_server_healthy(&mut server);
+}
+
+// The bytes unfinished messages hold on one core are bounded by ws_partial_bytes_per_core_max:
+// the connection whose message would go over it is closed with 1009, and the connections whose
+// messages fit keep them and finish them.
+#[test]
+fn unfinished_messages_over_the_core_budget_close_with_1009() {
+    let mut server = server_with(
+        1,
+        "ws_message_bytes_max = 1024\nws_partial_bytes_per_core_max = 3500",
+        "",
+    );
+    // A pusher:ping of exactly 1000 bytes, sent as a first fragment that holds all of it and an
+    // empty last fragment (the first frame of a message is held at its announced size).
+    let prefix = r#"{"event":"pusher:ping","data":{"pad":""#;
+    let suffix = r#""}}"#;
+    let ping = format!(
+        "{prefix}{}{suffix}",
+        "x".repeat(1000 - prefix.len() - suffix.len())
+    );
+    assert_eq!(ping.len(), 1000);
+    let mut holders: Vec<RawWs> = (0..3).map(|_| RawWs::connect(server.addr)).collect();
+    for holder in &mut holders {
+        holder.send(&client_frame(0x01, ping.as_bytes()));
+        // The pong proves the server has read the fragment before it.
+        holder.send(&client_frame(0x89, b"held"));
+        assert_eq!(holder.expect_frame(), (0x8A, b"held".to_vec()));
+    }
+    // 3 x 1000 bytes are held; 1000 more would make 4000 > 3500.
+    let mut over = RawWs::connect(server.addr);
+    over.send(&client_frame(0x01, ping.as_bytes()));
+    assert_eq!(over.expect_close(), 1009);
+    for holder in &mut holders {
+        holder.send(&client_frame(0x80, b""));
+        assert_eq!(holder.expect_text(), PONG);
+    }
+    assert_server_healthy(&mut server);
+}
+
 // A text message that is not valid UTF-8 closes with 1007 (also when split across fragments).
 #[test]
 fn invalid_utf8_text_closes_with_1007() {
@@ -1193,6 +1297,54 @@ fn client_event_rejection_names_the_channel() {
 
 // One connection on many channels gets each channel's events with the right `channel` field,
 // from single-channel and multi-channel triggers.
+// The channels-per-connection cap (limits::SUBSCRIPTIONS_PER_CONNECTION_MAX, 1024): all 1024
+// are joined, the 1025th gets exactly one pusher:subscription_error frame and the connection
+// stays open with its channels; after an unsubscribe there is room for one more.
+#[test]
+fn subscription_over_the_per_connection_cap_is_limit_reached() {
+    const CAP: usize = 1024;
+    let server = Server::start();
+    let mut client = server.client();
+    let channel = |n: usize| format!("cap-{n}");
+    // Pipelined: every subscribe is in the server's list (pending or joined) before the next is
+    // read, so the refusal of the last one does not depend on when the owners answer.
+    for n in 0..=CAP {
+        let subscribe = json!({"event":"pusher:subscribe","data":{"auth":"","channel":channel(n)}});
+        client
+            .ws
+            .write(Message::text(subscribe.to_string()))
+            .unwrap();
+    }
+    client.ws.flush().unwrap();
+    let refused = format!(
+        r#"{{"event":"pusher:subscription_error","channel":"cap-{CAP}","data":{{"type":"LimitReached","error":"Too many channels on one connection (at most {CAP})","status":4009}}}}"#
+    );
+    let mut joined = HashSet::new();
+    let mut errors = Vec::new();
+    // The replies of channels owned by another core may come after the refusal.
+    for _ in 0..=CAP {
+        let text = client.recv_text();
+        if text.starts_with(r#"{"event":"pusher:subscription_error""#) {
+            errors.push(text);
+            continue;
+        }
+        let event: Value = serde_json::from_str(&text).unwrap();
+        let name = event["channel"].as_str().unwrap().to_string();
+        assert_eq!(text, succeeded_text(&name));
+        assert!(joined.insert(name), "duplicate {text}");
+    }
+    assert_eq!(errors, [refused]);
+    assert_eq!(joined.len(), CAP);
+    assert!(!joined.contains(&channel(CAP)));
+
+    // Still open and still subscribed; one unsubscribe makes room for one more.
+    trigger(&server, "ev", &channel(0), "d");
+    assert_eq!(client.recv_text(), event_text("ev", &channel(0), "d"));
+    client.send(&json!({"event":"pusher:unsubscribe","data":{"channel":channel(0)}}));
+    client.subscribe(&channel(CAP));
+    assert_ping_pong(&mut client);
+}
+
 #[test]
 fn many_subscriptions_route_per_channel() {
     let server = Server::start();
