@@ -7,6 +7,9 @@
 //!   opened here subscribe, join a presence channel and sign in, `sdk_check.py` makes REST calls
 //!   with the SDK, and then this test checks what those clients received.
 //!
+//! It also runs the test suite of the history-resume plugin for pusher-js (`clients/js/`, its own
+//! `npm test`: real pusher-js against a fake server in node, no broker).
+//!
 //! Node and npm, and python3 with the pinned SDK, are required: without them the tests fail, they
 //! never skip.
 
@@ -41,6 +44,16 @@ const NODE_RUN_LIMIT: Duration = Duration::from_secs(120);
 const NPM_CI_LIMIT: Duration = Duration::from_secs(300);
 /// One node test; a stuck test fails on its own before the whole run is killed.
 const NODE_TEST_TIMEOUT_MS: u32 = 60_000;
+
+/// The plugin's whole `npm test`; it takes about 5 s (its tests run concurrently and each one
+/// bounds its own waits).
+const PLUGIN_RUN_LIMIT: Duration = Duration::from_secs(120);
+
+fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join("js")
+}
 
 fn compat_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -131,7 +144,10 @@ fn install_packages(dir: &Path) {
     );
     let mut npm = Command::new("npm");
     npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(dir);
-    let (status, output) = run_bounded(npm, NPM_CI_LIMIT, "npm-ci", NEEDS_NODE);
+    // One log per directory: the suites install concurrently.
+    let dir_name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let (status, output) =
+        run_bounded(npm, NPM_CI_LIMIT, &format!("npm-ci-{dir_name}"), NEEDS_NODE);
     match status {
         Some(status) if status.success() => {}
         Some(status) => panic!(
@@ -246,6 +262,39 @@ fn pusher_js_and_pusher_rest_library_against_the_binary() {
             "the real-client suite did not finish within {NODE_RUN_LIMIT:?} and was killed; node's output is above; \
              ringcast stderr tail:\n{}",
             stderr_tail(&server)
+        ),
+    }
+}
+
+// ---- The resume plugin for pusher-js ----
+
+#[test]
+fn pusher_js_resume_plugin_suite() {
+    let node_version = tool_version("node", NEEDS_NODE);
+    let npm_version = tool_version("npm", NEEDS_NODE);
+    eprintln!("compat: node {node_version}, npm {npm_version}");
+
+    let dir = plugin_dir();
+    install_packages(&dir);
+
+    let mut npm = Command::new("npm");
+    npm.args(["test"]).current_dir(&dir).env("NO_COLOR", "1");
+    let started = Instant::now();
+    let (status, output) = run_bounded(npm, PLUGIN_RUN_LIMIT, "plugin-npm-test", NEEDS_NODE);
+    let elapsed = started.elapsed();
+    println!(
+        "---- npm test in clients/js ({elapsed:.1?}) ----\n{output}\n---- end of npm test output ----"
+    );
+    match status {
+        Some(status) if status.success() => {}
+        Some(status) => panic!(
+            "the pusher-js resume plugin's tests (`npm test` in {}) failed ({status}); their output is above",
+            dir.display()
+        ),
+        None => panic!(
+            "the pusher-js resume plugin's tests (`npm test` in {}) did not finish within {PLUGIN_RUN_LIMIT:?} \
+             and were killed; their output is above",
+            dir.display()
         ),
     }
 }
