@@ -11,7 +11,8 @@ use std::path::Path;
 use crate::limits;
 
 pub use file::{
-    AppConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig, WebhookConfig, WebhooksConfig,
+    AppConfig, FsyncPolicy, LogConfig, LogFormat, MetricsConfig, ServerConfig, StorageConfig,
+    WebhookConfig, WebhooksConfig,
 };
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
@@ -24,6 +25,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub webhooks: WebhooksConfig,
+    pub storage: StorageConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -181,6 +183,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         1024,
     )?;
     validate_webhooks(&raw.webhooks)?;
+    validate_storage(&raw.storage)?;
     if raw.apps.is_empty() {
         return Err(invalid("apps", "at least one [[apps]] entry is required"));
     }
@@ -274,8 +277,40 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         log: raw.log,
         metrics: raw.metrics,
         webhooks: raw.webhooks,
+        storage: raw.storage,
         apps: raw.apps,
     })
+}
+
+fn validate_storage(storage: &StorageConfig) -> Result<(), ConfigError> {
+    if storage.dir.bytes().any(|b| b == 0) {
+        return Err(invalid("storage.dir", "must not contain NUL bytes"));
+    }
+    check_range_u64(
+        "storage.fsync_interval_ms",
+        storage.fsync_interval_ms,
+        1,
+        limits::WAL_FSYNC_INTERVAL_MS_MAX,
+    )?;
+    check_range_u64(
+        "storage.segment_bytes",
+        storage.segment_bytes,
+        limits::WAL_SEGMENT_BYTES_MIN,
+        limits::WAL_SEGMENT_BYTES_MAX,
+    )?;
+    check_range_u64(
+        "storage.retain_bytes_max",
+        storage.retain_bytes_max,
+        storage.segment_bytes,
+        u64::MAX,
+    )?;
+    check_range_u64(
+        "storage.retain_secs",
+        storage.retain_secs,
+        0,
+        limits::WAL_RETAIN_SECS_MAX,
+    )?;
+    Ok(())
 }
 
 /// Longest `apps[].webhook_removal_delay_ms`.
@@ -463,6 +498,10 @@ fn key_line(key: &str, text: &str) -> Option<usize> {
 }
 
 fn check_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    check_range_u64(key, value as u64, min as u64, max as u64)
+}
+
+fn check_range_u64(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(invalid(key, format!("{value} is outside {min}..={max}")));
     }
@@ -495,6 +534,7 @@ impl Config {
             log: self.log.clone(),
             metrics: self.metrics.clone(),
             webhooks: self.webhooks.clone(),
+            storage: self.storage.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")
@@ -583,6 +623,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("webhooks.outbox_max"), "{error}");
+    }
+
+    #[test]
+    fn storage_config_is_validated() {
+        let app = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let storage = parse(app).unwrap().config.storage;
+        assert!(storage.dir.is_empty(), "no WAL unless asked for");
+        assert_eq!(storage.fsync, FsyncPolicy::Interval);
+        assert_eq!(storage.fsync_interval_ms, 10);
+        assert_eq!(storage.segment_bytes, 64 * 1024 * 1024);
+        let loaded = parse(&format!(
+            "{app}[storage]\ndir = \"/var/lib/ringcast\"\nfsync = \"always\"\nsegment_bytes = 1048576\n"
+        ))
+        .unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        assert_eq!(loaded.config.storage.fsync, FsyncPolicy::Always);
+        let error_for = |text: &str| {
+            parse(&format!("{app}[storage]\n{text}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let error = error_for("segment_bytes = 1024\n");
+        assert!(
+            error.contains("storage.segment_bytes") && error.contains("(line 7)"),
+            "{error}"
+        );
+        let error = error_for("fsync_interval_ms = 0\n");
+        assert!(error.contains("storage.fsync_interval_ms"), "{error}");
+        let error = error_for("retain_bytes_max = 65536\n");
+        assert!(error.contains("storage.retain_bytes_max"), "{error}");
+        let error = error_for("fsync = \"sometimes\"\n");
+        assert!(error.contains("sometimes"), "{error}");
+        let unknown = parse(&format!("{app}[storage]\nmirror = true\n"))
+            .unwrap()
+            .unknown_keys;
+        assert_eq!(unknown, ["storage.mirror"]);
     }
 
     #[test]
