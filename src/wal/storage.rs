@@ -24,6 +24,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The names of the files in `dir` (not subdirectories), in no particular order.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The names of the subdirectories of `dir`, in no particular order.
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Creates a new file (an existing one is an error) and reserves `preallocate` bytes for
     /// it, which read as zeros. The flag is false when the filesystem cannot reserve space
     /// (the file is then created without it).
@@ -101,6 +103,17 @@ impl Storage for FsStorage {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
                 names.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
@@ -265,6 +278,19 @@ impl Storage for MemStorage {
         Ok(state
             .names
             .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .filter_map(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.state();
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(state
+            .dirs
+            .iter()
             .filter(|path| path.parent() == Some(dir))
             .filter_map(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
             .collect())
@@ -556,6 +582,11 @@ impl Storage for FaultyStorage {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.faults().alive()?;
         self.inner.list(dir)
+    }
+
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.faults().alive()?;
+        self.inner.list_dirs(dir)
     }
 
     fn create(&self, path: &Path, preallocate: u64) -> io::Result<(Box<dyn StorageFile>, bool)> {
