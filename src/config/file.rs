@@ -32,8 +32,9 @@ pub enum FsyncPolicy {
     Never,
 }
 
-/// The write-ahead log (`[storage]`): durable owner state and webhook outbox.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// The write-ahead log (`[storage]`): durable owner state and webhook outbox. Changes with a
+/// restart only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct StorageConfig {
     /// Data directory; the WAL lives in `{dir}/wal/`. Empty: no WAL, state is in memory only.

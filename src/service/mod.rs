@@ -255,6 +255,10 @@ fn reload(
         next.server.bind = current.server.bind.clone();
         next.server.cores = current.server.cores;
     }
+    if next.storage != current.storage {
+        tracing::warn!("[storage] changes only with a restart; keeping the running values");
+        next.storage = current.storage.clone();
+    }
     let apps = match server.apps.reloaded(&next) {
         Ok(apps) => Arc::new(apps),
         Err(error) => {

@@ -936,7 +936,7 @@ impl WalWriter {
         if self.buffer.capacity() > limits::WAL_TICK_BYTES_MAX {
             self.buffer.shrink_to(limits::WAL_TICK_BYTES_MAX);
         }
-        assert!(self.written_lsn <= self.next_lsn - 1);
+        assert!(self.written_lsn < self.next_lsn);
         self.written_lsn = self.next_lsn - 1;
         Ok(())
     }

@@ -485,14 +485,12 @@ mod tests {
         let target = b_again.batch.target.clone();
         second.completed(&target, Outcome::Failed("500".into()), t1, unix1);
         let deadline = t1 + Duration::from_secs(280);
-        let mut now = t1;
-        loop {
-            let next = second.next_deadline(true).unwrap();
+        let now = loop {
+            let now = second.next_deadline(true).unwrap();
             assert!(
-                next <= deadline + Duration::from_millis(1),
+                now <= deadline + Duration::from_millis(1),
                 "retried past the deadline"
             );
-            now = next;
             let due: Vec<Job> = second
                 .due_jobs(now, 8)
                 .into_iter()
@@ -504,9 +502,9 @@ mod tests {
             assert_eq!(due[0].batch.id, b.batch.id);
             second.completed(&target, Outcome::Failed("500".into()), now, unix1);
             if now >= deadline {
-                break;
+                break now;
             }
-        }
+        };
         let jobs = second.due_jobs(now, 8);
         let b_next = jobs.iter().find(|job| job.batch.target == target).unwrap();
         assert_ne!(b_next.batch.id, b.batch.id, "given up at the old deadline");
