@@ -139,9 +139,8 @@ fn visited(bytes: &[u8], first: u64) -> (Vec<(u64, Record)>, segment::SegmentSca
     (seen, scan)
 }
 
+// 256 cases per property; PROPTEST_CASES=N runs more.
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
     #[test]
     fn records_round_trip(record in record(), epoch in any::<u64>(), lsn in 1..u64::MAX) {
         let mut bytes = vec![0xAA; 3];

@@ -14,8 +14,10 @@
 //! How a segment ends (`End`):
 //! * **clean**: the end of the bytes, or nothing but zero bytes after the last record;
 //! * **torn**: a record (or the header) that is incomplete or fails its checksum, and no valid
-//!   record with a higher LSN anywhere after it: a write that did not finish. Recovery
-//!   truncates it; nothing in it was ever reported written;
+//!   record with a higher LSN anywhere after it: a write that did not finish. Or such damage
+//!   followed by a page-aligned page of zeros before the next valid record: unsynced pages
+//!   written back out of order before a power loss (`Damage::LostWrite`; nothing from the
+//!   damage on was ever synced, since a sync writes every page). Recovery truncates it;
 //! * **corrupt**: anything else: a damaged record with valid records after it, a checksummed
 //!   record that does not parse, an LSN out of sequence, a header naming another stream. Never
 //!   truncated silently: recovery stops (or, salvaging, skips to the next valid record and
@@ -36,6 +38,9 @@ pub const HEADER_BYTES: usize = 64;
 pub const TEMPORARY_SUFFIX: &str = ".tmp";
 /// Suffix of segment files.
 pub const SUFFIX: &str = ".wal";
+/// The page size of lost writes: a page-aligned run of this many zero bytes inside damage is a
+/// page the kernel never wrote (bit rot does not zero a whole page).
+pub const PAGE_BYTES: usize = 4096;
 
 const NAME_FIELD_BYTES: usize = limits::WAL_STREAM_NAME_BYTES_MAX;
 const _: () = assert!(8 + 2 + 2 + NAME_FIELD_BYTES + 8 + 8 + 4 == HEADER_BYTES);
@@ -176,6 +181,15 @@ pub enum Damage {
         file: Box<str>,
         offset: u64,
     },
+    /// `damage`, then a whole page of zeros at `zero_page` that was never written, then valid
+    /// records from `valid_at`: unsynced pages the kernel wrote back out of order before a
+    /// power loss. A tear: nothing from `damage` on was ever synced (a sync would have written
+    /// the zero page too), so it is truncated like any unfinished write.
+    LostWrite {
+        damage: Box<Damage>,
+        zero_page: u64,
+        valid_at: u64,
+    },
 }
 
 impl fmt::Display for Damage {
@@ -206,6 +220,14 @@ impl fmt::Display for Damage {
             Damage::Followed { file, offset } => write!(
                 f,
                 "a damaged record with valid records after it (in {file} at byte {offset})"
+            ),
+            Damage::LostWrite {
+                damage,
+                zero_page,
+                valid_at,
+            } => write!(
+                f,
+                "{damage}, then a page never written (zeros at byte {zero_page}) and unsynced records from byte {valid_at}: writes lost with the power"
             ),
         }
     }
@@ -335,7 +357,22 @@ pub fn scan<'b>(
                 Damage::Header(HeaderError::Version(_) | HeaderError::BadName)
                     | Damage::Misnamed { .. }
             );
-            match find_record(bytes, 0, scan.next_lsn) {
+            let found = find_record(bytes, 0, scan.next_lsn);
+            if !whole
+                && let Some(valid_at) = found
+                && let Some(page) = lost_write(bytes, 0, valid_at)
+            {
+                scan.end = End::Torn {
+                    offset: 0,
+                    damage: Damage::LostWrite {
+                        damage: Box::new(damage),
+                        zero_page: page as u64,
+                        valid_at: valid_at as u64,
+                    },
+                };
+                return scan;
+            }
+            match found {
                 None if !whole => {
                     scan.end = End::Torn { offset: 0, damage };
                     return scan;
@@ -436,6 +473,20 @@ pub fn scan<'b>(
         let (damage, checksummed) = damage;
         // A checksummed record that cannot be used was written whole: it is never a tear.
         let found = find_record(bytes, at + 1, scan.next_lsn);
+        if checksummed.is_none()
+            && let Some(valid_at) = found
+            && let Some(page) = lost_write(bytes, at, valid_at)
+        {
+            scan.end = End::Torn {
+                offset: at as u64,
+                damage: Damage::LostWrite {
+                    damage: Box::new(damage),
+                    zero_page: page as u64,
+                    valid_at: valid_at as u64,
+                },
+            };
+            break;
+        }
         match (found, checksummed) {
             (None, None) => {
                 scan.end = End::Torn {
@@ -524,6 +575,27 @@ fn frame_unchecked(bytes: &[u8]) -> Header {
 
 fn record_lsn(bytes: &[u8], at: usize) -> u64 {
     frame_unchecked(&bytes[at..]).lsn
+}
+
+/// Where damage at `from`, followed by a valid record at `to`, shows a page the kernel never
+/// wrote back: a page-aligned `PAGE_BYTES` run of zeros within `[from, to)`, or zeros from
+/// `from` up to the next page boundary (the old version of a page whose synced part ends
+/// there). Bit rot does neither: a record never starts with a zero length, and one flipped bit
+/// cannot zero a record's length and checksum.
+fn lost_write(bytes: &[u8], from: usize, to: usize) -> Option<usize> {
+    let to = to.min(bytes.len());
+    let boundary = (from + 1).next_multiple_of(PAGE_BYTES);
+    if boundary <= to && all_zero(&bytes[from..boundary]) {
+        return Some(from);
+    }
+    let mut page = from.next_multiple_of(PAGE_BYTES);
+    while page + PAGE_BYTES <= to {
+        if all_zero(&bytes[page..page + PAGE_BYTES]) {
+            return Some(page);
+        }
+        page += PAGE_BYTES;
+    }
+    None
 }
 
 pub(crate) fn all_zero(bytes: &[u8]) -> bool {
@@ -726,6 +798,67 @@ mod tests {
             End::Torn {
                 offset: 0,
                 damage: Damage::Header(HeaderError::Short)
+            }
+        ));
+    }
+
+    // Out-of-order writeback before a power loss: a page in the middle never reached the disk
+    // (zeros, or its old version: data up to the last sync, then zeros) but later ones did. That is a lost write (torn: truncated), while the same
+    // records with one flipped bit are corruption.
+    #[test]
+    fn a_never_written_page_before_valid_records_is_a_lost_write() {
+        let big: Vec<String> = (0..8).map(|n| format!("{n}{}", "x".repeat(1500))).collect();
+        let records: Vec<Record<&str>> = big
+            .iter()
+            .map(|id| Record::WebhookDone {
+                id: id.as_str(),
+                delivered: true,
+            })
+            .collect();
+        let bytes = segment("core-0", 1, &records);
+        assert!(bytes.len() > 3 * PAGE_BYTES);
+        let mut lost = bytes.clone();
+        lost[PAGE_BYTES..2 * PAGE_BYTES].fill(0);
+        let (seen, scan) = lsns(&lost, 1, false);
+        let record_len = records[0].encoded_len();
+        let damaged = (PAGE_BYTES - HEADER_BYTES) / record_len;
+        assert_eq!(seen.len(), damaged);
+        match &scan.end {
+            End::Torn {
+                offset,
+                damage: Damage::LostWrite { zero_page, .. },
+            } => {
+                assert_eq!(*offset as usize, HEADER_BYTES + damaged * record_len);
+                assert_eq!(*zero_page as usize, PAGE_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut flipped = bytes.clone();
+        flipped[PAGE_BYTES + 100] ^= 4;
+        let (_, scan) = lsns(&flipped, 1, false);
+        assert!(matches!(scan.end, End::Corrupt { .. }), "{:?}", scan.end);
+        // The first page lost (header included), later ones written: torn at 0.
+        let mut old_page = bytes.clone();
+        let sync_point = HEADER_BYTES + record_len;
+        old_page[sync_point..PAGE_BYTES].fill(0);
+        let (seen, scan) = lsns(&old_page, 1, false);
+        assert_eq!(seen, [1], "the records synced before the lost page");
+        assert!(matches!(
+            scan.end,
+            End::Torn {
+                damage: Damage::LostWrite { .. },
+                ..
+            }
+        ));
+        let mut headless = bytes;
+        headless[..PAGE_BYTES].fill(0);
+        let (seen, scan) = lsns(&headless, 1, false);
+        assert!(seen.is_empty());
+        assert!(matches!(
+            scan.end,
+            End::Torn {
+                offset: 0,
+                damage: Damage::LostWrite { .. }
             }
         ));
     }

@@ -241,6 +241,39 @@ impl MemStorage {
         }
     }
 
+    /// A power loss after the kernel wrote back some of the unsynced pages, in any order: each
+    /// file keeps its synced bytes plus a choice (by `seed`) of the 4 KiB pages written since,
+    /// and either its written or its synced length. Directories keep their synced entries.
+    pub fn power_loss_reordered(&self, seed: u64) {
+        const PAGE: usize = 4096;
+        let mut rng = seed | 1;
+        let mut coin = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng & 1 == 1
+        };
+        let mut state = self.state();
+        state.names = state.durable_names.clone();
+        for inode in &mut state.inodes {
+            let len = if coin() {
+                inode.data.len()
+            } else {
+                inode.durable.len()
+            };
+            let mut bytes = inode.durable.clone();
+            bytes.resize(len, 0);
+            for start in (0..len).step_by(PAGE) {
+                let end = (start + PAGE).min(len).min(inode.data.len());
+                if start < end && inode.data[start..end] != bytes[start..end] && coin() {
+                    bytes[start..end].copy_from_slice(&inode.data[start..end]);
+                }
+            }
+            inode.data = bytes.clone();
+            inode.durable = bytes;
+        }
+    }
+
     /// A process crash (kill -9): the kernel keeps everything written, so nothing changes.
     /// Present so tests say which crash they mean.
     pub fn process_crash(&self) {}

@@ -24,6 +24,11 @@
 //! * Segments are named by their first LSN and created under a temporary name; the rename and
 //!   the directory sync happen before any record is written into one, so after a crash a
 //!   segment either has its name and header or is a leftover that recovery removes.
+//! * A segment is synced when it is sealed, whatever the policy (`never` included: once per
+//!   segment), before anything is written into the next one. So a power loss can only cost the
+//!   unsynced tail of the last segment; within it, pages the kernel wrote back out of order
+//!   leave a never-written (zero) page before valid records, which the scanner reads as a lost
+//!   write (torn), not corruption.
 //! * The writer's memory is bounded: the tick buffer by `WAL_TICK_BYTES_MAX` (a tick that
 //!   appends more writes what it has early, without a sync, and goes on; one record larger
 //!   than that is buffered alone), and one small entry per sealed segment on disk.
@@ -499,8 +504,6 @@ pub struct WalWriter {
     current: Current,
     next: Option<Prepared>,
     sealed: VecDeque<Sealed>,
-    /// Sealed segments with writes not yet synced.
-    unsynced: Vec<Box<dyn StorageFile>>,
     buffer: Vec<u8>,
     next_lsn: u64,
     written_lsn: u64,
@@ -663,7 +666,6 @@ impl WalWriter {
             current,
             next: None,
             sealed,
-            unsynced: Vec::new(),
             buffer: Vec::new(),
             next_lsn,
             written_lsn: written,
@@ -873,6 +875,15 @@ impl WalWriter {
     /// anything is written into it.
     fn rotate(&mut self) -> Result<(), Poisoned> {
         self.write_buffer()?;
+        // Sealed means durable, whatever the policy: nothing reaches the next segment while
+        // this one may still lose a page, so a power loss can only cost the last segment's
+        // tail (never leave valid records after a hole, which would read as corruption).
+        if self.synced_lsn < self.written_lsn {
+            if let Err(error) = self.current.file.sync_data() {
+                return Err(self.poison("sync sealed segment", &error));
+            }
+            self.synced_lsn = self.written_lsn;
+        }
         let prepared = self.next.take().expect("prepared before rotating");
         let name = segment::file_name(self.next_lsn);
         let from = self.dir.join(NEXT_SEGMENT_NAME);
@@ -903,9 +914,6 @@ impl WalWriter {
             bytes: old.written,
             sealed_ms: self.unix_ms,
         });
-        if self.synced_lsn < self.written_lsn && self.options.fsync != FsyncPolicy::Never {
-            self.unsynced.push(old.file);
-        }
         segment::encode_header(
             &SegmentHeader {
                 version: segment::VERSION,
@@ -997,11 +1005,6 @@ impl WalWriter {
     pub fn sync(&mut self, now: Now) -> Result<u64, Poisoned> {
         self.check()?;
         let target = self.written_lsn;
-        while let Some(mut file) = self.unsynced.pop() {
-            if let Err(error) = file.sync_data() {
-                return Err(self.poison("sync sealed segment", &error));
-            }
-        }
         if let Err(error) = self.current.file.sync_data() {
             return Err(self.poison("sync segment", &error));
         }

@@ -429,25 +429,32 @@ fn oversized_records_and_ticks_are_bounded() {
     assert_eq!(writer.append(&publish(&big, 1)).unwrap(), 1);
     assert_eq!(writer.append(&publish(&big, 2)).unwrap(), 2);
     writer.commit(at(1)).unwrap();
-    let chunk = data(3, limits::WAL_TICK_BYTES_MAX / 3);
-    for n in 3..=6 {
-        writer.append(&publish(&chunk, n)).unwrap();
-    }
-    assert!(
-        writer.written_lsn() >= 5,
-        "written early: {}",
-        writer.written_lsn()
-    );
-    assert!(
-        writer.synced_lsn() < writer.written_lsn(),
-        "but not synced before the commit"
-    );
-    writer.commit(at(2)).unwrap();
     drop(writer);
     let (_, recovery) = open(&storage, FsyncPolicy::Always, RecoveryMode::Strict).unwrap();
     let replay = replayed(&recovery);
-    assert_eq!(replay.len(), 6);
+    assert_eq!(replay.len(), 2);
     assert_eq!(replay[1].1, big);
+    // Segments large enough for a whole tick: the early write stays unsynced until the commit.
+    let (mut writer, _) = WalWriter::open(
+        Arc::clone(&storage),
+        Path::new("/data/wal/core-1"),
+        "core-1",
+        1,
+        WalOptions {
+            segment_bytes: 4 * limits::WAL_TICK_BYTES_MAX as u64,
+            ..options(FsyncPolicy::Always)
+        },
+        RecoveryMode::Strict,
+        at(0),
+    )
+    .unwrap();
+    let chunk = data(3, limits::WAL_TICK_BYTES_MAX / 3);
+    for n in 1..=4 {
+        writer.append(&publish(&chunk, n)).unwrap();
+    }
+    assert_eq!(writer.written_lsn(), 2, "written early, before the commit");
+    assert_eq!(writer.synced_lsn(), 0, "but not synced before it");
+    assert_eq!(writer.commit(at(2)).unwrap().synced_lsn, 4);
     let too_large = "x".repeat(limits::WAL_RECORD_BYTES_MAX);
     let (mut writer, _) = open(&storage, FsyncPolicy::Always, RecoveryMode::Strict).unwrap();
     assert!(matches!(
@@ -521,13 +528,19 @@ fn crash_leftovers_around_rotation_are_removed() {
 
 // A seeded simulation of crashes: random ticks of random records over a disk that fails at
 // random (EIO on write or sync, torn writes, full disk), with a process crash or a power loss
+// (keeping only synced bytes, or those plus unsynced pages written back in any order)
 // whenever the writer is poisoned or "dies". After every restart: each LSN ever reported
 // written (process crash) or synced (power loss) is there with its bytes, no record that was
 // never appended shows up, and appends go on after the last recovered LSN.
 #[test]
 fn seeded_crash_simulation_keeps_every_reported_lsn() {
+    // RINGCAST_WAL_SIMULATIONS=N runs more seeds (a failure names its seed).
+    let seeds: u64 = std::env::var("RINGCAST_WAL_SIMULATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40);
     let mut injected = 0;
-    for seed in 1..=40u64 {
+    for seed in 1..=seeds {
         injected += simulate(seed);
     }
     assert!(
@@ -614,7 +627,11 @@ fn simulate(seed: u64) -> u64 {
         injected += faulty.injected();
         let power_loss = next(2) == 0;
         let survives = if power_loss {
-            memory.power_loss();
+            if next(2) == 0 {
+                memory.power_loss();
+            } else {
+                memory.power_loss_reordered(next(u64::MAX));
+            }
             if fsync == FsyncPolicy::Always {
                 synced
             } else {
