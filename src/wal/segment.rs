@@ -15,9 +15,11 @@
 //! * **clean**: the end of the bytes, or nothing but zero bytes after the last record;
 //! * **torn**: a record (or the header) that is incomplete or fails its checksum, and no valid
 //!   record with a higher LSN anywhere after it: a write that did not finish. Or such damage
-//!   followed by a page-aligned page of zeros before the next valid record: unsynced pages
-//!   written back out of order before a power loss (`Damage::LostWrite`; nothing from the
-//!   damage on was ever synced, since a sync writes every page). Recovery truncates it;
+//!   with a never-written page between it and the next valid record (a page-aligned page of
+//!   zeros, or zeros from the damage to a page boundary): unsynced pages written back out of
+//!   order before a power loss (`Damage::LostWrite`; nothing from the damage on was ever
+//!   synced, since a sync writes every page). Recovery truncates it: none of it was ever
+//!   reported synced;
 //! * **corrupt**: anything else: a damaged record with valid records after it, a checksummed
 //!   record that does not parse, an LSN out of sequence, a header naming another stream. Never
 //!   truncated silently: recovery stops (or, salvaging, skips to the next valid record and
