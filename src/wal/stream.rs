@@ -543,6 +543,14 @@ impl WalWriter {
         storage
             .create_dir_all(dir)
             .map_err(io_error("create directory", dir))?;
+        // The stream directory's own entry (and `wal/`'s) must survive a power loss too.
+        for ancestor in dir.ancestors().skip(1).take(2) {
+            if !ancestor.as_os_str().is_empty() {
+                storage
+                    .sync_dir(ancestor)
+                    .map_err(io_error("sync directory", ancestor))?;
+            }
+        }
         let names = storage.list(dir).map_err(io_error("list", dir))?;
         if names.len() > limits::WAL_SEGMENTS_PER_STREAM_MAX {
             return Err(RecoveryError::TooManySegments {
