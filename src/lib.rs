@@ -5,7 +5,9 @@
 //! `http` (sans-IO wire codecs), `protocol` (Pusher events, sans-IO), `mesh` (the only way cores
 //! talk), `shard` (the per-core state machine: connections, channels, REST; sans-IO), `runtime`
 //! (the io_uring driver that feeds the shard; all socket IO and its `unsafe` live there),
-//! `service` (process start-up, signals, logging).
+//! `wal` (the write-ahead log: record codec and segment scanning sans-IO, segment files behind
+//! a `Storage` seam, the per-stream writer and recovery), `webhook` (the delivery worker and
+//! its outbox, durable on the WAL), `service` (process start-up, signals, logging).
 
 pub mod bench;
 pub mod config;
@@ -18,5 +20,6 @@ pub mod protocol;
 pub mod runtime;
 pub mod service;
 pub mod shard;
+pub mod wal;
 pub mod webhook;
 pub mod ws;

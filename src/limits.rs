@@ -107,6 +107,40 @@ pub const WEBHOOK_FLUSH_MS: u64 = 2_000;
 
 /// REST request timestamps are accepted within this many seconds of server time (spec §7.2).
 pub const REST_TIMESTAMP_WINDOW_SECS: u64 = 600;
+/// Largest write-ahead log record, header included. A reader treats a larger length as damage
+/// and never allocates for it. Sized for the largest publish (its data is part of one REST
+/// body) plus the record's own fields, and for a webhook batch of one escaped client event.
+pub const WAL_RECORD_BYTES_MAX: usize = HTTP_BODY_BYTES_CEILING + WAL_RECORD_OVERHEAD_BYTES;
+/// Room in `WAL_RECORD_BYTES_MAX` for everything in a record but the largest string: the
+/// header, app id, channel and event names, user id, webhook URL, key, signature and headers.
+pub const WAL_RECORD_OVERHEAD_BYTES: usize = 1024 * 1024;
+/// Bytes a WAL writer buffers between two writes. One loop tick's records are written with one
+/// call (group commit); a tick that appends more writes what it has early (no sync) and goes on.
+pub const WAL_TICK_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Smallest configurable segment (`storage.segment_bytes`).
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Largest configurable segment.
+pub const WAL_SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Largest segment file a reader accepts: a full segment, or a segment of its own holding one
+/// record larger than the configured size, plus its header. Larger files are damage.
+pub const WAL_SEGMENT_FILE_BYTES_MAX: u64 =
+    WAL_SEGMENT_BYTES_MAX + WAL_RECORD_BYTES_MAX as u64 + WAL_SEGMENT_HEADER_BYTES_MAX;
+/// Room kept for a segment's own header in `WAL_SEGMENT_FILE_BYTES_MAX`.
+pub const WAL_SEGMENT_HEADER_BYTES_MAX: u64 = 4096;
+/// Segment files one stream directory may hold (a reader refuses a directory with more).
+pub const WAL_SEGMENTS_PER_STREAM_MAX: usize = 100_000;
+/// Longest stream name (`core-255`, `webhooks`); it is stored in every segment header.
+pub const WAL_STREAM_NAME_BYTES_MAX: usize = 32;
+/// While the disk is full, a writer tries to create its next segment at most this often.
+pub const WAL_SPACE_RETRY_MS: u64 = 1_000;
+/// Longest configurable `storage.fsync_interval_ms`.
+pub const WAL_FSYNC_INTERVAL_MS_MAX: u64 = 1_000;
+/// Longest configurable `storage.retain_secs` (30 days).
+pub const WAL_RETAIN_SECS_MAX: u64 = 30 * 24 * 3600;
+/// Extra headers one `WebhookEnqueued` record may carry (a reader refuses more).
+pub const WAL_WEBHOOK_HEADERS_MAX: usize = 256;
+/// Damaged ranges one salvaging scan lists individually (more are only counted).
+pub const WAL_SALVAGE_REPORTS_MAX: usize = 1024;
 
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
@@ -119,3 +153,15 @@ const _: () = assert!(RECV_BUFFER_BYTES >= 4096);
 const _: () = assert!(CONTROL_TICK_MS * 4 <= CORE_LOOP_STALL_MS);
 const _: () = assert!(CORE_LOOP_STALL_MS >= 10 * TIMER_SWEEP_INTERVAL_MS);
 const _: () = assert!(WS_PARTIAL_BYTES_PER_CORE_CEILING >= 2 * WS_MESSAGE_BYTES_CEILING);
+// A record's length is a u32 on disk.
+const _: () = assert!(WAL_RECORD_BYTES_MAX <= u32::MAX as usize);
+// The largest publish: a REST body's data plus names that config validation caps far below
+// the overhead (channel names 1 KiB, event names 10 KB, one socket id, one user id).
+const _: () = assert!(WAL_RECORD_BYTES_MAX >= HTTP_BODY_BYTES_CEILING + 64 * 1024);
+// A webhook batch holding one client event: its data JSON-escaped (at most twice as long).
+const _: () = assert!(WAL_RECORD_BYTES_MAX >= 2 * WS_MESSAGE_BYTES_CEILING + 64 * 1024);
+const _: () = assert!(WAL_SEGMENT_BYTES_MIN < WAL_SEGMENT_BYTES_MAX);
+// A segment file is read whole into memory on a 64-bit host.
+const _: () = assert!(WAL_SEGMENT_FILE_BYTES_MAX <= isize::MAX as u64);
+// One tick's buffer is written into a segment; a tick never needs a segment of its own.
+const _: () = assert!(WAL_TICK_BYTES_MAX as u64 <= WAL_SEGMENT_BYTES_MAX);

@@ -35,6 +35,118 @@ enum Command {
     },
     /// Load-test any Pusher-compatible server (fanout, publish, idle, storm); JSON on stdout.
     Bench(Box<ringcast::bench::BenchArgs>),
+    /// Look into a data directory's write-ahead log (`[storage] dir`); read-only.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalCommand {
+    /// Per stream: segments, LSN range, records by kind, bytes, a torn tail.
+    Inspect {
+        /// The `[storage] dir` (the log is in DIR/wal/).
+        dir: PathBuf,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks every record: exit 0 when all check out (a torn tail is reported and allowed:
+    /// recovery truncates it), 1 naming the file and byte offset of the first damage.
+    Verify { dir: PathBuf },
+    /// Every record as one JSON object per line (kind, lsn, epoch, payload fields).
+    Dump {
+        dir: PathBuf,
+        /// Only this stream (`core-0`, ..., `webhooks`).
+        #[arg(long)]
+        stream: Option<String>,
+    },
+}
+
+/// `ringcast wal ...`: 0 when everything checks out, 1 when something is damaged, 2 when the
+/// directory cannot be read.
+fn wal_command(command: WalCommand) -> ExitCode {
+    use ringcast::wal::{FsStorage, inspect};
+    let storage = FsStorage;
+    match command {
+        WalCommand::Inspect { dir, json } => match inspect::inspect(&storage, &dir, None) {
+            Ok(reports) => {
+                if json {
+                    println!("{:#}", inspect::render_json(&dir, &reports));
+                } else {
+                    print!("{}", inspect::render_text(&dir, &reports));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
+        WalCommand::Verify { dir } => match inspect::inspect(&storage, &dir, None) {
+            Ok(reports) => {
+                let mut damaged = 0;
+                for report in &reports {
+                    let records = report.scan.as_ref().map_or(0, |scan| scan.records);
+                    match &report.verdict {
+                        Ok(()) => {
+                            println!("{}: ok, {records} record(s)", report.stream);
+                            if let Some(torn) = report.scan.as_ref().and_then(|s| s.torn.as_ref()) {
+                                println!(
+                                    "{}: torn tail in {} at byte {} ({} bytes: {}); recovery truncates it",
+                                    report.stream, torn.file, torn.offset, torn.bytes, torn.damage
+                                );
+                            }
+                        }
+                        Err(error) => {
+                            damaged += 1;
+                            println!("{}: DAMAGED: {error}", report.stream);
+                            eprintln!("error: stream {}: {error}", report.stream);
+                        }
+                    }
+                }
+                if damaged > 0 {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
+        WalCommand::Dump { dir, stream } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let result = inspect::dump(&storage, &dir, stream.as_deref(), &mut out);
+            use std::io::Write;
+            let flushed = out.flush();
+            match result {
+                Ok(damaged) if damaged.is_empty() => {
+                    if let Err(error) = flushed {
+                        eprintln!("error: write the dump: {error}");
+                        return ExitCode::from(1);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok(damaged) => {
+                    for (stream, error) in damaged {
+                        eprintln!("error: stream {stream}: {error}");
+                    }
+                    ExitCode::from(1)
+                }
+                Err(error) if error.source.kind() == std::io::ErrorKind::BrokenPipe => {
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -91,5 +203,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench(args) => ringcast::bench::run(*args),
+        Command::Wal { command } => wal_command(command),
     }
 }

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub history: HistoryConfig,
+    pub storage: StorageConfig,
     #[serde(default)]
     pub apps: Vec<AppConfig>,
 }
@@ -39,6 +40,49 @@ impl Default for HistoryConfig {
             events_per_channel_max: 100,
             age_secs_max: 300,
             bytes_max: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// When the write-ahead log forces written records to the disk.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// After every write (group commit: once per loop tick that wrote anything).
+    Always,
+    /// At most every `fsync_interval_ms` while something is unsynced.
+    Interval,
+    /// Never (the kernel writes back when it likes): survives a process crash, not a power loss.
+    Never,
+}
+
+/// The write-ahead log (`[storage]`): durable owner state and webhook outbox. Changes with a
+/// restart only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// Data directory; the WAL lives in `{dir}/wal/`. Empty: no WAL, state is in memory only.
+    pub dir: String,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    /// Size of one segment file (preallocated when it is created).
+    pub segment_bytes: u64,
+    /// Sealed segments beyond this many bytes per stream are removed, oldest first, once
+    /// nothing in them is still needed.
+    pub retain_bytes_max: u64,
+    /// Sealed segments older than this are removed once nothing in them is still needed.
+    pub retain_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            dir: String::new(),
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 10,
+            segment_bytes: 64 * 1024 * 1024,
+            retain_bytes_max: 1024 * 1024 * 1024,
+            retain_secs: 600,
         }
     }
 }

@@ -11,8 +11,8 @@ use std::path::Path;
 use crate::limits;
 
 pub use file::{
-    AppConfig, HistoryConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig, WebhookConfig,
-    WebhooksConfig,
+    AppConfig, FsyncPolicy, HistoryConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig,
+    StorageConfig, WebhookConfig, WebhooksConfig,
 };
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
@@ -26,6 +26,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub webhooks: WebhooksConfig,
     pub history: HistoryConfig,
+    pub storage: StorageConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -198,6 +199,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
     )?;
     validate_webhooks(&raw.webhooks)?;
     validate_history(&raw.history)?;
+    validate_storage(&raw.storage)?;
     if raw.apps.is_empty() {
         return Err(invalid("apps", "at least one [[apps]] entry is required"));
     }
@@ -292,6 +294,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         metrics: raw.metrics,
         webhooks: raw.webhooks,
         history: raw.history,
+        storage: raw.storage,
         apps: raw.apps,
     })
 }
@@ -314,6 +317,37 @@ fn validate_history(history: &HistoryConfig) -> Result<(), ConfigError> {
         history.bytes_max,
         0,
         limits::HISTORY_BYTES_CEILING,
+    )?;
+    Ok(())
+}
+
+fn validate_storage(storage: &StorageConfig) -> Result<(), ConfigError> {
+    if storage.dir.bytes().any(|b| b == 0) {
+        return Err(invalid("storage.dir", "must not contain NUL bytes"));
+    }
+    check_range_u64(
+        "storage.fsync_interval_ms",
+        storage.fsync_interval_ms,
+        1,
+        limits::WAL_FSYNC_INTERVAL_MS_MAX,
+    )?;
+    check_range_u64(
+        "storage.segment_bytes",
+        storage.segment_bytes,
+        limits::WAL_SEGMENT_BYTES_MIN,
+        limits::WAL_SEGMENT_BYTES_MAX,
+    )?;
+    check_range_u64(
+        "storage.retain_bytes_max",
+        storage.retain_bytes_max,
+        storage.segment_bytes,
+        u64::MAX,
+    )?;
+    check_range_u64(
+        "storage.retain_secs",
+        storage.retain_secs,
+        0,
+        limits::WAL_RETAIN_SECS_MAX,
     )?;
     Ok(())
 }
@@ -503,6 +537,10 @@ fn key_line(key: &str, text: &str) -> Option<usize> {
 }
 
 fn check_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    check_range_u64(key, value as u64, min as u64, max as u64)
+}
+
+fn check_range_u64(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(invalid(key, format!("{value} is outside {min}..={max}")));
     }
@@ -536,6 +574,7 @@ impl Config {
             metrics: self.metrics.clone(),
             webhooks: self.webhooks.clone(),
             history: self.history.clone(),
+            storage: self.storage.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")
@@ -624,6 +663,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("webhooks.outbox_max"), "{error}");
+    }
+
+    #[test]
+    fn storage_config_is_validated() {
+        let app = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let storage = parse(app).unwrap().config.storage;
+        assert!(storage.dir.is_empty(), "no WAL unless asked for");
+        assert_eq!(storage.fsync, FsyncPolicy::Interval);
+        assert_eq!(storage.fsync_interval_ms, 10);
+        assert_eq!(storage.segment_bytes, 64 * 1024 * 1024);
+        let loaded = parse(&format!(
+            "{app}[storage]\ndir = \"/var/lib/ringcast\"\nfsync = \"always\"\nsegment_bytes = 1048576\n"
+        ))
+        .unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        assert_eq!(loaded.config.storage.fsync, FsyncPolicy::Always);
+        let error_for = |text: &str| {
+            parse(&format!("{app}[storage]\n{text}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let error = error_for("segment_bytes = 1024\n");
+        assert!(
+            error.contains("storage.segment_bytes") && error.contains("(line 7)"),
+            "{error}"
+        );
+        let error = error_for("fsync_interval_ms = 0\n");
+        assert!(error.contains("storage.fsync_interval_ms"), "{error}");
+        let error = error_for("retain_bytes_max = 65536\n");
+        assert!(error.contains("storage.retain_bytes_max"), "{error}");
+        let error = error_for("fsync = \"sometimes\"\n");
+        assert!(error.contains("sometimes"), "{error}");
+        let unknown = parse(&format!("{app}[storage]\nmirror = true\n"))
+            .unwrap()
+            .unknown_keys;
+        assert_eq!(unknown, ["storage.mirror"]);
     }
 
     #[test]

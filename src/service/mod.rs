@@ -66,11 +66,19 @@ pub fn serve(
     let mut server = runtime::start(Arc::clone(&config))?;
     let control = Arc::clone(&server.control);
     let metrics = Arc::clone(&server.metrics);
+    // The webhook outbox before readiness: with `[storage] dir`, its write-ahead log is
+    // recovered here and undelivered batches of the previous run are sent again.
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let outbox = crate::webhook::open_outbox(&config, &server.apps, Instant::now(), unix_ms)
+        .map_err(|error| anyhow::anyhow!("failed to recover the webhook outbox: {error}"))?;
     let webhooks = WebhookWorker::start(
         &config,
         Arc::clone(&server.apps),
         Arc::clone(&server.webhooks),
         Arc::clone(&metrics.webhooks),
+        outbox,
     )?;
     metrics.config_unknown_keys.store(
         unknown_keys.len() as u64,
@@ -236,6 +244,10 @@ fn reload(
         );
         next.server.bind = current.server.bind.clone();
         next.server.cores = current.server.cores;
+    }
+    if next.storage != current.storage {
+        tracing::warn!("[storage] changes only with a restart; keeping the running values");
+        next.storage = current.storage.clone();
     }
     let apps = match server.apps.reloaded(&next) {
         Ok(apps) => Arc::new(apps),

@@ -4,9 +4,11 @@
 //! the event, counts it and logs it: the broker keeps serving.
 //!
 //! Reading order: this file (events, queues, stats), `outbox.rs` (the `Outbox` interface and
-//! its bounded in-memory implementation), `router.rs` (sans-IO: removal delay, filtering,
+//! its bounded in-memory implementation), `durable.rs` (the outbox on the write-ahead log,
+//! used when `[storage] dir` is set), `router.rs` (sans-IO: removal delay, filtering,
 //! batching, signing, retry schedule), `worker.rs` (the threads and the HTTP POSTs).
 
+mod durable;
 mod outbox;
 mod router;
 mod worker;
@@ -16,7 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
-pub use outbox::{Batch, MemoryOutbox, Outbox, TargetKey};
+use crate::config::Config;
+use crate::shard::Apps;
+
+pub use durable::WalOutbox;
+pub use outbox::{Batch, MemoryOutbox, Outbox, Settled, TargetKey};
 pub use router::{Job, Outcome, Router, Settings};
 pub use worker::WebhookWorker;
 
@@ -83,6 +89,44 @@ impl WebhookStats {
         Self::add(&self.latency_sum_ms, latency_ms);
         Self::add(&self.latency_count, 1);
     }
+}
+
+/// Each configured app's index (in `apps`) and id.
+pub fn app_ids(config: &Config, apps: &Apps) -> Vec<(u32, Arc<str>)> {
+    config
+        .apps
+        .iter()
+        .filter_map(|app| Some((apps.by_id(&app.id)?, Arc::from(app.id.as_str()))))
+        .collect()
+}
+
+/// The outbox `config` asks for: on the write-ahead log under `[storage] dir` (pending batches
+/// of the previous run restored), or in memory when it is empty.
+///
+/// # Errors
+///
+/// The `webhooks` stream cannot be recovered (damage, IO).
+pub fn open_outbox(
+    config: &Config,
+    apps: &Apps,
+    now: std::time::Instant,
+    now_unix_ms: u64,
+) -> Result<Box<dyn Outbox>, crate::wal::RecoveryError> {
+    if config.storage.dir.is_empty() {
+        return Ok(Box::new(MemoryOutbox::new(config.webhooks.outbox_max)));
+    }
+    let outbox = WalOutbox::open(
+        Arc::new(crate::wal::FsStorage),
+        std::path::Path::new(&config.storage.dir),
+        &config.storage,
+        config.webhooks.outbox_max,
+        &app_ids(config, apps),
+        // The node epoch, until replication persists one (epochs only ever grow).
+        1,
+        now,
+        now_unix_ms,
+    )?;
+    Ok(Box::new(outbox))
 }
 
 /// Webhook events waiting for the worker, per core.

@@ -1,10 +1,12 @@
 //! The outbox: sealed webhook batches waiting for a 2xx, one FIFO per target. The router
 //! appends (`push`), delivers the oldest of each target (`peek`) and removes it once it was
-//! answered with 2xx or given up on (`ack`). Nothing else is stored here: the retry schedule
-//! of the head batch is the router's, so a durable outbox (the write-ahead log: `push` appends
-//! a record, `ack` appends a tombstone, the in-memory index is rebuilt on start-up and the
-//! router seeds its targets from `targets()`) implements the same four calls and re-sends
-//! unacknowledged batches after a restart with the same id and body (receivers de-duplicate).
+//! answered with 2xx or given up on (`ack`, saying which). Nothing else is stored here: the
+//! retry schedule of the head batch is the router's. Two implementations: `MemoryOutbox`
+//! (here; lost on exit) and `WalOutbox` (`durable.rs`: `push` appends a `WebhookEnqueued`
+//! record to the `webhooks` write-ahead log stream before it returns, `ack` a `WebhookDone`;
+//! on start-up the pending batches are rebuilt from the log and the router seeds its targets
+//! from `targets()`, so unacknowledged batches are re-sent after a restart with the same id
+//! and body, and receivers de-duplicate).
 //!
 //! A batch is self-contained: the exact body, its signature and id, the headers and the URL,
 //! so a reload that edits or removes a target never changes what an already sealed batch is.
@@ -39,21 +41,42 @@ pub struct Batch {
     pub time_ms: u64,
 }
 
+/// How a batch left the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Answered with 2xx.
+    Delivered,
+    /// Retries ran out (`webhooks.retry_for_secs`).
+    GaveUp,
+}
+
 /// Where sealed batches wait for delivery. Implementations are bounded: `push` refuses a batch
 /// (handing it back) rather than grow past their capacity.
 pub trait Outbox: Send {
-    /// Appends `batch` to its target's FIFO, or returns it when the outbox is full.
+    /// Appends `batch` to its target's FIFO (durably, for a durable outbox), or returns it when
+    /// the outbox is full (or cannot store it).
     fn push(&mut self, batch: Arc<Batch>) -> Result<(), Arc<Batch>>;
     /// The oldest batch of `target` not yet acknowledged.
     fn peek(&self, target: &TargetKey) -> Option<Arc<Batch>>;
     /// Removes the oldest batch of `target` (delivered, or given up on) and returns it.
-    fn ack(&mut self, target: &TargetKey) -> Option<Arc<Batch>>;
+    fn ack(&mut self, target: &TargetKey, settled: Settled) -> Option<Arc<Batch>>;
     /// The targets that have at least one batch (the router's start-up view).
     fn targets(&self) -> Vec<TargetKey>;
     /// Events in every batch held.
     fn events(&self) -> usize;
     /// A new bound in events (a reload); batches already held stay.
     fn set_capacity(&mut self, events: usize);
+    /// The apps' indexes and ids (at start and on every reload): a durable outbox names apps
+    /// by id on disk.
+    fn set_app_ids(&mut self, _ids: &[(u32, Arc<str>)]) {}
+    /// Periodic work off the delivery path (a durable outbox's interval sync, retention,
+    /// disk-full retries); `now_unix_ms` is the wall clock.
+    fn maintain(&mut self, _now: std::time::Instant, _now_unix_ms: u64) {}
+    /// Why the outbox can no longer store anything (a write or sync error of a durable one):
+    /// the process must exit rather than go on. None while it works.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The in-memory outbox, bounded in events (`webhooks.outbox_max`). An empty outbox accepts
@@ -92,7 +115,7 @@ impl Outbox for MemoryOutbox {
         self.queues.get(target)?.front().cloned()
     }
 
-    fn ack(&mut self, target: &TargetKey) -> Option<Arc<Batch>> {
+    fn ack(&mut self, target: &TargetKey, _settled: Settled) -> Option<Arc<Batch>> {
         let queue = self.queues.get_mut(target)?;
         let batch = queue.pop_front()?;
         if queue.is_empty() {
@@ -146,13 +169,13 @@ mod tests {
         assert_eq!(outbox.events(), 5);
         let a = batch("http://a/", "", 0).target.clone();
         assert_eq!(&*outbox.peek(&a).unwrap().id, "a1");
-        assert_eq!(&*outbox.ack(&a).unwrap().id, "a1");
+        assert_eq!(&*outbox.ack(&a, Settled::Delivered).unwrap().id, "a1");
         assert_eq!(&*outbox.peek(&a).unwrap().id, "a2");
         assert_eq!(outbox.events(), 3);
         let mut targets = outbox.targets();
         targets.sort();
         assert_eq!(targets.len(), 2);
-        outbox.ack(&a);
+        outbox.ack(&a, Settled::GaveUp);
         assert!(outbox.peek(&a).is_none());
         assert_eq!(outbox.targets().len(), 1);
     }

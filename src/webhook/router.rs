@@ -20,7 +20,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::outbox::{Batch, Outbox, TargetKey};
+use super::outbox::{Batch, Outbox, Settled, TargetKey};
 use super::{WebhookEvent, WebhookKind, WebhookStats};
 use crate::config::{Config, WebhooksConfig};
 use crate::http::signature::hmac_sha256_hex;
@@ -172,17 +172,30 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router over `outbox`. Batches already in it (a durable outbox after a restart) are
+    /// sent at once, and the oldest of each target keeps the retry budget it had before the
+    /// restart: `retry_for_secs` counted from its `time_ms` (wall clock, `now_unix_ms` now),
+    /// so a crash loop never extends it. The batches behind it get theirs when they come up,
+    /// as they would have.
     pub fn new(
         config: &Config,
         apps: &Apps,
         outbox: Box<dyn Outbox>,
         stats: Arc<WebhookStats>,
         now: Instant,
+        now_unix_ms: u64,
     ) -> Router {
         let heads = outbox
             .targets()
             .into_iter()
-            .map(|target| (target, Head::fresh(now)))
+            .map(|target| {
+                let mut head = Head::fresh(now);
+                if let Some(batch) = outbox.peek(&target) {
+                    let age = Duration::from_millis(now_unix_ms.saturating_sub(batch.time_ms));
+                    head.first_attempt = Some(now.checked_sub(age).unwrap_or(now));
+                }
+                (target, head)
+            })
             .collect();
         let mut router = Router {
             settings: Settings::from_config(&config.webhooks),
@@ -202,6 +215,7 @@ impl Router {
             outbox_full_drops: 0,
         };
         router.set_apps(config, apps);
+        router.update_pending();
         router
     }
 
@@ -262,6 +276,17 @@ impl Router {
         }
         self.settings = Settings::from_config(&config.webhooks);
         self.outbox.set_capacity(self.settings.outbox_max);
+        self.outbox.set_app_ids(&super::app_ids(config, apps));
+    }
+
+    /// The outbox's periodic work (see `Outbox::maintain`).
+    pub fn maintain_outbox(&mut self, now: Instant, now_unix_ms: u64) {
+        self.outbox.maintain(now, now_unix_ms);
+    }
+
+    /// Why the outbox cannot store anything any more (the process must exit).
+    pub fn outbox_failure(&self) -> Option<String> {
+        self.outbox.failure()
     }
 
     /// Takes one event from a core. `Err` hands it back when its app index is not in the
@@ -537,7 +562,7 @@ impl Router {
         head.in_flight = false;
         match outcome {
             Outcome::Delivered => {
-                if let Some(batch) = self.outbox.ack(target) {
+                if let Some(batch) = self.outbox.ack(target, Settled::Delivered) {
                     WebhookStats::add(&self.stats.delivered, batch.events as u64);
                     self.stats
                         .latency(now_unix_ms.saturating_sub(batch.time_ms));
@@ -557,7 +582,7 @@ impl Router {
                 let deadline = first + self.settings.retry_for;
                 let attempts = head.attempts;
                 if now >= deadline {
-                    if let Some(batch) = self.outbox.ack(target) {
+                    if let Some(batch) = self.outbox.ack(target, Settled::GaveUp) {
                         WebhookStats::add(&self.stats.dropped, batch.events as u64);
                         tracing::warn!(
                             url = %target.url,
@@ -646,7 +671,7 @@ mod tests {
         let now = Instant::now();
         let outbox = Box::new(MemoryOutbox::new(config.webhooks.outbox_max));
         (
-            Router::new(&config, &apps, outbox, Arc::clone(&stats), now),
+            Router::new(&config, &apps, outbox, Arc::clone(&stats), now, 0),
             stats,
             now,
         )
@@ -751,6 +776,7 @@ mod tests {
             Box::new(MemoryOutbox::new(10)),
             Arc::new(WebhookStats::default()),
             now,
+            0,
         );
         router
             .accept(
@@ -1025,6 +1051,7 @@ mod tests {
             Box::new(MemoryOutbox::new(10)),
             Arc::new(WebhookStats::default()),
             now,
+            0,
         );
         let second = crate::config::parse(&text(&app("a", "ka"))).unwrap().config;
         let reloaded = apps.reloaded(&second).unwrap();

@@ -6,6 +6,11 @@
 //! The router thread polls the core queues every `POLL_MAX` at most (there is no doorbell: the
 //! batching window is much longer) and otherwise sleeps on its inbox, which carries the
 //! senders' outcomes, reloads from the control thread, and the stop request.
+//!
+//! With a durable outbox (`[storage] dir`), the router thread also does the outbox's disk IO
+//! (it may block; it is not a core). When the outbox fails (a write or sync error of its
+//! write-ahead log), the thread exits the process with status 1 before it sends anything more:
+//! nothing is acknowledged that was not persisted.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,9 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::router::{Job, Outcome, Router};
-use super::{
-    MemoryOutbox, TargetKey, WEBHOOK_ID_HEADER, WebhookEvent, WebhookQueues, WebhookStats,
-};
+use super::{Outbox, TargetKey, WEBHOOK_ID_HEADER, WebhookEvent, WebhookQueues, WebhookStats};
 use crate::config::Config;
 use crate::shard::Apps;
 
@@ -49,16 +52,17 @@ pub struct WebhookWorker {
 }
 
 impl WebhookWorker {
-    /// Starts the router and sender threads with an in-memory outbox.
+    /// Starts the router and sender threads over `outbox` (see `webhook::open_outbox`); what
+    /// it already holds is sent first.
     pub fn start(
         config: &Arc<Config>,
         apps: Arc<Apps>,
         queues: Arc<WebhookQueues>,
         stats: Arc<WebhookStats>,
+        outbox: Box<dyn Outbox>,
     ) -> std::io::Result<WebhookWorker> {
         let now = Instant::now();
-        let outbox = Box::new(MemoryOutbox::new(config.webhooks.outbox_max));
-        let router = Router::new(config, &apps, outbox, Arc::clone(&stats), now);
+        let router = Router::new(config, &apps, outbox, Arc::clone(&stats), now, unix_ms());
         let (inbox, receiver) = mpsc::channel();
         let mut senders = Vec::with_capacity(config.webhooks.concurrency);
         for index in 0..config.webhooks.concurrency.max(1) {
@@ -143,6 +147,8 @@ impl RouterThread {
                 self.router.flush(now);
             }
             self.router.tick(now);
+            self.router.maintain_outbox(now, unix_ms());
+            self.exit_if_outbox_failed();
             self.dispatch(now);
             if let Some(deadline) = self.stopping
                 && ((self.router.is_idle() && self.in_flight == 0) || now >= deadline)
@@ -168,6 +174,16 @@ impl RouterThread {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+        }
+    }
+
+    /// The outbox can no longer persist anything: exit before anything more is sent or
+    /// acknowledged (the PostgreSQL fsync rule; systemd restarts us and the log is recovered).
+    fn exit_if_outbox_failed(&self) {
+        if let Some(failure) = self.router.outbox_failure() {
+            tracing::error!(%failure, "webhook outbox failed; exiting so that nothing is acknowledged that was not persisted");
+            eprintln!("ringcast: webhook outbox failed: {failure}; exiting");
+            std::process::exit(1);
         }
     }
 

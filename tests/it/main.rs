@@ -23,8 +23,12 @@ mod smoke;
 mod support;
 /// Source hygiene: module docs, `unsafe` placement and SAFETY notes, function length, leftovers.
 mod tidy;
+/// `ringcast wal inspect|verify|dump` on logs written with the library: exit codes, reports,
+/// read-only.
+mod wal;
 /// Webhooks: signed delivery from both cores, retries and de-duplication, a down receiver, the
-/// removal delay, filters and reload, and the `pusher` npm library's verification.
+/// removal delay, filters and reload, the durable outbox across kill -9, and the `pusher` npm
+/// library's verification.
 mod webhooks;
 /// WebSocket framing and the Pusher connection protocol: transcripts, close codes, bad frames.
 mod websocket;

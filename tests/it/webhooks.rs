@@ -996,3 +996,105 @@ fn rand_suffix() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+// The durable outbox (`[storage] dir`): a webhook whose receiver failed is in the write-ahead
+// log before it is sent, so after kill -9 and a restart on the same directory it arrives with
+// the same id, body and signature (the receiver de-duplicates on the id), and the log records
+// that it was delivered.
+#[test]
+fn a_webhook_pending_at_kill_9_is_sent_again_after_a_restart_with_the_same_id() {
+    let dir = std::env::temp_dir().join(format!(
+        "ringcast-it-wal-webhooks-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let receiver = Receiver::scripted(|n| {
+        if n == 0 {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let options = || Options {
+        cores: 2,
+        extra_app: format!(
+            "[[apps.webhooks]]\nurl = \"{}\"\nevent_types = [\"channel_occupied\"]\n",
+            receiver.url()
+        ),
+        // No retry before the kill: the next attempt is the restarted process's.
+        extra_toml: format!(
+            "[webhooks]\nbatch_window_ms = 0\nretry_initial_ms = 600000\nretry_max_ms = 600000\n\
+             [storage]\ndir = \"{}\"\nsegment_bytes = 1048576\n",
+            dir.display()
+        ),
+        ..Options::default()
+    };
+    let server = Server::with(options());
+    let mut client = server.client();
+    client.subscribe("durable-channel");
+    let deadline = Instant::now() + WAIT;
+    while receiver.posts().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook POST within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first = receiver.posts()[0].clone();
+    assert_eq!(first.reply, Reply::Status(500));
+    assert!(first.valid, "{first:?}");
+    // kill -9 (Server's drop sends SIGKILL), then the same directory again.
+    drop(client);
+    drop(server);
+    let server = Server::with(options());
+    let events =
+        receiver.wait_for(&json!({"name": "channel_occupied", "channel": "durable-channel"}));
+    assert_eq!(events.len(), 1, "{}", summary(&events));
+    let posts = receiver.posts();
+    let again = posts
+        .iter()
+        .find(|post| post.reply == Reply::Status(200))
+        .expect("a delivered POST");
+    assert_eq!(
+        again.id(),
+        first.id(),
+        "the same webhook id after the restart"
+    );
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        again.headers.get("x-pusher-signature"),
+        first.headers.get("x-pusher-signature")
+    );
+    // The write-ahead log says it was delivered (the record follows the 2xx).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["wal", "dump"])
+            .arg(&dir)
+            .args(["--stream", "webhooks"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let enqueued = records
+            .iter()
+            .filter(|record| record["kind"] == "webhook_enqueued" && record["id"] == first.id())
+            .count();
+        assert_eq!(enqueued, 1, "{records:?}");
+        let done = records.iter().any(|record| {
+            record["kind"] == "webhook_done"
+                && record["id"] == first.id()
+                && record["delivered"] == true
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no webhook_done record: {records:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

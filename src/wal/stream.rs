@@ -1,0 +1,1131 @@
+//! One write-ahead log stream: opening it (recovery), and `WalWriter`, its single writer. The
+//! writer is used by one thread (a core loop calls it every tick; the webhook worker for the
+//! `webhooks` stream): `append` encodes records into the tick's buffer, `commit` writes the
+//! buffer with one call (group commit) and syncs per the fsync policy, `retain` removes old
+//! segments. It owns segment rotation, space reservation, poisoning and the LSN positions; it
+//! must not interpret records (that is the caller's replay) and must not read a clock (time is
+//! passed in as `Now`). All file IO goes through `Storage`.
+//!
+//! Positions, in order: `appended_lsn() >= written_lsn() >= synced_lsn()`: appended (encoded in
+//! the buffer, in memory only), written (handed to the kernel: survives a process crash),
+//! synced (`fdatasync`ed: survives a power loss).
+//!
+//! Invariants:
+//! * Nothing is reported written (or synced) before the write (or sync) of it succeeded, and
+//!   nothing after a write or sync error: the first IO error poisons the writer and every later
+//!   call returns `Poisoned` (an fsync error is not retryable: the kernel may have dropped the
+//!   dirty pages). The caller exits the process.
+//! * A full disk is a refusal, never a failed write: the next segment is created and
+//!   preallocated when the current one is 3/4 full, so `append` refuses (`Full`, nothing
+//!   appended) when a record fits neither in the current segment's reserved space nor in a
+//!   next segment. `retry_space` tries again at most every `WAL_SPACE_RETRY_MS`.
+//! * LSNs are contiguous within a stream (1 for the first record, +1 per record) and never go
+//!   back: a stream restarted after a torn tail continues after the last valid record.
+//! * Segments are named by their first LSN and created under a temporary name; the rename and
+//!   the directory sync happen before any record is written into one, so after a crash a
+//!   segment either has its name and header or is a leftover that recovery removes.
+//! * A segment is synced when it is sealed, whatever the policy (`never` included: once per
+//!   segment), before anything is written into the next one. So a power loss can only cost the
+//!   unsynced tail of the last segment; within it, pages the kernel wrote back out of order
+//!   leave a never-written (zero) page before valid records, which the scanner reads as a lost
+//!   write (torn), not corruption.
+//! * The writer's memory is bounded: the tick buffer by `WAL_TICK_BYTES_MAX` (a tick that
+//!   appends more writes what it has early, without a sync, and goes on; one record larger
+//!   than that is buffered alone), and one small entry per sealed segment on disk.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::record::{self, Header, Kind, Record};
+use super::segment::{self, Damage, End, Expect, Salvaged, SegmentHeader};
+use super::storage::{Storage, StorageFile, is_no_space};
+use crate::config::{FsyncPolicy, StorageConfig};
+use crate::limits;
+
+/// The name of a segment created ahead of need, before it is renamed to its first LSN.
+const NEXT_SEGMENT_NAME: &str = "next.wal.tmp";
+
+/// The clocks, passed in: monotonic milliseconds (sync intervals, space retries) and wall-clock
+/// Unix milliseconds (segment ages for retention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Now {
+    pub mono_ms: u64,
+    pub unix_ms: u64,
+}
+
+/// How a writer writes: segment size and fsync policy (`[storage]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalOptions {
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+}
+
+impl WalOptions {
+    pub fn from_config(config: &StorageConfig) -> WalOptions {
+        WalOptions {
+            segment_bytes: config.segment_bytes,
+            fsync: config.fsync,
+            fsync_interval_ms: config.fsync_interval_ms,
+        }
+    }
+}
+
+/// What recovery does with damage before the end of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Refuse to open (`RecoveryError::Corrupt` names the file and byte offset). The default:
+    /// only a torn tail is repaired.
+    Strict,
+    /// Skip damaged ranges to the next valid record, report the LSN gaps, and open. The files
+    /// are left as they are (only the tail is repaired), so a later strict open fails again
+    /// until the damaged segment is out of retention.
+    Salvage,
+}
+
+/// Why a stream could not be opened (or read).
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("{context} {}: {source}", path.display())]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("corrupt write-ahead log: {} at byte {offset}: {damage}", file.display())]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        damage: Damage,
+    },
+    #[error("`{0}` is not a stream name (1 to 32 of a-z, 0-9, '-', '_')")]
+    BadStreamName(String),
+    #[error("{} holds more than {} segments", dir.display(), limits::WAL_SEGMENTS_PER_STREAM_MAX)]
+    TooManySegments { dir: PathBuf },
+    #[error(
+        "stream {stream} was written at epoch {found}; opening it at epoch {epoch} would go back"
+    )]
+    EpochBehind {
+        stream: Box<str>,
+        epoch: u64,
+        found: u64,
+    },
+}
+
+fn io_error(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RecoveryError {
+    let path = path.to_path_buf();
+    move |source| RecoveryError::Io {
+        context,
+        path,
+        source,
+    }
+}
+
+/// The writer saw a write or sync error: nothing more may be written or acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("write-ahead log stream {stream} is poisoned: failed to {context}: {message}")]
+pub struct Poisoned {
+    pub stream: Box<str>,
+    /// What failed ("write segment", "sync segment", ...).
+    pub context: &'static str,
+    pub kind: io::ErrorKind,
+    pub message: Box<str>,
+}
+
+/// Why `append` did not append (in every case nothing was appended).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The record fits neither in the current segment nor in a next one: the disk is full.
+    /// Refuse the request (503) and call `retry_space` until it is back.
+    #[error("write-ahead log disk full")]
+    Full,
+    /// Larger than `WAL_RECORD_BYTES_MAX` (callers bound their inputs far below it).
+    #[error("write-ahead log record of {bytes} bytes is too large")]
+    TooLarge { bytes: usize },
+    #[error(transparent)]
+    Poisoned(#[from] Poisoned),
+}
+
+/// Where the log stands after a `commit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitResult {
+    pub written_lsn: u64,
+    pub synced_lsn: u64,
+}
+
+/// A segment `retain` removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub name: String,
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    pub bytes: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a stream (shared by recovery, replay and the `ringcast wal` tools; read-only).
+
+/// One segment as a scan found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub name: String,
+    /// The first LSN its name says.
+    pub first_lsn: u64,
+    /// File size.
+    pub bytes: u64,
+    pub records: u64,
+    pub last_lsn: Option<u64>,
+    /// From its header (None when the header is damaged).
+    pub created_ms: Option<u64>,
+    pub valid_end: u64,
+    pub end: End,
+}
+
+/// The torn end of a stream: an unfinished write, truncated by recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub file: String,
+    pub offset: u64,
+    /// Bytes from `offset` to the end of the file (including preallocated zeros).
+    pub bytes: u64,
+    pub damage: Damage,
+}
+
+/// A whole stream as a read-only scan found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamScan {
+    pub stream: Box<str>,
+    pub segments: Vec<SegmentInfo>,
+    /// Other files in the directory (a leftover `next.wal.tmp` and anything unknown).
+    pub others: Vec<String>,
+    pub first_lsn: Option<u64>,
+    pub last_lsn: Option<u64>,
+    /// The LSN the next record gets.
+    pub next_lsn: u64,
+    pub records: u64,
+    pub skipped_unknown: u64,
+    /// Records per kind (index = position in `Kind::ALL`).
+    pub kinds: [u64; Kind::ALL.len()],
+    pub last_epoch: u64,
+    pub bytes: u64,
+    pub torn: Option<TornTail>,
+    /// Segments at the end holding no record (a header never written, or no record yet):
+    /// recovery removes them.
+    pub empty_tail: Vec<String>,
+    /// With `RecoveryMode::Salvage`: what was skipped, per file.
+    pub salvaged: Vec<(String, Salvaged)>,
+    pub salvaged_unlisted: u64,
+}
+
+/// The segment file names in `names`, sorted by first LSN, and the other names.
+fn sort_names(names: Vec<String>) -> (Vec<(u64, String)>, Vec<String>) {
+    let mut segments = Vec::new();
+    let mut others = Vec::new();
+    for name in names {
+        match segment::parse_file_name(&name) {
+            Some(lsn) => segments.push((lsn, name)),
+            None => others.push(name),
+        }
+    }
+    segments.sort();
+    others.sort();
+    (segments, others)
+}
+
+/// Scans every segment of the stream in `dir` read-only, calling `visit` for each valid record
+/// of a known kind in LSN order. A torn tail is reported, not repaired. Damage before the end
+/// is an error naming the file and byte offset (or, salvaging, listed and skipped).
+pub fn scan_stream(
+    storage: &dyn Storage,
+    dir: &Path,
+    stream: &str,
+    mode: RecoveryMode,
+    visit: impl FnMut(&Header, Record<&str>),
+) -> Result<StreamScan, RecoveryError> {
+    if !segment::valid_stream_name(stream) {
+        return Err(RecoveryError::BadStreamName(stream.to_string()));
+    }
+    let names = storage.list(dir).map_err(io_error("list", dir))?;
+    if names.len() > limits::WAL_SEGMENTS_PER_STREAM_MAX {
+        return Err(RecoveryError::TooManySegments {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let (segments, others) = sort_names(names);
+    let mut scan = scan_segments(storage, dir, stream, &segments, u64::MAX, mode, visit)?;
+    scan.others = others;
+    Ok(scan)
+}
+
+/// Scans the named segments in order, visiting records up to `lsn_last`.
+fn scan_segments(
+    storage: &dyn Storage,
+    dir: &Path,
+    stream: &str,
+    segments: &[(u64, String)],
+    lsn_last: u64,
+    mode: RecoveryMode,
+    mut visit: impl FnMut(&Header, Record<&str>),
+) -> Result<StreamScan, RecoveryError> {
+    let salvage = mode == RecoveryMode::Salvage;
+    let mut scan = StreamScan {
+        stream: stream.into(),
+        segments: Vec::with_capacity(segments.len()),
+        others: Vec::new(),
+        first_lsn: None,
+        last_lsn: None,
+        next_lsn: segments.first().map_or(1, |(lsn, _)| *lsn),
+        records: 0,
+        skipped_unknown: 0,
+        kinds: [0; Kind::ALL.len()],
+        last_epoch: 0,
+        bytes: 0,
+        torn: None,
+        empty_tail: Vec::new(),
+        salvaged: Vec::new(),
+        salvaged_unlisted: 0,
+    };
+    let mut previous_next: Option<u64> = None;
+    for (first_lsn, name) in segments {
+        if *first_lsn > lsn_last {
+            break;
+        }
+        let path = dir.join(name);
+        let len = storage.len(&path).map_err(io_error("stat", &path))?;
+        scan.bytes += len;
+        if len > limits::WAL_SEGMENT_FILE_BYTES_MAX {
+            return Err(RecoveryError::Corrupt {
+                file: path,
+                offset: 0,
+                damage: Damage::TooLarge { bytes: len },
+            });
+        }
+        let bytes = storage.read(&path).map_err(io_error("read", &path))?;
+        if let Some(torn) = &scan.torn {
+            // After an unfinished write nothing valid may follow: if something does, the
+            // "tear" was damage in the middle of the log.
+            match segment::find_record(&bytes, 0, scan.next_lsn) {
+                None => {
+                    scan.empty_tail.push(name.clone());
+                    continue;
+                }
+                Some(offset) if !salvage => {
+                    return Err(RecoveryError::Corrupt {
+                        file: dir.join(&torn.file),
+                        offset: torn.offset,
+                        damage: Damage::Followed {
+                            file: name.as_str().into(),
+                            offset: offset as u64,
+                        },
+                    });
+                }
+                Some(_) => {
+                    let torn = scan.torn.take().expect("matched above");
+                    let damage = torn.damage.clone();
+                    scan.salvaged.push((
+                        torn.file,
+                        Salvaged {
+                            offset: torn.offset,
+                            bytes: torn.bytes,
+                            damage,
+                            lsn_first: scan.next_lsn,
+                            lsn_end: scan.next_lsn,
+                        },
+                    ));
+                    scan.empty_tail.clear();
+                }
+            }
+        }
+        let expect = Expect {
+            stream,
+            first_lsn: *first_lsn,
+            next_lsn: previous_next,
+        };
+        let found = segment::scan(&bytes, expect, salvage, |_, header, record| {
+            if let Some(record) = record
+                && header.lsn <= lsn_last
+            {
+                visit(header, record);
+            }
+        });
+        scan.records += found.records;
+        scan.skipped_unknown += found.skipped_unknown;
+        for (total, count) in scan.kinds.iter_mut().zip(found.kinds) {
+            *total += count;
+        }
+        scan.last_epoch = scan.last_epoch.max(found.last_epoch);
+        if scan.first_lsn.is_none() {
+            scan.first_lsn = found.first_lsn;
+        }
+        if found.last_lsn.is_some() {
+            scan.last_lsn = found.last_lsn;
+        }
+        scan.next_lsn = found.next_lsn;
+        previous_next = Some(found.next_lsn);
+        for salvaged in found.salvaged {
+            scan.salvaged.push((name.clone(), salvaged));
+        }
+        scan.salvaged_unlisted += found.salvaged_unlisted;
+        match &found.end {
+            End::Clean => {}
+            End::Torn { offset, damage } => {
+                scan.torn = Some(TornTail {
+                    file: name.clone(),
+                    offset: *offset,
+                    bytes: len - offset,
+                    damage: damage.clone(),
+                });
+            }
+            End::Corrupt { offset, damage } => {
+                return Err(RecoveryError::Corrupt {
+                    file: path,
+                    offset: *offset,
+                    damage: damage.clone(),
+                });
+            }
+        }
+        if found.records == 0 && found.skipped_unknown == 0 {
+            scan.empty_tail.push(name.clone());
+        } else {
+            scan.empty_tail.clear();
+        }
+        scan.segments.push(SegmentInfo {
+            name: name.clone(),
+            first_lsn: *first_lsn,
+            bytes: len,
+            records: found.records + found.skipped_unknown,
+            last_lsn: found.last_lsn,
+            created_ms: found.header.as_ref().map(|header| header.created_ms),
+            valid_end: found.valid_end,
+            end: found.end,
+        });
+    }
+    Ok(scan)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery.
+
+/// What opening a stream found and repaired; `replay` visits its records.
+#[derive(Debug)]
+pub struct Recovery {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    mode: RecoveryMode,
+    /// The segments holding the recovered records, in order.
+    segments: Vec<(u64, String)>,
+    pub stream: Box<str>,
+    pub first_lsn: Option<u64>,
+    /// The last valid record (None: the stream has none). Appends continue after it.
+    pub last_lsn: Option<u64>,
+    pub records: u64,
+    pub last_epoch: u64,
+    /// An unfinished write at the end, truncated.
+    pub torn: Option<TornTail>,
+    /// Bytes cut from the last segment: the torn tail plus the preallocated space after it.
+    pub truncated_bytes: u64,
+    /// Files removed: leftovers of a segment created ahead of need, and segments at the end
+    /// holding no record.
+    pub removed: Vec<String>,
+    /// With `RecoveryMode::Salvage`: the damaged ranges skipped, per file, with the LSNs lost.
+    pub salvaged: Vec<(String, Salvaged)>,
+    pub salvaged_unlisted: u64,
+}
+
+impl Recovery {
+    /// Visits every recovered record of a known kind in LSN order (unknown skippable kinds are
+    /// skipped), strings borrowed from the segment being read. Call it before `retain`; the
+    /// records the writer appended since opening are not visited.
+    pub fn replay(&self, visit: impl FnMut(&Header, Record<&str>)) -> Result<u64, RecoveryError> {
+        let Some(last) = self.last_lsn else {
+            return Ok(0);
+        };
+        let scan = scan_segments(
+            &*self.storage,
+            &self.dir,
+            &self.stream,
+            &self.segments,
+            last,
+            self.mode,
+            visit,
+        )?;
+        Ok(scan.records)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer.
+
+#[derive(Debug)]
+struct Current {
+    name: String,
+    first_lsn: u64,
+    file: Box<dyn StorageFile>,
+    /// Bytes written to the file (the offset of the next write).
+    written: u64,
+    /// Bytes reserved for it (preallocated or not, records go up to here).
+    capacity: u64,
+}
+
+#[derive(Debug)]
+struct Prepared {
+    file: Box<dyn StorageFile>,
+    capacity: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Sealed {
+    name: String,
+    first_lsn: u64,
+    last_lsn: u64,
+    bytes: u64,
+    /// Wall-clock ms when it was sealed: no record in it is newer.
+    sealed_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Space {
+    /// The next segment could not be created (or grown): appends that need it are refused.
+    short: bool,
+    tried_ms: u64,
+    error: Option<String>,
+}
+
+/// The single writer of one stream. See the module docs.
+#[derive(Debug)]
+pub struct WalWriter {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    stream: Box<str>,
+    options: WalOptions,
+    epoch: u64,
+    current: Current,
+    next: Option<Prepared>,
+    sealed: VecDeque<Sealed>,
+    buffer: Vec<u8>,
+    next_lsn: u64,
+    written_lsn: u64,
+    synced_lsn: u64,
+    last_sync_ms: u64,
+    /// The latest wall clock passed in (stamps segment headers).
+    unix_ms: u64,
+    space: Space,
+    poisoned: Option<Poisoned>,
+}
+
+impl WalWriter {
+    /// Opens (or creates) the stream `stream` in `dir`: scans it, repairs the tail (truncates
+    /// a torn tail at the last valid record, removes leftovers and segments holding no
+    /// record), makes what is recovered durable, and starts a new segment for appends at the
+    /// last LSN + 1 (1 for a new stream). Records are written stamped with `epoch`.
+    ///
+    /// # Errors
+    ///
+    /// Damage before the tail (strict mode) names the file and byte offset; IO errors name
+    /// the operation and path (a disk too full for the first segment is one of them); an
+    /// `epoch` below the stream's last is refused.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        stream: &str,
+        epoch: u64,
+        options: WalOptions,
+        mode: RecoveryMode,
+        now: Now,
+    ) -> Result<(WalWriter, Recovery), RecoveryError> {
+        assert!(options.segment_bytes >= limits::WAL_SEGMENT_BYTES_MIN);
+        assert!(options.segment_bytes <= limits::WAL_SEGMENT_BYTES_MAX);
+        if !segment::valid_stream_name(stream) {
+            return Err(RecoveryError::BadStreamName(stream.to_string()));
+        }
+        storage
+            .create_dir_all(dir)
+            .map_err(io_error("create directory", dir))?;
+        // The stream directory's own entry (and `wal/`'s) must survive a power loss too.
+        for ancestor in dir.ancestors().skip(1).take(2) {
+            if !ancestor.as_os_str().is_empty() {
+                storage
+                    .sync_dir(ancestor)
+                    .map_err(io_error("sync directory", ancestor))?;
+            }
+        }
+        let names = storage.list(dir).map_err(io_error("list", dir))?;
+        if names.len() > limits::WAL_SEGMENTS_PER_STREAM_MAX {
+            return Err(RecoveryError::TooManySegments {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let (segments, others) = sort_names(names);
+        let scan = scan_segments(&*storage, dir, stream, &segments, u64::MAX, mode, |_, _| {})?;
+        if epoch < scan.last_epoch {
+            return Err(RecoveryError::EpochBehind {
+                stream: stream.into(),
+                epoch,
+                found: scan.last_epoch,
+            });
+        }
+        let mut removed = Vec::new();
+        for name in &others {
+            if name.ends_with(segment::TEMPORARY_SUFFIX) {
+                let path = dir.join(name);
+                storage.remove(&path).map_err(io_error("remove", &path))?;
+                removed.push(name.clone());
+            } else {
+                tracing::warn!(stream, file = %name, "unknown file in a write-ahead log directory left alone");
+            }
+        }
+        for name in &scan.empty_tail {
+            let path = dir.join(name);
+            storage.remove(&path).map_err(io_error("remove", &path))?;
+            removed.push(name.clone());
+        }
+        // The segments that hold the log now; the last one is cut at its last valid record.
+        let kept: Vec<&SegmentInfo> = scan
+            .segments
+            .iter()
+            .filter(|info| !scan.empty_tail.contains(&info.name))
+            .collect();
+        let mut truncated_bytes = 0;
+        if let Some(last) = kept.last()
+            && last.bytes > last.valid_end
+        {
+            let path = dir.join(&last.name);
+            storage
+                .truncate(&path, last.valid_end)
+                .map_err(io_error("truncate", &path))?;
+            truncated_bytes = last.bytes - last.valid_end;
+        }
+        if let Some(torn) = &scan.torn {
+            tracing::warn!(
+                stream,
+                file = %torn.file,
+                offset = torn.offset,
+                torn_bytes = torn.bytes,
+                reason = %torn.damage,
+                last_lsn = scan.last_lsn.unwrap_or(0),
+                "write-ahead log: torn tail truncated at the last valid record"
+            );
+        }
+        for (file, salvaged) in &scan.salvaged {
+            tracing::error!(
+                stream,
+                file = %file,
+                offset = salvaged.offset,
+                bytes = salvaged.bytes,
+                lost_lsns = %format!("{}..{}", salvaged.lsn_first, salvaged.lsn_end),
+                reason = %salvaged.damage,
+                "write-ahead log: damaged range skipped (salvage)"
+            );
+        }
+        // What was only in the page cache before a crash becomes durable before anything new
+        // is acknowledged on top of it.
+        let mut sealed = VecDeque::with_capacity(kept.len());
+        for (index, info) in kept.iter().enumerate() {
+            let path = dir.join(&info.name);
+            storage
+                .open(&path)
+                .and_then(|mut file| file.sync_data())
+                .map_err(io_error("sync", &path))?;
+            let sealed_ms = kept
+                .get(index + 1)
+                .and_then(|next| next.created_ms)
+                .unwrap_or(now.unix_ms);
+            sealed.push_back(Sealed {
+                name: info.name.clone(),
+                first_lsn: info.first_lsn,
+                last_lsn: info.last_lsn.unwrap_or(info.first_lsn.saturating_sub(1)),
+                bytes: info.valid_end,
+                sealed_ms,
+            });
+        }
+        let next_lsn = scan.next_lsn;
+        let current = create_segment(&*storage, dir, stream, next_lsn, options, now)?;
+        storage
+            .sync_dir(dir)
+            .map_err(io_error("sync directory", dir))?;
+        let recovery = Recovery {
+            storage: Arc::clone(&storage),
+            dir: dir.to_path_buf(),
+            mode,
+            segments: kept
+                .iter()
+                .map(|info| (info.first_lsn, info.name.clone()))
+                .collect(),
+            stream: stream.into(),
+            first_lsn: scan.first_lsn,
+            last_lsn: scan.last_lsn,
+            records: scan.records,
+            last_epoch: scan.last_epoch,
+            torn: scan.torn.clone(),
+            truncated_bytes,
+            removed,
+            salvaged: scan.salvaged.clone(),
+            salvaged_unlisted: scan.salvaged_unlisted,
+        };
+        let written = next_lsn - 1;
+        let writer = WalWriter {
+            storage,
+            dir: dir.to_path_buf(),
+            stream: stream.into(),
+            options,
+            epoch,
+            current,
+            next: None,
+            sealed,
+            buffer: Vec::new(),
+            next_lsn,
+            written_lsn: written,
+            synced_lsn: written,
+            last_sync_ms: now.mono_ms,
+            unix_ms: now.unix_ms,
+            space: Space::default(),
+            poisoned: None,
+        };
+        Ok((writer, recovery))
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Records appended from now on carry `epoch` (a promotion). Epochs never go back.
+    ///
+    /// # Panics
+    ///
+    /// When `epoch` is below the current one.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        assert!(epoch >= self.epoch, "epoch {epoch} < {}", self.epoch);
+        self.epoch = epoch;
+    }
+
+    /// The LSN the next appended record gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// The last LSN appended (in the buffer or beyond); 0 when none.
+    pub fn appended_lsn(&self) -> u64 {
+        self.next_lsn - 1
+    }
+
+    /// The last LSN handed to the kernel (survives a process crash); 0 when none.
+    pub fn written_lsn(&self) -> u64 {
+        self.written_lsn
+    }
+
+    /// The last LSN synced (survives a power loss); 0 when none.
+    pub fn synced_lsn(&self) -> u64 {
+        self.synced_lsn
+    }
+
+    /// Whether appends that need a new segment are refused for lack of space.
+    pub fn is_full(&self) -> bool {
+        self.space.short
+    }
+
+    /// The last error that made the disk count as full.
+    pub fn space_error(&self) -> Option<&str> {
+        self.space.error.as_deref()
+    }
+
+    pub fn poisoned(&self) -> Option<&Poisoned> {
+        self.poisoned.as_ref()
+    }
+
+    /// Bytes of the stream on disk: sealed segments plus what the current one holds.
+    pub fn bytes(&self) -> u64 {
+        self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.end()
+    }
+
+    /// Segments on disk, the current one included.
+    pub fn segments(&self) -> usize {
+        self.sealed.len() + 1
+    }
+
+    fn check(&self) -> Result<(), Poisoned> {
+        match &self.poisoned {
+            Some(poisoned) => Err(poisoned.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, context: &'static str, error: &io::Error) -> Poisoned {
+        let poisoned = Poisoned {
+            stream: self.stream.clone(),
+            context,
+            kind: error.kind(),
+            message: error.to_string().into(),
+        };
+        tracing::error!(%poisoned, "write-ahead log poisoned: nothing more is written or acknowledged");
+        self.poisoned = Some(poisoned.clone());
+        poisoned
+    }
+
+    /// The offset after everything appended to the current segment.
+    fn end(&self) -> u64 {
+        self.current.written + self.buffer.len() as u64
+    }
+
+    /// Appends `record` to the tick's buffer and returns its LSN. Nothing is written until
+    /// `commit` (unless the buffer passes `WAL_TICK_BYTES_MAX`: then what it holds is written
+    /// first, without a sync).
+    ///
+    /// # Errors
+    ///
+    /// `Full` when the record fits neither in the current segment nor in a next one (the disk
+    /// is full; nothing was appended), `TooLarge`, or `Poisoned`.
+    pub fn append<S: AsRef<str>>(&mut self, record: &Record<S>) -> Result<u64, AppendError> {
+        self.check()?;
+        let len = record.encoded_len();
+        if len > limits::WAL_RECORD_BYTES_MAX {
+            return Err(AppendError::TooLarge { bytes: len });
+        }
+        if !self.buffer.is_empty() && self.buffer.len() + len > limits::WAL_TICK_BYTES_MAX {
+            self.write_buffer()?;
+        }
+        if self.end() + len as u64 > self.current.capacity {
+            self.make_room(len)?;
+        }
+        let lsn = self.next_lsn;
+        let written = record::encode(record, self.epoch, lsn, &mut self.buffer);
+        assert_eq!(written, len);
+        assert!(self.end() <= self.current.capacity);
+        self.next_lsn += 1;
+        Ok(lsn)
+    }
+
+    /// Makes room for a record of `len` bytes: grows an empty current segment, or moves to the
+    /// next segment (created now if it was not ready). Refuses with `Full` before changing
+    /// anything when the space cannot be had.
+    fn make_room(&mut self, len: usize) -> Result<(), AppendError> {
+        let needed = segment::HEADER_BYTES as u64 + len as u64;
+        if self.current.first_lsn == self.next_lsn {
+            // No record yet: this segment grows (two segments must never share a first LSN).
+            let capacity = self.end() + len as u64;
+            return match self.current.file.allocate(capacity) {
+                Ok(_) => {
+                    self.current.capacity = capacity;
+                    Ok(())
+                }
+                Err(error) => Err(self.space_refusal("grow segment", error)?),
+            };
+        }
+        if self.next.is_none() {
+            if self.space.short {
+                return Err(AppendError::Full);
+            }
+            if let Err(error) = self.prepare_next() {
+                return Err(self.space_refusal("create segment", error)?);
+            }
+        }
+        let next = self.next.as_mut().expect("prepared above");
+        if next.capacity < needed {
+            match next.file.allocate(needed) {
+                Ok(_) => next.capacity = needed,
+                Err(error) => return Err(self.space_refusal("grow segment", error)?),
+            }
+        }
+        self.rotate()?;
+        Ok(())
+    }
+
+    /// A failure to reserve space: the disk counts as full (any error: no record is at stake
+    /// in a file that holds none yet). Returns the refusal.
+    fn space_refusal(&mut self, context: &str, error: io::Error) -> Result<AppendError, Poisoned> {
+        self.check()?;
+        if !self.space.short {
+            tracing::error!(
+                stream = %self.stream,
+                %error,
+                no_space = is_no_space(&error),
+                "write-ahead log: failed to {context}; refusing writes until space is back"
+            );
+        }
+        self.space.short = true;
+        self.space.error = Some(format!("{context}: {error}"));
+        Ok(AppendError::Full)
+    }
+
+    /// Creates and preallocates the next segment under its temporary name.
+    fn prepare_next(&mut self) -> io::Result<()> {
+        assert!(self.next.is_none());
+        let path = self.dir.join(NEXT_SEGMENT_NAME);
+        match self.storage.create(&path, self.options.segment_bytes) {
+            Ok((file, preallocated)) => {
+                if !preallocated {
+                    tracing::warn!(
+                        stream = %self.stream,
+                        "the filesystem cannot preallocate: a full disk will poison the write-ahead log instead of refusing writes"
+                    );
+                }
+                self.next = Some(Prepared {
+                    file,
+                    capacity: self.options.segment_bytes,
+                });
+                Ok(())
+            }
+            Err(error) => {
+                // A half-made file (created, not preallocated) goes; it never held anything.
+                let _ = self.storage.remove(&path);
+                Err(error)
+            }
+        }
+    }
+
+    /// Seals the current segment and starts the prepared one: the buffer goes to the current
+    /// segment, the prepared one is renamed to its first LSN and the name made durable before
+    /// anything is written into it.
+    fn rotate(&mut self) -> Result<(), Poisoned> {
+        self.write_buffer()?;
+        // Sealed means durable, whatever the policy: nothing reaches the next segment while
+        // this one may still lose a page, so a power loss can only cost the last segment's
+        // tail (never leave valid records after a hole, which would read as corruption).
+        if self.synced_lsn < self.written_lsn {
+            if let Err(error) = self.current.file.sync_data() {
+                return Err(self.poison("sync sealed segment", &error));
+            }
+            self.synced_lsn = self.written_lsn;
+        }
+        let prepared = self.next.take().expect("prepared before rotating");
+        let name = segment::file_name(self.next_lsn);
+        let from = self.dir.join(NEXT_SEGMENT_NAME);
+        if let Err(error) = self.storage.rename(&from, &self.dir.join(&name)) {
+            return Err(self.poison("rename segment", &error));
+        }
+        if let Err(error) = self.storage.sync_dir(&self.dir) {
+            return Err(self.poison("sync directory", &error));
+        }
+        let old = std::mem::replace(
+            &mut self.current,
+            Current {
+                name,
+                first_lsn: self.next_lsn,
+                file: prepared.file,
+                written: 0,
+                capacity: prepared.capacity,
+            },
+        );
+        assert!(
+            old.first_lsn < self.next_lsn,
+            "a sealed segment holds a record"
+        );
+        self.sealed.push_back(Sealed {
+            name: old.name,
+            first_lsn: old.first_lsn,
+            last_lsn: self.next_lsn - 1,
+            bytes: old.written,
+            sealed_ms: self.unix_ms,
+        });
+        segment::encode_header(
+            &SegmentHeader {
+                version: segment::VERSION,
+                stream: self.stream.clone(),
+                first_lsn: self.next_lsn,
+                created_ms: self.unix_ms,
+            },
+            &mut self.buffer,
+        );
+        Ok(())
+    }
+
+    /// Writes the buffer to the current segment with one call.
+    fn write_buffer(&mut self) -> Result<(), Poisoned> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self
+            .current
+            .file
+            .write_at(self.current.written, &self.buffer)
+        {
+            return Err(self.poison("write segment", &error));
+        }
+        self.current.written += self.buffer.len() as u64;
+        assert!(self.current.written <= self.current.capacity);
+        self.buffer.clear();
+        if self.buffer.capacity() > limits::WAL_TICK_BYTES_MAX {
+            self.buffer.shrink_to(limits::WAL_TICK_BYTES_MAX);
+        }
+        assert!(self.written_lsn < self.next_lsn);
+        self.written_lsn = self.next_lsn - 1;
+        Ok(())
+    }
+
+    /// Ends a tick: writes what was appended with one call, then syncs per the fsync policy
+    /// (`always`: whenever something is unsynced; `interval`: when `fsync_interval_ms` passed
+    /// since the last sync), and creates the next segment once the current one is 3/4 full.
+    ///
+    /// # Errors
+    ///
+    /// `Poisoned` on a write or sync error (now or earlier).
+    pub fn commit(&mut self, now: Now) -> Result<CommitResult, Poisoned> {
+        self.check()?;
+        self.unix_ms = self.unix_ms.max(now.unix_ms);
+        self.write_buffer()?;
+        let sync = match self.options.fsync {
+            FsyncPolicy::Always => self.synced_lsn < self.written_lsn,
+            FsyncPolicy::Interval | FsyncPolicy::Never => self.sync_due(now.mono_ms),
+        };
+        if sync {
+            self.sync(now)?;
+        }
+        if self.next.is_none()
+            && !self.space.short
+            && self.end() >= self.current.capacity / 4 * 3
+            && let Err(error) = self.prepare_next()
+        {
+            let _ = self.space_refusal("create segment", error)?;
+            self.space.tried_ms = now.mono_ms;
+        }
+        Ok(CommitResult {
+            written_lsn: self.written_lsn,
+            synced_lsn: self.synced_lsn,
+        })
+    }
+
+    /// Whether an `interval` sync is due: something written is unsynced and
+    /// `fsync_interval_ms` passed since the last sync (the loop calls `sync` for an idle
+    /// stream). Always false with `never`.
+    pub fn sync_due(&self, now_mono_ms: u64) -> bool {
+        match self.options.fsync {
+            FsyncPolicy::Never => false,
+            FsyncPolicy::Always => self.synced_lsn < self.written_lsn,
+            FsyncPolicy::Interval => {
+                self.synced_lsn < self.written_lsn
+                    && now_mono_ms.saturating_sub(self.last_sync_ms)
+                        >= self.options.fsync_interval_ms
+            }
+        }
+    }
+
+    /// Syncs everything written (whatever the policy: shutdown and tests use it). Appended
+    /// records still in the buffer are not written: `commit` first.
+    ///
+    /// # Errors
+    ///
+    /// `Poisoned` on a sync error (now or earlier).
+    pub fn sync(&mut self, now: Now) -> Result<u64, Poisoned> {
+        self.check()?;
+        let target = self.written_lsn;
+        if let Err(error) = self.current.file.sync_data() {
+            return Err(self.poison("sync segment", &error));
+        }
+        assert!(self.synced_lsn <= target);
+        self.synced_lsn = target;
+        self.last_sync_ms = now.mono_ms;
+        Ok(self.synced_lsn)
+    }
+
+    /// While the disk is full: tries to create the next segment again, at most every
+    /// `WAL_SPACE_RETRY_MS`. Returns whether appends are accepted again.
+    pub fn retry_space(&mut self, now: Now) -> bool {
+        if self.poisoned.is_some() {
+            return false;
+        }
+        if !self.space.short {
+            return true;
+        }
+        if now.mono_ms.saturating_sub(self.space.tried_ms) < limits::WAL_SPACE_RETRY_MS {
+            return false;
+        }
+        self.space.tried_ms = now.mono_ms;
+        if self.next.is_none() && self.prepare_next().is_err() {
+            return false;
+        }
+        tracing::info!(stream = %self.stream, "write-ahead log: space is back; accepting writes");
+        self.space.short = false;
+        self.space.error = None;
+        true
+    }
+
+    /// Removes sealed segments, oldest first, whose records are all below `needed_lsn` and
+    /// that are beyond the size budget (`retain_bytes_max` for the whole stream) or sealed
+    /// more than `retain_secs` ago. Never the current segment. Each removal is made durable
+    /// before the next (so a crash never leaves a gap in the middle).
+    ///
+    /// # Errors
+    ///
+    /// `Poisoned` when a removal or directory sync fails (now or earlier).
+    pub fn retain(
+        &mut self,
+        now_unix_ms: u64,
+        needed_lsn: u64,
+        retain_bytes_max: u64,
+        retain_secs: u64,
+    ) -> Result<Vec<Removed>, Poisoned> {
+        self.check()?;
+        let mut total = self.bytes();
+        let mut removed = Vec::new();
+        while let Some(oldest) = self.sealed.front() {
+            let over_budget = total > retain_bytes_max;
+            let expired = now_unix_ms.saturating_sub(oldest.sealed_ms) > retain_secs * 1000;
+            if oldest.last_lsn >= needed_lsn || !(over_budget || expired) {
+                break;
+            }
+            let oldest = oldest.clone();
+            match self.storage.remove(&self.dir.join(&oldest.name)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(self.poison("remove segment", &error)),
+            }
+            if let Err(error) = self.storage.sync_dir(&self.dir) {
+                return Err(self.poison("sync directory", &error));
+            }
+            self.sealed.pop_front();
+            total -= oldest.bytes;
+            removed.push(Removed {
+                name: oldest.name,
+                first_lsn: oldest.first_lsn,
+                last_lsn: oldest.last_lsn,
+                bytes: oldest.bytes,
+            });
+        }
+        Ok(removed)
+    }
+}
+
+/// Creates the segment starting at `first_lsn` under its own name, with its header written and
+/// synced (used at open, when the first LSN is known).
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    stream: &str,
+    first_lsn: u64,
+    options: WalOptions,
+    now: Now,
+) -> Result<Current, RecoveryError> {
+    let name = segment::file_name(first_lsn);
+    let path = dir.join(&name);
+    let (mut file, _) = storage
+        .create(&path, options.segment_bytes)
+        .map_err(io_error("create segment", &path))?;
+    let mut header = Vec::with_capacity(segment::HEADER_BYTES);
+    segment::encode_header(
+        &SegmentHeader {
+            version: segment::VERSION,
+            stream: stream.into(),
+            first_lsn,
+            created_ms: now.unix_ms,
+        },
+        &mut header,
+    );
+    file.write_at(0, &header)
+        .and_then(|()| file.sync_data())
+        .map_err(io_error("write segment header", &path))?;
+    Ok(Current {
+        name,
+        first_lsn,
+        file,
+        written: header.len() as u64,
+        capacity: options.segment_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests;
