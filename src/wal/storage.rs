@@ -1,7 +1,7 @@
 //! The storage seam of the write-ahead log: the `Storage` trait (exactly the file operations the
-//! WAL uses) and its three implementations. `FsStorage` is the real one (std files; the only
-//! `unsafe` is its `fallocate(2)` call). `MemStorage` keeps files in memory and models what a
-//! crash keeps: written bytes sit in a "page cache" until `sync_data` makes them durable, names
+//! WAL uses) and its three implementations. `FsStorage` is the real one (std files, and
+//! `fallocate(2)` through rustix). `MemStorage` keeps files in memory and models what a crash
+//! keeps: written bytes sit in a "page cache" until `sync_data` makes them durable, names
 //! until `sync_dir`; `power_loss()` keeps only what was durable, a process crash keeps
 //! everything written. `FaultyStorage` wraps another storage and injects the faults the WAL
 //! must survive: ENOSPC on create/preallocate and on write, EIO on write or sync, and torn
@@ -74,21 +74,13 @@ struct FsFile(File);
 /// Reserves `[0, len)` of `file` (mode 0: the size grows to `len`; the new space reads as
 /// zeros). `Ok(false)` when the filesystem does not support it.
 fn fallocate(file: &File, len: u64) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let len =
-        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    use rustix::fs::FallocateFlags;
     loop {
-        // SAFETY: fallocate(2) on a descriptor owned by `file`, which outlives the call; no
-        // memory is passed to the kernel.
-        let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-        if result == 0 {
-            return Ok(true);
-        }
-        let error = io::Error::last_os_error();
-        match error.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EOPNOTSUPP) => return Ok(false),
-            _ => return Err(error),
+        match rustix::fs::fallocate(file, FallocateFlags::empty(), 0, len) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(false),
+            Err(error) => return Err(error.into()),
         }
     }
 }
