@@ -1,9 +1,10 @@
 //! The io_uring driver: one pinned thread per core, each with its own ring, its own
 //! `SO_REUSEPORT` listener (multishot accept), a provided-buffer ring for multishot receives,
-//! vectored sends from each connection's queue of shared frames, an eventfd doorbell for the
-//! mesh, and a periodic timer sweep. It feeds bytes, closes, mesh messages and the time into the
-//! core's `Shard` and carries out what the shard queued. This module is where all socket IO and
-//! its `unsafe` live; it holds no protocol logic and shares no connection or channel state.
+//! vectored sends of shared frames taken from each connection's queue (each send owns its frames
+//! until the kernel completes it), an eventfd doorbell for the mesh, and a periodic timer sweep.
+//! It feeds bytes, closes, mesh messages and the time into the core's `Shard` and carries out
+//! what the shard queued. This module is where all socket IO and its `unsafe` live; it holds no
+//! protocol logic and shares no connection or channel state.
 
 pub(crate) mod buf_ring;
 
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -45,7 +47,8 @@ const BUFFER_GROUP: u16 = 0;
 /// Mesh messages taken from one source core per loop iteration, so one busy peer cannot starve
 /// the sockets.
 const MESH_BATCH_MAX: usize = 4096;
-/// Idle send operations kept for reuse (each holds `SEND_IOVECS_MAX` iovecs).
+/// Idle send operations kept for reuse (each holds `SEND_IOVECS_MAX` iovecs and room for as
+/// many frames).
 const SEND_POOL_MAX: usize = 256;
 /// Polls of the mesh before parking (each a few atomic loads, about 1-2 µs in all per 100).
 const SPIN_BEFORE_PARK: u32 = 2048;
@@ -311,11 +314,42 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
     })
 }
 
-/// Iovecs and header of one in-flight vectored send. Boxed so its address is stable while the
-/// kernel may read it; pooled so steady-state sends do not allocate.
+/// One in-flight vectored send: its header, its iovecs, and the frames they point at. Boxed so
+/// its address is stable while the kernel may read it; pooled so steady-state sends do not
+/// allocate (`frames` keeps its capacity across uses).
 struct SendOp {
     iovecs: [libc::iovec; limits::SEND_IOVECS_MAX],
     header: libc::msghdr,
+    /// The frames being sent, moved out of the connection's queue by `Shard::take_for_send` and
+    /// owned here until the completion: a frame handed to the kernel is owned by its send, so a
+    /// reset or a dead peer that clears the queue meanwhile cannot free memory the kernel may
+    /// still read. The completion hands the unsent rest back (`Shard::on_sent`).
+    frames: Vec<Bytes>,
+}
+
+impl SendOp {
+    fn new() -> Box<SendOp> {
+        Box::new(SendOp {
+            iovecs: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; limits::SEND_IOVECS_MAX],
+            // SAFETY: msghdr is a plain C struct for which all-zero bytes are valid (no name, no
+            // control data, no iovecs yet).
+            header: unsafe { std::mem::zeroed::<libc::msghdr>() },
+            frames: Vec::with_capacity(limits::SEND_IOVECS_MAX),
+        })
+    }
+
+    /// Whether the iovecs handed to the kernel point exactly at the frames this op owns (debug
+    /// builds check it at every completion: the ownership the `push` SAFETY relies on).
+    fn owns_its_iovecs(&self) -> bool {
+        self.header.msg_iovlen == self.frames.len()
+            && self.frames.iter().zip(&self.iovecs).all(|(frame, iovec)| {
+                iovec.iov_base.cast_const().cast::<u8>() == frame.as_ptr()
+                    && iovec.iov_len == frame.len()
+            })
+    }
 }
 
 struct CoreLoop {
@@ -407,9 +441,11 @@ impl CoreLoop {
     fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every entry we build points only at memory that outlives the operation:
-            // the listener and sockets stay open until their operations complete, send iovecs
-            // live in a boxed `SendOp` kept in `sends` until the completion, the doorbell value
-            // is boxed in `self`, and receive buffers belong to the registered buffer ring.
+            // the listener and sockets stay open until their operations complete; a send's
+            // iovecs and the frames they point at are owned by its boxed `SendOp`, kept in
+            // `sends` until the completion (the frames were moved out of the connection's queue,
+            // so nothing the shard does to the connection can free them); the doorbell value is
+            // boxed in `self`; receive buffers belong to the registered buffer ring.
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
                 return;
@@ -624,25 +660,30 @@ impl CoreLoop {
     }
 
     fn sent(&mut self, key: u32, result: i32) {
-        let op = self.sends[key as usize]
+        let mut op = self.sends[key as usize]
             .take()
             .expect("a send completion has its operation");
-        // A connect burst has every handshake in flight at once; keep only a small pool so
-        // that burst's operations are not held for the life of the process.
-        if self.send_pool.len() < SEND_POOL_MAX {
-            self.send_pool.push(op);
-        }
+        debug_assert!(
+            op.owns_its_iovecs(),
+            "send completion (result {result}): the frames the kernel read are no longer the op's"
+        );
         self.shard.conn_mut(key).io.send_in_flight = false;
         if result >= 0 {
             CoreMetrics::add(
                 &self.metrics.cores[self.core].socket_transmitted_bytes,
                 result as u64,
             );
-            if !self.shard.conn(key).dead {
-                self.shard.on_sent(key, result as usize);
-            }
+            // Puts the unsent rest back at the front of the queue (or drops the frames of a
+            // connection that died meanwhile): the kernel is done with them.
+            self.shard.on_sent(key, result as usize, &mut op.frames);
         } else {
+            op.frames.clear();
             self.shard.on_peer_closed(key);
+        }
+        // A connect burst has every handshake in flight at once; keep only a small pool so
+        // that burst's operations are not held for the life of the process.
+        if self.send_pool.len() < SEND_POOL_MAX {
+            self.send_pool.push(op);
         }
         self.settle.push(key);
     }
@@ -698,23 +739,23 @@ impl CoreLoop {
     }
 
     fn start_send(&mut self, key: u32) {
-        let mut op = self.send_pool.pop().unwrap_or_else(|| {
-            // SAFETY: iovec and msghdr are plain C structs for which all-zero bytes are valid.
-            Box::new(unsafe { std::mem::zeroed::<SendOp>() })
-        });
-        let conn = self.shard.conn(key);
-        let mut count = 0;
-        for frame in conn.out.iter().take(limits::SEND_IOVECS_MAX) {
-            op.iovecs[count] = libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
+        let mut op = self.send_pool.pop().unwrap_or_else(SendOp::new);
+        // The frames leave the connection's queue for the op, which owns them until the
+        // completion; moving a `Bytes` does not move the bytes it points at.
+        self.shard
+            .take_for_send(key, &mut op.frames, limits::SEND_IOVECS_MAX);
+        let op_ref = &mut *op;
+        for (iovec, frame) in op_ref.iovecs.iter_mut().zip(&op_ref.frames) {
+            *iovec = libc::iovec {
+                iov_base: frame.as_ptr().cast_mut().cast(),
                 iov_len: frame.len(),
             };
-            count += 1;
         }
-        assert!(count > 0);
+        let count = op.frames.len();
+        assert!(count > 0, "a send has frames");
         op.header.msg_iov = op.iovecs.as_mut_ptr();
         op.header.msg_iovlen = count;
-        let fd = conn.fd;
+        let fd = self.shard.conn(key).fd;
         let entry = opcode::SendMsg::new(types::Fd(fd), &raw const op.header)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
@@ -727,8 +768,8 @@ impl CoreLoop {
             self.sends[slot].is_none(),
             "one send in flight per connection"
         );
-        // The frames stay in the connection's queue (not popped) until the completion, so the
-        // iovec targets stay alive; the boxed op keeps the iovecs themselves alive.
+        // The boxed op, kept in `sends` until the completion, owns the iovecs and the frames
+        // they point at.
         self.sends[slot] = Some(op);
         self.shard.conn_mut(key).io.send_in_flight = true;
         self.push(entry);

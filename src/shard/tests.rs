@@ -341,3 +341,109 @@ fn only_peers_that_stopped_reading_are_reset() {
     assert!(conn.dead, "an idle keep-alive connection times out");
     assert!(!conn.aborted, "and is closed in order, not reset");
 }
+
+/// The frame of one published event, as `World::publish` makes it.
+fn event_frame(channel: &str, data: &str) -> Bytes {
+    let text = crate::protocol::outbound::channel_event("e", channel, &format!("\"{data}\""));
+    crate::ws::frame::encode_text(text.as_bytes())
+}
+
+// A send owns the frames it took from the queue: a partial write puts the unsent rest back at
+// the front, in order and ahead of frames queued meanwhile, and `out_bytes` counts queued and
+// in-flight bytes alike, so a peer with a send in flight still reaches its bound.
+#[test]
+fn a_partial_send_puts_the_rest_back_first_and_in_flight_bytes_count() {
+    let mut world = World::new(1);
+    let mut client = world.connect(0, 3);
+    world.subscribe(&client, "c");
+    assert_eq!(world.frames(&mut client).len(), 1, "subscription_succeeded");
+    let shard = &mut world.shards[0];
+    let mut frames = Vec::new();
+    shard.take_for_send(client.key, &mut frames, usize::MAX);
+    let written_so_far: usize = frames.iter().map(Bytes::len).sum();
+    shard.on_sent(client.key, written_so_far, &mut frames);
+    assert!(frames.is_empty() && shard.conn(client.key).out_bytes == 0);
+
+    for data in ["a", "b", "c"] {
+        shard.deliver_local(&ChannelKey::new(0, "c"), &event_frame("c", data), None, 0);
+    }
+    shard.take_for_send(client.key, &mut frames, 2);
+    assert_eq!(frames, [event_frame("c", "a"), event_frame("c", "b")]);
+    let in_flight: usize = frames.iter().map(Bytes::len).sum();
+    let total = in_flight + event_frame("c", "c").len();
+    assert_eq!(
+        shard.conn(client.key).out_bytes,
+        total,
+        "in flight still counted"
+    );
+    shard.deliver_local(&ChannelKey::new(0, "c"), &event_frame("c", "d"), None, 0);
+    // Written: all of "a" and 5 bytes of "b".
+    let written = event_frame("c", "a").len() + 5;
+    shard.on_sent(client.key, written, &mut frames);
+    assert!(frames.is_empty());
+    let conn = shard.conn(client.key);
+    let queued: Vec<Bytes> = conn.out.iter().cloned().collect();
+    assert_eq!(
+        queued,
+        [
+            event_frame("c", "b").slice(5..),
+            event_frame("c", "c"),
+            event_frame("c", "d")
+        ]
+    );
+    assert_eq!(conn.out_bytes, queued.iter().map(Bytes::len).sum::<usize>());
+
+    // Everything in flight, nothing queued: the bound still sees the in-flight bytes.
+    shard.take_for_send(client.key, &mut frames, usize::MAX);
+    assert!(shard.conn(client.key).out.is_empty());
+    let limit = shard.config.server.outbound_bytes_max;
+    let big = Bytes::from(vec![b'x'; limit]);
+    assert!(
+        !shard.queue(client.key, big),
+        "over the bound with bytes in flight"
+    );
+}
+
+// Regression (issue 11): the close-linger expiry resets a connection whose send is in flight.
+// The reset clears the queue; the frames the send took are untouched (still the op's, still the
+// same bytes), and its completion on the dead connection drops them without requeueing.
+#[test]
+fn a_reset_leaves_the_frames_of_a_send_in_flight_alone() {
+    let mut world = World::new(1);
+    let mut client = world.connect(0, 3);
+    world.subscribe(&client, "c");
+    assert_eq!(world.frames(&mut client).len(), 1, "subscription_succeeded");
+    let shard = &mut world.shards[0];
+    let mut frames = Vec::new();
+    shard.take_for_send(client.key, &mut frames, usize::MAX);
+    let written: usize = frames.iter().map(Bytes::len).sum();
+    shard.on_sent(client.key, written, &mut frames);
+    for data in ["a", "b"] {
+        shard.deliver_local(&ChannelKey::new(0, "c"), &event_frame("c", data), None, 0);
+    }
+    shard.take_for_send(client.key, &mut frames, 1);
+    let pointer = frames[0].as_ptr();
+    // The client closes; the server's close frame waits behind the send, which never ends.
+    let mask = [1u8, 2, 3, 4];
+    let close = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ mask[0], 0xe8 ^ mask[1]];
+    shard.on_recv(client.key, &close, NOW);
+    assert!(shard.conn(client.key).closing);
+    let linger_over = NOW.mono_ms + CLOSE_LINGER_MS;
+    shard.on_timer(Now {
+        mono_ms: linger_over,
+        mono_us: linger_over * 1000,
+        ..NOW
+    });
+    let conn = shard.conn(client.key);
+    assert!(conn.dead && conn.aborted, "reset at the linger's end");
+    assert!(conn.out.is_empty() && conn.out_bytes == 0);
+    assert_eq!(
+        frames,
+        [event_frame("c", "a")],
+        "the send's frame is intact"
+    );
+    assert_eq!(frames[0].as_ptr(), pointer, "and is the same memory");
+    shard.on_sent(client.key, 0, &mut frames);
+    assert!(frames.is_empty());
+    assert!(shard.conn(client.key).out.is_empty(), "nothing requeued");
+}

@@ -2,8 +2,9 @@
 //! the test owns, `/healthz` and `/readyz`, `/metrics` values moving with traffic, the SIGTERM
 //! drain (readiness first, then closes spread at the configured rate), SIGHUP reloads,
 //! admission limits (4100, 4004, 503 for REST reads over `rest_in_flight_max`), a slow reader
-//! closed with 4101 while the others lose nothing, and the two outage drills: unknown config
-//! keys, and a restart under a reconnect storm with a publish load. Every wait is bounded.
+//! closed with 4101 while the others lose nothing, a reset while a send to a reader that stopped
+//! is parked, and the two outage drills: unknown config keys, and a restart under a reconnect
+//! storm with a publish load. Every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -852,6 +853,107 @@ fn a_slow_reader_is_closed_and_the_others_lose_nothing() {
         1.0,
         "slow consumer closes (received {received}, {ending})"
     );
+}
+
+/// The kernel's largest TCP send buffer (`net.ipv4.tcp_wmem`, third field): how much a socket
+/// can take from the server before a send to a peer that does not read has to wait.
+fn tcp_send_buffer_max() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 * 1024 * 1024)
+}
+
+/// Blocks (bounded by `within`) until the socket has an error or is hung up, without reading
+/// it: reading would open the peer's window and let a parked send move again.
+fn wait_for_hangup(stream: &TcpStream, within: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut entry = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        // No events asked for: poll reports only POLLERR and POLLHUP, which it always does.
+        events: 0,
+        revents: 0,
+    };
+    let timeout = libc::c_int::try_from(within.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `entry` is one valid pollfd for the duration of the call, and the count is 1.
+    let ready = unsafe { libc::poll(&raw mut entry, 1, timeout) };
+    ready == 1 && entry.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+// Regression (issue 11): a send parked on a client that stopped reading, then the close-linger
+// expiry resets the connection while that send is still in flight. The reset clears the
+// connection's queue; the frames the kernel may still read belong to the send until its
+// completion, so nothing is freed under it. The server survives and serves everyone else
+// exactly, and nothing but the client's own close is counted against it.
+#[test]
+fn a_reset_while_a_send_is_parked_leaves_the_server_serving() {
+    const EVENT_BYTES: usize = 1024 * 1024;
+    // More than the kernel's buffers on both sides can hold, so most of it waits on the server.
+    let events = 2 * tcp_send_buffer_max() / EVENT_BYTES + 4;
+    let queued = events * (EVENT_BYTES + 64);
+    let (mut server, metrics) = Server::with_metrics(Options {
+        cores: 1,
+        extra_server: format!(
+            "outbound_bytes_max = {}\nhttp_body_bytes_max = {}",
+            2 * queued,
+            2 * EVENT_BYTES
+        ),
+        extra_app: format!("payload_bytes_max = {}", 2 * EVENT_BYTES),
+        ..Options::default()
+    });
+    let mut victim = small_buffer_client(server.addr);
+    victim.subscribe("parked");
+    let mut other = server.client();
+    other.subscribe("others");
+    // From here on the victim is not read: the server's send to it parks once the kernel's
+    // buffers are full.
+    let filler = "x".repeat(EVENT_BYTES);
+    for k in 0..events {
+        server.trigger(&json!({"name":"big","channel":"parked","data":format!("{k:04}-{filler}")}));
+    }
+    let written = scraped(metrics, "ringcast_socket_transmitted_bytes_total");
+    assert!(
+        written < (events * EVENT_BYTES) as f64,
+        "the kernel took all {events} MB ({written} bytes written): no send was left parked"
+    );
+    // A masked close frame (code 1000): the server echoes it behind the queued events and
+    // begins its close; the victim reads nothing, so the close lingers until it expires and
+    // the server resets the connection with its send still parked.
+    let mask = [1u8, 2, 3, 4];
+    let close: Vec<u8> = [0x88, 0x82]
+        .into_iter()
+        .chain(mask)
+        .chain([0x03 ^ mask[0], 0xe8 ^ mask[1]])
+        .collect();
+    victim.ws.get_mut().write_all(&close).unwrap();
+    assert!(
+        wait_for_hangup(victim.ws.get_ref(), WAIT),
+        "the victim was not reset after its close lingered; stderr:\n{}",
+        server.stderr()
+    );
+    assert!(
+        server.is_alive(),
+        "the server died; stderr:\n{}",
+        server.stderr()
+    );
+    // The same core keeps serving: the other client gets the exact next event, and a new
+    // client connects, subscribes and receives one too.
+    server.trigger(&json!({"name":"after","channel":"others","data":"one"}));
+    assert_eq!(
+        other.recv_text(),
+        r#"{"event":"after","channel":"others","data":"one"}"#
+    );
+    let mut late = server.client();
+    late.subscribe("parked");
+    server.trigger(&json!({"name":"after","channel":"parked","data":"two"}));
+    assert_eq!(
+        late.recv_text(),
+        r#"{"event":"after","channel":"parked","data":"two"}"#
+    );
+    let text = scrape(metrics);
+    assert_eq!(value(&text, "ringcast_closes_total{code=\"1000\"}"), 1.0);
+    assert_eq!(value(&text, "ringcast_slow_consumer_closes_total"), 0.0);
+    assert_eq!(value(&text, "ringcast_connected"), 2.0);
 }
 
 // ---------------------------------------------------------------------------------------------
