@@ -47,13 +47,14 @@ pub const ENDPOINTS: [(Endpoint, &str); 9] = [
     (Endpoint::Other, "other"),
 ];
 
-/// Statuses counted individually; anything else is "other".
-pub const STATUSES: [u16; 13] = [
-    101, 200, 400, 401, 403, 404, 405, 408, 413, 426, 431, 501, 503,
+/// Statuses counted individually: every status the server answers with (the request parser,
+/// the upgrade, the REST API, the request timeout). "other" is only a safety net.
+pub const STATUSES: [u16; 14] = [
+    101, 200, 400, 401, 403, 404, 405, 408, 413, 426, 431, 501, 503, 505,
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 7] = [
+pub const REJECTIONS: [&str; 8] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
@@ -61,6 +62,7 @@ pub const REJECTIONS: [&str; 7] = [
     "draining",
     "rest_in_flight",
     "mesh_backlog",
+    "request_timeout",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -69,6 +71,8 @@ pub const REJECT_ORIGIN: usize = 3;
 pub const REJECT_DRAINING: usize = 4;
 pub const REJECT_REST_IN_FLIGHT: usize = 5;
 pub const REJECT_MESH_BACKLOG: usize = 6;
+/// A request not complete within `request_timeout_ms` (a slow or stalled client: slowloris).
+pub const REJECT_REQUEST_TIMEOUT: usize = 7;
 
 /// Upper bounds (seconds) of the publish→write latency histogram.
 pub const LATENCY_BUCKETS: [f64; 14] = [

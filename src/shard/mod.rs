@@ -491,10 +491,12 @@ impl Shard {
             self.abort(key);
             return;
         }
-        let mut response = Vec::new();
-        crate::http::response::write_json_error(&mut response, 408, "Request timeout", false, &[]);
-        self.queue(key, Bytes::from(response));
-        self.begin_close(key);
+        // A request begun and not finished in time (a slow client, or slowloris): 408, counted
+        // as an HTTP call (no endpoint is known before the request is) and as a rejection.
+        self.endpoint = crate::metrics::Endpoint::Other;
+        self.core_metrics()
+            .reject(crate::metrics::REJECT_REQUEST_TIMEOUT);
+        self.respond_error(key, 408, "Request timeout", false, &[]);
     }
 
     /// Drops a connection at once, without a goodbye (the driver shuts the socket down).

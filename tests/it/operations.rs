@@ -1,6 +1,7 @@
 //! Operations, as an operator sees them: the systemd notify protocol read from a NOTIFY_SOCKET
-//! the test owns, `/healthz` and `/readyz`, `/metrics` values moving with traffic, the SIGTERM
-//! drain (readiness first, then closes spread at the configured rate), SIGHUP reloads,
+//! the test owns, `/healthz` and `/readyz`, `/metrics` values moving with traffic (408 and 505
+//! counted under their own statuses), the SIGTERM drain (readiness first, then closes spread at
+//! the configured rate), SIGHUP reloads,
 //! admission limits (4100, 4004, 503 for REST reads over `rest_in_flight_max`), a slow reader
 //! closed with 4101 while the others lose nothing, a reset while a send to a reader that stopped
 //! is parked, and the two outage drills: unknown config keys, and a restart under a reconnect
@@ -450,6 +451,45 @@ fn metrics_move_with_connections_messages_and_rest_calls() {
         metric(&text, "ringcast_new_disconnections_total").unwrap_or(0.0)
             - metric(&before, "ringcast_new_disconnections_total").unwrap_or(0.0),
         N as f64
+    );
+}
+
+// Rejections the metrics used to miss: a request left unfinished (slowloris) gets 408 and is
+// counted as an HTTP call with status 408 and as a `request_timeout` rejection; a request in an
+// unsupported HTTP version gets 505, counted under its own status (not "other").
+#[test]
+fn request_timeouts_and_505_are_counted_by_status() {
+    let (server, metrics) = Server::with_metrics(Options {
+        extra_server: "request_timeout_ms = 300".to_string(),
+        ..Options::default()
+    });
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled.set_read_timeout(Some(WAIT)).unwrap();
+    stalled
+        .write_all(b"POST /apps/123456/events HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stalled.read_to_end(&mut response);
+    let (status, body) = crate::support::parse_response(&response);
+    assert_eq!(status, 408, "{body}");
+    let response = crate::support::raw(server.addr, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n");
+    let (status, body) = crate::support::parse_response(&response);
+    assert_eq!(status, 505, "{body}");
+    let text = scrape(metrics);
+    let calls = |status: &str| {
+        metric(
+            &text,
+            &format!(
+                "ringcast_http_calls_received_total{{endpoint=\"other\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!(calls("408"), Some(1.0), "{text}");
+    assert_eq!(calls("505"), Some(1.0), "{text}");
+    assert_eq!(calls("other"), None, "{text}");
+    assert_eq!(
+        value(&text, "ringcast_rejected_total{reason=\"request_timeout\"}"),
+        1.0
     );
 }
 
