@@ -52,6 +52,10 @@ pub const APPS_MAX: usize = 10_000;
 /// How often each core runs its timer sweep (activity timeouts, slow requests).
 pub const TIMER_SWEEP_INTERVAL_MS: u64 = 100;
 
+/// Accept failures (at the descriptor limit they repeat at every sweep) are logged at most once
+/// per this long per core; the ones in between are counted, and the next line says how many.
+pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
+
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);

@@ -74,6 +74,9 @@ pub const REJECT_MESH_BACKLOG: usize = 6;
 /// A request not complete within `request_timeout_ms` (a slow or stalled client: slowloris).
 pub const REJECT_REQUEST_TIMEOUT: usize = 7;
 
+/// Why an accept failed: the process's descriptor limit, the system's, memory, anything else.
+pub const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "enomem", "other"];
+
 /// Upper bounds (seconds) of the publish→write latency histogram.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -99,6 +102,8 @@ pub struct CoreMetrics {
     pub http_calls: [AtomicU64; ENDPOINTS.len() * (STATUSES.len() + 1)],
     pub slow_consumer_closes: AtomicU64,
     pub rejected: [AtomicU64; REJECTIONS.len()],
+    /// Failed accepts, by `ACCEPT_ERRORS` reason (written by the core's driver).
+    pub accept_errors: [AtomicU64; ACCEPT_ERRORS.len()],
     /// Cumulative bucket counts are computed on scrape; these are per-bucket (last = +Inf).
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     pub latency_sum_us: AtomicU64,
@@ -121,6 +126,7 @@ impl CoreMetrics {
             http_calls: counters(),
             slow_consumer_closes: AtomicU64::new(0),
             rejected: counters(),
+            accept_errors: counters(),
             latency_buckets: counters(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -157,6 +163,17 @@ impl CoreMetrics {
 
     pub fn reject(&self, reason: usize) {
         Self::add(&self.rejected[reason], 1);
+    }
+
+    /// Counts one failed accept by its errno (positive, e.g. `libc::EMFILE`).
+    pub fn accept_error(&self, errno: i32) {
+        let reason = match errno {
+            libc::EMFILE => 0,
+            libc::ENFILE => 1,
+            libc::ENOMEM | libc::ENOBUFS => 2,
+            _ => 3,
+        };
+        Self::add(&self.accept_errors[reason], 1);
     }
 
     /// Records `count` deliveries that waited `latency_us` from publish to write.
@@ -349,6 +366,19 @@ impl Collector for Metrics {
             for (index, reason) in REJECTIONS.iter().enumerate() {
                 let labels = [("reason", *reason)];
                 ConstCounter::new(self.sum(|c| &c.rejected[index]))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_accept_errors",
+                "Failed accepts of new connections, by reason (emfile: the process's descriptor limit)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (index, reason) in ACCEPT_ERRORS.iter().enumerate() {
+                let labels = [("reason", *reason)];
+                ConstCounter::new(self.sum(|c| &c.accept_errors[index]))
                     .encode(family.encode_family(&labels)?)?;
             }
         }

@@ -375,6 +375,42 @@ struct CoreLoop {
     rearm: Vec<u32>,
     accept_armed: bool,
     next_sweep_ms: u64,
+    /// Accept failures repeat at every sweep while the process is at its descriptor limit: they
+    /// are all counted (`ringcast_accept_errors_total`), but logged at most once per
+    /// `ACCEPT_ERROR_LOG_INTERVAL_MS`.
+    accept_error_log: Throttle,
+}
+
+/// At most one log line per interval for a failure that repeats; the ones held back in between
+/// are counted so that the next line can say how many there were.
+#[derive(Debug, Default)]
+struct Throttle {
+    /// When the next line may be written (monotonic ms).
+    next_ms: u64,
+    /// Occurrences held back since the last line.
+    held: u64,
+}
+
+impl Throttle {
+    /// One more occurrence: Some(how many were held back before it) when it may be logged now.
+    fn admit(&mut self, now_ms: u64, interval_ms: u64) -> Option<u64> {
+        if now_ms < self.next_ms {
+            self.held += 1;
+            return None;
+        }
+        self.next_ms = now_ms + interval_ms;
+        Some(std::mem::take(&mut self.held))
+    }
+
+    /// Some(count) when occurrences were held back and a line may be written now, so that the
+    /// last ones of a burst are reported even when no new one comes to carry them.
+    fn overdue(&mut self, now_ms: u64, interval_ms: u64) -> Option<u64> {
+        if self.held == 0 || now_ms < self.next_ms {
+            return None;
+        }
+        self.next_ms = now_ms + interval_ms;
+        Some(std::mem::take(&mut self.held))
+    }
 }
 
 impl CoreLoop {
@@ -419,6 +455,7 @@ impl CoreLoop {
             rearm: Vec::new(),
             accept_armed: false,
             next_sweep_ms: 0,
+            accept_error_log: Throttle::default(),
         };
         core_loop.arm_accept();
         core_loop.arm_doorbell();
@@ -508,6 +545,16 @@ impl CoreLoop {
                 #[cfg(debug_assertions)]
                 self.test_stall(now);
                 self.shard.on_timer(now);
+                if let Some(count) = self
+                    .accept_error_log
+                    .overdue(now.mono_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
+                {
+                    tracing::warn!(
+                        core = self.core,
+                        suppressed = count,
+                        "accept failed; `suppressed` more failures since the last line"
+                    );
+                }
                 if !self.accept_armed {
                     self.arm_accept();
                 }
@@ -606,13 +653,22 @@ impl CoreLoop {
             self.accept_armed = false;
         }
         if result < 0 {
-            let error = io::Error::from_raw_os_error(-result);
             // Out of descriptors or memory: stop accepting until the next sweep re-arms, rather
-            // than spinning on the error.
-            if self.accept_armed {
-                tracing::warn!(core = self.core, %error, "accept failed");
-            } else {
-                tracing::warn!(core = self.core, %error, "accept failed; retrying at the next sweep");
+            // than spinning on the error. Every failure is counted; at most one line per
+            // interval is logged (at the descriptor limit one comes every sweep).
+            self.metrics.cores[self.core].accept_error(-result);
+            if let Some(held) = self
+                .accept_error_log
+                .admit(now.mono_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
+            {
+                let error = io::Error::from_raw_os_error(-result);
+                tracing::warn!(
+                    core = self.core,
+                    %error,
+                    suppressed = held,
+                    "accept failed; retrying at the next sweep (one line per {} s per core at most: `suppressed` failures came since the last; all are counted in ringcast_accept_errors_total)",
+                    limits::ACCEPT_ERROR_LOG_INTERVAL_MS / 1000
+                );
             }
             return;
         }
@@ -837,6 +893,25 @@ mod tests {
         assert!(message.contains("seccomp"), "{message}");
         let missing = io::Error::from_raw_os_error(libc::ENOSYS);
         assert!(unavailable_message(&missing, None).contains("no io_uring"));
+    }
+
+    #[test]
+    fn throttle_logs_once_per_interval_and_counts_the_rest() {
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.admit(0, 1000), Some(0), "the first is logged");
+        for ms in [1, 100, 999] {
+            assert_eq!(throttle.admit(ms, 1000), None);
+        }
+        assert_eq!(throttle.overdue(999, 1000), None, "not before the interval");
+        assert_eq!(
+            throttle.admit(1000, 1000),
+            Some(3),
+            "says how many were held"
+        );
+        assert_eq!(throttle.admit(1500, 1000), None);
+        assert_eq!(throttle.overdue(2000, 1000), Some(1), "the last of a burst");
+        assert_eq!(throttle.overdue(3000, 1000), None, "nothing held");
+        assert_eq!(throttle.admit(3000, 1000), Some(0));
     }
 
     #[test]
