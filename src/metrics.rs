@@ -54,7 +54,7 @@ pub const STATUSES: [u16; 14] = [
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 8] = [
+pub const REJECTIONS: [&str; 9] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
@@ -63,6 +63,7 @@ pub const REJECTIONS: [&str; 8] = [
     "rest_in_flight",
     "mesh_backlog",
     "request_timeout",
+    "descriptor_limit",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -73,6 +74,8 @@ pub const REJECT_REST_IN_FLIGHT: usize = 5;
 pub const REJECT_MESH_BACKLOG: usize = 6;
 /// A request not complete within `request_timeout_ms` (a slow or stalled client: slowloris).
 pub const REJECT_REQUEST_TIMEOUT: usize = 7;
+/// A connection accepted on the spare descriptor at the process's descriptor limit.
+pub const REJECT_DESCRIPTOR_LIMIT: usize = 8;
 
 /// Why an accept failed: the process's descriptor limit, the system's, memory, anything else.
 pub const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "enomem", "other"];

@@ -5,6 +5,17 @@
 //! It feeds bytes, closes, mesh messages and the time into the core's `Shard` and carries out
 //! what the shard queued. This module is where all socket IO and its `unsafe` live; it holds no
 //! protocol logic and shares no connection or channel state.
+//!
+//! At the process's descriptor limit an accept fails (EMFILE, or ENFILE system-wide) and the
+//! client would wait in the listen backlog. Each core therefore holds one spare descriptor
+//! (`/dev/null`, opened at start, as nginx and haproxy do). On EMFILE/ENFILE the core closes it,
+//! takes the oldest pending connection with a plain `accept4` (an exceptional path), and hands
+//! it to the shard flagged `over_capacity`: the shard reads its request as usual (bounded by
+//! `request_timeout_ms`) and answers a WebSocket upgrade with the 101, then `pusher:error` and
+//! close 4100, and anything else with 503 + Retry-After, then closes. The spare is opened again
+//! as soon as a descriptor is free (a connection of this core closed, or at the next sweep), and
+//! accepting resumes at once; until then further clients wait. Failed accepts are counted by
+//! reason and logged at most once per `ACCEPT_ERROR_LOG_INTERVAL_MS` per core.
 
 pub(crate) mod buf_ring;
 
@@ -165,6 +176,15 @@ fn reset_on_close(fd: RawFd) {
             size_of::<libc::linger>() as libc::socklen_t,
         )
     };
+}
+
+/// Opens the spare descriptor (`CoreLoop::spare`): `/dev/null`, held only so that it can be
+/// closed at the descriptor limit (the nginx/haproxy/libuv habit). None when even it cannot be
+/// opened; the sweep tries again.
+fn open_spare() -> Option<RawFd> {
+    // SAFETY: a NUL-terminated path literal; the descriptor returned, if any, is ours alone.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    (fd >= 0).then_some(fd)
 }
 
 /// Raises the soft descriptor limit to the hard one, then grows the process's descriptor table
@@ -375,6 +395,10 @@ struct CoreLoop {
     rearm: Vec<u32>,
     accept_armed: bool,
     next_sweep_ms: u64,
+    /// A descriptor held in reserve (`/dev/null`): at the descriptor limit it is closed to accept
+    /// one pending connection that the shard answers "over capacity", and opened again once a
+    /// descriptor is free. None while spent (or while even it could not be opened).
+    spare: Option<RawFd>,
     /// Accept failures repeat at every sweep while the process is at its descriptor limit: they
     /// are all counted (`ringcast_accept_errors_total`), but logged at most once per
     /// `ACCEPT_ERROR_LOG_INTERVAL_MS`.
@@ -455,6 +479,7 @@ impl CoreLoop {
             rearm: Vec::new(),
             accept_armed: false,
             next_sweep_ms: 0,
+            spare: open_spare(),
             accept_error_log: Throttle::default(),
         };
         core_loop.arm_accept();
@@ -555,6 +580,9 @@ impl CoreLoop {
                         "accept failed; `suppressed` more failures since the last line"
                     );
                 }
+                // A descriptor may have been freed off this core's connections (another core,
+                // the metrics thread): the spare comes back as soon as there is one.
+                self.restore_spare();
                 if !self.accept_armed {
                     self.arm_accept();
                 }
@@ -670,6 +698,9 @@ impl CoreLoop {
                     limits::ACCEPT_ERROR_LOG_INTERVAL_MS / 1000
                 );
             }
+            if matches!(-result, libc::EMFILE | libc::ENFILE) {
+                self.refuse_one_over_capacity(now);
+            }
             return;
         }
         // TCP_NODELAY is inherited from the listener (set in `bind_listener`): no syscall here.
@@ -682,6 +713,55 @@ impl CoreLoop {
             }
         }
         if !self.accept_armed && !self.stop.load(Ordering::Relaxed) && result >= 0 {
+            self.arm_accept();
+        }
+    }
+
+    /// At the descriptor limit, spends the spare descriptor on one pending connection, which the
+    /// shard answers "over capacity" and closes (`Conn::over_capacity`): its client learns at
+    /// once instead of waiting in the listen backlog for a descriptor. The spare is opened
+    /// again when a descriptor is free (`restore_spare`); until then the next clients wait.
+    fn refuse_one_over_capacity(&mut self, now: Now) {
+        let Some(spare) = self.spare.take() else {
+            return;
+        };
+        // SAFETY: the spare is our own descriptor, which no operation refers to; closed once.
+        unsafe { libc::close(spare) };
+        // A plain accept on this exceptional path: whether or not the multishot accept is still
+        // armed, it takes the oldest connection in this core's backlog.
+        // SAFETY: accept4 on our listening socket; the null address pointers ask for no peer
+        // address, so the kernel writes no memory of ours.
+        let fd = unsafe {
+            libc::accept4(
+                self.listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            // Nothing pending any more, or another thread took the descriptor first.
+            self.restore_spare();
+            return;
+        }
+        match self.shard.accept_over_capacity(fd, now) {
+            Some(key) => self.arm_recv(key),
+            None => {
+                // SAFETY: the socket was just accepted and is known to nobody else.
+                unsafe { libc::close(fd) };
+                self.restore_spare();
+            }
+        }
+    }
+
+    /// Opens the spare descriptor again if it is spent and a descriptor is free, and resumes
+    /// accepting at once: clients may be waiting in the backlog.
+    fn restore_spare(&mut self) {
+        if self.spare.is_some() {
+            return;
+        }
+        self.spare = open_spare();
+        if self.spare.is_some() && !self.accept_armed && !self.stop.load(Ordering::Relaxed) {
             self.arm_accept();
         }
     }
@@ -771,6 +851,8 @@ impl CoreLoop {
                 }
                 // SAFETY: no operation refers to the socket any more, and we own it.
                 unsafe { libc::close(fd) };
+                // A descriptor is free: if the spare was spent at the limit, it takes this one.
+                self.restore_spare();
             } else if (conn.io.recv_armed || conn.io.send_in_flight) && !conn.io.write_shut {
                 // Wake the pending receive so it completes and releases the socket, and fail a
                 // send stuck on a peer that does not read (a dropped slow consumer whose receive
@@ -869,6 +951,10 @@ impl Drop for CoreLoop {
         unsafe {
             libc::shutdown(self.listener, libc::SHUT_RDWR);
             libc::close(self.listener);
+        }
+        if let Some(spare) = self.spare.take() {
+            // SAFETY: the spare is our own descriptor, referred to by nothing; closed once.
+            unsafe { libc::close(spare) };
         }
     }
 }

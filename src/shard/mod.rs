@@ -186,11 +186,21 @@ impl Shard {
             closing: false,
             dead: false,
             aborted: false,
+            over_capacity: false,
             deadline_ms: now.mono_ms + self.config.server.request_timeout_ms,
             dirty: false,
             io: ConnIo::default(),
         });
         Some(key as u32)
+    }
+
+    /// A socket the driver accepted on its spare descriptor at the descriptor limit: it is
+    /// served only to be refused (`Conn::over_capacity`), within the usual request timeout.
+    /// None when this core is full: the driver closes the socket.
+    pub fn accept_over_capacity(&mut self, fd: RawFd, now: Now) -> Option<u32> {
+        let key = self.accept(fd, now)?;
+        self.conns[key as usize].over_capacity = true;
+        Some(key)
     }
 
     /// Bytes from the peer.

@@ -447,3 +447,48 @@ fn a_reset_leaves_the_frames_of_a_send_in_flight_alone() {
     assert!(frames.is_empty());
     assert!(shard.conn(client.key).out.is_empty(), "nothing requeued");
 }
+
+// A connection the driver accepted on its spare descriptor is answered "over capacity": an
+// upgrade with the 101, then pusher:error and close 4100; anything else with 503 + Retry-After.
+// Both close the connection and count a `descriptor_limit` rejection.
+#[test]
+fn a_connection_on_the_spare_descriptor_is_refused_over_capacity() {
+    let mut world = World::new(1);
+    let shard = &mut world.shards[0];
+    let upgrade = shard.accept_over_capacity(3, NOW).unwrap();
+    let request = "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    shard.on_recv(upgrade, request.as_bytes(), NOW);
+    let mut client = TestClient {
+        key: upgrade,
+        ..TestClient::default()
+    };
+    let out = world.output(&client);
+    assert!(out.starts_with(b"HTTP/1.1 101 "), "{out:?}");
+    client.seen = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        world.frames(&mut client),
+        [r#"{"event":"pusher:error","data":{"code":4100,"message":"Over capacity"}}"#]
+    );
+    // The close frame (skipped by `frames`) ends the output: code 4100, "Over capacity".
+    let close: Vec<u8> = [0x88, 15, 0x10, 0x04]
+        .into_iter()
+        .chain(*b"Over capacity")
+        .collect();
+    assert!(world.output(&client).ends_with(&close));
+    let shard = &mut world.shards[0];
+    assert!(shard.conn(upgrade).closing);
+
+    let rest = shard.accept_over_capacity(4, NOW).unwrap();
+    shard.on_recv(
+        rest,
+        b"GET /apps/123456/channels HTTP/1.1\r\nHost: x\r\n\r\n",
+        NOW,
+    );
+    let out: Vec<u8> = shard.conn(rest).out.iter().flatten().copied().collect();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+    assert!(shard.conn(rest).closing);
+    let rejected = &shard.core_metrics().rejected[crate::metrics::REJECT_DESCRIPTOR_LIMIT];
+    assert_eq!(rejected.load(std::sync::atomic::Ordering::Relaxed), 2);
+}

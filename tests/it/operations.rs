@@ -1,11 +1,11 @@
 //! Operations, as an operator sees them: the systemd notify protocol read from a NOTIFY_SOCKET
 //! the test owns, `/healthz` and `/readyz`, `/metrics` values moving with traffic (408 and 505
 //! counted under their own statuses), the SIGTERM drain (readiness first, then closes spread at
-//! the configured rate), SIGHUP reloads,
-//! admission limits (4100, 4004, 503 for REST reads over `rest_in_flight_max`), a slow reader
-//! closed with 4101 while the others lose nothing, a reset while a send to a reader that stopped
-//! is parked, and the two outage drills: unknown config keys, and a restart under a reconnect
-//! storm with a publish load. Every wait is bounded.
+//! the configured rate), SIGHUP reloads, admission limits (4100, 4004, 503 for REST reads over
+//! `rest_in_flight_max`, 4100 and 503 at the process's descriptor limit), a slow reader closed
+//! with 4101 while the others lose nothing, a reset while a send to a reader that stopped is
+//! parked, and the two outage drills: unknown config keys, and a restart under a reconnect storm
+//! with a publish load. Every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -1281,6 +1281,129 @@ fn rest_in_flight_max_sheds_with_503_and_retry_after() {
             "ringcast_rejected_total{reason=\"rest_in_flight\"}"
         ),
         1.0
+    );
+}
+
+/// Reads one `Content-Length`-framed HTTP response (bounded by the stream's read timeout).
+fn read_one_response(stream: &mut TcpStream) -> Vec<u8> {
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse::<usize>().unwrap());
+            if response.len() >= end + 4 + length {
+                return response;
+            }
+        }
+        let n = stream.read(&mut chunk).unwrap_or_else(|e| {
+            panic!(
+                "reading a response: {e}; have {:?}",
+                String::from_utf8_lossy(&response)
+            )
+        });
+        assert!(n > 0, "closed before a whole response: {response:?}");
+        response.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// At the process's descriptor limit the next client is not left waiting in the listen backlog:
+// the core spends its spare descriptor on it, so a WebSocket gets the 101 then pusher:error +
+// close 4100, and a REST call 503 + Retry-After with a JSON error. The failed accepts are
+// counted by reason, the log holds a few lines rather than one per failure, and once clients
+// leave, new ones get in again.
+#[test]
+fn at_the_descriptor_limit_the_next_client_is_refused_at_once() {
+    const DESCRIPTORS: u64 = 64;
+    let config = format!("{}{METRICS_ON}", config_text(&Options::default()));
+    let (server, metrics) = Server::launch_with_descriptor_limit(&config, true, DESCRIPTORS);
+    let metrics = metrics.unwrap();
+    let mut clients = Vec::new();
+    let refused = loop {
+        assert!(
+            clients.len() < DESCRIPTORS as usize,
+            "{} clients admitted under a limit of {DESCRIPTORS} descriptors",
+            clients.len()
+        );
+        match attempt(server.addr, APP_KEY) {
+            Attempt::Connected(ws) => clients.push(ws),
+            Attempt::Refused(error, close) => break (error, close),
+            Attempt::Failed(why) => panic!("client {}: {why}", clients.len() + 1),
+        }
+    };
+    assert_eq!(
+        refused,
+        (Some(4100), 4100),
+        "after {} clients",
+        clients.len()
+    );
+    // A REST call at the limit gets 503 on a spare descriptor. A descriptor freed meanwhile (the
+    // refused client's) may go to a plain accept first: that call is served normally, and its
+    // connection is kept open, so the next call meets the limit again.
+    let path = format!("/apps/{APP_ID}/channels");
+    let mut served = Vec::new();
+    let response = loop {
+        assert!(
+            served.len() < DESCRIPTORS as usize,
+            "{} REST calls served at the descriptor limit",
+            served.len()
+        );
+        let query = signed_query("GET", &path, &[], b"", APP_KEY, APP_SECRET, unix_now());
+        let request = format!("GET {path}?{query} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let response = read_one_response(&mut stream);
+        if !response.starts_with(b"HTTP/1.1 200 ") {
+            break response;
+        }
+        served.push(stream);
+    };
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (status, body) = crate::support::parse_response(&response);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+    let error: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(error["error"].is_string(), "{body}");
+
+    // The clients leave: descriptors are free again and a new client gets in.
+    let admitted = clients.len();
+    drop(clients);
+    drop(served);
+    let _late = poll(
+        WAIT,
+        "a client admitted after the others left",
+        || match attempt(server.addr, APP_KEY) {
+            Attempt::Connected(ws) => Some(ws),
+            Attempt::Refused(Some(4100), 4100) => None,
+            other => panic!("{other:?}"),
+        },
+    );
+    let text = scrape(metrics);
+    assert!(
+        value(&text, "ringcast_accept_errors_total{reason=\"emfile\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            "ringcast_rejected_total{reason=\"descriptor_limit\"}"
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value(&text, "ringcast_closes_total{code=\"4100\"}") >= 1.0,
+        "{text}"
+    );
+    let stderr = server.stderr();
+    let lines = stderr.matches("accept failed").count();
+    assert!(
+        (1..=8).contains(&lines),
+        "{lines} accept-failure lines for {admitted} clients:\n{stderr}"
     );
 }
 
