@@ -7,15 +7,20 @@
 //! protocol logic and shares no connection or channel state.
 //!
 //! At the process's descriptor limit an accept fails (EMFILE, or ENFILE system-wide) and the
-//! client would wait in the listen backlog. Each core therefore holds one spare descriptor
-//! (`/dev/null`, opened at start, as nginx and haproxy do). On EMFILE/ENFILE the core closes it,
-//! takes the oldest pending connection with a plain `accept4` (an exceptional path), and hands
-//! it to the shard flagged `over_capacity`: the shard reads its request as usual (bounded by
-//! `request_timeout_ms`) and answers a WebSocket upgrade with the 101, then `pusher:error` and
-//! close 4100, and anything else with 503 + Retry-After, then closes. The spare is opened again
-//! as soon as a descriptor is free (a connection of this core closed, or at the next sweep), and
-//! accepting resumes at once; until then further clients wait. Failed accepts are counted by
-//! reason and logged at most once per `ACCEPT_ERROR_LOG_INTERVAL_MS` per core.
+//! client would wait in the listen backlog. Each core therefore holds one spare descriptor from
+//! the start (as nginx and haproxy hold `/dev/null`; ours is a duplicate of the listener, see
+//! `open_spare`). An accept takes its descriptor before it looks at the backlog, so at the limit
+//! a re-armed accept fails at once whether or not a client waits: after EMFILE/ENFILE the core
+//! waits for a client with a poll on the listener instead. When it fires, a plain `accept4`
+//! either succeeds (descriptors are free again: back to the multishot accept) or fails again,
+//! and then the core closes the spare, accepts the client, and hands it to the shard flagged
+//! `over_capacity`: the shard reads its request as usual (bounded by `request_timeout_ms`) and
+//! answers a WebSocket upgrade with the 101, then `pusher:error` and close 4100, and anything
+//! else with 503 + Retry-After, then closes. The spare comes back as soon as a descriptor is
+//! free: the next socket this core closes becomes the spare in the same step (`dup3`), and
+//! descriptors freed elsewhere are taken at the next sweep; the poll is re-armed with it, and
+//! until then further clients wait. Failed accepts are counted by reason and logged at most
+//! once per `ACCEPT_ERROR_LOG_INTERVAL_MS` per core.
 
 pub(crate) mod buf_ring;
 
@@ -44,6 +49,8 @@ const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_DOORBELL: u64 = 4;
+/// The poll on the listener that stands in for the accept at the descriptor limit.
+const OP_LIMIT_POLL: u64 = 5;
 
 fn user_data(op: u64, key: u32) -> u64 {
     (op << 56) | u64::from(key)
@@ -178,12 +185,15 @@ fn reset_on_close(fd: RawFd) {
     };
 }
 
-/// Opens the spare descriptor (`CoreLoop::spare`): `/dev/null`, held only so that it can be
-/// closed at the descriptor limit (the nginx/haproxy/libuv habit). None when even it cannot be
-/// opened; the sweep tries again.
-fn open_spare() -> Option<RawFd> {
-    // SAFETY: a NUL-terminated path literal; the descriptor returned, if any, is ours alone.
-    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+/// Takes a spare descriptor (`CoreLoop::spare`), held only so that it can be given up at the
+/// descriptor limit (the habit of nginx, haproxy and libuv, which hold `/dev/null`). It is a
+/// duplicate of the core's listening socket, so that a connection's socket can be turned into
+/// the spare in one step when it closes (`CoreLoop::close_socket`); it is never used as a
+/// socket. None when no descriptor is free; the sweep tries again.
+fn open_spare(listener: RawFd) -> Option<RawFd> {
+    // SAFETY: duplicates our own listening descriptor to the lowest free number; the duplicate
+    // is ours alone and changes nothing about the socket.
+    let fd = unsafe { libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 0) };
     (fd >= 0).then_some(fd)
 }
 
@@ -395,10 +405,14 @@ struct CoreLoop {
     rearm: Vec<u32>,
     accept_armed: bool,
     next_sweep_ms: u64,
-    /// A descriptor held in reserve (`/dev/null`): at the descriptor limit it is closed to accept
-    /// one pending connection that the shard answers "over capacity", and opened again once a
-    /// descriptor is free. None while spent (or while even it could not be opened).
+    /// A descriptor held in reserve (`open_spare`): at the descriptor limit it is closed to accept
+    /// one pending connection that the shard answers "over capacity", and taken again once a
+    /// descriptor is free. None while spent (or while even it could not be taken).
     spare: Option<RawFd>,
+    /// The last accept failed with EMFILE/ENFILE: the limit poll stands in for the multishot
+    /// accept until an accept succeeds again.
+    at_limit: bool,
+    limit_poll_armed: bool,
     /// Accept failures repeat at every sweep while the process is at its descriptor limit: they
     /// are all counted (`ringcast_accept_errors_total`), but logged at most once per
     /// `ACCEPT_ERROR_LOG_INTERVAL_MS`.
@@ -479,7 +493,9 @@ impl CoreLoop {
             rearm: Vec::new(),
             accept_armed: false,
             next_sweep_ms: 0,
-            spare: open_spare(),
+            spare: open_spare(listener),
+            at_limit: false,
+            limit_poll_armed: false,
             accept_error_log: Throttle::default(),
         };
         core_loop.arm_accept();
@@ -583,9 +599,7 @@ impl CoreLoop {
                 // A descriptor may have been freed off this core's connections (another core,
                 // the metrics thread): the spare comes back as soon as there is one.
                 self.restore_spare();
-                if !self.accept_armed {
-                    self.arm_accept();
-                }
+                self.resume_accepting();
             }
             for key in std::mem::take(&mut self.rearm) {
                 if self.shard_has(key)
@@ -672,6 +686,7 @@ impl CoreLoop {
             OP_RECV => self.received(key, result, flags, now),
             OP_SEND => self.sent(key, result),
             OP_DOORBELL => self.arm_doorbell(),
+            OP_LIMIT_POLL => self.client_at_limit(result, now),
             _ => unreachable!("unknown operation {op}"),
         }
     }
@@ -681,54 +696,54 @@ impl CoreLoop {
             self.accept_armed = false;
         }
         if result < 0 {
-            // Out of descriptors or memory: stop accepting until the next sweep re-arms, rather
-            // than spinning on the error. Every failure is counted; at most one line per
-            // interval is logged (at the descriptor limit one comes every sweep).
-            self.metrics.cores[self.core].accept_error(-result);
-            if let Some(held) = self
-                .accept_error_log
-                .admit(now.mono_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
-            {
-                let error = io::Error::from_raw_os_error(-result);
-                tracing::warn!(
-                    core = self.core,
-                    %error,
-                    suppressed = held,
-                    "accept failed; retrying at the next sweep (one line per {} s per core at most: `suppressed` failures came since the last; all are counted in ringcast_accept_errors_total)",
-                    limits::ACCEPT_ERROR_LOG_INTERVAL_MS / 1000
-                );
+            self.accept_failed(-result, now);
+            if matches!(-result, libc::EMFILE | libc::ENFILE) && !self.accept_armed {
+                // At the descriptor limit. An accept takes its descriptor before it looks at
+                // the backlog, so a re-armed accept would fail at once, client or not: wait for
+                // a client with a poll on the listener instead (`client_at_limit`).
+                self.at_limit = true;
+                self.arm_limit_poll();
             }
-            if matches!(-result, libc::EMFILE | libc::ENFILE) {
-                self.refuse_one_over_capacity(now);
-            }
+            // Otherwise (out of memory): the next sweep re-arms, rather than spinning.
             return;
         }
         // TCP_NODELAY is inherited from the listener (set in `bind_listener`): no syscall here.
-        let fd: RawFd = result;
-        match self.shard.accept(fd, now) {
-            Some(key) => self.arm_recv(key),
-            None => {
-                // SAFETY: the socket was just accepted and is known to nobody else.
-                unsafe { libc::close(fd) };
-            }
-        }
-        if !self.accept_armed && !self.stop.load(Ordering::Relaxed) && result >= 0 {
+        self.admit_socket(result, now);
+        if !self.accept_armed && !self.stop.load(Ordering::Relaxed) {
             self.arm_accept();
         }
     }
 
-    /// At the descriptor limit, spends the spare descriptor on one pending connection, which the
-    /// shard answers "over capacity" and closes (`Conn::over_capacity`): its client learns at
-    /// once instead of waiting in the listen backlog for a descriptor. The spare is opened
-    /// again when a descriptor is free (`restore_spare`); until then the next clients wait.
-    fn refuse_one_over_capacity(&mut self, now: Now) {
-        let Some(spare) = self.spare.take() else {
-            return;
-        };
-        // SAFETY: the spare is our own descriptor, which no operation refers to; closed once.
-        unsafe { libc::close(spare) };
-        // A plain accept on this exceptional path: whether or not the multishot accept is still
-        // armed, it takes the oldest connection in this core's backlog.
+    /// Counts a failed accept (`errno`, positive) and logs it, at most one line per interval.
+    fn accept_failed(&mut self, errno: i32, now: Now) {
+        self.metrics.cores[self.core].accept_error(errno);
+        if let Some(held) = self
+            .accept_error_log
+            .admit(now.mono_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
+        {
+            let error = io::Error::from_raw_os_error(errno);
+            tracing::warn!(
+                core = self.core,
+                %error,
+                suppressed = held,
+                "accept failed (one line per {} s per core at most: `suppressed` failures came since the last; all are counted in ringcast_accept_errors_total)",
+                limits::ACCEPT_ERROR_LOG_INTERVAL_MS / 1000
+            );
+        }
+    }
+
+    /// Hands a newly accepted socket to the shard (closed at once when this core is full).
+    fn admit_socket(&mut self, fd: RawFd, now: Now) {
+        match self.shard.accept(fd, now) {
+            Some(key) => self.arm_recv(key),
+            // The socket was just accepted and is known to nobody else.
+            None => self.close_socket(fd),
+        }
+    }
+
+    /// A plain accept on the listener, for the exceptional paths at the descriptor limit (the
+    /// multishot accept is not armed then); the errno when it fails.
+    fn accept_one(&self) -> Result<RawFd, i32> {
         // SAFETY: accept4 on our listening socket; the null address pointers ask for no peer
         // address, so the kernel writes no memory of ours.
         let fd = unsafe {
@@ -739,31 +754,122 @@ impl CoreLoop {
                 libc::SOCK_CLOEXEC,
             )
         };
-        if fd < 0 {
-            // Nothing pending any more, or another thread took the descriptor first.
-            self.restore_spare();
+        if fd >= 0 {
+            Ok(fd)
+        } else {
+            Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO))
+        }
+    }
+
+    /// At the descriptor limit, waits for a client: a one-shot poll on the listener, armed only
+    /// while the spare is held (without it, a waiting client could not be answered anyway, and
+    /// the poll would fire again and again; the spare's return re-arms it).
+    fn arm_limit_poll(&mut self) {
+        if self.limit_poll_armed || self.spare.is_none() || self.stop.load(Ordering::Relaxed) {
             return;
         }
-        match self.shard.accept_over_capacity(fd, now) {
-            Some(key) => self.arm_recv(key),
-            None => {
-                // SAFETY: the socket was just accepted and is known to nobody else.
-                unsafe { libc::close(fd) };
-                self.restore_spare();
+        let entry = opcode::PollAdd::new(types::Fd(self.listener), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data(OP_LIMIT_POLL, 0));
+        self.push(entry);
+        self.limit_poll_armed = true;
+    }
+
+    /// The limit poll fired: a client is waiting. If a descriptor is free again it is simply
+    /// accepted and the multishot accept resumes; if the process is still at its limit, the
+    /// spare is spent on it (`refuse_one_over_capacity`).
+    fn client_at_limit(&mut self, result: i32, now: Now) {
+        self.limit_poll_armed = false;
+        if result < 0 {
+            // Cancelled or failed: the next sweep arms it again.
+            return;
+        }
+        match self.accept_one() {
+            Ok(fd) => {
+                self.at_limit = false;
+                self.admit_socket(fd, now);
+                self.resume_accepting();
+            }
+            Err(errno @ (libc::EMFILE | libc::ENFILE)) => {
+                self.accept_failed(errno, now);
+                self.refuse_one_over_capacity(now);
+            }
+            Err(errno) => {
+                // Nothing pending any more (the client left), or the connection failed first.
+                if errno != libc::EAGAIN {
+                    self.accept_failed(errno, now);
+                }
+                self.arm_limit_poll();
             }
         }
     }
 
-    /// Opens the spare descriptor again if it is spent and a descriptor is free, and resumes
-    /// accepting at once: clients may be waiting in the backlog.
+    /// At the descriptor limit, spends the spare descriptor on the waiting client, which the
+    /// shard answers "over capacity" and closes (`Conn::over_capacity`): the client learns at
+    /// once instead of waiting in the listen backlog for a descriptor. The spare comes back when
+    /// a descriptor is free (`close_socket`, `restore_spare`), and with it the limit poll; until
+    /// then the next clients wait.
+    fn refuse_one_over_capacity(&mut self, now: Now) {
+        let Some(spare) = self.spare.take() else {
+            return;
+        };
+        // SAFETY: the spare is our own descriptor, which no operation refers to; closed once.
+        unsafe { libc::close(spare) };
+        match self.accept_one() {
+            Ok(fd) => match self.shard.accept_over_capacity(fd, now) {
+                Some(key) => self.arm_recv(key),
+                // This core is full: the socket was just accepted and is known to nobody else.
+                None => self.close_socket(fd),
+            },
+            // The client left, or another thread took the descriptor first.
+            Err(_) => self.restore_spare(),
+        }
+    }
+
+    /// Takes the spare descriptor again if it is spent and a descriptor is free, and resumes
+    /// waiting for clients.
     fn restore_spare(&mut self) {
         if self.spare.is_some() {
             return;
         }
-        self.spare = open_spare();
-        if self.spare.is_some() && !self.accept_armed && !self.stop.load(Ordering::Relaxed) {
+        self.spare = open_spare(self.listener);
+        if self.spare.is_some() {
+            self.resume_accepting();
+        }
+    }
+
+    /// Accepts again: with the multishot accept normally, with the limit poll at the limit.
+    fn resume_accepting(&mut self) {
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.at_limit {
+            self.arm_limit_poll();
+        } else if !self.accept_armed {
             self.arm_accept();
         }
+    }
+
+    /// Closes a connection's socket. While the spare is spent, the socket's descriptor becomes
+    /// the spare in the same step: `dup3` of the listener onto it closes the socket (as `close`
+    /// would, a reset included) and reuses the number, so no accept running meanwhile, on this
+    /// ring or another thread, can take the freed descriptor first and leave the core without
+    /// its spare at the limit.
+    fn close_socket(&mut self, fd: RawFd) {
+        if self.spare.is_none() {
+            // SAFETY: `fd` is a socket we own that no operation refers to any more; dup3
+            // releases it and makes the number a duplicate of our listener, which we own next.
+            let spare = unsafe { libc::dup3(self.listener, fd, libc::O_CLOEXEC) };
+            if spare == fd {
+                self.spare = Some(spare);
+                self.resume_accepting();
+                return;
+            }
+        }
+        // SAFETY: no operation refers to the socket any more, and we own it.
+        unsafe { libc::close(fd) };
     }
 
     fn received(&mut self, key: u32, result: i32, flags: u32, now: Now) {
@@ -849,10 +955,8 @@ impl CoreLoop {
                 if aborted {
                     reset_on_close(fd);
                 }
-                // SAFETY: no operation refers to the socket any more, and we own it.
-                unsafe { libc::close(fd) };
-                // A descriptor is free: if the spare was spent at the limit, it takes this one.
-                self.restore_spare();
+                // If the spare was spent at the limit, it takes this descriptor.
+                self.close_socket(fd);
             } else if (conn.io.recv_armed || conn.io.send_in_flight) && !conn.io.write_shut {
                 // Wake the pending receive so it completes and releases the socket, and fail a
                 // send stuck on a peer that does not read (a dropped slow consumer whose receive
