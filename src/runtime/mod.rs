@@ -422,7 +422,7 @@ struct CoreLoop {
 /// At most one log line per interval for a failure that repeats; the ones held back in between
 /// are counted so that the next line can say how many there were.
 #[derive(Debug, Default)]
-struct Throttle {
+pub(crate) struct Throttle {
     /// When the next line may be written (monotonic ms).
     next_ms: u64,
     /// Occurrences held back since the last line.
@@ -431,7 +431,7 @@ struct Throttle {
 
 impl Throttle {
     /// One more occurrence: Some(how many were held back before it) when it may be logged now.
-    fn admit(&mut self, now_ms: u64, interval_ms: u64) -> Option<u64> {
+    pub(crate) fn admit(&mut self, now_ms: u64, interval_ms: u64) -> Option<u64> {
         if now_ms < self.next_ms {
             self.held += 1;
             return None;
