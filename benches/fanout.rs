@@ -35,13 +35,16 @@ fn shard_with(subscribers: usize) -> (Shard, Vec<u32>) {
     (shard, keys)
 }
 
-/// Completes every queued write, as the driver does after `sendmsg` returns.
+/// Completes every queued write, as the driver does around `sendmsg`: takes the frames, then
+/// reports them all written.
 fn drain(shard: &mut Shard, keys: &[u32]) {
     let mut dirty = Vec::new();
+    let mut frames = Vec::new();
     shard.take_dirty(&mut dirty);
     for &key in keys {
         let queued = shard.conn(key).out_bytes;
-        shard.on_sent(key, queued);
+        shard.take_for_send(key, &mut frames, usize::MAX);
+        shard.on_sent(key, queued, &mut frames);
     }
 }
 

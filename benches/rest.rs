@@ -51,11 +51,13 @@ fn rest(c: &mut Criterion) {
         String::from_utf8_lossy(&answer)
     );
     let mut dirty = Vec::new();
+    let mut frames = Vec::new();
     let mut complete = |shard: &mut Shard| {
         shard.take_dirty(&mut dirty);
         dirty.clear();
         let queued = shard.conn(key).out_bytes;
-        shard.on_sent(key, queued);
+        shard.take_for_send(key, &mut frames, usize::MAX);
+        shard.on_sent(key, queued, &mut frames);
     };
     complete(&mut shard);
     c.bench_function("rest/publish_one_event", |b| {

@@ -141,6 +141,9 @@ pub const WAL_RETAIN_SECS_MAX: u64 = 30 * 24 * 3600;
 pub const WAL_WEBHOOK_HEADERS_MAX: usize = 256;
 /// Damaged ranges one salvaging scan lists individually (more are only counted).
 pub const WAL_SALVAGE_REPORTS_MAX: usize = 1024;
+/// Accept failures (at the descriptor limit they repeat at every sweep) are logged at most once
+/// per this long per core; the ones in between are counted, and the next line says how many.
+pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());

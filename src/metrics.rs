@@ -49,13 +49,14 @@ pub const ENDPOINTS: [(Endpoint, &str); 10] = [
     (Endpoint::Other, "other"),
 ];
 
-/// Statuses counted individually; anything else is "other".
-pub const STATUSES: [u16; 13] = [
-    101, 200, 400, 401, 403, 404, 405, 408, 413, 426, 431, 501, 503,
+/// Statuses counted individually: every status the server answers with (the request parser,
+/// the upgrade, the REST API, the request timeout). "other" is only a safety net.
+pub const STATUSES: [u16; 14] = [
+    101, 200, 400, 401, 403, 404, 405, 408, 413, 426, 431, 501, 503, 505,
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 8] = [
+pub const REJECTIONS: [&str; 10] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
@@ -64,6 +65,8 @@ pub const REJECTIONS: [&str; 8] = [
     "rest_in_flight",
     "mesh_backlog",
     "storage_full",
+    "request_timeout",
+    "descriptor_limit",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -74,6 +77,13 @@ pub const REJECT_REST_IN_FLIGHT: usize = 5;
 pub const REJECT_MESH_BACKLOG: usize = 6;
 /// A publish refused because the WAL's disk is full.
 pub const REJECT_STORAGE_FULL: usize = 7;
+/// A request not complete within `request_timeout_ms` (a slow or stalled client: slowloris).
+pub const REJECT_REQUEST_TIMEOUT: usize = 8;
+/// A connection accepted on the spare descriptor at the process's descriptor limit.
+pub const REJECT_DESCRIPTOR_LIMIT: usize = 9;
+
+/// Why an accept failed: the process's descriptor limit, the system's, memory, anything else.
+pub const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "enomem", "other"];
 
 /// Upper bounds (seconds) of the publish→write latency histogram.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -100,6 +110,8 @@ pub struct CoreMetrics {
     pub http_calls: [AtomicU64; ENDPOINTS.len() * (STATUSES.len() + 1)],
     pub slow_consumer_closes: AtomicU64,
     pub rejected: [AtomicU64; REJECTIONS.len()],
+    /// Failed accepts, by `ACCEPT_ERRORS` reason (written by the core's driver).
+    pub accept_errors: [AtomicU64; ACCEPT_ERRORS.len()],
     /// Cumulative bucket counts are computed on scrape; these are per-bucket (last = +Inf).
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     pub latency_sum_us: AtomicU64,
@@ -122,6 +134,7 @@ impl CoreMetrics {
             http_calls: counters(),
             slow_consumer_closes: AtomicU64::new(0),
             rejected: counters(),
+            accept_errors: counters(),
             latency_buckets: counters(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -158,6 +171,17 @@ impl CoreMetrics {
 
     pub fn reject(&self, reason: usize) {
         Self::add(&self.rejected[reason], 1);
+    }
+
+    /// Counts one failed accept by its errno (positive, e.g. `libc::EMFILE`).
+    pub fn accept_error(&self, errno: i32) {
+        let reason = match errno {
+            libc::EMFILE => 0,
+            libc::ENFILE => 1,
+            libc::ENOMEM | libc::ENOBUFS => 2,
+            _ => 3,
+        };
+        Self::add(&self.accept_errors[reason], 1);
     }
 
     /// Records `count` deliveries that waited `latency_us` from publish to write.
@@ -350,6 +374,19 @@ impl Collector for Metrics {
             for (index, reason) in REJECTIONS.iter().enumerate() {
                 let labels = [("reason", *reason)];
                 ConstCounter::new(self.sum(|c| &c.rejected[index]))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_accept_errors",
+                "Failed accepts of new connections, by reason (emfile: the process's descriptor limit)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (index, reason) in ACCEPT_ERRORS.iter().enumerate() {
+                let labels = [("reason", *reason)];
+                ConstCounter::new(self.sum(|c| &c.accept_errors[index]))
                     .encode(family.encode_family(&labels)?)?;
             }
         }

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub history: HistoryConfig,
+    #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
     pub apps: Vec<AppConfig>,

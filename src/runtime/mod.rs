@@ -1,9 +1,26 @@
 //! The io_uring driver: one pinned thread per core, each with its own ring, its own
 //! `SO_REUSEPORT` listener (multishot accept), a provided-buffer ring for multishot receives,
-//! vectored sends from each connection's queue of shared frames, an eventfd doorbell for the
-//! mesh, and a periodic timer sweep. It feeds bytes, closes, mesh messages and the time into the
-//! core's `Shard` and carries out what the shard queued. This module is where all socket IO and
-//! its `unsafe` live; it holds no protocol logic and shares no connection or channel state.
+//! vectored sends of shared frames taken from each connection's queue (each send owns its frames
+//! until the kernel completes it), an eventfd doorbell for the mesh, and a periodic timer sweep.
+//! It feeds bytes, closes, mesh messages and the time into the core's `Shard` and carries out
+//! what the shard queued. This module is where all socket IO and its `unsafe` live; it holds no
+//! protocol logic and shares no connection or channel state.
+//!
+//! At the process's descriptor limit an accept fails (EMFILE, or ENFILE system-wide) and the
+//! client would wait in the listen backlog. Each core therefore holds one spare descriptor from
+//! the start (as nginx and haproxy hold `/dev/null`; ours is a duplicate of the listener, see
+//! `open_spare`). An accept takes its descriptor before it looks at the backlog, so at the limit
+//! a re-armed accept fails at once whether or not a client waits: after EMFILE/ENFILE the core
+//! waits for a client with a poll on the listener instead. When it fires, a plain `accept4`
+//! either succeeds (descriptors are free again: back to the multishot accept) or fails again,
+//! and then the core closes the spare, accepts the client, and hands it to the shard flagged
+//! `over_capacity`: the shard reads its request as usual (bounded by `request_timeout_ms`) and
+//! answers a WebSocket upgrade with the 101, then `pusher:error` and close 4100, and anything
+//! else with 503 + Retry-After, then closes. The spare comes back as soon as a descriptor is
+//! free: the next socket this core closes becomes the spare in the same step (`dup3`), and
+//! descriptors freed elsewhere are taken at the next sweep; the poll is re-armed with it, and
+//! until then further clients wait. Failed accepts are counted by reason and logged at most
+//! once per `ACCEPT_ERROR_LOG_INTERVAL_MS` per core.
 
 pub(crate) mod buf_ring;
 
@@ -15,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -31,6 +49,8 @@ const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_DOORBELL: u64 = 4;
+/// The poll on the listener that stands in for the accept at the descriptor limit.
+const OP_LIMIT_POLL: u64 = 5;
 
 fn user_data(op: u64, key: u32) -> u64 {
     (op << 56) | u64::from(key)
@@ -45,7 +65,8 @@ const BUFFER_GROUP: u16 = 0;
 /// Mesh messages taken from one source core per loop iteration, so one busy peer cannot starve
 /// the sockets.
 const MESH_BATCH_MAX: usize = 4096;
-/// Idle send operations kept for reuse (each holds `SEND_IOVECS_MAX` iovecs).
+/// Idle send operations kept for reuse (each holds `SEND_IOVECS_MAX` iovecs and room for as
+/// many frames).
 const SEND_POOL_MAX: usize = 256;
 /// Polls of the mesh before parking (each a few atomic loads, about 1-2 µs in all per 100).
 const SPIN_BEFORE_PARK: u32 = 2048;
@@ -162,6 +183,18 @@ fn reset_on_close(fd: RawFd) {
             size_of::<libc::linger>() as libc::socklen_t,
         )
     };
+}
+
+/// Takes a spare descriptor (`CoreLoop::spare`), held only so that it can be given up at the
+/// descriptor limit (the habit of nginx, haproxy and libuv, which hold `/dev/null`). It is a
+/// duplicate of the core's listening socket, so that a connection's socket can be turned into
+/// the spare in one step when it closes (`CoreLoop::close_socket`); it is never used as a
+/// socket. None when no descriptor is free; the sweep tries again.
+fn open_spare(listener: RawFd) -> Option<RawFd> {
+    // SAFETY: duplicates our own listening descriptor to the lowest free number; the duplicate
+    // is ours alone and changes nothing about the socket.
+    let fd = unsafe { libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 0) };
+    (fd >= 0).then_some(fd)
 }
 
 /// Raises the soft descriptor limit to the hard one, then grows the process's descriptor table
@@ -310,11 +343,42 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
     })
 }
 
-/// Iovecs and header of one in-flight vectored send. Boxed so its address is stable while the
-/// kernel may read it; pooled so steady-state sends do not allocate.
+/// One in-flight vectored send: its header, its iovecs, and the frames they point at. Boxed so
+/// its address is stable while the kernel may read it; pooled so steady-state sends do not
+/// allocate (`frames` keeps its capacity across uses).
 struct SendOp {
     iovecs: [libc::iovec; limits::SEND_IOVECS_MAX],
     header: libc::msghdr,
+    /// The frames being sent, moved out of the connection's queue by `Shard::take_for_send` and
+    /// owned here until the completion: a frame handed to the kernel is owned by its send, so a
+    /// reset or a dead peer that clears the queue meanwhile cannot free memory the kernel may
+    /// still read. The completion hands the unsent rest back (`Shard::on_sent`).
+    frames: Vec<Bytes>,
+}
+
+impl SendOp {
+    fn new() -> Box<SendOp> {
+        Box::new(SendOp {
+            iovecs: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; limits::SEND_IOVECS_MAX],
+            // SAFETY: msghdr is a plain C struct for which all-zero bytes are valid (no name, no
+            // control data, no iovecs yet).
+            header: unsafe { std::mem::zeroed::<libc::msghdr>() },
+            frames: Vec::with_capacity(limits::SEND_IOVECS_MAX),
+        })
+    }
+
+    /// Whether the iovecs handed to the kernel point exactly at the frames this op owns (debug
+    /// builds check it at every completion: the ownership the `push` SAFETY relies on).
+    fn owns_its_iovecs(&self) -> bool {
+        self.header.msg_iovlen == self.frames.len()
+            && self.frames.iter().zip(&self.iovecs).all(|(frame, iovec)| {
+                iovec.iov_base.cast_const().cast::<u8>() == frame.as_ptr()
+                    && iovec.iov_len == frame.len()
+            })
+    }
 }
 
 struct CoreLoop {
@@ -344,6 +408,50 @@ struct CoreLoop {
     fed_ready: bool,
     fed_drain_close_at_ms: Option<u64>,
     fed_cores_alive: bool,
+    /// A descriptor held in reserve (`open_spare`): at the descriptor limit it is closed to accept
+    /// one pending connection that the shard answers "over capacity", and taken again once a
+    /// descriptor is free. None while spent (or while even it could not be taken).
+    spare: Option<RawFd>,
+    /// The last accept failed with EMFILE/ENFILE: the limit poll stands in for the multishot
+    /// accept until an accept succeeds again.
+    at_limit: bool,
+    limit_poll_armed: bool,
+    /// Accept failures repeat at every sweep while the process is at its descriptor limit: they
+    /// are all counted (`ringcast_accept_errors_total`), but logged at most once per
+    /// `ACCEPT_ERROR_LOG_INTERVAL_MS`.
+    accept_error_log: Throttle,
+}
+
+/// At most one log line per interval for a failure that repeats; the ones held back in between
+/// are counted so that the next line can say how many there were.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    /// When the next line may be written (monotonic ms).
+    next_ms: u64,
+    /// Occurrences held back since the last line.
+    held: u64,
+}
+
+impl Throttle {
+    /// One more occurrence: Some(how many were held back before it) when it may be logged now.
+    pub(crate) fn admit(&mut self, now_ms: u64, interval_ms: u64) -> Option<u64> {
+        if now_ms < self.next_ms {
+            self.held += 1;
+            return None;
+        }
+        self.next_ms = now_ms + interval_ms;
+        Some(std::mem::take(&mut self.held))
+    }
+
+    /// Some(count) when occurrences were held back and a line may be written now, so that the
+    /// last ones of a burst are reported even when no new one comes to carry them.
+    fn overdue(&mut self, now_ms: u64, interval_ms: u64) -> Option<u64> {
+        if self.held == 0 || now_ms < self.next_ms {
+            return None;
+        }
+        self.next_ms = now_ms + interval_ms;
+        Some(std::mem::take(&mut self.held))
+    }
 }
 
 impl CoreLoop {
@@ -391,6 +499,10 @@ impl CoreLoop {
             fed_ready: false,
             fed_drain_close_at_ms: None,
             fed_cores_alive: true,
+            spare: open_spare(listener),
+            at_limit: false,
+            limit_poll_armed: false,
+            accept_error_log: Throttle::default(),
         };
         core_loop.arm_accept();
         core_loop.arm_doorbell();
@@ -413,9 +525,11 @@ impl CoreLoop {
     fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every entry we build points only at memory that outlives the operation:
-            // the listener and sockets stay open until their operations complete, send iovecs
-            // live in a boxed `SendOp` kept in `sends` until the completion, the doorbell value
-            // is boxed in `self`, and receive buffers belong to the registered buffer ring.
+            // the listener and sockets stay open until their operations complete; a send's
+            // iovecs and the frames they point at are owned by its boxed `SendOp`, kept in
+            // `sends` until the completion (the frames were moved out of the connection's queue,
+            // so nothing the shard does to the connection can free them); the doorbell value is
+            // boxed in `self`; receive buffers belong to the registered buffer ring.
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
                 return;
@@ -477,9 +591,20 @@ impl CoreLoop {
                 #[cfg(debug_assertions)]
                 self.test_stall(now);
                 self.shard.on_timer(now);
-                if !self.accept_armed {
-                    self.arm_accept();
+                if let Some(count) = self
+                    .accept_error_log
+                    .overdue(now.mono_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
+                {
+                    tracing::warn!(
+                        core = self.core,
+                        suppressed = count,
+                        "accept failed; `suppressed` more failures since the last line"
+                    );
                 }
+                // A descriptor may have been freed off this core's connections (another core,
+                // the metrics thread): the spare comes back as soon as there is one.
+                self.restore_spare();
+                self.resume_accepting();
             }
             for key in std::mem::take(&mut self.rearm) {
                 if self.shard_has(key)
@@ -600,6 +725,7 @@ impl CoreLoop {
             OP_RECV => self.received(key, result, flags, now),
             OP_SEND => self.sent(key, result),
             OP_DOORBELL => self.arm_doorbell(),
+            OP_LIMIT_POLL => self.client_at_limit(result, now),
             _ => unreachable!("unknown operation {op}"),
         }
     }
@@ -609,28 +735,180 @@ impl CoreLoop {
             self.accept_armed = false;
         }
         if result < 0 {
-            let error = io::Error::from_raw_os_error(-result);
-            // Out of descriptors or memory: stop accepting until the next sweep re-arms, rather
-            // than spinning on the error.
-            if self.accept_armed {
-                tracing::warn!(core = self.core, %error, "accept failed");
-            } else {
-                tracing::warn!(core = self.core, %error, "accept failed; retrying at the next sweep");
+            self.accept_failed(-result, now);
+            if matches!(-result, libc::EMFILE | libc::ENFILE) && !self.accept_armed {
+                // At the descriptor limit. An accept takes its descriptor before it looks at
+                // the backlog, so a re-armed accept would fail at once, client or not: wait for
+                // a client with a poll on the listener instead (`client_at_limit`).
+                self.at_limit = true;
+                self.arm_limit_poll();
             }
+            // Otherwise (out of memory): the next sweep re-arms, rather than spinning.
             return;
         }
         // TCP_NODELAY is inherited from the listener (set in `bind_listener`): no syscall here.
-        let fd: RawFd = result;
-        match self.shard.accept(fd, now) {
-            Some(key) => self.arm_recv(key),
-            None => {
-                // SAFETY: the socket was just accepted and is known to nobody else.
-                unsafe { libc::close(fd) };
-            }
-        }
-        if !self.accept_armed && !self.stop.load(Ordering::Relaxed) && result >= 0 {
+        self.admit_socket(result, now);
+        if !self.accept_armed && !self.stop.load(Ordering::Relaxed) {
             self.arm_accept();
         }
+    }
+
+    /// Counts a failed accept (`errno`, positive) and logs it, at most one line per interval.
+    fn accept_failed(&mut self, errno: i32, now: Now) {
+        self.metrics.cores[self.core].accept_error(errno);
+        if let Some(held) = self
+            .accept_error_log
+            .admit(now.mono_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
+        {
+            let error = io::Error::from_raw_os_error(errno);
+            tracing::warn!(
+                core = self.core,
+                %error,
+                suppressed = held,
+                "accept failed (one line per {} s per core at most: `suppressed` failures came since the last; all are counted in ringcast_accept_errors_total)",
+                limits::ACCEPT_ERROR_LOG_INTERVAL_MS / 1000
+            );
+        }
+    }
+
+    /// Hands a newly accepted socket to the shard (closed at once when this core is full).
+    fn admit_socket(&mut self, fd: RawFd, now: Now) {
+        match self.shard.accept(fd, now) {
+            Some(key) => self.arm_recv(key),
+            // The socket was just accepted and is known to nobody else.
+            None => self.close_socket(fd),
+        }
+    }
+
+    /// A plain accept on the listener, for the exceptional paths at the descriptor limit (the
+    /// multishot accept is not armed then); the errno when it fails.
+    fn accept_one(&self) -> Result<RawFd, i32> {
+        // SAFETY: accept4 on our listening socket; the null address pointers ask for no peer
+        // address, so the kernel writes no memory of ours.
+        let fd = unsafe {
+            libc::accept4(
+                self.listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            Ok(fd)
+        } else {
+            Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO))
+        }
+    }
+
+    /// At the descriptor limit, waits for a client: a one-shot poll on the listener, armed only
+    /// while the spare is held (without it, a waiting client could not be answered anyway, and
+    /// the poll would fire again and again; the spare's return re-arms it).
+    fn arm_limit_poll(&mut self) {
+        if self.limit_poll_armed || self.spare.is_none() || self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let entry = opcode::PollAdd::new(types::Fd(self.listener), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data(OP_LIMIT_POLL, 0));
+        self.push(entry);
+        self.limit_poll_armed = true;
+    }
+
+    /// The limit poll fired: a client is waiting. If a descriptor is free again it is simply
+    /// accepted and the multishot accept resumes; if the process is still at its limit, the
+    /// spare is spent on it (`refuse_one_over_capacity`).
+    fn client_at_limit(&mut self, result: i32, now: Now) {
+        self.limit_poll_armed = false;
+        if result < 0 {
+            // Cancelled or failed: the next sweep arms it again.
+            return;
+        }
+        match self.accept_one() {
+            Ok(fd) => {
+                self.at_limit = false;
+                self.admit_socket(fd, now);
+                self.resume_accepting();
+            }
+            Err(errno @ (libc::EMFILE | libc::ENFILE)) => {
+                self.accept_failed(errno, now);
+                self.refuse_one_over_capacity(now);
+            }
+            Err(errno) => {
+                // Nothing pending any more (the client left), or the connection failed first.
+                if errno != libc::EAGAIN {
+                    self.accept_failed(errno, now);
+                }
+                self.arm_limit_poll();
+            }
+        }
+    }
+
+    /// At the descriptor limit, spends the spare descriptor on the waiting client, which the
+    /// shard answers "over capacity" and closes (`Conn::over_capacity`): the client learns at
+    /// once instead of waiting in the listen backlog for a descriptor. The spare comes back when
+    /// a descriptor is free (`close_socket`, `restore_spare`), and with it the limit poll; until
+    /// then the next clients wait.
+    fn refuse_one_over_capacity(&mut self, now: Now) {
+        let Some(spare) = self.spare.take() else {
+            return;
+        };
+        // SAFETY: the spare is our own descriptor, which no operation refers to; closed once.
+        unsafe { libc::close(spare) };
+        match self.accept_one() {
+            Ok(fd) => match self.shard.accept_over_capacity(fd, now) {
+                Some(key) => self.arm_recv(key),
+                // This core is full: the socket was just accepted and is known to nobody else.
+                None => self.close_socket(fd),
+            },
+            // The client left, or another thread took the descriptor first.
+            Err(_) => self.restore_spare(),
+        }
+    }
+
+    /// Takes the spare descriptor again if it is spent and a descriptor is free, and resumes
+    /// waiting for clients.
+    fn restore_spare(&mut self) {
+        if self.spare.is_some() {
+            return;
+        }
+        self.spare = open_spare(self.listener);
+        if self.spare.is_some() {
+            self.resume_accepting();
+        }
+    }
+
+    /// Accepts again: with the multishot accept normally, with the limit poll at the limit.
+    fn resume_accepting(&mut self) {
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.at_limit {
+            self.arm_limit_poll();
+        } else if !self.accept_armed {
+            self.arm_accept();
+        }
+    }
+
+    /// Closes a connection's socket. While the spare is spent, the socket's descriptor becomes
+    /// the spare in the same step: `dup3` of the listener onto it closes the socket (as `close`
+    /// would, a reset included) and reuses the number, so no accept running meanwhile, on this
+    /// ring or another thread, can take the freed descriptor first and leave the core without
+    /// its spare at the limit.
+    fn close_socket(&mut self, fd: RawFd) {
+        if self.spare.is_none() {
+            // SAFETY: `fd` is a socket we own that no operation refers to any more; dup3
+            // releases it and makes the number a duplicate of our listener, which we own next.
+            let spare = unsafe { libc::dup3(self.listener, fd, libc::O_CLOEXEC) };
+            if spare == fd {
+                self.spare = Some(spare);
+                self.resume_accepting();
+                return;
+            }
+        }
+        // SAFETY: no operation refers to the socket any more, and we own it.
+        unsafe { libc::close(fd) };
     }
 
     fn received(&mut self, key: u32, result: i32, flags: u32, now: Now) {
@@ -663,25 +941,30 @@ impl CoreLoop {
     }
 
     fn sent(&mut self, key: u32, result: i32) {
-        let op = self.sends[key as usize]
+        let mut op = self.sends[key as usize]
             .take()
             .expect("a send completion has its operation");
-        // A connect burst has every handshake in flight at once; keep only a small pool so
-        // that burst's operations are not held for the life of the process.
-        if self.send_pool.len() < SEND_POOL_MAX {
-            self.send_pool.push(op);
-        }
+        debug_assert!(
+            op.owns_its_iovecs(),
+            "send completion (result {result}): the frames the kernel read are no longer the op's"
+        );
         self.shard.conn_mut(key).io.send_in_flight = false;
         if result >= 0 {
             CoreMetrics::add(
                 &self.metrics.cores[self.core].socket_transmitted_bytes,
                 result as u64,
             );
-            if !self.shard.conn(key).dead {
-                self.shard.on_sent(key, result as usize);
-            }
+            // Puts the unsent rest back at the front of the queue (or drops the frames of a
+            // connection that died meanwhile): the kernel is done with them.
+            self.shard.on_sent(key, result as usize, &mut op.frames);
         } else {
+            op.frames.clear();
             self.shard.on_peer_closed(key);
+        }
+        // A connect burst has every handshake in flight at once; keep only a small pool so
+        // that burst's operations are not held for the life of the process.
+        if self.send_pool.len() < SEND_POOL_MAX {
+            self.send_pool.push(op);
         }
         self.settle.push(key);
     }
@@ -711,8 +994,8 @@ impl CoreLoop {
                 if aborted {
                     reset_on_close(fd);
                 }
-                // SAFETY: no operation refers to the socket any more, and we own it.
-                unsafe { libc::close(fd) };
+                // If the spare was spent at the limit, it takes this descriptor.
+                self.close_socket(fd);
             } else if (conn.io.recv_armed || conn.io.send_in_flight) && !conn.io.write_shut {
                 // Wake the pending receive so it completes and releases the socket, and fail a
                 // send stuck on a peer that does not read (a dropped slow consumer whose receive
@@ -737,23 +1020,23 @@ impl CoreLoop {
     }
 
     fn start_send(&mut self, key: u32) {
-        let mut op = self.send_pool.pop().unwrap_or_else(|| {
-            // SAFETY: iovec and msghdr are plain C structs for which all-zero bytes are valid.
-            Box::new(unsafe { std::mem::zeroed::<SendOp>() })
-        });
-        let conn = self.shard.conn(key);
-        let mut count = 0;
-        for frame in conn.out.iter().take(limits::SEND_IOVECS_MAX) {
-            op.iovecs[count] = libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
+        let mut op = self.send_pool.pop().unwrap_or_else(SendOp::new);
+        // The frames leave the connection's queue for the op, which owns them until the
+        // completion; moving a `Bytes` does not move the bytes it points at.
+        self.shard
+            .take_for_send(key, &mut op.frames, limits::SEND_IOVECS_MAX);
+        let op_ref = &mut *op;
+        for (iovec, frame) in op_ref.iovecs.iter_mut().zip(&op_ref.frames) {
+            *iovec = libc::iovec {
+                iov_base: frame.as_ptr().cast_mut().cast(),
                 iov_len: frame.len(),
             };
-            count += 1;
         }
-        assert!(count > 0);
+        let count = op.frames.len();
+        assert!(count > 0, "a send has frames");
         op.header.msg_iov = op.iovecs.as_mut_ptr();
         op.header.msg_iovlen = count;
-        let fd = conn.fd;
+        let fd = self.shard.conn(key).fd;
         let entry = opcode::SendMsg::new(types::Fd(fd), &raw const op.header)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
@@ -766,8 +1049,8 @@ impl CoreLoop {
             self.sends[slot].is_none(),
             "one send in flight per connection"
         );
-        // The frames stay in the connection's queue (not popped) until the completion, so the
-        // iovec targets stay alive; the boxed op keeps the iovecs themselves alive.
+        // The boxed op, kept in `sends` until the completion, owns the iovecs and the frames
+        // they point at.
         self.sends[slot] = Some(op);
         self.shard.conn_mut(key).io.send_in_flight = true;
         self.push(entry);
@@ -812,6 +1095,10 @@ impl Drop for CoreLoop {
             libc::shutdown(self.listener, libc::SHUT_RDWR);
             libc::close(self.listener);
         }
+        if let Some(spare) = self.spare.take() {
+            // SAFETY: the spare is our own descriptor, referred to by nothing; closed once.
+            unsafe { libc::close(spare) };
+        }
     }
 }
 
@@ -835,6 +1122,25 @@ mod tests {
         assert!(message.contains("seccomp"), "{message}");
         let missing = io::Error::from_raw_os_error(libc::ENOSYS);
         assert!(unavailable_message(&missing, None).contains("no io_uring"));
+    }
+
+    #[test]
+    fn throttle_logs_once_per_interval_and_counts_the_rest() {
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.admit(0, 1000), Some(0), "the first is logged");
+        for ms in [1, 100, 999] {
+            assert_eq!(throttle.admit(ms, 1000), None);
+        }
+        assert_eq!(throttle.overdue(999, 1000), None, "not before the interval");
+        assert_eq!(
+            throttle.admit(1000, 1000),
+            Some(3),
+            "says how many were held"
+        );
+        assert_eq!(throttle.admit(1500, 1000), None);
+        assert_eq!(throttle.overdue(2000, 1000), Some(1), "the last of a burst");
+        assert_eq!(throttle.overdue(3000, 1000), None, "nothing held");
+        assert_eq!(throttle.admit(3000, 1000), Some(0));
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::control::Control;
+use crate::limits;
 use crate::metrics::Metrics;
+use crate::runtime::Throttle;
 
 use crate::limits::{
     CORE_LOOP_STALL_MS, METRICS_REQUEST_HEAD_BYTES_MAX, METRICS_REQUEST_READ_TIMEOUT_MS,
@@ -25,6 +27,10 @@ pub fn start(
     std::thread::Builder::new()
         .name("ringcast-metrics".to_string())
         .spawn(move || {
+            // At the descriptor limit a pending scrape makes every accept fail at once: one
+            // line per interval, not one per retry.
+            let started = std::time::Instant::now();
+            let mut failures = Throttle::default();
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
@@ -33,7 +39,12 @@ pub fn start(
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "metrics accept failed");
+                        let now_ms = started.elapsed().as_millis() as u64;
+                        if let Some(suppressed) =
+                            failures.admit(now_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
+                        {
+                            tracing::warn!(%error, suppressed, "metrics accept failed");
+                        }
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }

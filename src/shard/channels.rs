@@ -49,7 +49,9 @@ impl Shard {
             {
                 continue;
             }
-            if conn.out_bytes + frame.len() > limit && !conn.out.is_empty() {
+            // `out_bytes`, not the queue: the frames of a send in flight have left the queue
+            // but are still unread, and count toward the bound.
+            if conn.out_bytes + frame.len() > limit && conn.out_bytes != 0 {
                 slow.push(key);
                 continue;
             }

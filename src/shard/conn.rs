@@ -97,6 +97,11 @@ pub struct Conn {
     /// The shard gave up on a peer that stopped reading (slow consumer, a close past its
     /// linger): the driver resets the socket rather than closing it gracefully.
     pub aborted: bool,
+    /// Taken on the driver's spare descriptor at the process's descriptor limit: its request is
+    /// answered "over capacity" (a WebSocket upgrade with the 101, then 4100; anything else with
+    /// 503 + Retry-After) and the connection closed, so the client learns at once instead of
+    /// waiting in the listen backlog.
+    pub over_capacity: bool,
     /// Monotonic ms by which the next complete HTTP request must have arrived, or by which a
     /// closing connection must be gone.
     pub deadline_ms: u64,

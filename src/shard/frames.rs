@@ -3,7 +3,9 @@
 //! time (a subscriber between events, which is nearly every subscriber) allocates nothing per
 //! delivery, and a backlog spills into a `VecDeque` that is freed again when the queue empties
 //! (an idle connection holds no queue memory). It must not know the outbound byte bound or the
-//! socket: the shard enforces the first and the driver reads the frames for the second.
+//! socket: the shard enforces the first, and for the second the driver takes the frames it sends
+//! out of the queue (its send owns them until the kernel is done) and the shard puts back, at the
+//! front, what the socket did not take.
 
 use std::collections::VecDeque;
 
@@ -45,11 +47,20 @@ impl FrameQueue {
         }
     }
 
-    pub fn front_mut(&mut self) -> Option<&mut Bytes> {
+    /// Puts a frame back before every other one (the unsent rest of a send).
+    pub fn push_front(&mut self, frame: Bytes) {
         match self {
-            FrameQueue::Empty => None,
-            FrameQueue::One(frame) => Some(frame),
-            FrameQueue::Many(frames) => frames.front_mut(),
+            FrameQueue::Empty => *self = FrameQueue::One(frame),
+            FrameQueue::One(_) => {
+                let FrameQueue::One(second) = std::mem::take(self) else {
+                    unreachable!("matched One");
+                };
+                let mut frames = VecDeque::with_capacity(SPILL_CAPACITY);
+                frames.push_back(frame);
+                frames.push_back(second);
+                *self = FrameQueue::Many(frames);
+            }
+            FrameQueue::Many(frames) => frames.push_front(frame),
         }
     }
 
@@ -128,11 +139,24 @@ mod tests {
         for _ in 0..3 {
             queue.push_back(frame("event"));
             assert!(matches!(queue, FrameQueue::One(_)));
-            queue.front_mut().unwrap().truncate(2);
-            assert_eq!(contents(&queue), [&b"ev"[..]]);
-            assert_eq!(queue.pop_front(), Some(frame("ev")));
+            assert_eq!(queue.pop_front(), Some(frame("event")));
             assert!(queue.is_empty());
+            // The unsent rest of a send goes back alone: still inline.
+            queue.push_front(frame("nt"));
+            assert!(matches!(queue, FrameQueue::One(_)));
+            assert_eq!(queue.pop_front(), Some(frame("nt")));
         }
+    }
+
+    #[test]
+    fn push_front_goes_before_everything_in_every_state() {
+        let mut queue = FrameQueue::default();
+        queue.push_back(frame("c"));
+        queue.push_front(frame("b"));
+        assert!(matches!(queue, FrameQueue::Many(_)));
+        queue.push_front(frame("a"));
+        queue.push_back(frame("d"));
+        assert_eq!(contents(&queue), [&b"a"[..], b"b", b"c", b"d"]);
     }
 
     #[test]

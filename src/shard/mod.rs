@@ -240,11 +240,21 @@ impl Shard {
             closing: false,
             dead: false,
             aborted: false,
+            over_capacity: false,
             deadline_ms: now.mono_ms + self.config.server.request_timeout_ms,
             dirty: false,
             io: ConnIo::default(),
         });
         Some(key as u32)
+    }
+
+    /// A socket the driver accepted on its spare descriptor at the descriptor limit: it is
+    /// served only to be refused (`Conn::over_capacity`), within the usual request timeout.
+    /// None when this core is full: the driver closes the socket.
+    pub fn accept_over_capacity(&mut self, fd: RawFd, now: Now) -> Option<u32> {
+        let key = self.accept(fd, now)?;
+        self.conns[key as usize].over_capacity = true;
+        Some(key)
     }
 
     /// Bytes from the peer.
@@ -271,6 +281,8 @@ impl Shard {
             return;
         }
         conn.dead = true;
+        // Frames a send has in flight are not in the queue (`take_for_send`): the send owns them
+        // until its completion, so clearing the queue frees nothing the kernel may still read.
         conn.out.clear();
         conn.out_bytes = 0;
         self.release_connection_state(key);
@@ -294,21 +306,50 @@ impl Shard {
         }
     }
 
-    /// `bytes` of the queued output were written to the socket.
-    pub fn on_sent(&mut self, key: u32, mut bytes: usize) {
+    /// Moves up to `max` frames from the front of the connection's queue into `into` (empty),
+    /// for one send. From here until `on_sent` the send owns them, so nothing that happens to the
+    /// connection meanwhile (a reset clears its queue) can free memory the kernel may still read.
+    /// They stay counted in `out_bytes`: bytes in flight are bytes the peer has not taken yet,
+    /// and a peer that stops reading must still reach its bound.
+    pub fn take_for_send(&mut self, key: u32, into: &mut Vec<Bytes>, max: usize) {
+        assert!(into.is_empty(), "one send at a time per connection");
         let conn = &mut self.conns[key as usize];
-        assert!(bytes <= conn.out_bytes);
-        conn.out_bytes -= bytes;
-        while bytes > 0 {
-            let front = conn.out.front_mut().expect("sent bytes were queued");
-            if front.len() <= bytes {
-                bytes -= front.len();
-                conn.out.pop_front();
-            } else {
-                let _ = front.split_to(bytes);
-                bytes = 0;
-            }
+        while into.len() < max {
+            let Some(frame) = conn.out.pop_front() else {
+                break;
+            };
+            into.push(frame);
         }
+    }
+
+    /// The send of `frames` (taken by `take_for_send`, in order) is over and wrote `written`
+    /// bytes of them: those leave `out_bytes`, and the unsent rest goes back to the front of the
+    /// queue, in order, ahead of anything queued meanwhile. A dead connection's frames are just
+    /// dropped (the kernel is done with them now). Leaves `frames` empty.
+    pub fn on_sent(&mut self, key: u32, mut written: usize, frames: &mut Vec<Bytes>) {
+        let conn = &mut self.conns[key as usize];
+        if conn.dead {
+            frames.clear();
+            return;
+        }
+        assert!(written <= conn.out_bytes, "more written than queued");
+        conn.out_bytes -= written;
+        let mut unsent = frames.len();
+        for (index, frame) in frames.iter_mut().enumerate() {
+            if written >= frame.len() {
+                written -= frame.len();
+                continue;
+            }
+            let _ = frame.split_to(written);
+            written = 0;
+            unsent = index;
+            break;
+        }
+        assert_eq!(written, 0, "more written than sent");
+        for frame in frames.drain(unsent..).rev() {
+            conn.out.push_front(frame);
+        }
+        frames.clear();
     }
 
     /// Whether the driver should now half-close the socket (a closing connection whose output
@@ -530,10 +571,12 @@ impl Shard {
             self.abort(key);
             return;
         }
-        let mut response = Vec::new();
-        crate::http::response::write_json_error(&mut response, 408, "Request timeout", false, &[]);
-        self.queue(key, Bytes::from(response));
-        self.begin_close(key);
+        // A request begun and not finished in time (a slow client, or slowloris): 408, counted
+        // as an HTTP call (no endpoint is known before the request is) and as a rejection.
+        self.endpoint = crate::metrics::Endpoint::Other;
+        self.core_metrics()
+            .reject(crate::metrics::REJECT_REQUEST_TIMEOUT);
+        self.respond_error(key, 408, "Request timeout", false, &[]);
     }
 
     /// Drops a connection at once, without a goodbye (the driver shuts the socket down).
@@ -576,7 +619,9 @@ impl Shard {
         if conn.dead {
             return true;
         }
-        if conn.out_bytes + bytes.len() > limit && !conn.out.is_empty() {
+        // Something still unwritten (queued, or in flight in a send): one frame alone may pass
+        // the bound, so a frame larger than it can still go to a reader that keeps up.
+        if conn.out_bytes + bytes.len() > limit && conn.out_bytes != 0 {
             return false;
         }
         conn.out_bytes += bytes.len();

@@ -164,6 +164,19 @@ impl Shard {
         self.endpoint = endpoint_of(&request.path);
         let keep_alive = request.keep_alive;
         let path = request.path.as_str();
+        if self.conns[key as usize].over_capacity {
+            // Accepted on the spare descriptor: nothing can be served while the process is out
+            // of descriptors; the client retries, and the descriptor comes back when it closes.
+            self.core_metrics()
+                .reject(crate::metrics::REJECT_DESCRIPTOR_LIMIT);
+            return self.respond_error(
+                key,
+                503,
+                "Over capacity, retry shortly",
+                false,
+                &[("Retry-After", "1")],
+            );
+        }
         if let Some(rest) = path.strip_prefix("/apps/") {
             let rest = rest.to_string();
             self.rest_api(key, &request, &rest);

@@ -472,3 +472,154 @@ fn an_unfinished_message_is_closed_at_its_deadline_and_its_bytes_released() {
     world.shards[0].on_timer(at(2 * timeout_ms));
     assert!(!world.shards[0].conn(fine.key).closing, "a new deadline");
 }
+
+/// The frame of one published event, as `World::publish` makes it.
+fn event_frame(channel: &str, data: &str) -> Bytes {
+    let text = crate::protocol::outbound::channel_event("e", channel, &format!("\"{data}\""));
+    crate::ws::frame::encode_text(text.as_bytes())
+}
+
+// A send owns the frames it took from the queue: a partial write puts the unsent rest back at
+// the front, in order and ahead of frames queued meanwhile, and `out_bytes` counts queued and
+// in-flight bytes alike, so a peer with a send in flight still reaches its bound.
+#[test]
+fn a_partial_send_puts_the_rest_back_first_and_in_flight_bytes_count() {
+    let mut world = World::new(1);
+    let mut client = world.connect(0, 3);
+    world.subscribe(&client, "c");
+    assert_eq!(world.frames(&mut client).len(), 1, "subscription_succeeded");
+    let shard = &mut world.shards[0];
+    let mut frames = Vec::new();
+    shard.take_for_send(client.key, &mut frames, usize::MAX);
+    let written_so_far: usize = frames.iter().map(Bytes::len).sum();
+    shard.on_sent(client.key, written_so_far, &mut frames);
+    assert!(frames.is_empty() && shard.conn(client.key).out_bytes == 0);
+
+    for data in ["a", "b", "c"] {
+        shard.deliver_local(&ChannelKey::new(0, "c"), &event_frame("c", data), None, 0);
+    }
+    shard.take_for_send(client.key, &mut frames, 2);
+    assert_eq!(frames, [event_frame("c", "a"), event_frame("c", "b")]);
+    let in_flight: usize = frames.iter().map(Bytes::len).sum();
+    let total = in_flight + event_frame("c", "c").len();
+    assert_eq!(
+        shard.conn(client.key).out_bytes,
+        total,
+        "in flight still counted"
+    );
+    shard.deliver_local(&ChannelKey::new(0, "c"), &event_frame("c", "d"), None, 0);
+    // Written: all of "a" and 5 bytes of "b".
+    let written = event_frame("c", "a").len() + 5;
+    shard.on_sent(client.key, written, &mut frames);
+    assert!(frames.is_empty());
+    let conn = shard.conn(client.key);
+    let queued: Vec<Bytes> = conn.out.iter().cloned().collect();
+    assert_eq!(
+        queued,
+        [
+            event_frame("c", "b").slice(5..),
+            event_frame("c", "c"),
+            event_frame("c", "d")
+        ]
+    );
+    assert_eq!(conn.out_bytes, queued.iter().map(Bytes::len).sum::<usize>());
+
+    // Everything in flight, nothing queued: the bound still sees the in-flight bytes.
+    shard.take_for_send(client.key, &mut frames, usize::MAX);
+    assert!(shard.conn(client.key).out.is_empty());
+    let limit = shard.config.server.outbound_bytes_max;
+    let big = Bytes::from(vec![b'x'; limit]);
+    assert!(
+        !shard.queue(client.key, big),
+        "over the bound with bytes in flight"
+    );
+}
+
+// Regression (issue 11): the close-linger expiry resets a connection whose send is in flight.
+// The reset clears the queue; the frames the send took are untouched (still the op's, still the
+// same bytes), and its completion on the dead connection drops them without requeueing.
+#[test]
+fn a_reset_leaves_the_frames_of_a_send_in_flight_alone() {
+    let mut world = World::new(1);
+    let mut client = world.connect(0, 3);
+    world.subscribe(&client, "c");
+    assert_eq!(world.frames(&mut client).len(), 1, "subscription_succeeded");
+    let shard = &mut world.shards[0];
+    let mut frames = Vec::new();
+    shard.take_for_send(client.key, &mut frames, usize::MAX);
+    let written: usize = frames.iter().map(Bytes::len).sum();
+    shard.on_sent(client.key, written, &mut frames);
+    for data in ["a", "b"] {
+        shard.deliver_local(&ChannelKey::new(0, "c"), &event_frame("c", data), None, 0);
+    }
+    shard.take_for_send(client.key, &mut frames, 1);
+    let pointer = frames[0].as_ptr();
+    // The client closes; the server's close frame waits behind the send, which never ends.
+    let mask = [1u8, 2, 3, 4];
+    let close = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ mask[0], 0xe8 ^ mask[1]];
+    shard.on_recv(client.key, &close, NOW);
+    assert!(shard.conn(client.key).closing);
+    let linger_over = NOW.mono_ms + limits::CLOSE_LINGER_MS;
+    shard.on_timer(Now {
+        mono_ms: linger_over,
+        mono_us: linger_over * 1000,
+        ..NOW
+    });
+    let conn = shard.conn(client.key);
+    assert!(conn.dead && conn.aborted, "reset at the linger's end");
+    assert!(conn.out.is_empty() && conn.out_bytes == 0);
+    assert_eq!(
+        frames,
+        [event_frame("c", "a")],
+        "the send's frame is intact"
+    );
+    assert_eq!(frames[0].as_ptr(), pointer, "and is the same memory");
+    shard.on_sent(client.key, 0, &mut frames);
+    assert!(frames.is_empty());
+    assert!(shard.conn(client.key).out.is_empty(), "nothing requeued");
+}
+
+// A connection the driver accepted on its spare descriptor is answered "over capacity": an
+// upgrade with the 101, then pusher:error and close 4100; anything else with 503 + Retry-After.
+// Both close the connection and count a `descriptor_limit` rejection.
+#[test]
+fn a_connection_on_the_spare_descriptor_is_refused_over_capacity() {
+    let mut world = World::new(1);
+    let shard = &mut world.shards[0];
+    let upgrade = shard.accept_over_capacity(3, NOW).unwrap();
+    let request = "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    shard.on_recv(upgrade, request.as_bytes(), NOW);
+    let mut client = TestClient {
+        key: upgrade,
+        ..TestClient::default()
+    };
+    let out = world.output(&client);
+    assert!(out.starts_with(b"HTTP/1.1 101 "), "{out:?}");
+    client.seen = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        world.frames(&mut client),
+        [r#"{"event":"pusher:error","data":{"code":4100,"message":"Over capacity"}}"#]
+    );
+    // The close frame (skipped by `frames`) ends the output: code 4100, "Over capacity".
+    let close: Vec<u8> = [0x88, 15, 0x10, 0x04]
+        .into_iter()
+        .chain(*b"Over capacity")
+        .collect();
+    assert!(world.output(&client).ends_with(&close));
+    let shard = &mut world.shards[0];
+    assert!(shard.conn(upgrade).closing);
+
+    let rest = shard.accept_over_capacity(4, NOW).unwrap();
+    shard.on_recv(
+        rest,
+        b"GET /apps/123456/channels HTTP/1.1\r\nHost: x\r\n\r\n",
+        NOW,
+    );
+    let out: Vec<u8> = shard.conn(rest).out.iter().flatten().copied().collect();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+    assert!(shard.conn(rest).closing);
+    let rejected = &shard.core_metrics().rejected[crate::metrics::REJECT_DESCRIPTOR_LIMIT];
+    assert_eq!(rejected.load(std::sync::atomic::Ordering::Relaxed), 2);
+}

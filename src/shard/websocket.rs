@@ -89,6 +89,12 @@ impl Shard {
 
     /// Path, app key, app state, protocol version and the app's connection quota.
     fn admit(&mut self, key: u32, request: &Request) -> Result<(), Refusal> {
+        if self.conns[key as usize].over_capacity {
+            // Accepted on the spare descriptor: the process is out of descriptors, whatever the
+            // request asks for.
+            self.core_metrics().reject(metrics::REJECT_DESCRIPTOR_LIMIT);
+            return Err(Refusal::Fixed(close_code::OVER_CAPACITY_CLOSE));
+        }
         let app_key = request
             .path
             .strip_prefix("/app/")

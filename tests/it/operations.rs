@@ -1,9 +1,11 @@
 //! Operations, as an operator sees them: the systemd notify protocol read from a NOTIFY_SOCKET
-//! the test owns, `/healthz` and `/readyz`, `/metrics` values moving with traffic, the SIGTERM
-//! drain (readiness first, then closes spread at the configured rate), SIGHUP reloads,
-//! admission limits (4100, 4004, 503 for REST reads over `rest_in_flight_max`), a slow reader
-//! closed with 4101 while the others lose nothing, and the two outage drills: unknown config
-//! keys, and a restart under a reconnect storm with a publish load. Every wait is bounded.
+//! the test owns, `/healthz` and `/readyz`, `/metrics` values moving with traffic (408 and 505
+//! counted under their own statuses), the SIGTERM drain (readiness first, then closes spread at
+//! the configured rate), SIGHUP reloads, admission limits (4100, 4004, 503 for REST reads over
+//! `rest_in_flight_max`, 4100 and 503 at the process's descriptor limit), a slow reader closed
+//! with 4101 while the others lose nothing, a reset while a send to a reader that stopped is
+//! parked, and the two outage drills: unknown config keys, and a restart under a reconnect storm
+//! with a publish load. Every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -452,6 +454,45 @@ fn metrics_move_with_connections_messages_and_rest_calls() {
     );
 }
 
+// Rejections the metrics used to miss: a request left unfinished (slowloris) gets 408 and is
+// counted as an HTTP call with status 408 and as a `request_timeout` rejection; a request in an
+// unsupported HTTP version gets 505, counted under its own status (not "other").
+#[test]
+fn request_timeouts_and_505_are_counted_by_status() {
+    let (server, metrics) = Server::with_metrics(Options {
+        extra_server: "request_timeout_ms = 300".to_string(),
+        ..Options::default()
+    });
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled.set_read_timeout(Some(WAIT)).unwrap();
+    stalled
+        .write_all(b"POST /apps/123456/events HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stalled.read_to_end(&mut response);
+    let (status, body) = crate::support::parse_response(&response);
+    assert_eq!(status, 408, "{body}");
+    let response = crate::support::raw(server.addr, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n");
+    let (status, body) = crate::support::parse_response(&response);
+    assert_eq!(status, 505, "{body}");
+    let text = scrape(metrics);
+    let calls = |status: &str| {
+        metric(
+            &text,
+            &format!(
+                "ringcast_http_calls_received_total{{endpoint=\"other\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!(calls("408"), Some(1.0), "{text}");
+    assert_eq!(calls("505"), Some(1.0), "{text}");
+    assert_eq!(calls("other"), None, "{text}");
+    assert_eq!(
+        value(&text, "ringcast_rejected_total{reason=\"request_timeout\"}"),
+        1.0
+    );
+}
+
 // Drill (a): a config with keys this build does not know starts, serves, warns, and
 // ringcast_config_unknown_keys holds their number.
 #[test]
@@ -852,6 +893,107 @@ fn a_slow_reader_is_closed_and_the_others_lose_nothing() {
         1.0,
         "slow consumer closes (received {received}, {ending})"
     );
+}
+
+/// The kernel's largest TCP send buffer (`net.ipv4.tcp_wmem`, third field): how much a socket
+/// can take from the server before a send to a peer that does not read has to wait.
+fn tcp_send_buffer_max() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 * 1024 * 1024)
+}
+
+/// Blocks (bounded by `within`) until the socket has an error or is hung up, without reading
+/// it: reading would open the peer's window and let a parked send move again.
+fn wait_for_hangup(stream: &TcpStream, within: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut entry = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        // No events asked for: poll reports only POLLERR and POLLHUP, which it always does.
+        events: 0,
+        revents: 0,
+    };
+    let timeout = libc::c_int::try_from(within.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `entry` is one valid pollfd for the duration of the call, and the count is 1.
+    let ready = unsafe { libc::poll(&raw mut entry, 1, timeout) };
+    ready == 1 && entry.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+// Regression (issue 11): a send parked on a client that stopped reading, then the close-linger
+// expiry resets the connection while that send is still in flight. The reset clears the
+// connection's queue; the frames the kernel may still read belong to the send until its
+// completion, so nothing is freed under it. The server survives and serves everyone else
+// exactly, and nothing but the client's own close is counted against it.
+#[test]
+fn a_reset_while_a_send_is_parked_leaves_the_server_serving() {
+    const EVENT_BYTES: usize = 1024 * 1024;
+    // More than the kernel's buffers on both sides can hold, so most of it waits on the server.
+    let events = 2 * tcp_send_buffer_max() / EVENT_BYTES + 4;
+    let queued = events * (EVENT_BYTES + 64);
+    let (mut server, metrics) = Server::with_metrics(Options {
+        cores: 1,
+        extra_server: format!(
+            "outbound_bytes_max = {}\nhttp_body_bytes_max = {}",
+            2 * queued,
+            2 * EVENT_BYTES
+        ),
+        extra_app: format!("payload_bytes_max = {}", 2 * EVENT_BYTES),
+        ..Options::default()
+    });
+    let mut victim = small_buffer_client(server.addr);
+    victim.subscribe("parked");
+    let mut other = server.client();
+    other.subscribe("others");
+    // From here on the victim is not read: the server's send to it parks once the kernel's
+    // buffers are full.
+    let filler = "x".repeat(EVENT_BYTES);
+    for k in 0..events {
+        server.trigger(&json!({"name":"big","channel":"parked","data":format!("{k:04}-{filler}")}));
+    }
+    let written = scraped(metrics, "ringcast_socket_transmitted_bytes_total");
+    assert!(
+        written < (events * EVENT_BYTES) as f64,
+        "the kernel took all {events} MB ({written} bytes written): no send was left parked"
+    );
+    // A masked close frame (code 1000): the server echoes it behind the queued events and
+    // begins its close; the victim reads nothing, so the close lingers until it expires and
+    // the server resets the connection with its send still parked.
+    let mask = [1u8, 2, 3, 4];
+    let close: Vec<u8> = [0x88, 0x82]
+        .into_iter()
+        .chain(mask)
+        .chain([0x03 ^ mask[0], 0xe8 ^ mask[1]])
+        .collect();
+    victim.ws.get_mut().write_all(&close).unwrap();
+    assert!(
+        wait_for_hangup(victim.ws.get_ref(), WAIT),
+        "the victim was not reset after its close lingered; stderr:\n{}",
+        server.stderr()
+    );
+    assert!(
+        server.is_alive(),
+        "the server died; stderr:\n{}",
+        server.stderr()
+    );
+    // The same core keeps serving: the other client gets the exact next event, and a new
+    // client connects, subscribes and receives one too.
+    server.trigger(&json!({"name":"after","channel":"others","data":"one"}));
+    assert_eq!(
+        other.recv_text(),
+        r#"{"event":"after","channel":"others","data":"one"}"#
+    );
+    let mut late = server.client();
+    late.subscribe("parked");
+    server.trigger(&json!({"name":"after","channel":"parked","data":"two"}));
+    assert_eq!(
+        late.recv_text(),
+        r#"{"event":"after","channel":"parked","data":"two"}"#
+    );
+    let text = scrape(metrics);
+    assert_eq!(value(&text, "ringcast_closes_total{code=\"1000\"}"), 1.0);
+    assert_eq!(value(&text, "ringcast_slow_consumer_closes_total"), 0.0);
+    assert_eq!(value(&text, "ringcast_connected"), 2.0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1294,6 +1436,129 @@ fn rest_in_flight_max_sheds_with_503_and_retry_after() {
             "ringcast_rejected_total{reason=\"rest_in_flight\"}"
         ),
         1.0
+    );
+}
+
+/// Reads one `Content-Length`-framed HTTP response (bounded by the stream's read timeout).
+fn read_one_response(stream: &mut TcpStream) -> Vec<u8> {
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse::<usize>().unwrap());
+            if response.len() >= end + 4 + length {
+                return response;
+            }
+        }
+        let n = stream.read(&mut chunk).unwrap_or_else(|e| {
+            panic!(
+                "reading a response: {e}; have {:?}",
+                String::from_utf8_lossy(&response)
+            )
+        });
+        assert!(n > 0, "closed before a whole response: {response:?}");
+        response.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// At the process's descriptor limit the next client is not left waiting in the listen backlog:
+// the core spends its spare descriptor on it, so a WebSocket gets the 101 then pusher:error +
+// close 4100, and a REST call 503 + Retry-After with a JSON error. The failed accepts are
+// counted by reason, the log holds a few lines rather than one per failure, and once clients
+// leave, new ones get in again.
+#[test]
+fn at_the_descriptor_limit_the_next_client_is_refused_at_once() {
+    const DESCRIPTORS: u64 = 64;
+    let config = format!("{}{METRICS_ON}", config_text(&Options::default()));
+    let (server, metrics) = Server::launch_with_descriptor_limit(&config, true, DESCRIPTORS);
+    let metrics = metrics.unwrap();
+    let mut clients = Vec::new();
+    let refused = loop {
+        assert!(
+            clients.len() < DESCRIPTORS as usize,
+            "{} clients admitted under a limit of {DESCRIPTORS} descriptors",
+            clients.len()
+        );
+        match attempt(server.addr, APP_KEY) {
+            Attempt::Connected(ws) => clients.push(ws),
+            Attempt::Refused(error, close) => break (error, close),
+            Attempt::Failed(why) => panic!("client {}: {why}", clients.len() + 1),
+        }
+    };
+    assert_eq!(
+        refused,
+        (Some(4100), 4100),
+        "after {} clients",
+        clients.len()
+    );
+    // A REST call at the limit gets 503 on a spare descriptor. A descriptor freed meanwhile (the
+    // refused client's) may go to a plain accept first: that call is served normally, and its
+    // connection is kept open, so the next call meets the limit again.
+    let path = format!("/apps/{APP_ID}/channels");
+    let mut served = Vec::new();
+    let response = loop {
+        assert!(
+            served.len() < DESCRIPTORS as usize,
+            "{} REST calls served at the descriptor limit",
+            served.len()
+        );
+        let query = signed_query("GET", &path, &[], b"", APP_KEY, APP_SECRET, unix_now());
+        let request = format!("GET {path}?{query} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let response = read_one_response(&mut stream);
+        if !response.starts_with(b"HTTP/1.1 200 ") {
+            break response;
+        }
+        served.push(stream);
+    };
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (status, body) = crate::support::parse_response(&response);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+    let error: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(error["error"].is_string(), "{body}");
+
+    // The clients leave: descriptors are free again and a new client gets in.
+    let admitted = clients.len();
+    drop(clients);
+    drop(served);
+    let _late = poll(
+        WAIT,
+        "a client admitted after the others left",
+        || match attempt(server.addr, APP_KEY) {
+            Attempt::Connected(ws) => Some(ws),
+            Attempt::Refused(Some(4100), 4100) => None,
+            other => panic!("{other:?}"),
+        },
+    );
+    let text = scrape(metrics);
+    assert!(
+        value(&text, "ringcast_accept_errors_total{reason=\"emfile\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            "ringcast_rejected_total{reason=\"descriptor_limit\"}"
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value(&text, "ringcast_closes_total{code=\"4100\"}") >= 1.0,
+        "{text}"
+    );
+    let stderr = server.stderr();
+    let lines = stderr.matches("accept failed").count();
+    assert!(
+        (1..=8).contains(&lines),
+        "{lines} accept-failure lines for {admitted} clients:\n{stderr}"
     );
 }
 

@@ -337,6 +337,44 @@ impl Server {
         env: &[(&str, &str)],
         metrics: bool,
     ) -> (Server, Option<SocketAddr>) {
+        Server::launch_prepared(config, env, metrics, |_| {})
+    }
+
+    /// Like `launch`, with the process's descriptor limit (RLIMIT_NOFILE) set to `descriptors`
+    /// before it starts. Soft and hard are both set: the server raises its soft limit to the hard
+    /// one at start.
+    pub fn launch_with_descriptor_limit(
+        config: &str,
+        metrics: bool,
+        descriptors: u64,
+    ) -> (Server, Option<SocketAddr>) {
+        Server::launch_prepared(config, &[], metrics, |command| {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: descriptors,
+                rlim_max: descriptors,
+            };
+            // SAFETY: the hook runs in the child between fork and exec and calls only
+            // setrlimit, which is async-signal-safe, on a struct copied into the closure.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        })
+    }
+
+    /// `launch`, with `prepare` adjusting the command before it is spawned.
+    fn launch_prepared(
+        config: &str,
+        env: &[(&str, &str)],
+        metrics: bool,
+        prepare: impl FnOnce(&mut Command),
+    ) -> (Server, Option<SocketAddr>) {
         let n = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ringcast-it-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -355,6 +393,7 @@ impl Server {
         for (name, value) in env {
             command.env(name, value);
         }
+        prepare(&mut command);
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
