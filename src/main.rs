@@ -25,6 +25,10 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Start even when the write-ahead log is damaged before its end: skip the damaged
+        /// records (logged with their LSNs) instead of refusing to start.
+        #[arg(long)]
+        salvage: bool,
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig {
@@ -152,7 +156,10 @@ fn wal_command(command: WalCommand) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config: path } => {
+        Command::Serve {
+            config: path,
+            salvage,
+        } => {
             ringcast::runtime::disable_transparent_huge_pages();
             let loaded = match &path {
                 Some(path) => config::load_file(path),
@@ -173,7 +180,12 @@ fn main() -> ExitCode {
                     "no --config given: running the embedded default config (loopback only, demo app id 123456, key `app-key`, secret `app-secret`); do not use it in production"
                 );
             }
-            match service::serve(loaded.config, &loaded.unknown_keys, path) {
+            let recovery = if salvage {
+                ringcast::wal::RecoveryMode::Salvage
+            } else {
+                ringcast::wal::RecoveryMode::Strict
+            };
+            match service::serve(loaded.config, &loaded.unknown_keys, path, recovery) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");

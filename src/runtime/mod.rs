@@ -23,6 +23,7 @@
 //! once per `ACCEPT_ERROR_LOG_INTERVAL_MS` per core.
 
 pub(crate) mod buf_ring;
+pub mod journal;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -41,9 +42,11 @@ use crate::control::Control;
 use crate::limits;
 use crate::mesh::Mesh;
 use crate::metrics::{CoreMetrics, Metrics};
-use crate::shard::{Apps, ControlEvent, Now, Shard};
+use crate::shard::{Apps, ControlEvent, JournalFailed, Now, Shard};
+use crate::wal::RecoveryMode;
 use crate::webhook::WebhookQueues;
 use buf_ring::BufRing;
+use journal::WalJournal;
 
 const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
@@ -59,6 +62,9 @@ fn user_data(op: u64, key: u32) -> u64 {
 fn split_user_data(data: u64) -> (u64, u32) {
     (data >> 56, data as u32)
 }
+
+/// The exit status after a WAL write or sync error (EX_IOERR).
+pub const EXIT_STORAGE_FAILED: i32 = 74;
 
 /// Provided-buffer group id used by every core (groups are per ring).
 const BUFFER_GROUP: u16 = 0;
@@ -251,9 +257,61 @@ pub(crate) fn presize_descriptor_table(count: u64) {
     }
 }
 
+/// The time for the shard: the process's monotonic clock and the wall clock, read once.
+fn clock(control: &Control) -> Now {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Now {
+        mono_ms: control.now_ms(),
+        mono_us: control.now_us(),
+        unix_secs: unix_ms / 1000,
+        unix_ms,
+    }
+}
+
+/// Opens core `core`'s WAL stream (when `[storage] dir` is set), replays it into the shard, and
+/// installs it as the shard's journal. Runs on the core's own thread, so cores replay in
+/// parallel; the process reports ready only after every core has.
+fn recover(
+    shard: &mut Shard,
+    config: &Config,
+    apps: &Arc<Apps>,
+    control: &Control,
+    recovery: RecoveryMode,
+) -> anyhow::Result<()> {
+    if config.storage.dir.is_empty() {
+        return Ok(());
+    }
+    let core = shard.core();
+    let started = std::time::Instant::now();
+    let now = clock(control);
+    let storage: Arc<dyn crate::wal::Storage> = Arc::new(crate::wal::FsStorage);
+    let (journal, replayed) = WalJournal::open(
+        storage,
+        config,
+        Arc::clone(apps),
+        core,
+        recovery,
+        now,
+        |record, lsn| shard.replay(record, lsn, now),
+    )?;
+    shard.replayed(clock(control));
+    shard.set_journal(Box::new(journal));
+    tracing::info!(
+        core,
+        records = replayed.records,
+        skipped_unknown_apps = replayed.unknown_apps,
+        truncated_bytes = replayed.truncated_bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "write-ahead log replayed"
+    );
+    Ok(())
+}
+
 /// Binds one listener per core on the configured address (the first picks the port when it is
 /// 0) and starts the core threads. Returns once every core is ready to accept.
-pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
+pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Server> {
     probe().map_err(anyhow::Error::msg)?;
     reserve_descriptors();
     let cores = config.cores();
@@ -288,7 +346,7 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
     let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(cores);
     for (core, listener) in listeners.into_iter().enumerate() {
-        let shard = Shard::new(
+        let mut shard = Shard::new(
             core,
             cores,
             Arc::clone(&config),
@@ -302,6 +360,7 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
         let control = Arc::clone(&control);
         let metrics = Arc::clone(&metrics);
         let ready = ready_sender.clone();
+        let (config, apps) = (Arc::clone(&config), Arc::clone(&apps));
         let cpu = (config.server.pin_threads && !cpus.is_empty()).then(|| cpus[core % cpus.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("ringcast-core-{core}"))
@@ -310,6 +369,12 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<Server> {
                     core_affinity::set_for_current(cpu);
                 }
                 let fd = listener.into_raw_fd();
+                if let Err(error) = recover(&mut shard, &config, &apps, &control, recovery) {
+                    // SAFETY: the listener is ours and no operation refers to it yet.
+                    unsafe { libc::close(fd) };
+                    let _ = ready.send(Err(format!("core {core}: {error:#}")));
+                    return;
+                }
                 match CoreLoop::new(core, fd, shard, mesh, control, metrics, stop) {
                     Ok(mut core_loop) => {
                         let _ = ready.send(Ok(()));
@@ -511,15 +576,7 @@ impl CoreLoop {
     }
 
     fn now(&self) -> Now {
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Now {
-            mono_ms: self.control.now_ms(),
-            mono_us: self.control.now_us(),
-            unix_secs: unix_ms / 1000,
-            unix_ms,
-        }
+        clock(&self.control)
     }
 
     fn push(&mut self, entry: squeue::Entry) {
@@ -586,25 +643,7 @@ impl CoreLoop {
             self.buffers.publish();
             busy |= self.drain_mesh(now);
             if now.mono_ms >= self.next_sweep_ms {
-                self.next_sweep_ms = now.mono_ms + limits::TIMER_SWEEP_INTERVAL_MS;
-                self.feed_sweep_control(now);
-                #[cfg(debug_assertions)]
-                self.test_stall(now);
-                self.shard.on_timer(now);
-                if let Some(count) = self
-                    .accept_error_log
-                    .overdue(now.mono_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
-                {
-                    tracing::warn!(
-                        core = self.core,
-                        suppressed = count,
-                        "accept failed; `suppressed` more failures since the last line"
-                    );
-                }
-                // A descriptor may have been freed off this core's connections (another core,
-                // the metrics thread): the spare comes back as soon as there is one.
-                self.restore_spare();
-                self.resume_accepting();
+                self.sweep(now);
             }
             for key in std::mem::take(&mut self.rearm) {
                 if self.shard_has(key)
@@ -614,6 +653,11 @@ impl CoreLoop {
                     self.arm_recv(key);
                 }
             }
+            // Group commit: this tick's WAL records are written (and synced by policy) before
+            // anything of the tick leaves the core, and the publishes they made durable are
+            // acknowledged. Only then do mesh messages and socket writes go out.
+            let committed = self.shard.commit(now);
+            self.exit_if_failed(committed);
             self.shard.outbox().flush(&self.mesh);
             self.flush_connections();
             let iteration_us = self.control.now_us().saturating_sub(now.mono_us);
@@ -646,20 +690,70 @@ impl CoreLoop {
                 continue;
             }
             if self.mesh.park(self.core) {
-                let wait_ms = self.next_sweep_ms.saturating_sub(self.now().mono_ms).max(1);
-                let timeout = types::Timespec::from(Duration::from_millis(wait_ms));
-                let args = types::SubmitArgs::new().timespec(&timeout);
-                match self.ring.submitter().submit_with_args(1, &args) {
-                    Ok(_) => {}
-                    Err(error)
-                        if matches!(
-                            error.raw_os_error(),
-                            Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                        ) => {}
-                    Err(error) => tracing::error!(core = self.core, %error, "io_uring wait failed"),
-                }
+                self.park();
                 self.mesh.unpark(self.core);
             }
+        }
+    }
+
+    /// Waits in the kernel for a completion, a doorbell, the next sweep, or the WAL's next
+    /// sync of an idle stream, whichever comes first.
+    fn park(&mut self) {
+        let now = self.now();
+        let sweep_in_ms = self.next_sweep_ms.saturating_sub(now.mono_ms);
+        let sync_in_ms = self.shard.journal_wake_in_ms(now).unwrap_or(u64::MAX);
+        let wait_ms = sweep_in_ms.min(sync_in_ms).max(1);
+        let timeout = types::Timespec::from(Duration::from_millis(wait_ms));
+        let args = types::SubmitArgs::new().timespec(&timeout);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(error) => tracing::error!(core = self.core, %error, "io_uring wait failed"),
+        }
+        if sync_in_ms <= sweep_in_ms {
+            let maintained = self.shard.maintain_journal(self.now());
+            self.exit_if_failed(maintained);
+        }
+    }
+
+    /// The timer sweep: control-plane changes, the shard's timers, the WAL's upkeep, accept
+    /// errors held back from the log, and the spare descriptor.
+    fn sweep(&mut self, now: Now) {
+        self.next_sweep_ms = now.mono_ms + limits::TIMER_SWEEP_INTERVAL_MS;
+        self.feed_sweep_control(now);
+        #[cfg(debug_assertions)]
+        self.test_stall(now);
+        self.shard.on_timer(now);
+        let maintained = self.shard.maintain_journal(now);
+        self.exit_if_failed(maintained);
+        if let Some(count) = self
+            .accept_error_log
+            .overdue(now.mono_ms, limits::ACCEPT_ERROR_LOG_INTERVAL_MS)
+        {
+            tracing::warn!(
+                core = self.core,
+                suppressed = count,
+                "accept failed; `suppressed` more failures since the last line"
+            );
+        }
+        // A descriptor may have been freed off this core's connections (another core, the
+        // metrics thread): the spare comes back as soon as there is one.
+        self.restore_spare();
+        self.resume_accepting();
+    }
+
+    /// A WAL write or sync failed: nothing more may be acknowledged, so the process exits now,
+    /// before this tick sends anything (the PostgreSQL fsync rule; a restart recovers from
+    /// what is on disk).
+    fn exit_if_failed(&self, result: Result<(), JournalFailed>) {
+        if let Err(error) = result {
+            tracing::error!(core = self.core, %error, "write-ahead log failed: exiting");
+            eprintln!("ringcast: write-ahead log failed on core {}: {error}", self.core);
+            std::process::exit(EXIT_STORAGE_FAILED);
         }
     }
 

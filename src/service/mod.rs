@@ -57,13 +57,14 @@ pub fn serve(
     config: Config,
     unknown_keys: &[String],
     config_path: Option<PathBuf>,
+    recovery: crate::wal::RecoveryMode,
 ) -> anyhow::Result<()> {
     for key in unknown_keys {
         tracing::warn!(key = %key, "unknown config key ignored");
     }
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let mut config = Arc::new(config);
-    let mut server = runtime::start(Arc::clone(&config))?;
+    let mut server = runtime::start(Arc::clone(&config), recovery)?;
     let control = Arc::clone(&server.control);
     let metrics = Arc::clone(&server.metrics);
     // The webhook outbox before readiness: with `[storage] dir`, its write-ahead log is

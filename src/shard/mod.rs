@@ -25,7 +25,6 @@ use slab::Slab;
 use crate::config::Config;
 use crate::control::Reload;
 use crate::limits;
-use crate::mesh::message::Durability;
 use crate::mesh::{ChannelKey, ConnRef, Outbox, ShardMessage};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::protocol::socket_id::SocketIdGenerator;
@@ -34,7 +33,7 @@ use crate::webhook::{WebhookEvent, WebhookKind, WebhookQueues};
 pub use apps::Apps;
 pub use conn::{Conn, ConnIo, Phase};
 pub use history::{HistoryEvent, HistoryPage};
-pub use owner::{Journal, JournalFull, NoJournal, Owner, OwnerRecord};
+pub use owner::{Durable, Journal, JournalFailed, JournalFull, NoJournal, Owner, OwnerRecord};
 use rest::Query;
 
 /// The time, passed in by the driver (the shard never reads a clock).
@@ -437,21 +436,42 @@ impl Shard {
         self.effects = effects;
     }
 
-    /// The driver wrote (and, by policy, synced) the journal up to `durable_lsn`: publishes
-    /// waiting for it are acknowledged with `durability`.
-    pub fn on_committed(&mut self, durable_lsn: u64, durability: Durability, now: Now) {
+    /// Ends a loop tick: the journal writes (and by policy syncs) what this tick appended, and
+    /// publishes waiting for it are acknowledged. The driver calls it before it sends anything
+    /// (mesh messages, socket writes), so nothing leaves the core before its record is written;
+    /// acknowledging can let pipelined requests publish more, which this commits as well.
+    pub fn commit(&mut self, now: Now) -> Result<(), JournalFailed> {
         self.now = now;
-        self.owner.committed(durable_lsn, durability);
+        loop {
+            let durable = self.journal.commit(now)?;
+            self.acknowledge(durable);
+            if !self.journal.has_pending() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Journal timers (every sweep): sync an idle stream, retry space, retention.
+    pub fn maintain_journal(&mut self, now: Now) -> Result<(), JournalFailed> {
+        self.now = now;
+        let durable = self.journal.maintain(now, self.owner.needed_lsn())?;
+        self.acknowledge(durable);
+        Ok(())
+    }
+
+    /// Milliseconds until the journal wants the loop awake (an idle stream's sync).
+    pub fn journal_wake_in_ms(&self, now: Now) -> Option<u64> {
+        self.journal.sync_due_in_ms(now)
+    }
+
+    fn acknowledge(&mut self, durable: Durable) {
+        self.owner.committed(durable.lsn, durable.durability);
         self.run_owner_effects();
     }
 
     /// Installs the WAL's group-commit buffer (before the first connection).
     pub fn set_journal(&mut self, journal: Box<dyn Journal + Send>) {
         self.journal = journal;
-    }
-
-    pub fn journal_mut(&mut self) -> &mut (dyn Journal + Send) {
-        &mut *self.journal
     }
 
     /// Start-up: one WAL record of this core's stream, applied without effects.
@@ -462,11 +482,6 @@ impl Shard {
     /// Start-up: the replay is over (restored presence and positions get their grace).
     pub fn replayed(&mut self, now: Now) {
         self.owner.replayed(now);
-    }
-
-    /// The oldest WAL record the owner state still needs (for retention).
-    pub fn needed_lsn(&self) -> u64 {
-        self.owner.needed_lsn()
     }
 
     /// Periodic sweep: request deadlines, activity pings, pong timeouts, close lingers.
@@ -733,6 +748,7 @@ impl Shard {
         self.apps = Arc::clone(&reload.apps);
         self.owner
             .reload(Arc::clone(&reload.config), Arc::clone(&reload.apps));
+        self.journal.reload(Arc::clone(&reload.apps));
         self.evicting = true;
     }
 

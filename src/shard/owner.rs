@@ -90,8 +90,23 @@ impl PartialEq for PublishCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalFull;
 
-/// Where the owner appends its records: the current loop tick's group-commit buffer. The driver
-/// writes (and syncs) the buffer after the tick and reports back with `Owner::committed`.
+/// How far the journal is durable after a commit: every record up to `lsn`, at `durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    pub lsn: u64,
+    pub durability: Durability,
+}
+
+/// The journal could not persist what it was given (a write or sync error): nothing may be
+/// acknowledged any more, and the process exits (the PostgreSQL fsync rule).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalFailed(pub String);
+
+/// Where the owner appends its records: the current loop tick's group-commit buffer (the WAL
+/// stream of this core). The owner only appends; the driver ends each tick with `commit` and
+/// runs `maintain` on its timer, and the shard then answers what became durable. This trait is
+/// the shard's only way to the disk.
 pub trait Journal {
     /// Appends `record`, returning its LSN; refuses (appending nothing) when storage is full.
     fn append(&mut self, record: &OwnerRecord) -> Result<u64, JournalFull>;
@@ -99,6 +114,19 @@ pub trait Journal {
     fn appended_lsn(&self) -> u64;
     /// False without a WAL: nothing is appended and every acknowledgement is immediate.
     fn enabled(&self) -> bool;
+    /// Ends a tick: writes what was appended (one write), syncs per policy.
+    fn commit(&mut self, now: Now) -> Result<Durable, JournalFailed>;
+    /// Timers: syncs an idle stream when due, retries space while the disk is full, removes
+    /// segments no longer needed (`needed_lsn` is the oldest record the owner still needs).
+    fn maintain(&mut self, now: Now, needed_lsn: u64) -> Result<Durable, JournalFailed>;
+    /// The disk is full: publishes are refused until space is back.
+    fn storage_full(&self) -> bool;
+    /// Records appended but not yet written.
+    fn has_pending(&self) -> bool;
+    /// Milliseconds until an idle stream's sync is due (the loop must wake by then).
+    fn sync_due_in_ms(&self, now: Now) -> Option<u64>;
+    /// A reloaded app table (records name apps by their stable id).
+    fn reload(&mut self, apps: Arc<Apps>);
 }
 
 /// No WAL: records are dropped, nothing is ever full, LSNs stay 0.
@@ -117,6 +145,31 @@ impl Journal for NoJournal {
     fn enabled(&self) -> bool {
         false
     }
+
+    fn commit(&mut self, _now: Now) -> Result<Durable, JournalFailed> {
+        Ok(Durable {
+            lsn: 0,
+            durability: Durability::Memory,
+        })
+    }
+
+    fn maintain(&mut self, now: Now, _needed_lsn: u64) -> Result<Durable, JournalFailed> {
+        self.commit(now)
+    }
+
+    fn storage_full(&self) -> bool {
+        false
+    }
+
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    fn sync_due_in_ms(&self, _now: Now) -> Option<u64> {
+        None
+    }
+
+    fn reload(&mut self, _apps: Arc<Apps>) {}
 }
 
 /// What the owner knows about one occupied (or, after a replay, tentatively occupied) channel.
@@ -1400,6 +1453,31 @@ mod tests {
         fn enabled(&self) -> bool {
             true
         }
+
+        fn commit(&mut self, _now: Now) -> Result<Durable, JournalFailed> {
+            Ok(Durable {
+                lsn: self.appended_lsn(),
+                durability: Durability::Written,
+            })
+        }
+
+        fn maintain(&mut self, now: Now, _needed_lsn: u64) -> Result<Durable, JournalFailed> {
+            self.commit(now)
+        }
+
+        fn storage_full(&self) -> bool {
+            self.full
+        }
+
+        fn has_pending(&self) -> bool {
+            false
+        }
+
+        fn sync_due_in_ms(&self, _now: Now) -> Option<u64> {
+            None
+        }
+
+        fn reload(&mut self, _apps: Arc<Apps>) {}
     }
 
     const NOW: Now = Now {

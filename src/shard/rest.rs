@@ -210,15 +210,20 @@ impl Shard {
                 }
             }
             (Method::Get | Method::Head, "/readyz") => {
-                if self.control.is_ready() {
-                    self.respond(key, 200, "text/plain", b"ready", keep_alive, &[]);
+                // Not ready: starting, draining, or unable to persist publishes (a full WAL
+                // disk: subscribers are still served, publishes get 503 until space is back).
+                let not_ready: Option<&[u8]> = if self.control.is_draining() {
+                    Some(b"draining")
+                } else if !self.control.is_ready() {
+                    Some(b"starting")
+                } else if self.journal.storage_full() {
+                    Some(b"storage full: publishes are refused until disk space is back")
                 } else {
-                    let body: &[u8] = if self.control.is_draining() {
-                        b"draining"
-                    } else {
-                        b"starting"
-                    };
-                    self.respond(key, 503, "text/plain", body, keep_alive, &[]);
+                    None
+                };
+                match not_ready {
+                    None => self.respond(key, 200, "text/plain", b"ready", keep_alive, &[]),
+                    Some(body) => self.respond(key, 503, "text/plain", body, keep_alive, &[]),
                 }
             }
             (_, path) if path.starts_with("/app/") => {

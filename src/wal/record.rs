@@ -37,7 +37,11 @@ pub const PUBLISH_CLIENT: u8 = 2;
 /// `Publish.flags`: restores history and sequence state without delivering (a snapshot or a
 /// carry-forward of an old segment's state).
 pub const PUBLISH_HISTORY_ONLY: u8 = 4;
-const PUBLISH_FLAGS_KNOWN: u8 = PUBLISH_CACHE | PUBLISH_CLIENT | PUBLISH_HISTORY_ONLY;
+/// `Publish.flags`: sets the cache channel's slot only, neither its history nor its sequence (a
+/// snapshot of a cached event that has left the history window).
+pub const PUBLISH_CACHE_ONLY: u8 = 8;
+const PUBLISH_FLAGS_KNOWN: u8 =
+    PUBLISH_CACHE | PUBLISH_CLIENT | PUBLISH_HISTORY_ONLY | PUBLISH_CACHE_ONLY;
 
 const _: () = assert!(HEADER_BYTES == 4 + 4 + 1 + 1 + 2 + 8 + 8);
 const _: () = assert!(HEADER_BYTES < limits::WAL_RECORD_BYTES_MAX);
