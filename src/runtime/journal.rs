@@ -56,8 +56,15 @@ impl WalJournal {
         let stream = wal::core_stream(core);
         let dir = wal::stream_dir(data_dir, &stream);
         let options = WalOptions::from_config(&config.storage);
-        let (writer, recovery) =
-            WalWriter::open(storage, &dir, &stream, INITIAL_EPOCH, options, mode, wal_now(now))?;
+        let (writer, recovery) = WalWriter::open(
+            storage,
+            &dir,
+            &stream,
+            INITIAL_EPOCH,
+            options,
+            mode,
+            wal_now(now),
+        )?;
         let mut replayed = Replayed {
             truncated_bytes: recovery.truncated_bytes,
             ..Replayed::default()
@@ -158,11 +165,19 @@ impl Journal for WalJournal {
             self.writer.sync(now).map_err(failed)?;
         }
         if self.writer.is_full() && self.writer.retry_space(now) {
-            tracing::info!(stream = self.writer.stream(), "write-ahead log: publishing resumes");
+            tracing::info!(
+                stream = self.writer.stream(),
+                "write-ahead log: publishing resumes"
+            );
         }
         let removed = self
             .writer
-            .retain(now.unix_ms, needed_lsn, self.retain_bytes_max, self.retain_secs)
+            .retain(
+                now.unix_ms,
+                needed_lsn,
+                self.retain_bytes_max,
+                self.retain_secs,
+            )
             .map_err(failed)?;
         for segment in removed {
             tracing::debug!(
@@ -316,7 +331,11 @@ fn publish_record<'a>(
 }
 
 /// Calls `write` with the WAL form of `record` (strings borrowed, no allocation).
-fn with_wal_record<T>(apps: &Apps, record: &OwnerRecord, write: impl FnOnce(&Record<&str>) -> T) -> T {
+fn with_wal_record<T>(
+    apps: &Apps,
+    record: &OwnerRecord,
+    write: impl FnOnce(&Record<&str>) -> T,
+) -> T {
     let app_id = |channel: &ChannelKey| apps.get(channel.app).id.as_str();
     let wal_record = match record {
         OwnerRecord::Publish {
@@ -424,6 +443,9 @@ mod tests {
             channel: "c",
             user_id: "u",
         };
-        assert!(matches!(owner_record(&apps, &unknown), Some(Err(UnknownApp))));
+        assert!(matches!(
+            owner_record(&apps, &unknown),
+            Some(Err(UnknownApp))
+        ));
     }
 }

@@ -752,7 +752,10 @@ impl CoreLoop {
     fn exit_if_failed(&self, result: Result<(), JournalFailed>) {
         if let Err(error) = result {
             tracing::error!(core = self.core, %error, "write-ahead log failed: exiting");
-            eprintln!("ringcast: write-ahead log failed on core {}: {error}", self.core);
+            eprintln!(
+                "ringcast: write-ahead log failed on core {}: {error}",
+                self.core
+            );
             std::process::exit(EXIT_STORAGE_FAILED);
         }
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -56,7 +56,15 @@ fn config(dir: &std::path::Path, sink: &str) -> String {
 fn publish(server_addr: std::net::SocketAddr, channel: &str, data: &str) -> bool {
     let body = json!({"name": "e", "channels": [channel], "data": data}).to_string();
     let path = format!("/apps/{APP_ID}/events");
-    let query = signed_query("POST", &path, &[], body.as_bytes(), APP_KEY, APP_SECRET, unix_now());
+    let query = signed_query(
+        "POST",
+        &path,
+        &[],
+        body.as_bytes(),
+        APP_KEY,
+        APP_SECRET,
+        unix_now(),
+    );
     let request = format!(
         "POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -104,37 +112,61 @@ fn load(
         .collect()
 }
 
-/// Joins and leaves a presence channel on a loop (PresenceJoin/Leave records, member webhooks).
-fn presence(addr: std::net::SocketAddr, stop: &Arc<AtomicBool>, seed: u64) -> std::thread::JoinHandle<()> {
+/// Joins and leaves a presence channel on a loop (PresenceJoin/Leave records, member webhooks)
+/// until `stop` or until the server is gone.
+fn presence(
+    addr: std::net::SocketAddr,
+    stop: &Arc<AtomicBool>,
+    seed: u64,
+) -> std::thread::JoinHandle<()> {
     let stop = Arc::clone(stop);
     std::thread::spawn(move || {
         let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let attempt = std::panic::catch_unwind(|| {
-                let mut client = Client::connect(addr, &format!("/app/{APP_KEY}?protocol=7"));
-                let established = client.recv_event();
-                let data: Value =
-                    serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
-                let socket_id = data["socket_id"].as_str().unwrap().to_string();
-                let channel_data = json!({"user_id": format!("user-{seed}-{n}")}).to_string();
-                let signature = ringcast::http::signature::hmac_sha256_hex(
-                    APP_SECRET,
-                    &format!("{socket_id}:presence-crash:{channel_data}"),
-                );
-                client.send(&json!({"event": "pusher:subscribe", "data": {
-                    "channel": "presence-crash",
-                    "auth": format!("{APP_KEY}:{signature}"),
-                    "channel_data": channel_data}}));
-                client.recv_event();
-                client.close();
-            });
-            if attempt.is_err() {
-                return;
-            }
+        while !stop.load(Ordering::Relaxed) && join_and_leave(addr, &format!("user-{seed}-{n}")) {
             n += 1;
             std::thread::sleep(Duration::from_millis(5));
         }
     })
+}
+
+/// One member joins `presence-crash` and leaves; false when the server is gone.
+fn join_and_leave(addr: std::net::SocketAddr, user_id: &str) -> bool {
+    use tungstenite::Message;
+    let Ok(stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(WAIT));
+    let url = format!("ws://{addr}/app/{APP_KEY}?protocol=7");
+    let Ok((mut ws, _)) = tungstenite::client(url, stream) else {
+        return false;
+    };
+    let read = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => return serde_json::from_str::<Value>(&text).ok(),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    };
+    let Some(established) = read(&mut ws) else {
+        return false;
+    };
+    let data: Value =
+        serde_json::from_str(established["data"].as_str().unwrap_or("{}")).unwrap_or(Value::Null);
+    let socket_id = data["socket_id"].as_str().unwrap_or_default().to_string();
+    let channel_data = json!({"user_id": user_id}).to_string();
+    let signature = ringcast::http::signature::hmac_sha256_hex(
+        APP_SECRET,
+        &format!("{socket_id}:presence-crash:{channel_data}"),
+    );
+    let subscribe = json!({"event": "pusher:subscribe", "data": {
+        "channel": "presence-crash",
+        "auth": format!("{APP_KEY}:{signature}"),
+        "channel_data": channel_data}});
+    let sent = ws.send(Message::text(subscribe.to_string())).is_ok();
+    let confirmed = sent && read(&mut ws).is_some();
+    let _ = ws.close(None);
+    let _ = ws.flush();
+    confirmed
 }
 
 /// Every event of `channel`'s history, as (seq, data), checking the page bookkeeping.
@@ -142,15 +174,21 @@ fn read_history(server: &Server, channel: &str) -> (String, Vec<(u64, String)>) 
     let path = format!("/apps/{APP_ID}/channels/{channel}/history");
     let mut events = Vec::new();
     let mut after = 0u64;
-    let mut epoch = String::new();
     loop {
         let after_text = after.to_string();
-        let (status, body) =
-            server.rest("GET", &path, &[("after", &after_text), ("limit", "1000")], "");
+        let (status, body) = server.rest(
+            "GET",
+            &path,
+            &[("after", &after_text), ("limit", "1000")],
+            "",
+        );
         assert_eq!(status, 200, "{body}");
         let page: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(page["complete"], true, "nothing may be evicted here: {page}");
-        epoch = page["epoch"].as_str().unwrap_or_default().to_string();
+        assert_eq!(
+            page["complete"], true,
+            "nothing may be evicted here: {page}"
+        );
+        let epoch = page["epoch"].as_str().unwrap_or_default().to_string();
         let batch = page["events"].as_array().unwrap();
         if batch.is_empty() {
             return (epoch, events);
@@ -174,9 +212,13 @@ fn verify(server: &Server, ledger: &mut Ledger) {
                 events.len() >= before.len() && events[..before.len()] == before[..],
                 "{channel}: an event seen before the crash moved or vanished"
             );
-            assert_eq!(ledger.epochs[*channel], epoch, "{channel}: the epoch changed");
-        } else if !events.is_empty() {
-            ledger.epochs.insert(channel.to_string(), epoch);
+        }
+        if !events.is_empty() {
+            let first = ledger
+                .epochs
+                .entry(channel.to_string())
+                .or_insert(epoch.clone());
+            assert_eq!(*first, epoch, "{channel}: the epoch changed");
         }
         ledger.seen.insert(channel.to_string(), events.clone());
         histories.insert(channel.to_string(), events);
@@ -206,7 +248,11 @@ fn verify(server: &Server, ledger: &mut Ledger) {
         let (status, body) = server.rest("GET", &path, &[("info", "cache")], "");
         assert_eq!(status, 200, "{body}");
         let info: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(info["cache"]["data"], json!(last), "the cache serves the last event");
+        assert_eq!(
+            info["cache"]["data"],
+            json!(last),
+            "the cache serves the last event"
+        );
     }
 }
 
@@ -266,7 +312,10 @@ fn run(seed: u64, kills: usize) {
         threads.push(presence(server.addr, &stop, cycle as u64));
         std::thread::sleep(Duration::from_millis(rng.random_range(5..LOAD_MS_MAX)));
         server.signal(libc::SIGKILL);
-        assert!(server.wait_exit(WAIT).is_some(), "SIGKILL did not end the process");
+        assert!(
+            server.wait_exit(WAIT).is_some(),
+            "SIGKILL did not end the process"
+        );
         stop.store(true, Ordering::Relaxed);
         for thread in threads {
             thread.join().unwrap();
@@ -275,13 +324,23 @@ fn run(seed: u64, kills: usize) {
     let server = Server::with_config_text(&config);
     verify(&server, &mut ledger.lock().unwrap());
     let acked: usize = ledger.lock().unwrap().acked.iter().map(Vec::len).sum();
-    assert!(acked > kills, "the load hardly ran: {acked} acknowledged publishes");
+    assert!(
+        acked > kills,
+        "the load hardly ran: {acked} acknowledged publishes"
+    );
     let enqueued = enqueued_webhook_ids(&dir);
     assert!(!enqueued.is_empty(), "the load made webhooks");
     let deadline = Instant::now() + WAIT * 3;
     loop {
-        let delivered: Vec<String> = sink.posts().iter().map(|post| post.id().to_string()).collect();
-        let missing: Vec<&String> = enqueued.iter().filter(|id| !delivered.contains(id)).collect();
+        let delivered: Vec<String> = sink
+            .posts()
+            .iter()
+            .map(|post| post.id().to_string())
+            .collect();
+        let missing: Vec<&String> = enqueued
+            .iter()
+            .filter(|id| !delivered.contains(id))
+            .collect();
         if missing.is_empty() {
             break;
         }

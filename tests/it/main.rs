@@ -9,6 +9,8 @@ mod channels;
 mod cli;
 /// The real-client suite (pusher-js and the `pusher` npm library) run against the binary.
 mod compat;
+/// The crash harness: SIGKILL at seeded points under load; nothing acknowledged is lost.
+mod crash;
 /// Channel history: the REST history API, sequence numbers on the wire, resume after reconnect.
 mod history;
 /// Many connections over both cores, one publisher: nothing lost, nothing reordered.

@@ -42,7 +42,7 @@ impl Reply {
 }
 
 #[derive(Debug, Clone)]
-struct Post {
+pub(crate) struct Post {
     /// Lower-case names.
     headers: BTreeMap<String, String>,
     body: String,
@@ -52,7 +52,7 @@ struct Post {
 }
 
 impl Post {
-    fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         self.headers.get(ID_HEADER).map_or("", String::as_str)
     }
 
@@ -65,7 +65,7 @@ impl Post {
 type Script = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
 
 /// A webhook receiver on 127.0.0.1; stops accepting when dropped.
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     posts: Arc<Mutex<Vec<Post>>>,
     stop: Arc<AtomicBool>,
@@ -73,7 +73,7 @@ struct Receiver {
 
 impl Receiver {
     /// Answers every POST with 200.
-    fn ok() -> Receiver {
+    pub(crate) fn ok() -> Receiver {
         Receiver::scripted(|_| Reply::Status(200))
     }
 
@@ -113,11 +113,11 @@ impl Receiver {
         Receiver { addr, posts, stop }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/pusher/webhook", self.addr)
     }
 
-    fn posts(&self) -> Vec<Post> {
+    pub(crate) fn posts(&self) -> Vec<Post> {
         self.posts.lock().unwrap().clone()
     }
 
