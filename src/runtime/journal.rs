@@ -193,6 +193,11 @@ impl Journal for WalJournal {
         self.writer.is_full()
     }
 
+    fn retention_cut(&self, now: Now) -> u64 {
+        self.writer
+            .retention_cut(now.unix_ms, self.retain_bytes_max, self.retain_secs)
+    }
+
     fn has_pending(&self) -> bool {
         self.writer.appended_lsn() > self.writer.written_lsn()
     }

@@ -155,6 +155,8 @@ impl Histories {
             "sequence went backwards on {channel:?}"
         );
         log.seq = event.seq;
+        // The event's record carries the position from now on.
+        log.state_lsn = 0;
         if keep == 0 {
             return;
         }
@@ -294,20 +296,27 @@ impl Histories {
         }
     }
 
-    /// The oldest WAL record any retained event or position still needs (`u64::MAX` if none).
+    /// The oldest WAL record any retained event or position still needs (`u64::MAX` if none):
+    /// a log's oldest event, or for a log without events the `ChannelState` that holds it.
     pub fn needed_lsn(&self) -> u64 {
         self.logs
             .values()
-            .filter_map(|log| {
-                let event_lsn = log.events.front().map(|event| event.lsn);
-                let state_lsn = (log.state_lsn > 0).then_some(log.state_lsn);
-                match (event_lsn, state_lsn) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+            .filter_map(|log| match log.events.front() {
+                Some(event) => Some(event.lsn),
+                None => (log.state_lsn > 0).then_some(log.state_lsn),
             })
             .min()
             .unwrap_or(u64::MAX)
+    }
+
+    /// Positions of logs without events whose record is below `cut` (or that have none):
+    /// (channel, epoch, seq) to be written again so their old record can go.
+    pub fn positions_below(&self, cut: u64) -> Vec<(ChannelKey, u64, u64)> {
+        self.logs
+            .iter()
+            .filter(|(_, log)| log.events.is_empty() && log.state_lsn < cut)
+            .map(|(channel, log)| (channel.clone(), log.epoch, log.seq))
+            .collect()
     }
 
     /// Bytes charged for retained events on this core.

@@ -451,9 +451,14 @@ impl Shard {
         }
     }
 
-    /// Journal timers (every sweep): sync an idle stream, retry space, retention.
+    /// Journal timers (every sweep): state that would hold old segments back is written again
+    /// (and committed), then an idle stream is synced, space retried, and segments no longer
+    /// needed are removed.
     pub fn maintain_journal(&mut self, now: Now) -> Result<(), JournalFailed> {
         self.now = now;
+        let cut = self.journal.retention_cut(now);
+        self.owner.carry_forward(cut, now, &mut *self.journal);
+        self.commit(now)?;
         let durable = self.journal.maintain(now, self.owner.needed_lsn())?;
         self.acknowledge(durable);
         Ok(())

@@ -121,6 +121,9 @@ pub trait Journal {
     fn maintain(&mut self, now: Now, needed_lsn: u64) -> Result<Durable, JournalFailed>;
     /// The disk is full: publishes are refused until space is back.
     fn storage_full(&self) -> bool;
+    /// The first LSN retention would keep if the owner needed nothing older (see
+    /// `Owner::carry_forward`); 0 without a WAL.
+    fn retention_cut(&self, now: Now) -> u64;
     /// Records appended but not yet written.
     fn has_pending(&self) -> bool;
     /// Milliseconds until an idle stream's sync is due (the loop must wake by then).
@@ -159,6 +162,10 @@ impl Journal for NoJournal {
 
     fn storage_full(&self) -> bool {
         false
+    }
+
+    fn retention_cut(&self, _now: Now) -> u64 {
+        0
     }
 
     fn has_pending(&self) -> bool {
@@ -763,6 +770,52 @@ impl Owner {
                 let occupied = self.channels.contains_key(&channel);
                 self.histories.forget_if_idle(&channel, occupied, now_ms);
             }
+        }
+    }
+
+    /// Writes again the state whose records are below `cut` and would otherwise hold old
+    /// segments back: unexpired cached events, presence members, and positions of channels
+    /// without retained events. Retained events are not carried: they age out of the window
+    /// (`history.age_secs_max`, `bytes_max`), and their segments go then.
+    pub fn carry_forward(&mut self, cut: u64, now: Now, journal: &mut dyn Journal) {
+        self.now = now;
+        if !journal.enabled() {
+            return;
+        }
+        let mut records = Vec::new();
+        for cached in self.caches.values() {
+            if cached.lsn < cut && cached.expires_unix_ms > now.unix_ms {
+                records.push(OwnerRecord::Cache {
+                    epoch: cached.epoch,
+                    seq: cached.seq,
+                    publish: Arc::clone(&cached.publish),
+                });
+            }
+        }
+        for (channel, owned) in &self.channels {
+            for (user_id, member) in owned.members.iter().flatten() {
+                if member.lsn < cut {
+                    records.push(OwnerRecord::PresenceJoin {
+                        channel: channel.clone(),
+                        user_id: Arc::clone(user_id),
+                        info_json: member.info_json.clone(),
+                    });
+                }
+            }
+        }
+        for (channel, epoch, seq) in self.histories.positions_below(cut) {
+            records.push(OwnerRecord::ChannelState {
+                channel,
+                epoch,
+                seq,
+            });
+        }
+        for record in records {
+            // With the disk full the old segments simply stay until space is back.
+            let Ok(lsn) = journal.append(&record) else {
+                return;
+            };
+            self.apply_record(record, lsn, false);
         }
     }
 
@@ -1469,6 +1522,10 @@ mod tests {
             self.full
         }
 
+        fn retention_cut(&self, _now: Now) -> u64 {
+            0
+        }
+
         fn has_pending(&self) -> bool {
             false
         }
@@ -1690,6 +1747,67 @@ mod tests {
             &journal.records[..],
             [(_, OwnerRecord::PresenceLeave { user_id, .. })] if &**user_id == "bob"
         ));
+    }
+
+    #[test]
+    fn carried_forward_state_no_longer_holds_old_records() {
+        let mut owner = owner(true);
+        let mut journal = MemJournal::default();
+        owner.apply(0, publish("cache-x", "\"last\"", true), NOW, &mut journal);
+        owner.apply(
+            0,
+            subscribe("presence-room", Some("ann"), 1),
+            NOW,
+            &mut journal,
+        );
+        owner.apply(0, subscribe("quiet", None, 2), NOW, &mut journal);
+        let later = Now {
+            unix_ms: NOW.unix_ms + 3_600_000,
+            ..NOW
+        };
+        // An hour later the cached event has expired and left the history window: what is
+        // left to carry is the member and the quiet channel's position.
+        owner.tick(later, limits::OWNER_HOUSEKEEPING_SWEEPS, &mut journal);
+        let before = journal.records.len() as u64;
+        assert!(owner.needed_lsn() <= before);
+        owner.carry_forward(before + 1, later, &mut journal);
+        assert!(
+            owner.needed_lsn() > before,
+            "nothing needed is below the cut any more: {}",
+            owner.needed_lsn()
+        );
+        let carried: Vec<&OwnerRecord> = journal.records[before as usize..]
+            .iter()
+            .map(|(_, record)| record)
+            .collect();
+        assert!(
+            carried
+                .iter()
+                .any(|r| matches!(r, OwnerRecord::PresenceJoin { .. }))
+        );
+        assert!(
+            carried
+                .iter()
+                .any(|r| matches!(r, OwnerRecord::ChannelState { .. }))
+        );
+        // Fresh state from fresh records: a replay of only the carried records has it all.
+        let mut replayed = super::tests::owner(true);
+        for (lsn, record) in journal.records[before as usize..].iter().cloned() {
+            replayed.replay(record, lsn, later);
+        }
+        let room = ChannelKey::new(0, "presence-room");
+        assert_eq!(
+            replayed.channel_info(&room, true).users.unwrap(),
+            vec![Arc::<str>::from("ann")]
+        );
+        let quiet = ChannelKey::new(0, "quiet");
+        assert_eq!(
+            replayed
+                .histories
+                .log(&quiet)
+                .map(|log| (log.epoch, log.seq)),
+            owner.histories.log(&quiet).map(|log| (log.epoch, log.seq))
+        );
     }
 
     #[test]

@@ -1044,6 +1044,28 @@ impl WalWriter {
         true
     }
 
+    /// The first LSN retention would keep if nothing were still needed: the records below it
+    /// sit in sealed segments that are beyond the size budget or older than `retain_secs`. A
+    /// caller that still needs state recorded below it writes that state again (carries it
+    /// forward) so the segments can go.
+    pub fn retention_cut(&self, now_unix_ms: u64, retain_bytes_max: u64, retain_secs: u64) -> u64 {
+        let mut total = self.bytes();
+        let mut cut = self
+            .sealed
+            .front()
+            .map_or(self.current.first_lsn, |s| s.first_lsn);
+        for segment in &self.sealed {
+            let over_budget = total > retain_bytes_max;
+            let expired = now_unix_ms.saturating_sub(segment.sealed_ms) > retain_secs * 1000;
+            if !(over_budget || expired) {
+                break;
+            }
+            total -= segment.bytes;
+            cut = segment.last_lsn + 1;
+        }
+        cut
+    }
+
     /// Removes sealed segments, oldest first, whose records are all below `needed_lsn` and
     /// that are beyond the size budget (`retain_bytes_max` for the whole stream) or sealed
     /// more than `retain_secs` ago. Never the current segment. Each removal is made durable
