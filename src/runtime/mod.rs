@@ -287,6 +287,8 @@ fn recover(
     let started = std::time::Instant::now();
     let now = clock(control);
     let storage: Arc<dyn crate::wal::Storage> = Arc::new(crate::wal::FsStorage);
+    #[cfg(debug_assertions)]
+    let storage = test_fault(storage);
     let (journal, replayed) = WalJournal::open(
         storage,
         config,
@@ -1152,6 +1154,27 @@ impl CoreLoop {
         self.shard.conn_mut(key).io.send_in_flight = true;
         self.push(entry);
     }
+}
+
+/// Test hook (debug builds only): `RINGCAST_TEST_WAL_FAULT=sync-eio-after-ms:MS` makes the
+/// WAL's syncs fail with EIO from MS milliseconds after start, so tests can see the process stop
+/// before it acknowledges anything it could not persist. Release builds do not contain it.
+#[cfg(debug_assertions)]
+fn test_fault(storage: Arc<dyn crate::wal::Storage>) -> Arc<dyn crate::wal::Storage> {
+    let Some(after_ms) = std::env::var("RINGCAST_TEST_WAL_FAULT")
+        .ok()
+        .and_then(|spec| spec.strip_prefix("sync-eio-after-ms:")?.parse::<u64>().ok())
+    else {
+        return storage;
+    };
+    let faulty = Arc::new(crate::wal::FaultyStorage::new(storage));
+    let armed = Arc::clone(&faulty);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(after_ms));
+        tracing::warn!("RINGCAST_TEST_WAL_FAULT: WAL syncs fail with EIO from now on");
+        armed.arm(crate::wal::Fault::SyncEio);
+    });
+    faulty
 }
 
 impl CoreLoop {

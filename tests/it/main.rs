@@ -11,6 +11,9 @@ mod cli;
 mod compat;
 /// The crash harness: SIGKILL at seeded points under load; nothing acknowledged is lost.
 mod crash;
+/// Durability with a WAL: restarts, fsync levels, resume across a restart, a full disk, an
+/// fsync error.
+mod durability;
 /// Channel history: the REST history API, sequence numbers on the wire, resume after reconnect.
 mod history;
 /// Many connections over both cores, one publisher: nothing lost, nothing reordered.

@@ -389,7 +389,8 @@ impl Server {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
-            .env_remove("RINGCAST_TEST_STALL_CORE");
+            .env_remove("RINGCAST_TEST_STALL_CORE")
+            .env_remove("RINGCAST_TEST_WAL_FAULT");
         for (name, value) in env {
             command.env(name, value);
         }
