@@ -190,7 +190,8 @@ fn a_client_resumes_across_a_restart() {
 #[test]
 fn an_fsync_error_stops_the_process_before_it_acknowledges() {
     let dir = data_dir("eio");
-    let config = config(&dir, "fsync = \"always\"", "", 1);
+    let storage = "fsync = \"always\"\n\n[history]\nevents_per_channel_max = 100000";
+    let config = config(&dir, storage, "", 1);
     let (mut server, _) = Server::launch(
         &config,
         &[("RINGCAST_TEST_WAL_FAULT", "sync-eio-after-ms:300")],
