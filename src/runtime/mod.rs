@@ -462,6 +462,9 @@ struct CoreLoop {
     stop: Arc<AtomicBool>,
     /// Send operations in flight, by connection key (one at most per connection).
     sends: Vec<Option<Box<SendOp>>>,
+    // Boxed on purpose: an op's address must not move while the kernel reads its header and
+    // iovecs, and a pooled op moves into `sends` without a new allocation.
+    #[allow(clippy::vec_box)]
     send_pool: Vec<Box<SendOp>>,
     doorbell_value: Box<u64>,
     dirty: Vec<u32>,
@@ -672,10 +675,10 @@ impl CoreLoop {
             }
             // Idle: poll the mesh without syscalls for a moment (waking a parked vCPU costs tens
             // of µs), then park in the kernel until a completion, a doorbell or the next sweep.
-            if !self.ring.submission().is_empty() {
-                if let Err(error) = self.ring.submit() {
-                    tracing::error!(core = self.core, %error, "io_uring submit failed");
-                }
+            if !self.ring.submission().is_empty()
+                && let Err(error) = self.ring.submit()
+            {
+                tracing::error!(core = self.core, %error, "io_uring submit failed");
             }
             // With one core there is no peer to wait for: park at once.
             let spin_max = if self.mesh.cores() > 1 {
