@@ -118,7 +118,37 @@ pub struct CoreMetrics {
     pub latency_count: AtomicU64,
     /// Longest loop iteration since the last scrape, in µs.
     pub loop_iteration_max_us: AtomicU64,
+    /// This core's WAL stream, as of its last upkeep: `WAL_GAUGES` order.
+    pub wal: [AtomicU64; WAL_GAUGES.len()],
 }
+
+/// The WAL gauges each core publishes (`CoreMetrics::wal`), with their help text.
+pub const WAL_GAUGES: [(&str, &str); 6] = [
+    (
+        "ringcast_wal_appended_lsn",
+        "Last WAL record appended, per core stream",
+    ),
+    (
+        "ringcast_wal_written_lsn",
+        "Last WAL record written to the file, per core stream",
+    ),
+    (
+        "ringcast_wal_synced_lsn",
+        "Last WAL record fsynced, per core stream",
+    ),
+    (
+        "ringcast_wal_bytes",
+        "Bytes of WAL segments on disk, per core stream",
+    ),
+    (
+        "ringcast_wal_segments",
+        "WAL segment files on disk, per core stream",
+    ),
+    (
+        "ringcast_wal_storage_full",
+        "1 while the WAL disk is full and publishes are refused, per core stream",
+    ),
+];
 
 impl CoreMetrics {
     fn new() -> CoreMetrics {
@@ -139,6 +169,7 @@ impl CoreMetrics {
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
             loop_iteration_max_us: AtomicU64::new(0),
+            wal: counters(),
         }
     }
 
@@ -273,6 +304,19 @@ fn gauge(
 impl Collector for Metrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let e = &mut encoder;
+        self.encode_connections(e)?;
+        self.encode_requests(e)?;
+        self.encode_loops(e)?;
+        self.encode_process(e)?;
+        self.encode_wal(e)?;
+        self.encode_webhooks(e)?;
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Connections, closes, messages and socket bytes.
+    fn encode_connections(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         gauge(
             e,
             "ringcast_connected",
@@ -333,6 +377,11 @@ impl Collector for Metrics {
             "Bytes written to client sockets",
             self.sum(|c| &c.socket_transmitted_bytes),
         )?;
+        Ok(())
+    }
+
+    /// HTTP calls, slow consumers, rejections and accept failures.
+    fn encode_requests(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         {
             let mut family = e.encode_descriptor(
                 "ringcast_http_calls_received",
@@ -390,6 +439,11 @@ impl Collector for Metrics {
                     .encode(family.encode_family(&labels)?)?;
             }
         }
+        Ok(())
+    }
+
+    /// Publish latency, loop iterations and heartbeats, mesh queues.
+    fn encode_loops(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         {
             let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
             let mut cumulative = 0;
@@ -455,6 +509,11 @@ impl Collector for Metrics {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Readiness, drain and config state.
+    fn encode_process(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         gauge(
             e,
             "ringcast_ready",
@@ -485,12 +544,22 @@ impl Collector for Metrics {
             "Rejected config reloads (the running config was kept)",
             load(&self.config_reload_failures),
         )?;
-        self.encode_webhooks(e)?;
         Ok(())
     }
-}
 
-impl Metrics {
+    /// The per-core WAL gauges (all 0 without a WAL).
+    fn encode_wal(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (index, (name, help)) in WAL_GAUGES.iter().enumerate() {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (core, metrics) in self.cores.iter().enumerate() {
+                let labels = [("core", core.to_string())];
+                let value = metrics.wal[index].load(Ordering::Relaxed) as i64;
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
     fn encode_webhooks(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = &self.webhooks;
         counter(

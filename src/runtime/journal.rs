@@ -11,7 +11,9 @@ use crate::config::{Config, FsyncPolicy};
 use crate::mesh::ChannelKey;
 use crate::mesh::message::{Durability, PublishCommand};
 use crate::protocol::socket_id::SocketId;
-use crate::shard::{Apps, Durable, Journal, JournalFailed, JournalFull, Now, OwnerRecord};
+use crate::shard::{
+    Apps, Durable, Journal, JournalFailed, JournalFull, JournalStats, Now, OwnerRecord,
+};
 use crate::wal::record::{PUBLISH_CACHE, PUBLISH_CACHE_ONLY, PUBLISH_CLIENT};
 use crate::wal::{self, AppendError, Record, RecoveryMode, Storage, WalOptions, WalWriter};
 
@@ -215,6 +217,17 @@ impl Journal for WalJournal {
 
     fn reload(&mut self, apps: Arc<Apps>) {
         self.apps = apps;
+    }
+
+    fn stats(&self) -> JournalStats {
+        JournalStats {
+            appended_lsn: self.writer.appended_lsn(),
+            written_lsn: self.writer.written_lsn(),
+            synced_lsn: self.writer.synced_lsn(),
+            bytes: self.writer.bytes(),
+            segments: self.writer.segments() as u64,
+            storage_full: self.writer.is_full(),
+        }
     }
 }
 

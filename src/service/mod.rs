@@ -63,7 +63,7 @@ pub fn serve(
         tracing::warn!(key = %key, "unknown config key ignored");
     }
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    let mut config = Arc::new(config);
+    let config = Arc::new(config);
     let mut server = runtime::start(Arc::clone(&config), recovery)?;
     let control = Arc::clone(&server.control);
     let metrics = Arc::clone(&server.metrics);
@@ -112,104 +112,173 @@ pub fn serve(
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let status = |text: &str| format!("{text}; {} connections", control.connections());
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&status("ready")),
-    ]);
-    let watchdog = sd_notify::watchdog_enabled();
-    let stall_ms = watchdog.map_or(crate::limits::CORE_LOOP_STALL_MS, |interval| {
-        crate::limits::CORE_LOOP_STALL_MS.min(interval.as_millis() as u64 / 2)
-    });
-    let mut last_watchdog = Instant::now();
-    let mut last_status = Instant::now();
-    let mut drain_deadline_ms: Option<u64> = None;
-    let mut stalled_logged = false;
-    let mut mesh_idle_since: Option<Instant> = None;
+    let mut control_loop = ControlLoop::new(control, config, config_path);
+    control_loop.announce_ready();
     loop {
         for signal in signals.pending() {
-            match signal {
-                SIGHUP => {
-                    config = reload(&config, config_path.as_deref(), &mut server, &webhooks);
-                }
-                _ if drain_deadline_ms.is_some() => {
-                    tracing::warn!(signal, "second shutdown signal: exiting now");
-                    std::process::exit(1);
-                }
-                _ => {
-                    let grace = config.server.drain_grace_ms;
-                    let connections = control.connections();
-                    let rate = config.server.drain_rate_per_s.max(1);
-                    control.begin_drain(grace);
-                    let schedule_ms = grace + connections * 1000 / rate;
-                    drain_deadline_ms = Some(control.now_ms() + schedule_ms + DRAIN_SLACK_MS);
-                    tracing::info!(
-                        signal,
-                        connections,
-                        grace_ms = grace,
-                        rate_per_s = rate,
-                        "draining"
-                    );
-                    notify(&[
-                        sd_notify::NotifyState::Stopping,
-                        sd_notify::NotifyState::Status(&status("draining")),
-                    ]);
-                }
-            }
+            control_loop.on_signal(signal, &mut server, &webhooks);
         }
-        if let Some(interval) = watchdog
-            && last_watchdog.elapsed() >= interval / 2
-        {
-            if control.all_cores_alive(stall_ms) {
-                notify(&[sd_notify::NotifyState::Watchdog]);
-                last_watchdog = Instant::now();
-                stalled_logged = false;
-            } else if !stalled_logged {
-                tracing::error!(
-                    "a core loop stopped ticking: withholding the systemd watchdog ping"
-                );
-                stalled_logged = true;
-            }
-        }
-        if last_status.elapsed() >= Duration::from_millis(STATUS_INTERVAL_MS) {
-            let state = if control.is_draining() {
-                "draining"
-            } else {
-                "ready"
-            };
-            notify(&[sd_notify::NotifyState::Status(&status(state))]);
-            last_status = Instant::now();
-        }
-        if let Some(deadline) = drain_deadline_ms {
-            let now = control.now_ms();
-            let closing_started = control.drain_close_at_ms().is_some_and(|at| now >= at);
-            // Connections are gone; the owners' last bookkeeping (unsubscribes, and the
-            // webhooks they produce) may still be in flight between cores: wait until the
-            // mesh has been empty for a settle period.
-            if closing_started && control.connections() == 0 {
-                if server.mesh_idle() {
-                    let since = *mesh_idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= Duration::from_millis(DRAIN_MESH_SETTLE_MS) {
-                        tracing::info!("drained: every connection is closed");
-                        break;
-                    }
-                } else {
-                    mesh_idle_since = None;
-                }
-            }
-            if now >= deadline {
-                tracing::warn!(
-                    left = control.connections(),
-                    "drain deadline passed: exiting with connections open"
-                );
-                break;
-            }
+        control_loop.watchdog();
+        control_loop.refresh_status();
+        if control_loop.drained(&server) {
+            break;
         }
         std::thread::sleep(Duration::from_millis(CONTROL_TICK_MS));
     }
     server.stop();
     webhooks.stop(Duration::from_millis(WEBHOOK_FLUSH_MS));
     Ok(())
+}
+
+/// The control thread's state once the server runs: signals, the systemd watchdog and status,
+/// and the drain's progress.
+struct ControlLoop {
+    control: Arc<crate::control::Control>,
+    config: Arc<Config>,
+    config_path: Option<PathBuf>,
+    /// The systemd watchdog interval, when systemd asked for pings.
+    watchdog: Option<Duration>,
+    /// A core whose loop has not run for this long withholds the watchdog ping.
+    stall_ms: u64,
+    last_watchdog: Instant,
+    last_status: Instant,
+    stalled_logged: bool,
+    /// Set by the first SIGTERM/SIGINT: when the process exits even with connections open.
+    drain_deadline_ms: Option<u64>,
+    mesh_idle_since: Option<Instant>,
+}
+
+impl ControlLoop {
+    fn new(
+        control: Arc<crate::control::Control>,
+        config: Arc<Config>,
+        config_path: Option<PathBuf>,
+    ) -> ControlLoop {
+        let watchdog = sd_notify::watchdog_enabled();
+        let stall_ms = watchdog.map_or(crate::limits::CORE_LOOP_STALL_MS, |interval| {
+            crate::limits::CORE_LOOP_STALL_MS.min(interval.as_millis() as u64 / 2)
+        });
+        ControlLoop {
+            control,
+            config,
+            config_path,
+            watchdog,
+            stall_ms,
+            last_watchdog: Instant::now(),
+            last_status: Instant::now(),
+            stalled_logged: false,
+            drain_deadline_ms: None,
+            mesh_idle_since: None,
+        }
+    }
+
+    fn status(&self, text: &str) -> String {
+        format!("{text}; {} connections", self.control.connections())
+    }
+
+    fn announce_ready(&self) {
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&self.status("ready")),
+        ]);
+    }
+
+    /// SIGHUP reloads; the first SIGTERM/SIGINT starts the drain, a second one exits at once.
+    fn on_signal(&mut self, signal: i32, server: &mut runtime::Server, webhooks: &WebhookWorker) {
+        match signal {
+            SIGHUP => {
+                self.config = reload(&self.config, self.config_path.as_deref(), server, webhooks);
+            }
+            _ if self.drain_deadline_ms.is_some() => {
+                tracing::warn!(signal, "second shutdown signal: exiting now");
+                std::process::exit(1);
+            }
+            _ => {
+                let control = &self.control;
+                let grace = self.config.server.drain_grace_ms;
+                let connections = control.connections();
+                let rate = self.config.server.drain_rate_per_s.max(1);
+                control.begin_drain(grace);
+                let schedule_ms = grace + connections * 1000 / rate;
+                self.drain_deadline_ms = Some(control.now_ms() + schedule_ms + DRAIN_SLACK_MS);
+                tracing::info!(
+                    signal,
+                    connections,
+                    grace_ms = grace,
+                    rate_per_s = rate,
+                    "draining"
+                );
+                notify(&[
+                    sd_notify::NotifyState::Stopping,
+                    sd_notify::NotifyState::Status(&self.status("draining")),
+                ]);
+            }
+        }
+    }
+
+    /// `WATCHDOG=1` only while every core loop ticks.
+    fn watchdog(&mut self) {
+        let Some(interval) = self.watchdog else {
+            return;
+        };
+        if self.last_watchdog.elapsed() < interval / 2 {
+            return;
+        }
+        if self.control.all_cores_alive(self.stall_ms) {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+            self.last_watchdog = Instant::now();
+            self.stalled_logged = false;
+        } else if !self.stalled_logged {
+            tracing::error!("a core loop stopped ticking: withholding the systemd watchdog ping");
+            self.stalled_logged = true;
+        }
+    }
+
+    fn refresh_status(&mut self) {
+        if self.last_status.elapsed() < Duration::from_millis(STATUS_INTERVAL_MS) {
+            return;
+        }
+        let state = if self.control.is_draining() {
+            "draining"
+        } else {
+            "ready"
+        };
+        notify(&[sd_notify::NotifyState::Status(&self.status(state))]);
+        self.last_status = Instant::now();
+    }
+
+    /// Whether the drain is over: every connection closed and the mesh settled, or the
+    /// deadline passed.
+    fn drained(&mut self, server: &runtime::Server) -> bool {
+        let Some(deadline) = self.drain_deadline_ms else {
+            return false;
+        };
+        let control = &self.control;
+        let now = control.now_ms();
+        let closing_started = control.drain_close_at_ms().is_some_and(|at| now >= at);
+        // Connections are gone; the owners' last bookkeeping (unsubscribes, and the webhooks
+        // they produce) may still be in flight between cores: wait until the mesh has been
+        // empty for a settle period.
+        if closing_started && control.connections() == 0 {
+            if server.mesh_idle() {
+                let since = *self.mesh_idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(DRAIN_MESH_SETTLE_MS) {
+                    tracing::info!("drained: every connection is closed");
+                    return true;
+                }
+            } else {
+                self.mesh_idle_since = None;
+            }
+        }
+        if now >= deadline {
+            tracing::warn!(
+                left = control.connections(),
+                "drain deadline passed: exiting with connections open"
+            );
+            return true;
+        }
+        false
+    }
 }
 
 /// SIGHUP: re-reads the config file; applies apps and limits to every core without dropping

@@ -17,6 +17,14 @@ use crate::protocol::close_code;
 use crate::protocol::outbound;
 use crate::protocol::socket_id::SocketId;
 
+/// What the owner's `SubscribeReply::Joined` said, for the announcement.
+struct Joined {
+    presence_data: Option<String>,
+    cached: Option<Option<Bytes>>,
+    position: Option<(u64, u64)>,
+    replay: Option<Replay>,
+}
+
 impl Shard {
     /// Routes work for `channel` to its owner: run it here when we own it, else mail it.
     pub(super) fn route_to_owner(&mut self, channel: &ChannelKey, message: ShardMessage) {
@@ -189,21 +197,36 @@ impl Shard {
         let subscription = &mut ws.subscriptions[position];
         subscription.state = SubState::Active;
         subscription.index = index;
-        if !subscription.announce {
-            return;
+        if subscription.announce {
+            let joined = Joined {
+                presence_data,
+                cached,
+                position: channel_position,
+                replay,
+            };
+            self.announce_subscription(key, &channel, joined);
         }
-        let reply = match presence_data {
+    }
+
+    /// Tells the client its subscription succeeded: `subscription_succeeded` (with the member
+    /// list and the channel's position when there are), then the cached event or the resume
+    /// replay.
+    fn announce_subscription(&mut self, key: u32, channel: &ChannelKey, joined: Joined) {
+        let reply = match joined.presence_data {
             Some(data) => outbound::presence_subscription_succeeded(&channel.name, &data),
             None => outbound::subscription_succeeded(&channel.name),
         };
-        let reply = match channel_position {
+        let reply = match joined.position {
             Some((epoch, seq)) => outbound::with_position(reply, epoch, seq),
             None => reply,
         };
         self.send_text(key, &reply);
         // A complete replay already holds the cached (last) event; anything else gets it.
-        let replayed = replay.as_ref().is_some_and(|replay| replay.recovered);
-        match cached {
+        let replayed = joined
+            .replay
+            .as_ref()
+            .is_some_and(|replay| replay.recovered);
+        match joined.cached {
             Some(Some(frame)) if !replayed => {
                 self.send_frame(key, frame);
             }
@@ -212,8 +235,8 @@ impl Shard {
             }
             _ => {}
         }
-        if let (Some(replay), Some((epoch, seq))) = (replay, channel_position) {
-            self.send_replay(key, &channel, replay, epoch, seq);
+        if let (Some(replay), Some((epoch, seq))) = (joined.replay, joined.position) {
+            self.send_replay(key, channel, replay, epoch, seq);
         }
     }
 

@@ -33,7 +33,9 @@ use crate::webhook::{WebhookEvent, WebhookKind, WebhookQueues};
 pub use apps::Apps;
 pub use conn::{Conn, ConnIo, Phase};
 pub use history::{HistoryEvent, HistoryPage};
-pub use owner::{Durable, Journal, JournalFailed, JournalFull, NoJournal, Owner, OwnerRecord};
+pub use owner::{
+    Durable, Journal, JournalFailed, JournalFull, JournalStats, NoJournal, Owner, OwnerRecord,
+};
 use rest::Query;
 
 /// The time, passed in by the driver (the shard never reads a clock).
@@ -461,6 +463,18 @@ impl Shard {
         self.commit(now)?;
         let durable = self.journal.maintain(now, self.owner.needed_lsn())?;
         self.acknowledge(durable);
+        let stats = self.journal.stats();
+        let values = [
+            stats.appended_lsn,
+            stats.written_lsn,
+            stats.synced_lsn,
+            stats.bytes,
+            stats.segments,
+            u64::from(stats.storage_full),
+        ];
+        for (gauge, value) in self.core_metrics().wal.iter().zip(values) {
+            gauge.store(value, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -130,6 +130,21 @@ pub trait Journal {
     fn sync_due_in_ms(&self, now: Now) -> Option<u64>;
     /// A reloaded app table (records name apps by their stable id).
     fn reload(&mut self, apps: Arc<Apps>);
+    /// Where the stream stands, for metrics.
+    fn stats(&self) -> JournalStats {
+        JournalStats::default()
+    }
+}
+
+/// Where a journal's stream stands (metrics; all 0 without a WAL).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub appended_lsn: u64,
+    pub written_lsn: u64,
+    pub synced_lsn: u64,
+    pub bytes: u64,
+    pub segments: u64,
+    pub storage_full: bool,
 }
 
 /// No WAL: records are dropped, nothing is ever full, LSNs stay 0.

@@ -325,6 +325,14 @@ fn a_full_disk_refuses_publishes_and_recovers_by_itself() {
             >= 1.0,
         "{scraped}"
     );
+    // The WAL gauges follow at the core's next upkeep (every sweep).
+    let deadline = Instant::now() + WAIT;
+    while metric(&scrape(metrics), r#"ringcast_wal_storage_full{core="0"}"#) != Some(1.0) {
+        assert!(Instant::now() < deadline, "{}", scrape(metrics));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let scraped = scrape(metrics);
+    assert!(metric(&scraped, r#"ringcast_wal_bytes{core="0"}"#).unwrap_or(0.0) > 0.0);
 
     std::fs::remove_file(&filler).unwrap();
     // The server retries the space by itself (at most once a second) and says so.
