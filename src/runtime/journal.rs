@@ -232,11 +232,23 @@ impl Journal for WalJournal {
 }
 
 /// A record of an app the config no longer has.
-struct UnknownApp;
+pub(super) struct UnknownApp;
+
+/// Appends `record` to `writer` (the reshard's fresh streams).
+pub(super) fn append_owner_record(
+    writer: &mut WalWriter,
+    apps: &Apps,
+    record: &OwnerRecord,
+) -> Result<u64, AppendError> {
+    with_wal_record(apps, record, |wal_record| writer.append(wal_record))
+}
 
 /// The owner record a WAL record holds: None for kinds that are not owner state (epochs,
 /// heartbeats, webhooks), an error for an app that is gone.
-fn owner_record(apps: &Apps, record: &Record<&str>) -> Option<Result<OwnerRecord, UnknownApp>> {
+pub(super) fn owner_record(
+    apps: &Apps,
+    record: &Record<&str>,
+) -> Option<Result<OwnerRecord, UnknownApp>> {
     let key = |app_id: &str, channel: &str| {
         apps.by_id(app_id)
             .map(|app| ChannelKey::new(app, channel))

@@ -24,6 +24,7 @@
 
 pub(crate) mod buf_ring;
 pub mod journal;
+mod reshard;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -343,6 +344,7 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
     let control = Arc::new(Control::new(cores));
     let metrics = Arc::new(Metrics::new(Arc::clone(&control), Arc::clone(&mesh)));
     let webhooks = Arc::new(WebhookQueues::new(cores));
+    reshard::reshard_if_needed(&config, &apps, cores, recovery, clock(&control))?;
     let epoch = rand::random::<u64>() % 9_000_000_000 + 1_000_000_000;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<(), String>>();

@@ -73,6 +73,20 @@ pub enum OwnerRecord {
     },
 }
 
+impl OwnerRecord {
+    /// The channel the record is about (it decides the owner core).
+    pub fn channel(&self) -> &ChannelKey {
+        match self {
+            OwnerRecord::Publish { publish, .. } | OwnerRecord::Cache { publish, .. } => {
+                &publish.channel
+            }
+            OwnerRecord::PresenceJoin { channel, .. }
+            | OwnerRecord::PresenceLeave { channel, .. }
+            | OwnerRecord::ChannelState { channel, .. } => channel,
+        }
+    }
+}
+
 impl PartialEq for PublishCommand {
     fn eq(&self, other: &PublishCommand) -> bool {
         self.channel == other.channel

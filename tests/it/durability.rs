@@ -360,3 +360,49 @@ fn a_full_disk_refuses_publishes_and_recovers_by_itself() {
         .unwrap();
     assert!(verify.status.success(), "{verify:?}");
 }
+
+#[test]
+fn changing_the_core_count_keeps_every_channel() {
+    let dir = data_dir("reshard");
+    let channels: Vec<String> = (0..8).map(|n| format!("room-{n}")).collect();
+    let server = Server::with_config_text(&config(&dir, "", "", 2));
+    for channel in &channels {
+        for n in 0..3 {
+            assert_eq!(publish(&server, channel, &format!("{channel}-{n}")).0, 200);
+        }
+    }
+    assert_eq!(publish(&server, "cache-room", "cached").0, 200);
+    let before: Vec<Value> = channels.iter().map(|c| history(&server, c)).collect();
+    drop(server);
+    for cores in [1, 3] {
+        let server = Server::with_config_text(&config(&dir, "", "", cores));
+        let after: Vec<Value> = channels.iter().map(|c| history(&server, c)).collect();
+        assert_eq!(
+            after, before,
+            "{cores} cores: the same histories and epochs"
+        );
+        let path = format!("/apps/{APP_ID}/channels/cache-room");
+        let (_, body) = server.rest("GET", &path, &[("info", "cache")], "");
+        assert!(body.contains("cached"), "{cores} cores: {body}");
+        drop(server);
+        let streams: Vec<String> = std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        for core in 0..cores {
+            assert!(streams.contains(&format!("core-{core}")), "{streams:?}");
+        }
+        assert!(!streams.contains(&format!("core-{cores}")), "{streams:?}");
+        assert!(streams.contains(&"webhooks".to_string()), "{streams:?}");
+        assert!(!dir.join("wal.prev").exists() && !dir.join("wal.next").exists());
+    }
+    let server = Server::with_config_text(&config(&dir, "", "", 3));
+    assert_eq!(publish(&server, "room-0", "next").0, 200);
+    assert_eq!(
+        history(&server, "room-0")["last_seq"],
+        4,
+        "sequences continue"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
