@@ -12,6 +12,13 @@ pub const MESH_QUEUE_DEPTH: usize = 4 * 1024;
 /// this, new work that would add to it (REST publishes) is refused with 503 + Retry-After.
 pub const MESH_BACKLOG_MAX: usize = 64 * 1024;
 
+/// Messages a core's outbox holds for one destination at most. Admission keeps ordinary
+/// traffic under `MESH_BACKLOG_MAX` (REST publishes are refused at the sender, fan-outs at the
+/// owner); the rest (subscription and query answers) is bounded by requests in flight. A
+/// destination that has not taken this many messages is a stuck core: the process stops (the
+/// watchdog would too) rather than grow without bound.
+pub const MESH_OUTBOX_MAX: usize = 16 * MESH_BACKLOG_MAX;
+
 /// Connections one core holds at most (also bounded by config and the file limit).
 pub const CONNECTIONS_PER_CORE_MAX: usize = 1 << 20;
 
@@ -148,6 +155,7 @@ pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);
+const _: () = assert!(MESH_OUTBOX_MAX >= 4 * MESH_BACKLOG_MAX);
 const _: () = assert!(SEND_IOVECS_MAX <= 1024, "IOV_MAX on Linux");
 const _: () = assert!(RECV_BUFFER_BYTES >= 4096);
 // Liveness is judged from heartbeats written once per loop iteration, and an idle loop wakes at

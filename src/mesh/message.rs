@@ -158,6 +158,9 @@ impl Durability {
 pub enum PublishRefusal {
     /// The WAL's disk is full: nothing could be persisted.
     StorageFull,
+    /// A core with subscribers of the channel has `MESH_BACKLOG_MAX` messages waiting from the
+    /// owner already: the fan-out would only add to it.
+    Busy,
 }
 
 /// An owner's answer to a `Barrier`: every publish the sender sent before it is durable at the

@@ -166,6 +166,12 @@ impl Outbox {
 
     pub fn push(&mut self, to: usize, message: ShardMessage) {
         assert_ne!(to, self.me, "local work never goes through the mesh");
+        assert!(
+            self.pending[to].len() < limits::MESH_OUTBOX_MAX,
+            "core {to} has not taken {} messages from core {}: it is stuck",
+            limits::MESH_OUTBOX_MAX,
+            self.me
+        );
         self.pending[to].push_back(message);
     }
 

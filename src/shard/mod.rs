@@ -25,6 +25,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::control::Reload;
 use crate::limits;
+use crate::mesh::message::PublishRefusal;
 use crate::mesh::{ChannelKey, ConnRef, Outbox, ShardMessage};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::protocol::socket_id::SocketIdGenerator;
@@ -372,8 +373,23 @@ impl Shard {
     /// Handles one message from core `from` (which may be this core, for work it owns itself).
     fn handle_message(&mut self, from: usize, message: ShardMessage) {
         if Owner::is_owner_bound(&message) {
+            if let ShardMessage::Publish { publish, .. } = &message
+                && self.fan_out_backed_up(&publish.channel)
+            {
+                self.owner
+                    .refuse(from, publish.client, PublishRefusal::Busy);
+                self.core_metrics()
+                    .reject(crate::metrics::REJECT_MESH_BACKLOG);
+                return;
+            }
             self.owner
                 .apply(from, message, self.now, &mut *self.journal);
+            let refused = self.owner.take_refused_client_events();
+            let core_metrics = &self.metrics.cores[self.core];
+            CoreMetrics::add(
+                &core_metrics.rejected[crate::metrics::REJECT_STORAGE_FULL],
+                refused,
+            );
             self.run_owner_effects();
             return;
         }
@@ -421,6 +437,17 @@ impl Shard {
             } => self.watch_status(conn, watched, online),
             other => unreachable!("owner-bound messages are handled above: {other:?}"),
         }
+    }
+
+    /// Whether the fan-out of a publish on `channel` would add to a backlog already at
+    /// `MESH_BACKLOG_MAX` toward some core (the owner refuses it: 503 for REST).
+    fn fan_out_backed_up(&self, channel: &ChannelKey) -> bool {
+        let outbox = &self.outbox;
+        self.owner.fan_out_backed_up(
+            channel,
+            |core| outbox.backlog(core),
+            limits::MESH_BACKLOG_MAX,
+        )
     }
 
     /// Carries out what the owner produced: messages for this core are handled here at once,

@@ -306,8 +306,10 @@ pub struct Owner {
     /// Cache channels that recently sent a `cache_miss` webhook, and when (de-duplication).
     cache_misses: HashMap<ChannelKey, u64>,
     users: HashMap<(u32, Arc<str>), UserEntry>,
-    /// Per source core: a publish from it was refused since its last barrier.
+    /// Per source core: a REST publish from it was refused since its last barrier.
     refused: Box<[Option<PublishRefusal>]>,
+    /// Client events refused since the shard last collected the count.
+    refused_client_events: u64,
     /// Barriers waiting for durability, in LSN order.
     acks: VecDeque<PendingAck>,
     /// Monotonic ms at which presence members restored by a replay and not back are removed
@@ -344,6 +346,7 @@ impl Owner {
             cache_misses: HashMap::new(),
             users: HashMap::new(),
             refused: vec![None; cores].into_boxed_slice(),
+            refused_client_events: 0,
             acks: VecDeque::new(),
             presence_grace_until_ms: 0,
             random: seed ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -700,14 +703,46 @@ impl Owner {
             Some(log) => (log.epoch, log.seq + 1),
             None => (self.next_epoch(), 1),
         };
+        let client = publish.client;
         let record = OwnerRecord::Publish {
             epoch,
             seq,
             publish: Arc::new(publish),
         };
         if !self.log_and_apply(record, journal) {
-            self.refused[from] = Some(PublishRefusal::StorageFull);
+            self.refuse(from, client, PublishRefusal::StorageFull);
         }
+    }
+
+    /// A publish from core `from` was not sequenced. A REST publish's next barrier reports it
+    /// (503: the client retries); a client event has no acknowledgement to carry it, so it is
+    /// only counted (`rejected`), and no REST request of that core is blamed for it.
+    pub fn refuse(&mut self, from: usize, client: bool, refusal: PublishRefusal) {
+        if client {
+            self.refused_client_events += 1;
+            return;
+        }
+        self.refused[from].get_or_insert(refusal);
+    }
+
+    /// Client events refused since the last call (for the rejection metric).
+    pub fn take_refused_client_events(&mut self) -> u64 {
+        std::mem::take(&mut self.refused_client_events)
+    }
+
+    /// Whether any core with subscribers of `channel` other than this one has at least
+    /// `backlog_max` messages waiting for it (`backlog` tells): a publish would add to it.
+    pub fn fan_out_backed_up(
+        &self,
+        channel: &ChannelKey,
+        backlog: impl Fn(usize) -> usize,
+        backlog_max: usize,
+    ) -> bool {
+        self.channels.get(channel).is_some_and(|owned| {
+            owned.per_core.iter().enumerate().any(|(core, &count)| {
+                core != self.core && count > 0 && backlog(core) >= backlog_max
+            })
+        })
     }
 
     /// Sends `frame` to every core with subscribers of `channel` (this one included).
@@ -1450,6 +1485,12 @@ impl Owner {
         self.channel_info(channel, false)
     }
 
+    /// The history page of `channel` from the start (tests).
+    #[cfg(test)]
+    pub fn history(&self, channel: &ChannelKey) -> super::HistoryPage {
+        self.histories.page(channel, 0, usize::MAX)
+    }
+
     /// Channels the owner keeps (tests).
     #[cfg(test)]
     pub fn occupied_channels(&self) -> usize {
@@ -1509,7 +1550,6 @@ fn history_limits(config: &Config, cores: usize) -> HistoryLimits {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::shard::HistoryPage;
 
     /// A journal that keeps every record, and can be made full.
     #[derive(Default)]
@@ -1836,6 +1876,33 @@ mod tests {
                 .log(&quiet)
                 .map(|log| (log.epoch, log.seq)),
             owner.histories.log(&quiet).map(|log| (log.epoch, log.seq))
+        );
+    }
+
+    #[test]
+    fn a_refused_client_event_never_blames_the_next_rest_request() {
+        let mut owner = owner(false);
+        let mut journal = MemJournal::default();
+        owner.refuse(0, true, PublishRefusal::Busy);
+        owner.apply(
+            0,
+            ShardMessage::Barrier { query: query(1) },
+            NOW,
+            &mut journal,
+        );
+        owner.committed(0, Durability::Written);
+        assert_eq!(acks(&mut owner), [AckOutcome::Durable(Durability::Written)]);
+        assert_eq!(owner.take_refused_client_events(), 1);
+        owner.refuse(0, false, PublishRefusal::Busy);
+        owner.apply(
+            0,
+            ShardMessage::Barrier { query: query(2) },
+            NOW,
+            &mut journal,
+        );
+        assert_eq!(
+            acks(&mut owner),
+            [AckOutcome::Refused(PublishRefusal::Busy)]
         );
     }
 

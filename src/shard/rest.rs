@@ -872,6 +872,11 @@ impl Shard {
                 let body = text.as_bytes();
                 self.respond(key, 200, "application/json", body, pending.keep_alive, &[]);
             }
+            Err(PublishRefusal::Busy) => {
+                let retry = [("Retry-After", "1")];
+                let message = "Server is busy, retry shortly";
+                self.respond_error(key, 503, message, pending.keep_alive, &retry);
+            }
             Err(PublishRefusal::StorageFull) => {
                 self.core_metrics()
                     .reject(crate::metrics::REJECT_STORAGE_FULL);

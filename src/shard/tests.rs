@@ -623,3 +623,56 @@ fn a_connection_on_the_spare_descriptor_is_refused_over_capacity() {
     let rejected = &shard.core_metrics().rejected[crate::metrics::REJECT_DESCRIPTOR_LIMIT];
     assert_eq!(rejected.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+/// An owner whose backlog toward a core with subscribers is at `MESH_BACKLOG_MAX` refuses new
+/// publishes: a REST publish hears it from its barrier (503), a client event is only counted and
+/// never blames the next REST request of its core.
+#[test]
+fn a_backed_up_fan_out_refuses_publishes_without_blaming_others() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut world = World::new(2);
+    let channel = channel_owned_by(0, 2);
+    let mut client = world.connect(1, 100);
+    world.subscribe(&client, &channel);
+    world.pump(&mut rng);
+    assert_eq!(world.frames(&mut client).len(), 1, "subscription_succeeded");
+    let filler = || ShardMessage::Deliver {
+        channel: ChannelKey::new(0, "elsewhere"),
+        frame: Bytes::from_static(b"x"),
+        exclude: None,
+        published_us: 0,
+    };
+    for _ in 0..limits::MESH_BACKLOG_MAX {
+        world.shards[0].outbox().push(1, filler());
+    }
+    let query = |slot| crate::mesh::message::QueryRef {
+        core: 0,
+        slot,
+        generation: 1,
+    };
+    let command = |client: bool| crate::mesh::message::PublishCommand {
+        channel: ChannelKey::new(0, &channel),
+        event: Arc::from(if client { "client-e" } else { "e" }),
+        data: Arc::from("\"x\""),
+        exclude: None,
+        user_id: None,
+        published_ms: 0,
+        cache: false,
+        client,
+    };
+    let shard = &mut world.shards[0];
+    let publish = |client: bool| ShardMessage::Publish {
+        publish: Box::new(command(client)),
+        published_us: 0,
+    };
+    shard.handle_message(0, publish(true));
+    shard.handle_message(0, ShardMessage::Barrier { query: query(1) });
+    shard.handle_message(0, publish(false));
+    shard.handle_message(0, ShardMessage::Barrier { query: query(2) });
+    let mut effects = Vec::new();
+    shard.owner.take_effects(&mut effects);
+    let rejected = &shard.core_metrics().rejected[crate::metrics::REJECT_MESH_BACKLOG];
+    assert_eq!(rejected.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let page = shard.owner.history(&ChannelKey::new(0, &channel));
+    assert_eq!(page.last_seq, 0, "nothing was sequenced");
+}
