@@ -1746,7 +1746,7 @@ mod tests {
         for (index, record) in replayed.snapshot(NOW.unix_ms).into_iter().enumerate() {
             from_snapshot.replay(record, index as u64 + 1, NOW);
         }
-        let without_lsns = |mut page: HistoryPage| {
+        let without_lsns = |mut page: super::super::HistoryPage| {
             page.events.iter_mut().for_each(|event| event.lsn = 0);
             page
         };
