@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::record::{self, Header, Kind, Record};
-use super::segment::{self, Damage, End, Expect, Salvaged, SegmentHeader};
+use super::segment::{self, Damage, End, Expect, Salvaged, SegmentHeader, SegmentScan};
 use super::storage::{Storage, StorageFile, is_no_space};
 use crate::config::{FsyncPolicy, StorageConfig};
 use crate::limits;
@@ -303,40 +303,8 @@ fn scan_segments(
             });
         }
         let bytes = storage.read(&path).map_err(io_error("read", &path))?;
-        if let Some(torn) = &scan.torn {
-            // After an unfinished write nothing valid may follow: if something does, the
-            // "tear" was damage in the middle of the log.
-            match segment::find_record(&bytes, 0, scan.next_lsn) {
-                None => {
-                    scan.empty_tail.push(name.clone());
-                    continue;
-                }
-                Some(offset) if !salvage => {
-                    return Err(RecoveryError::Corrupt {
-                        file: dir.join(&torn.file),
-                        offset: torn.offset,
-                        damage: Damage::Followed {
-                            file: name.as_str().into(),
-                            offset: offset as u64,
-                        },
-                    });
-                }
-                Some(_) => {
-                    let torn = scan.torn.take().expect("matched above");
-                    let damage = torn.damage.clone();
-                    scan.salvaged.push((
-                        torn.file,
-                        Salvaged {
-                            offset: torn.offset,
-                            bytes: torn.bytes,
-                            damage,
-                            lsn_first: scan.next_lsn,
-                            lsn_end: scan.next_lsn,
-                        },
-                    ));
-                    scan.empty_tail.clear();
-                }
-            }
+        if scan.tail_after_torn(dir, name, &bytes, salvage)? {
+            continue;
         }
         let expect = Expect {
             stream,
@@ -350,59 +318,131 @@ fn scan_segments(
                 visit(header, record);
             }
         });
-        scan.records += found.records;
-        scan.skipped_unknown += found.skipped_unknown;
-        for (total, count) in scan.kinds.iter_mut().zip(found.kinds) {
+        previous_next = Some(found.next_lsn);
+        let file = SegmentFile {
+            name,
+            path,
+            first_lsn: *first_lsn,
+            bytes: len,
+        };
+        scan.add(file, found)?;
+    }
+    Ok(scan)
+}
+
+/// One segment file of a stream being scanned.
+struct SegmentFile<'a> {
+    name: &'a str,
+    path: PathBuf,
+    /// The first LSN its name says.
+    first_lsn: u64,
+    /// File size.
+    bytes: u64,
+}
+
+impl StreamScan {
+    /// Whether the segment `name` (its bytes) comes after a torn tail and holds nothing valid:
+    /// then it is part of the empty tail, and not scanned.
+    fn tail_after_torn(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+        salvage: bool,
+    ) -> Result<bool, RecoveryError> {
+        let Some(torn) = &self.torn else {
+            return Ok(false);
+        };
+        // After an unfinished write nothing valid may follow: if something does, the
+        // "tear" was damage in the middle of the log.
+        match segment::find_record(bytes, 0, self.next_lsn) {
+            None => {
+                self.empty_tail.push(name.to_string());
+                Ok(true)
+            }
+            Some(offset) if !salvage => Err(RecoveryError::Corrupt {
+                file: dir.join(&torn.file),
+                offset: torn.offset,
+                damage: Damage::Followed {
+                    file: name.into(),
+                    offset: offset as u64,
+                },
+            }),
+            Some(_) => {
+                let torn = self.torn.take().expect("matched above");
+                let damage = torn.damage.clone();
+                self.salvaged.push((
+                    torn.file,
+                    Salvaged {
+                        offset: torn.offset,
+                        bytes: torn.bytes,
+                        damage,
+                        lsn_first: self.next_lsn,
+                        lsn_end: self.next_lsn,
+                    },
+                ));
+                self.empty_tail.clear();
+                Ok(false)
+            }
+        }
+    }
+
+    /// Adds what the scan of one segment file found: its counts and salvaged ranges, and how
+    /// it ends (corruption is an error naming the file).
+    fn add(&mut self, file: SegmentFile<'_>, found: SegmentScan) -> Result<(), RecoveryError> {
+        let name = file.name;
+        self.records += found.records;
+        self.skipped_unknown += found.skipped_unknown;
+        for (total, count) in self.kinds.iter_mut().zip(found.kinds) {
             *total += count;
         }
-        scan.last_epoch = scan.last_epoch.max(found.last_epoch);
-        if scan.first_lsn.is_none() {
-            scan.first_lsn = found.first_lsn;
+        self.last_epoch = self.last_epoch.max(found.last_epoch);
+        if self.first_lsn.is_none() {
+            self.first_lsn = found.first_lsn;
         }
         if found.last_lsn.is_some() {
-            scan.last_lsn = found.last_lsn;
+            self.last_lsn = found.last_lsn;
         }
-        scan.next_lsn = found.next_lsn;
-        previous_next = Some(found.next_lsn);
+        self.next_lsn = found.next_lsn;
         for salvaged in found.salvaged {
-            scan.salvaged.push((name.clone(), salvaged));
+            self.salvaged.push((name.to_string(), salvaged));
         }
-        scan.salvaged_unlisted += found.salvaged_unlisted;
+        self.salvaged_unlisted += found.salvaged_unlisted;
         match &found.end {
             End::Clean => {}
             End::Torn { offset, damage } => {
-                scan.torn = Some(TornTail {
-                    file: name.clone(),
+                self.torn = Some(TornTail {
+                    file: name.to_string(),
                     offset: *offset,
-                    bytes: len - offset,
+                    bytes: file.bytes - offset,
                     damage: damage.clone(),
                 });
             }
             End::Corrupt { offset, damage } => {
                 return Err(RecoveryError::Corrupt {
-                    file: path,
+                    file: file.path,
                     offset: *offset,
                     damage: damage.clone(),
                 });
             }
         }
         if found.records == 0 && found.skipped_unknown == 0 {
-            scan.empty_tail.push(name.clone());
+            self.empty_tail.push(name.to_string());
         } else {
-            scan.empty_tail.clear();
+            self.empty_tail.clear();
         }
-        scan.segments.push(SegmentInfo {
-            name: name.clone(),
-            first_lsn: *first_lsn,
-            bytes: len,
+        self.segments.push(SegmentInfo {
+            name: name.to_string(),
+            first_lsn: file.first_lsn,
+            bytes: file.bytes,
             records: found.records + found.skipped_unknown,
             last_lsn: found.last_lsn,
             created_ms: found.header.as_ref().map(|header| header.created_ms),
             valid_end: found.valid_end,
             end: found.end,
         });
+        Ok(())
     }
-    Ok(scan)
 }
 
 // ---------------------------------------------------------------------------------------------
