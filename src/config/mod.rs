@@ -81,28 +81,58 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
 }
 
 fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
-    match raw.version {
-        None => {
-            return Err(invalid(
-                "version",
-                "missing; write `version = 1` at the top",
-            ));
-        }
-        Some(1) => {}
-        Some(other) => {
-            return Err(invalid(
-                "version",
-                format!("{other} is not supported (this build reads version 1)"),
-            ));
-        }
+    validate_version(raw.version)?;
+    validate_server(&raw.server)?;
+    if !raw.metrics.bind.is_empty() {
+        check_address("metrics.bind", &raw.metrics.bind)?;
     }
-    let server = raw.server;
-    server.bind.parse::<SocketAddr>().map_err(|error| {
-        invalid(
-            "server.bind",
-            format!("`{}` is not an address: {error}", server.bind),
-        )
-    })?;
+    // Checked here, after `metrics.bind`, as it always was: of several invalid values, the
+    // one reported stays the same.
+    check_range(
+        "server.channel_name_bytes_max",
+        raw.server.channel_name_bytes_max,
+        1,
+        1024,
+    )?;
+    validate_webhooks(&raw.webhooks)?;
+    validate_history(&raw.history)?;
+    validate_storage(&raw.storage)?;
+    validate_apps(&raw.apps)?;
+    Ok(Config {
+        server: raw.server,
+        log: raw.log,
+        metrics: raw.metrics,
+        webhooks: raw.webhooks,
+        history: raw.history,
+        storage: raw.storage,
+        apps: raw.apps,
+    })
+}
+
+fn validate_version(version: Option<u32>) -> Result<(), ConfigError> {
+    match version {
+        None => Err(invalid(
+            "version",
+            "missing; write `version = 1` at the top",
+        )),
+        Some(1) => Ok(()),
+        Some(other) => Err(invalid(
+            "version",
+            format!("{other} is not supported (this build reads version 1)"),
+        )),
+    }
+}
+
+/// `server.bind` or `metrics.bind`: an IP address and port.
+fn check_address(key: &str, bind: &str) -> Result<(), ConfigError> {
+    bind.parse::<SocketAddr>()
+        .map_err(|error| invalid(key, format!("`{bind}` is not an address: {error}")))?;
+    Ok(())
+}
+
+/// `[server]`, but for `server.channel_name_bytes_max` (see `validate`).
+fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
+    check_address("server.bind", &server.bind)?;
     if server.cores > limits::CORES_MAX {
         return Err(invalid(
             "server.cores",
@@ -183,120 +213,106 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         1,
         10_000_000,
     )?;
-    if !raw.metrics.bind.is_empty() {
-        raw.metrics.bind.parse::<SocketAddr>().map_err(|error| {
-            invalid(
-                "metrics.bind",
-                format!("`{}` is not an address: {error}", raw.metrics.bind),
-            )
-        })?;
-    }
-    check_range(
-        "server.channel_name_bytes_max",
-        server.channel_name_bytes_max,
-        1,
-        1024,
-    )?;
-    validate_webhooks(&raw.webhooks)?;
-    validate_history(&raw.history)?;
-    validate_storage(&raw.storage)?;
-    if raw.apps.is_empty() {
+    Ok(())
+}
+
+fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
+    if apps.is_empty() {
         return Err(invalid("apps", "at least one [[apps]] entry is required"));
     }
-    if raw.apps.len() > limits::APPS_MAX {
+    if apps.len() > limits::APPS_MAX {
         return Err(invalid(
             "apps",
             format!("at most {} apps", limits::APPS_MAX),
         ));
     }
-    for (index, app) in raw.apps.iter().enumerate() {
-        let key = |field: &str| format!("apps[{index}].{field}");
-        for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
-            if value.is_empty() {
-                return Err(invalid(key(field), "must not be empty"));
-            }
-        }
-        if !app
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(invalid(
-                key("id"),
-                "only letters, digits, '-' and '_' are allowed",
-            ));
-        }
-        if !app
-            .key
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b':' && b != b'/' && b != b'?')
-        {
-            return Err(invalid(
-                key("key"),
-                "must be printable ASCII without ':', '/' or '?'",
-            ));
-        }
-        check_range(
-            &key("payload_bytes_max"),
-            app.payload_bytes_max,
-            1,
-            limits::HTTP_BODY_BYTES_CEILING,
-        )?;
-        check_range(
-            &key("channels_per_trigger_max"),
-            app.channels_per_trigger_max,
-            1,
-            10_000,
-        )?;
-        check_range(&key("batch_size_max"), app.batch_size_max, 1, 10_000)?;
-        check_range(
-            &key("event_name_bytes_max"),
-            app.event_name_bytes_max,
-            1,
-            10_000,
-        )?;
-        check_range(
-            &key("webhook_removal_delay_ms"),
-            app.webhook_removal_delay_ms as usize,
-            0,
-            WEBHOOK_REMOVAL_DELAY_MS_MAX,
-        )?;
-        for (target, webhook) in app.webhooks.iter().enumerate() {
-            validate_webhook_target(&key(&format!("webhooks[{target}]")), webhook)?;
-            if let Some(first) = app.webhooks[..target]
-                .iter()
-                .position(|other| other.url == webhook.url)
-            {
-                return Err(invalid(
-                    key(&format!("webhooks[{target}].url")),
-                    format!("duplicates apps[{index}].webhooks[{first}].url"),
-                ));
-            }
-        }
-        for (other_index, other) in raw.apps.iter().enumerate().take(index) {
-            if other.id == app.id {
-                return Err(invalid(
-                    key("id"),
-                    format!("duplicates apps[{other_index}].id"),
-                ));
-            }
-            if other.key == app.key {
-                return Err(invalid(
-                    key("key"),
-                    format!("duplicates apps[{other_index}].key"),
-                ));
-            }
+    for (index, app) in apps.iter().enumerate() {
+        validate_app(index, app, &apps[..index])?;
+    }
+    Ok(())
+}
+
+/// The `[[apps]]` entry at `index`; `before` are the entries above it, whose ids and keys it
+/// must not repeat.
+fn validate_app(index: usize, app: &AppConfig, before: &[AppConfig]) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("apps[{index}].{field}");
+    for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+        if value.is_empty() {
+            return Err(invalid(key(field), "must not be empty"));
         }
     }
-    Ok(Config {
-        server,
-        log: raw.log,
-        metrics: raw.metrics,
-        webhooks: raw.webhooks,
-        history: raw.history,
-        storage: raw.storage,
-        apps: raw.apps,
-    })
+    if !app
+        .id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(
+            key("id"),
+            "only letters, digits, '-' and '_' are allowed",
+        ));
+    }
+    if !app
+        .key
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b':' && b != b'/' && b != b'?')
+    {
+        return Err(invalid(
+            key("key"),
+            "must be printable ASCII without ':', '/' or '?'",
+        ));
+    }
+    check_range(
+        &key("payload_bytes_max"),
+        app.payload_bytes_max,
+        1,
+        limits::HTTP_BODY_BYTES_CEILING,
+    )?;
+    check_range(
+        &key("channels_per_trigger_max"),
+        app.channels_per_trigger_max,
+        1,
+        10_000,
+    )?;
+    check_range(&key("batch_size_max"), app.batch_size_max, 1, 10_000)?;
+    check_range(
+        &key("event_name_bytes_max"),
+        app.event_name_bytes_max,
+        1,
+        10_000,
+    )?;
+    check_range(
+        &key("webhook_removal_delay_ms"),
+        app.webhook_removal_delay_ms as usize,
+        0,
+        WEBHOOK_REMOVAL_DELAY_MS_MAX,
+    )?;
+    for (target, webhook) in app.webhooks.iter().enumerate() {
+        validate_webhook_target(&key(&format!("webhooks[{target}]")), webhook)?;
+        if let Some(first) = app.webhooks[..target]
+            .iter()
+            .position(|other| other.url == webhook.url)
+        {
+            return Err(invalid(
+                key(&format!("webhooks[{target}].url")),
+                format!("duplicates apps[{index}].webhooks[{first}].url"),
+            ));
+        }
+    }
+    for (other_index, other) in before.iter().enumerate() {
+        if other.id == app.id {
+            return Err(invalid(
+                key("id"),
+                format!("duplicates apps[{other_index}].id"),
+            ));
+        }
+        if other.key == app.key {
+            return Err(invalid(
+                key("key"),
+                format!("duplicates apps[{other_index}].key"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_history(history: &HistoryConfig) -> Result<(), ConfigError> {

@@ -529,7 +529,22 @@ pub fn encode<S: AsRef<str>>(record: &Record<S>, epoch: u64, lsn: u64, out: &mut
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&epoch.to_le_bytes());
     out.extend_from_slice(&lsn.to_le_bytes());
-    let mut w = Writer(out);
+    encode_payload(record, &mut Writer(out));
+    assert_eq!(out.len() - start, len, "encoded_len disagrees with encode");
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    // The way back: what goes to disk must read back as the same record.
+    debug_assert!(
+        decode_ref(&out[start..]).is_ok_and(|(header, decoded, used)| {
+            used == len && header.lsn == lsn && decoded == record.borrowed()
+        }),
+        "a record that does not decode"
+    );
+    len
+}
+
+/// Appends the payload of `record`, the part after its header (the mirror of `payload_of`).
+fn encode_payload<S: AsRef<str>>(record: &Record<S>, w: &mut Writer<'_>) {
     match record {
         Record::EpochStart {
             epoch,
@@ -559,21 +574,11 @@ pub fn encode<S: AsRef<str>>(record: &Record<S>, epoch: u64, lsn: u64, out: &mut
             w.u64(*seq);
             w.str(event);
             w.str(data);
-            match exclude {
-                None => w.u8(0),
-                Some((high, low)) => {
-                    w.u8(1);
-                    w.u64(*high);
-                    w.u64(*low);
-                }
-            }
-            match user_id {
-                None => w.u8(0),
-                Some(user_id) => {
-                    w.u8(1);
-                    w.str(user_id);
-                }
-            }
+            w.option(*exclude, |w, (high, low)| {
+                w.u64(high);
+                w.u64(low);
+            });
+            w.option(user_id.as_ref(), |w, user_id| w.str(user_id));
             w.u64(*published_ms);
             w.u8(*flags);
         }
@@ -625,11 +630,7 @@ pub fn encode<S: AsRef<str>>(record: &Record<S>, epoch: u64, lsn: u64, out: &mut
             w.str(url);
             w.str(app_key);
             w.str(signature);
-            w.u32(headers.len() as u32);
-            for (name, value) in headers {
-                w.str(name);
-                w.str(value);
-            }
+            w.pairs(headers);
             w.str(body);
             w.u32(*events);
             w.u64(*time_ms);
@@ -640,17 +641,6 @@ pub fn encode<S: AsRef<str>>(record: &Record<S>, epoch: u64, lsn: u64, out: &mut
         }
         Record::Heartbeat { unix_ms } => w.u64(*unix_ms),
     }
-    assert_eq!(out.len() - start, len, "encoded_len disagrees with encode");
-    let crc = crc32c::crc32c(&out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    // The way back: what goes to disk must read back as the same record.
-    debug_assert!(
-        decode_ref(&out[start..]).is_ok_and(|(header, decoded, used)| {
-            used == len && header.lsn == lsn && decoded == record.borrowed()
-        }),
-        "a record that does not decode"
-    );
-    len
 }
 
 struct Writer<'a>(&'a mut Vec<u8>);
@@ -670,6 +660,25 @@ impl Writer<'_> {
         // Fits: the whole record is at most WAL_RECORD_BYTES_MAX, asserted by the caller.
         self.u32(value.len() as u32);
         self.0.extend_from_slice(value.as_bytes());
+    }
+    /// An option: a `u8` tag (0 or 1), then the value when there is one.
+    fn option<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
+        match value {
+            None => self.u8(0),
+            Some(value) => {
+                self.u8(1);
+                write(self, value);
+            }
+        }
+    }
+    /// String pairs: a `u32` count, then each pair's two strings.
+    fn pairs<S: AsRef<str>>(&mut self, pairs: &[(S, S)]) {
+        // Fits: the caller asserted the count against WAL_WEBHOOK_HEADERS_MAX.
+        self.u32(pairs.len() as u32);
+        for (name, value) in pairs {
+            self.str(name);
+            self.str(value);
+        }
     }
 }
 

@@ -302,141 +302,136 @@ pub fn scan<'b>(
     bytes: &'b [u8],
     expect: Expect<'_>,
     salvage: bool,
-    mut visit: impl FnMut(u64, &Header, Option<Record<&'b str>>),
+    visit: impl FnMut(u64, &Header, Option<Record<&'b str>>),
 ) -> SegmentScan {
     let first = expect.next_lsn.unwrap_or(expect.first_lsn);
-    let mut scan = SegmentScan {
-        header: None,
-        records: 0,
-        skipped_unknown: 0,
-        kinds: [0; Kind::ALL.len()],
-        first_lsn: None,
-        last_lsn: None,
-        last_epoch: 0,
-        next_lsn: first,
-        valid_end: 0,
-        end: End::Clean,
-        salvaged: Vec::new(),
-        salvaged_unlisted: 0,
+    let mut scanner = Scanner {
+        bytes,
+        salvage,
+        visit,
+        scan: SegmentScan {
+            header: None,
+            records: 0,
+            skipped_unknown: 0,
+            kinds: [0; Kind::ALL.len()],
+            first_lsn: None,
+            last_lsn: None,
+            last_epoch: 0,
+            next_lsn: first,
+            valid_end: 0,
+            end: End::Clean,
+            salvaged: Vec::new(),
+            salvaged_unlisted: 0,
+        },
     };
     if bytes.len() as u64 > limits::WAL_SEGMENT_FILE_BYTES_MAX {
-        scan.end = End::Corrupt {
+        scanner.stop(End::Corrupt {
             offset: 0,
             damage: Damage::TooLarge {
                 bytes: bytes.len() as u64,
             },
-        };
-        return scan;
+        });
+        return scanner.scan;
     }
-    let mut at = match header_of(bytes, expect) {
-        Ok(header) => {
-            scan.next_lsn = match expect.next_lsn {
-                Some(next) if header.first_lsn != next => {
-                    let damage = Damage::Lsn {
-                        expected: next,
-                        found: header.first_lsn,
-                    };
-                    if !salvage {
-                        scan.header = Some(header);
-                        scan.end = End::Corrupt { offset: 0, damage };
-                        return scan;
-                    }
-                    scan.note_salvaged(0, 0, damage, next, header.first_lsn);
-                    // Never back: older LSNs in this segment are skipped as repeats.
-                    header.first_lsn.max(next)
-                }
-                _ => header.first_lsn,
-            };
-            scan.header = Some(header);
-            HEADER_BYTES
-        }
-        Err(damage) => {
-            // A header that passed its checksum but does not belong here was written whole:
-            // never a tear. Otherwise nothing of this segment can be trusted before a valid
-            // record is found.
-            let whole = matches!(
-                damage,
-                Damage::Header(HeaderError::Version(_) | HeaderError::BadName)
-                    | Damage::Misnamed { .. }
-            );
-            let found = find_record(bytes, 0, scan.next_lsn);
-            if !whole
-                && let Some(valid_at) = found
-                && let Some(page) = lost_write(bytes, 0, valid_at)
-            {
-                scan.end = End::Torn {
-                    offset: 0,
-                    damage: Damage::LostWrite {
-                        damage: Box::new(damage),
-                        zero_page: page as u64,
-                        valid_at: valid_at as u64,
-                    },
-                };
-                return scan;
-            }
-            match found {
-                None if !whole => {
-                    scan.end = End::Torn { offset: 0, damage };
-                    return scan;
-                }
-                Some(found) if salvage => {
-                    let lsn = record_lsn(bytes, found);
-                    scan.note_salvaged(0, found as u64, damage, scan.next_lsn, lsn);
-                    scan.next_lsn = lsn;
-                    found
-                }
-                _ => {
-                    scan.end = End::Corrupt { offset: 0, damage };
-                    return scan;
-                }
-            }
-        }
+    let Some(mut at) = scanner.header(expect) else {
+        return scanner.scan;
     };
-    scan.valid_end = at as u64;
-    loop {
-        let rest = &bytes[at..];
-        if rest.is_empty() {
-            break;
-        }
-        let damage = match record::frame(rest) {
-            Ok((header, _)) if header.lsn != scan.next_lsn => {
-                // A whole, checksummed record out of sequence: never an unfinished write.
+    scanner.scan.valid_end = at as u64;
+    while let Some(next) = scanner.record(at) {
+        at = next;
+    }
+    scanner.scan
+}
+
+/// One segment's scan in progress: its bytes, whether damage is skipped, whom the records are
+/// shown to, and what was found so far. Each step returns the offset to go on at, or None when
+/// the scan has ended (`scan.end` says how).
+struct Scanner<'b, V> {
+    bytes: &'b [u8],
+    salvage: bool,
+    visit: V,
+    scan: SegmentScan,
+}
+
+impl<'b, V: FnMut(u64, &Header, Option<Record<&'b str>>)> Scanner<'b, V> {
+    /// Ends the scan with `end` (None: there is no offset to go on at).
+    fn stop(&mut self, end: End) -> Option<usize> {
+        self.scan.end = end;
+        None
+    }
+
+    /// Checks the segment header against the file and the previous segment; returns the offset
+    /// of the first record.
+    fn header(&mut self, expect: Expect<'_>) -> Option<usize> {
+        let header = match header_of(self.bytes, expect) {
+            Ok(header) => header,
+            Err(damage) => return self.damaged_header(damage),
+        };
+        self.scan.next_lsn = match expect.next_lsn {
+            Some(next) if header.first_lsn != next => {
                 let damage = Damage::Lsn {
-                    expected: scan.next_lsn,
-                    found: header.lsn,
+                    expected: next,
+                    found: header.first_lsn,
                 };
-                if !salvage {
-                    scan.end = End::Corrupt {
-                        offset: at as u64,
-                        damage,
-                    };
-                    break;
+                if !self.salvage {
+                    self.scan.header = Some(header);
+                    return self.stop(End::Corrupt { offset: 0, damage });
                 }
-                if header.lsn > scan.next_lsn {
-                    scan.note_salvaged(at as u64, 0, damage, scan.next_lsn, header.lsn);
-                    scan.next_lsn = header.lsn;
-                    continue;
-                }
-                // An old LSN again: skip the record itself.
-                scan.note_salvaged(
-                    at as u64,
-                    header.len as u64,
-                    damage,
-                    scan.next_lsn,
-                    scan.next_lsn,
-                );
-                at += header.len as usize;
-                continue;
+                self.scan
+                    .note_salvaged(0, 0, damage, next, header.first_lsn);
+                // Never back: older LSNs in this segment are skipped as repeats.
+                header.first_lsn.max(next)
+            }
+            _ => header.first_lsn,
+        };
+        self.scan.header = Some(header);
+        Some(HEADER_BYTES)
+    }
+
+    /// A segment header that is damaged or does not belong here: a tear, corruption, or (with
+    /// salvage) skipped to the first valid record.
+    fn damaged_header(&mut self, damage: Damage) -> Option<usize> {
+        // A header that passed its checksum but does not belong here was written whole:
+        // never a tear. Otherwise nothing of this segment can be trusted before a valid
+        // record is found.
+        let whole = matches!(
+            damage,
+            Damage::Header(HeaderError::Version(_) | HeaderError::BadName)
+                | Damage::Misnamed { .. }
+        );
+        let found = find_record(self.bytes, 0, self.scan.next_lsn);
+        let damage = if whole {
+            damage
+        } else {
+            self.end_if_lost_write(0, found, damage)?
+        };
+        match found {
+            None if !whole => self.stop(End::Torn { offset: 0, damage }),
+            Some(found) if self.salvage => Some(self.skip_to(0, found, damage)),
+            _ => self.stop(End::Corrupt { offset: 0, damage }),
+        }
+    }
+
+    /// Reads the record at `at`: visits it and returns the offset after it (None at a clean
+    /// end: the end of the bytes, or only zeros after it), or hands damage to `damaged`.
+    fn record(&mut self, at: usize) -> Option<usize> {
+        let rest = &self.bytes[at..];
+        if rest.is_empty() {
+            return None;
+        }
+        let (damage, checksummed) = match record::frame(rest) {
+            Ok((header, _)) if header.lsn != self.scan.next_lsn => {
+                return self.out_of_sequence(at, &header);
             }
             Ok((header, _)) => match record::decode_ref(rest) {
                 Ok((header, record, used)) => {
                     let kind = record.kind();
-                    visit(at as u64, &header, Some(record));
-                    scan.kinds[Kind::ALL.iter().position(|k| *k == kind).expect("listed")] += 1;
-                    scan.records += 1;
-                    at += used;
-                    scan.accept(&header, at);
-                    continue;
+                    (self.visit)(at as u64, &header, Some(record));
+                    let index = Kind::ALL.iter().position(|k| *k == kind).expect("listed");
+                    self.scan.kinds[index] += 1;
+                    self.scan.records += 1;
+                    self.scan.accept(&header, at + used);
+                    return Some(at + used);
                 }
                 Err(error) => Damage::Record(error).with_header(header),
             },
@@ -449,22 +444,22 @@ pub fn scan<'b>(
                 },
             ) => {
                 let header = frame_unchecked(rest);
-                if header.lsn != scan.next_lsn {
+                if header.lsn != self.scan.next_lsn {
                     // Handled like any record out of sequence on the next pass.
                     Damage::Lsn {
-                        expected: scan.next_lsn,
+                        expected: self.scan.next_lsn,
                         found: header.lsn,
                     }
                     .with_header(header)
                 } else {
-                    visit(at as u64, &header, None);
-                    scan.skipped_unknown += 1;
-                    at += header.len as usize;
-                    scan.accept(&header, at);
-                    continue;
+                    (self.visit)(at as u64, &header, None);
+                    self.scan.skipped_unknown += 1;
+                    let end = at + header.len as usize;
+                    self.scan.accept(&header, end);
+                    return Some(end);
                 }
             }
-            Err(DecodeError::Zero) if all_zero(rest) => break,
+            Err(DecodeError::Zero) if all_zero(rest) => return None,
             Err(
                 error @ (DecodeError::UnknownKind { .. }
                 | DecodeError::UnknownFormat { .. }
@@ -472,51 +467,91 @@ pub fn scan<'b>(
             ) => Damage::Record(error).with_header(frame_unchecked(rest)),
             Err(error) => (Damage::Record(error), None),
         };
-        let (damage, checksummed) = damage;
+        self.damaged(at, damage, checksummed)
+    }
+
+    /// A whole, checksummed record out of sequence at `at`: never an unfinished write.
+    fn out_of_sequence(&mut self, at: usize, header: &Header) -> Option<usize> {
+        let damage = Damage::Lsn {
+            expected: self.scan.next_lsn,
+            found: header.lsn,
+        };
+        if !self.salvage {
+            return self.stop(End::Corrupt {
+                offset: at as u64,
+                damage,
+            });
+        }
+        let next = self.scan.next_lsn;
+        if header.lsn > next {
+            self.scan
+                .note_salvaged(at as u64, 0, damage, next, header.lsn);
+            self.scan.next_lsn = header.lsn;
+            return Some(at);
+        }
+        // An old LSN again: skip the record itself.
+        self.scan
+            .note_salvaged(at as u64, header.len as u64, damage, next, next);
+        Some(at + header.len as usize)
+    }
+
+    /// Damage at `at` (`checksummed`: the length of the whole record it is in, if any): a
+    /// tear, corruption, or (with salvage) skipped.
+    fn damaged(&mut self, at: usize, damage: Damage, checksummed: Option<u64>) -> Option<usize> {
         // A checksummed record that cannot be used was written whole: it is never a tear.
-        let found = find_record(bytes, at + 1, scan.next_lsn);
-        if checksummed.is_none()
-            && let Some(valid_at) = found
-            && let Some(page) = lost_write(bytes, at, valid_at)
+        let found = find_record(self.bytes, at + 1, self.scan.next_lsn);
+        let damage = if checksummed.is_some() {
+            damage
+        } else {
+            self.end_if_lost_write(at, found, damage)?
+        };
+        let offset = at as u64;
+        match (found, checksummed) {
+            (None, None) => self.stop(End::Torn { offset, damage }),
+            (Some(found), _) if self.salvage => Some(self.skip_to(at, found, damage)),
+            (None, Some(len)) if self.salvage => {
+                let next = self.scan.next_lsn;
+                self.scan.note_salvaged(offset, len, damage, next, next);
+                Some(at + len as usize)
+            }
+            _ => self.stop(End::Corrupt { offset, damage }),
+        }
+    }
+
+    /// Ends the scan torn at `at` when the damage there is a lost write: a page never written
+    /// between it and the valid record at `found`. Otherwise gives the damage back.
+    fn end_if_lost_write(
+        &mut self,
+        at: usize,
+        found: Option<usize>,
+        damage: Damage,
+    ) -> Option<Damage> {
+        if let Some(valid_at) = found
+            && let Some(page) = lost_write(self.bytes, at, valid_at)
         {
-            scan.end = End::Torn {
+            self.stop(End::Torn {
                 offset: at as u64,
                 damage: Damage::LostWrite {
                     damage: Box::new(damage),
                     zero_page: page as u64,
                     valid_at: valid_at as u64,
                 },
-            };
-            break;
+            });
+            return None;
         }
-        match (found, checksummed) {
-            (None, None) => {
-                scan.end = End::Torn {
-                    offset: at as u64,
-                    damage,
-                };
-                break;
-            }
-            (Some(found), _) if salvage => {
-                let lsn = record_lsn(bytes, found);
-                scan.note_salvaged(at as u64, (found - at) as u64, damage, scan.next_lsn, lsn);
-                scan.next_lsn = lsn;
-                at = found;
-            }
-            (None, Some(len)) if salvage => {
-                scan.note_salvaged(at as u64, len, damage, scan.next_lsn, scan.next_lsn);
-                at += len as usize;
-            }
-            _ => {
-                scan.end = End::Corrupt {
-                    offset: at as u64,
-                    damage,
-                };
-                break;
-            }
-        }
+        Some(damage)
     }
-    scan
+
+    /// Salvaging: skips the damage at `at` to the valid record at `found`, noting the LSNs
+    /// lost; returns `found`.
+    fn skip_to(&mut self, at: usize, found: usize, damage: Damage) -> usize {
+        let lsn = record_lsn(self.bytes, found);
+        let next = self.scan.next_lsn;
+        self.scan
+            .note_salvaged(at as u64, (found - at) as u64, damage, next, lsn);
+        self.scan.next_lsn = lsn;
+        found
+    }
 }
 
 impl Damage {

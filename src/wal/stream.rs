@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::record::{self, Header, Kind, Record};
-use super::segment::{self, Damage, End, Expect, Salvaged, SegmentHeader};
+use super::segment::{self, Damage, End, Expect, Salvaged, SegmentHeader, SegmentScan};
 use super::storage::{Storage, StorageFile, is_no_space};
 use crate::config::{FsyncPolicy, StorageConfig};
 use crate::limits;
@@ -234,6 +234,17 @@ fn sort_names(names: Vec<String>) -> (Vec<(u64, String)>, Vec<String>) {
     (segments, others)
 }
 
+/// The names of the files in the stream directory `dir` (no more than a stream may hold).
+fn list_names(storage: &dyn Storage, dir: &Path) -> Result<Vec<String>, RecoveryError> {
+    let names = storage.list(dir).map_err(io_error("list", dir))?;
+    if names.len() > limits::WAL_SEGMENTS_PER_STREAM_MAX {
+        return Err(RecoveryError::TooManySegments {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(names)
+}
+
 /// Scans every segment of the stream in `dir` read-only, calling `visit` for each valid record
 /// of a known kind in LSN order. A torn tail is reported, not repaired. Damage before the end
 /// is an error naming the file and byte offset (or, salvaging, listed and skipped).
@@ -247,13 +258,7 @@ pub fn scan_stream(
     if !segment::valid_stream_name(stream) {
         return Err(RecoveryError::BadStreamName(stream.to_string()));
     }
-    let names = storage.list(dir).map_err(io_error("list", dir))?;
-    if names.len() > limits::WAL_SEGMENTS_PER_STREAM_MAX {
-        return Err(RecoveryError::TooManySegments {
-            dir: dir.to_path_buf(),
-        });
-    }
-    let (segments, others) = sort_names(names);
+    let (segments, others) = sort_names(list_names(storage, dir)?);
     let mut scan = scan_segments(storage, dir, stream, &segments, u64::MAX, mode, visit)?;
     scan.others = others;
     Ok(scan)
@@ -303,40 +308,8 @@ fn scan_segments(
             });
         }
         let bytes = storage.read(&path).map_err(io_error("read", &path))?;
-        if let Some(torn) = &scan.torn {
-            // After an unfinished write nothing valid may follow: if something does, the
-            // "tear" was damage in the middle of the log.
-            match segment::find_record(&bytes, 0, scan.next_lsn) {
-                None => {
-                    scan.empty_tail.push(name.clone());
-                    continue;
-                }
-                Some(offset) if !salvage => {
-                    return Err(RecoveryError::Corrupt {
-                        file: dir.join(&torn.file),
-                        offset: torn.offset,
-                        damage: Damage::Followed {
-                            file: name.as_str().into(),
-                            offset: offset as u64,
-                        },
-                    });
-                }
-                Some(_) => {
-                    let torn = scan.torn.take().expect("matched above");
-                    let damage = torn.damage.clone();
-                    scan.salvaged.push((
-                        torn.file,
-                        Salvaged {
-                            offset: torn.offset,
-                            bytes: torn.bytes,
-                            damage,
-                            lsn_first: scan.next_lsn,
-                            lsn_end: scan.next_lsn,
-                        },
-                    ));
-                    scan.empty_tail.clear();
-                }
-            }
+        if scan.tail_after_torn(dir, name, &bytes, salvage)? {
+            continue;
         }
         let expect = Expect {
             stream,
@@ -350,59 +323,131 @@ fn scan_segments(
                 visit(header, record);
             }
         });
-        scan.records += found.records;
-        scan.skipped_unknown += found.skipped_unknown;
-        for (total, count) in scan.kinds.iter_mut().zip(found.kinds) {
+        previous_next = Some(found.next_lsn);
+        let file = SegmentFile {
+            name,
+            path,
+            first_lsn: *first_lsn,
+            bytes: len,
+        };
+        scan.add(file, found)?;
+    }
+    Ok(scan)
+}
+
+/// One segment file of a stream being scanned.
+struct SegmentFile<'a> {
+    name: &'a str,
+    path: PathBuf,
+    /// The first LSN its name says.
+    first_lsn: u64,
+    /// File size.
+    bytes: u64,
+}
+
+impl StreamScan {
+    /// Whether the segment `name` (its bytes) comes after a torn tail and holds nothing valid:
+    /// then it is part of the empty tail, and not scanned.
+    fn tail_after_torn(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+        salvage: bool,
+    ) -> Result<bool, RecoveryError> {
+        let Some(torn) = &self.torn else {
+            return Ok(false);
+        };
+        // After an unfinished write nothing valid may follow: if something does, the
+        // "tear" was damage in the middle of the log.
+        match segment::find_record(bytes, 0, self.next_lsn) {
+            None => {
+                self.empty_tail.push(name.to_string());
+                Ok(true)
+            }
+            Some(offset) if !salvage => Err(RecoveryError::Corrupt {
+                file: dir.join(&torn.file),
+                offset: torn.offset,
+                damage: Damage::Followed {
+                    file: name.into(),
+                    offset: offset as u64,
+                },
+            }),
+            Some(_) => {
+                let torn = self.torn.take().expect("matched above");
+                let damage = torn.damage.clone();
+                self.salvaged.push((
+                    torn.file,
+                    Salvaged {
+                        offset: torn.offset,
+                        bytes: torn.bytes,
+                        damage,
+                        lsn_first: self.next_lsn,
+                        lsn_end: self.next_lsn,
+                    },
+                ));
+                self.empty_tail.clear();
+                Ok(false)
+            }
+        }
+    }
+
+    /// Adds what the scan of one segment file found: its counts and salvaged ranges, and how
+    /// it ends (corruption is an error naming the file).
+    fn add(&mut self, file: SegmentFile<'_>, found: SegmentScan) -> Result<(), RecoveryError> {
+        let name = file.name;
+        self.records += found.records;
+        self.skipped_unknown += found.skipped_unknown;
+        for (total, count) in self.kinds.iter_mut().zip(found.kinds) {
             *total += count;
         }
-        scan.last_epoch = scan.last_epoch.max(found.last_epoch);
-        if scan.first_lsn.is_none() {
-            scan.first_lsn = found.first_lsn;
+        self.last_epoch = self.last_epoch.max(found.last_epoch);
+        if self.first_lsn.is_none() {
+            self.first_lsn = found.first_lsn;
         }
         if found.last_lsn.is_some() {
-            scan.last_lsn = found.last_lsn;
+            self.last_lsn = found.last_lsn;
         }
-        scan.next_lsn = found.next_lsn;
-        previous_next = Some(found.next_lsn);
+        self.next_lsn = found.next_lsn;
         for salvaged in found.salvaged {
-            scan.salvaged.push((name.clone(), salvaged));
+            self.salvaged.push((name.to_string(), salvaged));
         }
-        scan.salvaged_unlisted += found.salvaged_unlisted;
+        self.salvaged_unlisted += found.salvaged_unlisted;
         match &found.end {
             End::Clean => {}
             End::Torn { offset, damage } => {
-                scan.torn = Some(TornTail {
-                    file: name.clone(),
+                self.torn = Some(TornTail {
+                    file: name.to_string(),
                     offset: *offset,
-                    bytes: len - offset,
+                    bytes: file.bytes - offset,
                     damage: damage.clone(),
                 });
             }
             End::Corrupt { offset, damage } => {
                 return Err(RecoveryError::Corrupt {
-                    file: path,
+                    file: file.path,
                     offset: *offset,
                     damage: damage.clone(),
                 });
             }
         }
         if found.records == 0 && found.skipped_unknown == 0 {
-            scan.empty_tail.push(name.clone());
+            self.empty_tail.push(name.to_string());
         } else {
-            scan.empty_tail.clear();
+            self.empty_tail.clear();
         }
-        scan.segments.push(SegmentInfo {
-            name: name.clone(),
-            first_lsn: *first_lsn,
-            bytes: len,
+        self.segments.push(SegmentInfo {
+            name: name.to_string(),
+            first_lsn: file.first_lsn,
+            bytes: file.bytes,
             records: found.records + found.skipped_unknown,
             last_lsn: found.last_lsn,
             created_ms: found.header.as_ref().map(|header| header.created_ms),
             valid_end: found.valid_end,
             end: found.end,
         });
+        Ok(())
     }
-    Ok(scan)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,6 +498,122 @@ impl Recovery {
         )?;
         Ok(scan.records)
     }
+}
+
+/// Creates the stream directory and makes its entry durable.
+fn create_stream_dir(storage: &dyn Storage, dir: &Path) -> Result<(), RecoveryError> {
+    storage
+        .create_dir_all(dir)
+        .map_err(io_error("create directory", dir))?;
+    // The stream directory's own entry (and `wal/`'s) must survive a power loss too.
+    for ancestor in dir.ancestors().skip(1).take(2) {
+        if !ancestor.as_os_str().is_empty() {
+            storage
+                .sync_dir(ancestor)
+                .map_err(io_error("sync directory", ancestor))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the leftovers of segments created ahead of need (among `others`, the directory's
+/// other files) and the segments at the end holding no record; returns the names removed.
+fn remove_leftovers(
+    storage: &dyn Storage,
+    dir: &Path,
+    stream: &str,
+    others: &[String],
+    empty_tail: &[String],
+) -> Result<Vec<String>, RecoveryError> {
+    let mut removed = Vec::new();
+    for name in others {
+        if name.ends_with(segment::TEMPORARY_SUFFIX) {
+            let path = dir.join(name);
+            storage.remove(&path).map_err(io_error("remove", &path))?;
+            removed.push(name.clone());
+        } else {
+            tracing::warn!(stream, file = %name, "unknown file in a write-ahead log directory left alone");
+        }
+    }
+    for name in empty_tail {
+        let path = dir.join(name);
+        storage.remove(&path).map_err(io_error("remove", &path))?;
+        removed.push(name.clone());
+    }
+    Ok(removed)
+}
+
+/// Cuts the last segment at its last valid record; returns the bytes cut.
+fn truncate_to_valid_end(
+    storage: &dyn Storage,
+    dir: &Path,
+    last: Option<&SegmentInfo>,
+) -> Result<u64, RecoveryError> {
+    let Some(last) = last.filter(|last| last.bytes > last.valid_end) else {
+        return Ok(0);
+    };
+    let path = dir.join(&last.name);
+    storage
+        .truncate(&path, last.valid_end)
+        .map_err(io_error("truncate", &path))?;
+    Ok(last.bytes - last.valid_end)
+}
+
+/// Logs what recovery repaired (a torn tail) and skipped (salvaged ranges).
+fn log_repairs(stream: &str, scan: &StreamScan) {
+    if let Some(torn) = &scan.torn {
+        tracing::warn!(
+            stream,
+            file = %torn.file,
+            offset = torn.offset,
+            torn_bytes = torn.bytes,
+            reason = %torn.damage,
+            last_lsn = scan.last_lsn.unwrap_or(0),
+            "write-ahead log: torn tail truncated at the last valid record"
+        );
+    }
+    for (file, salvaged) in &scan.salvaged {
+        tracing::error!(
+            stream,
+            file = %file,
+            offset = salvaged.offset,
+            bytes = salvaged.bytes,
+            lost_lsns = %format!("{}..{}", salvaged.lsn_first, salvaged.lsn_end),
+            reason = %salvaged.damage,
+            "write-ahead log: damaged range skipped (salvage)"
+        );
+    }
+}
+
+/// Syncs the recovered segments `kept`: what was only in the page cache before a crash
+/// becomes durable before anything new is acknowledged on top of it. Returns them as the
+/// writer's sealed segments.
+fn sync_recovered(
+    storage: &dyn Storage,
+    dir: &Path,
+    kept: &[&SegmentInfo],
+    now: Now,
+) -> Result<VecDeque<Sealed>, RecoveryError> {
+    let mut sealed = VecDeque::with_capacity(kept.len());
+    for (index, info) in kept.iter().enumerate() {
+        let path = dir.join(&info.name);
+        storage
+            .open(&path)
+            .and_then(|mut file| file.sync_data())
+            .map_err(io_error("sync", &path))?;
+        let sealed_ms = kept
+            .get(index + 1)
+            .and_then(|next| next.created_ms)
+            .unwrap_or(now.unix_ms);
+        sealed.push_back(Sealed {
+            name: info.name.clone(),
+            first_lsn: info.first_lsn,
+            last_lsn: info.last_lsn.unwrap_or(info.first_lsn.saturating_sub(1)),
+            bytes: info.valid_end,
+            sealed_ms,
+        });
+    }
+    Ok(sealed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,24 +701,8 @@ impl WalWriter {
         if !segment::valid_stream_name(stream) {
             return Err(RecoveryError::BadStreamName(stream.to_string()));
         }
-        storage
-            .create_dir_all(dir)
-            .map_err(io_error("create directory", dir))?;
-        // The stream directory's own entry (and `wal/`'s) must survive a power loss too.
-        for ancestor in dir.ancestors().skip(1).take(2) {
-            if !ancestor.as_os_str().is_empty() {
-                storage
-                    .sync_dir(ancestor)
-                    .map_err(io_error("sync directory", ancestor))?;
-            }
-        }
-        let names = storage.list(dir).map_err(io_error("list", dir))?;
-        if names.len() > limits::WAL_SEGMENTS_PER_STREAM_MAX {
-            return Err(RecoveryError::TooManySegments {
-                dir: dir.to_path_buf(),
-            });
-        }
-        let (segments, others) = sort_names(names);
+        create_stream_dir(&*storage, dir)?;
+        let (segments, others) = sort_names(list_names(&*storage, dir)?);
         let scan = scan_segments(&*storage, dir, stream, &segments, u64::MAX, mode, |_, _| {})?;
         if epoch < scan.last_epoch {
             return Err(RecoveryError::EpochBehind {
@@ -566,80 +711,16 @@ impl WalWriter {
                 found: scan.last_epoch,
             });
         }
-        let mut removed = Vec::new();
-        for name in &others {
-            if name.ends_with(segment::TEMPORARY_SUFFIX) {
-                let path = dir.join(name);
-                storage.remove(&path).map_err(io_error("remove", &path))?;
-                removed.push(name.clone());
-            } else {
-                tracing::warn!(stream, file = %name, "unknown file in a write-ahead log directory left alone");
-            }
-        }
-        for name in &scan.empty_tail {
-            let path = dir.join(name);
-            storage.remove(&path).map_err(io_error("remove", &path))?;
-            removed.push(name.clone());
-        }
+        let removed = remove_leftovers(&*storage, dir, stream, &others, &scan.empty_tail)?;
         // The segments that hold the log now; the last one is cut at its last valid record.
         let kept: Vec<&SegmentInfo> = scan
             .segments
             .iter()
             .filter(|info| !scan.empty_tail.contains(&info.name))
             .collect();
-        let mut truncated_bytes = 0;
-        if let Some(last) = kept.last()
-            && last.bytes > last.valid_end
-        {
-            let path = dir.join(&last.name);
-            storage
-                .truncate(&path, last.valid_end)
-                .map_err(io_error("truncate", &path))?;
-            truncated_bytes = last.bytes - last.valid_end;
-        }
-        if let Some(torn) = &scan.torn {
-            tracing::warn!(
-                stream,
-                file = %torn.file,
-                offset = torn.offset,
-                torn_bytes = torn.bytes,
-                reason = %torn.damage,
-                last_lsn = scan.last_lsn.unwrap_or(0),
-                "write-ahead log: torn tail truncated at the last valid record"
-            );
-        }
-        for (file, salvaged) in &scan.salvaged {
-            tracing::error!(
-                stream,
-                file = %file,
-                offset = salvaged.offset,
-                bytes = salvaged.bytes,
-                lost_lsns = %format!("{}..{}", salvaged.lsn_first, salvaged.lsn_end),
-                reason = %salvaged.damage,
-                "write-ahead log: damaged range skipped (salvage)"
-            );
-        }
-        // What was only in the page cache before a crash becomes durable before anything new
-        // is acknowledged on top of it.
-        let mut sealed = VecDeque::with_capacity(kept.len());
-        for (index, info) in kept.iter().enumerate() {
-            let path = dir.join(&info.name);
-            storage
-                .open(&path)
-                .and_then(|mut file| file.sync_data())
-                .map_err(io_error("sync", &path))?;
-            let sealed_ms = kept
-                .get(index + 1)
-                .and_then(|next| next.created_ms)
-                .unwrap_or(now.unix_ms);
-            sealed.push_back(Sealed {
-                name: info.name.clone(),
-                first_lsn: info.first_lsn,
-                last_lsn: info.last_lsn.unwrap_or(info.first_lsn.saturating_sub(1)),
-                bytes: info.valid_end,
-                sealed_ms,
-            });
-        }
+        let truncated_bytes = truncate_to_valid_end(&*storage, dir, kept.last().copied())?;
+        log_repairs(stream, &scan);
+        let sealed = sync_recovered(&*storage, dir, &kept, now)?;
         let next_lsn = scan.next_lsn;
         let current = create_segment(&*storage, dir, stream, next_lsn, options, now)?;
         storage
