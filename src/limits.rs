@@ -19,6 +19,35 @@ pub const MESH_BACKLOG_MAX: usize = 64 * 1024;
 /// watchdog would too) rather than grow without bound.
 pub const MESH_OUTBOX_MAX: usize = 16 * MESH_BACKLOG_MAX;
 
+/// Mesh messages a core takes from one source core per loop iteration, so one busy peer cannot
+/// starve the sockets.
+pub const MESH_BATCH_MAX: usize = 4096;
+/// Polls of the mesh before a core parks (each a few atomic loads, about 1-2 µs in all per 100):
+/// waking a parked vCPU costs tens of µs.
+pub const SPIN_BEFORE_PARK: u32 = 2048;
+/// Idle send operations a core keeps for reuse (each holds `SEND_IOVECS_MAX` iovecs and room for
+/// as many frames); a connect burst's extra ones are freed.
+pub const SEND_POOL_MAX: usize = 256;
+
+/// Webhook events waiting for the worker, per core (a full queue drops the event, counted).
+pub const WEBHOOK_QUEUE_DEPTH: usize = 8 * 1024;
+/// A webhook batch stops taking events once its body would pass this (a larger event alone
+/// still goes, in a batch of its own).
+pub const WEBHOOK_BATCH_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Webhook events the worker takes from one core's queue per loop iteration (so outcomes are
+/// not starved).
+pub const WEBHOOK_DRAIN_PER_CORE_MAX: usize = 16 * 1024;
+/// The longest the webhook worker sleeps before looking at the core queues again.
+pub const WEBHOOK_POLL_MAX_MS: u64 = 10;
+/// Webhook response bodies are read (so the connection can be reused) up to this, then ignored.
+pub const WEBHOOK_RESPONSE_BYTES_MAX: u64 = 64 * 1024;
+/// How often the durable webhook outbox looks for WAL segments to remove.
+pub const WEBHOOK_WAL_RETAIN_INTERVAL_MS: u64 = 1_000;
+/// Ceiling for `apps[].webhook_removal_delay_ms`.
+pub const WEBHOOK_REMOVAL_DELAY_MS_MAX: usize = 60_000;
+/// Ceiling for `webhooks.outbox_max` (events held in memory).
+pub const WEBHOOK_OUTBOX_MAX: usize = 10_000_000;
+
 /// Connections one core holds at most (also bounded by config and the file limit).
 pub const CONNECTIONS_PER_CORE_MAX: usize = 1 << 20;
 
@@ -156,6 +185,10 @@ const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);
 const _: () = assert!(MESH_OUTBOX_MAX >= 4 * MESH_BACKLOG_MAX);
+// One iteration takes at most what one queue holds; taking more would only spin.
+const _: () = assert!(MESH_BATCH_MAX <= MESH_QUEUE_DEPTH);
+// The worker drains a core's whole queue in at most a couple of iterations.
+const _: () = assert!(WEBHOOK_DRAIN_PER_CORE_MAX >= WEBHOOK_QUEUE_DEPTH);
 const _: () = assert!(SEND_IOVECS_MAX <= 1024, "IOV_MAX on Linux");
 const _: () = assert!(RECV_BUFFER_BYTES >= 4096);
 // Liveness is judged from heartbeats written once per loop iteration, and an idle loop wakes at

@@ -368,10 +368,7 @@ fn validate_storage(storage: &StorageConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Longest `apps[].webhook_removal_delay_ms`.
-const WEBHOOK_REMOVAL_DELAY_MS_MAX: usize = 60_000;
-/// Largest `webhooks.outbox_max` (events held in memory).
-const WEBHOOK_OUTBOX_MAX: usize = 10_000_000;
+use crate::limits::{WEBHOOK_OUTBOX_MAX, WEBHOOK_REMOVAL_DELAY_MS_MAX};
 
 fn validate_webhooks(webhooks: &WebhooksConfig) -> Result<(), ConfigError> {
     check_range(

@@ -69,14 +69,7 @@ pub const EXIT_STORAGE_FAILED: i32 = 74;
 
 /// Provided-buffer group id used by every core (groups are per ring).
 const BUFFER_GROUP: u16 = 0;
-/// Mesh messages taken from one source core per loop iteration, so one busy peer cannot starve
-/// the sockets.
-const MESH_BATCH_MAX: usize = 4096;
-/// Idle send operations kept for reuse (each holds `SEND_IOVECS_MAX` iovecs and room for as
-/// many frames).
-const SEND_POOL_MAX: usize = 256;
-/// Polls of the mesh before parking (each a few atomic loads, about 1-2 µs in all per 100).
-const SPIN_BEFORE_PARK: u32 = 2048;
+use crate::limits::{MESH_BATCH_MAX, SEND_POOL_MAX, SPIN_BEFORE_PARK};
 
 /// Whether io_uring works here; the error explains why not (for a clear start-up message).
 pub fn probe() -> Result<(), String> {

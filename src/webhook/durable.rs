@@ -28,8 +28,7 @@ use crate::wal::{
     WalWriter,
 };
 
-/// How often the outbox looks for segments to remove.
-const RETAIN_INTERVAL_MS: u64 = 1_000;
+use crate::limits::WEBHOOK_WAL_RETAIN_INTERVAL_MS;
 
 #[derive(Debug)]
 struct Pending {
@@ -338,7 +337,7 @@ impl Outbox for WalOutbox {
             self.poisoned(poisoned);
             return;
         }
-        if now.mono_ms.saturating_sub(self.last_retain_ms) >= RETAIN_INTERVAL_MS {
+        if now.mono_ms.saturating_sub(self.last_retain_ms) >= WEBHOOK_WAL_RETAIN_INTERVAL_MS {
             self.last_retain_ms = now.mono_ms;
             let needed = self.needed_lsn();
             match self

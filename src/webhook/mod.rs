@@ -129,8 +129,7 @@ pub fn open_outbox(
     Ok(Box::new(outbox))
 }
 
-/// Webhook events waiting for the worker, per core.
-pub const WEBHOOK_QUEUE_DEPTH: usize = 8 * 1024;
+pub use crate::limits::WEBHOOK_QUEUE_DEPTH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookKind {

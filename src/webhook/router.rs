@@ -8,7 +8,7 @@
 //! 2. **Routing**: each target of the app gets the events its `event_types` and
 //!    `channel_prefix` select.
 //! 3. **Batching**: per target, events collect for `batch_window_ms` (or until
-//!    `batch_events_max`, or the body nears `BATCH_BODY_BYTES_MAX`); the batch is then sealed
+//!    `batch_events_max`, or the body nears `WEBHOOK_BATCH_BODY_BYTES_MAX`); the batch is then sealed
 //!    (body, HMAC signature, unique id: fixed from here on) and appended to the outbox.
 //! 4. **Delivery**: one batch in flight per target, oldest first (so a channel's events never
 //!    overtake each other, retries included). A failure is retried with exponential back-off
@@ -26,9 +26,7 @@ use crate::config::{Config, WebhooksConfig};
 use crate::http::signature::hmac_sha256_hex;
 use crate::shard::Apps;
 
-/// A batch stops taking events once its body would pass this (a larger event alone still goes,
-/// in a batch of its own).
-pub const BATCH_BODY_BYTES_MAX: usize = 1024 * 1024;
+use crate::limits::WEBHOOK_BATCH_BODY_BYTES_MAX;
 
 /// The `[webhooks]` settings, as durations.
 #[derive(Debug, Clone)]
@@ -398,10 +396,9 @@ impl Router {
         let (app_key, secret) = (Arc::clone(&app.key), Arc::clone(&app.secret));
         let json = event.to_json();
         for (target, headers) in targets {
-            let overflows = self
-                .open
-                .get(&target)
-                .is_some_and(|open| open.events.len() + 1 + json.len() > BATCH_BODY_BYTES_MAX);
+            let overflows = self.open.get(&target).is_some_and(|open| {
+                open.events.len() + 1 + json.len() > WEBHOOK_BATCH_BODY_BYTES_MAX
+            });
             if overflows {
                 self.seal(&target, now);
             }

@@ -23,12 +23,9 @@ use super::{Outbox, TargetKey, WEBHOOK_ID_HEADER, WebhookEvent, WebhookQueues, W
 use crate::config::Config;
 use crate::shard::Apps;
 
+use crate::limits::{WEBHOOK_DRAIN_PER_CORE_MAX, WEBHOOK_RESPONSE_BYTES_MAX};
 /// The longest the router thread sleeps before looking at the core queues again.
-const POLL_MAX: Duration = Duration::from_millis(10);
-/// Events taken from one core's queue per loop iteration (so outcomes are not starved).
-const DRAIN_PER_CORE_MAX: usize = 16 * 1024;
-/// Response bodies are read (so the connection can be reused) up to this size, then ignored.
-const RESPONSE_BYTES_MAX: u64 = 64 * 1024;
+const POLL_MAX: Duration = Duration::from_millis(crate::limits::WEBHOOK_POLL_MAX_MS);
 
 enum Message {
     Reload {
@@ -212,7 +209,7 @@ impl RouterThread {
         self.drained.resize_with(cores, VecDeque::new);
         let mut total = 0;
         for core in 0..cores {
-            for _ in 0..DRAIN_PER_CORE_MAX {
+            for _ in 0..WEBHOOK_DRAIN_PER_CORE_MAX {
                 let Some(event) = self.queues.pop(core) else {
                     break;
                 };
@@ -327,7 +324,7 @@ fn post(agent: &ureq::Agent, job: &Job) -> Outcome {
             let _ = response
                 .body_mut()
                 .with_config()
-                .limit(RESPONSE_BYTES_MAX)
+                .limit(WEBHOOK_RESPONSE_BYTES_MAX)
                 .read_to_vec();
             if (200..300).contains(&status) {
                 Outcome::Delivered
