@@ -406,3 +406,76 @@ fn changing_the_core_count_keeps_every_channel() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `ringcast serve` with `args` on `config` until it prints its listening line (Some(the
+/// child and address)) or exits (None, with its stderr).
+fn serve_with(
+    config: &str,
+    dir: &Path,
+    args: &[&str],
+) -> Result<(std::process::Child, String), String> {
+    use std::io::BufRead;
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let stderr_path = dir.join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    match line.trim().strip_prefix("ringcast listening on ") {
+        Some(addr) => Ok((child, addr.to_string())),
+        None => {
+            let _ = child.wait();
+            Err(std::fs::read_to_string(&stderr_path).unwrap_or_default())
+        }
+    }
+}
+
+#[test]
+fn damage_before_the_tail_stops_the_start_unless_salvaging() {
+    let dir = data_dir("damage");
+    let config = config(&dir, "", "", 1);
+    let server = Server::with_config_text(&config);
+    for n in 0..20 {
+        assert_eq!(publish(&server, "room", &format!("m{n}")).0, 200);
+    }
+    drop(server);
+    let stream = dir.join("wal").join("core-0");
+    let segment = std::fs::read_dir(&stream)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // A byte inside the first record (after the 64-byte segment header): valid records follow.
+    bytes[64 + 40] ^= 0x55;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let stderr = serve_with(&config, &dir, &[]).expect_err("a damaged log must stop the start");
+    let name = segment.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        stderr.contains(&name) && stderr.contains("byte"),
+        "the error names the file and offset: {stderr}"
+    );
+    let (mut child, addr) = serve_with(&config, &dir, &["--salvage"]).expect("--salvage starts");
+    let path = format!("/apps/{APP_ID}/channels/room/history");
+    let query = signed_query("GET", &path, &[], b"", APP_KEY, APP_SECRET, unix_now());
+    let (status, body) = http(addr.parse().unwrap(), "GET", &format!("{path}?{query}"), "");
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let kept = datas(&page);
+    assert!(
+        kept.len() >= 15 && kept.last().map(String::as_str) == Some("m19"),
+        "the records after the damage are kept: {kept:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
