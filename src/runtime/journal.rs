@@ -219,6 +219,13 @@ impl Journal for WalJournal {
         self.apps = apps;
     }
 
+    fn flush(&mut self, now: Now) -> Result<(), JournalFailed> {
+        self.check()?;
+        self.writer.commit(wal_now(now)).map_err(failed)?;
+        self.writer.sync(wal_now(now)).map_err(failed)?;
+        Ok(())
+    }
+
     fn stats(&self) -> JournalStats {
         JournalStats {
             appended_lsn: self.writer.appended_lsn(),

@@ -694,6 +694,10 @@ impl CoreLoop {
                 self.mesh.unpark(self.core);
             }
         }
+        // Stopping (after the drain): whatever the fsync policy, the log is synced on the way
+        // out, so a clean shutdown never depends on the kernel's writeback.
+        let flushed = self.shard.flush_journal(self.now());
+        self.exit_if_failed(flushed);
     }
 
     /// Waits in the kernel for a completion, a doorbell, the next sweep, or the WAL's next

@@ -480,6 +480,11 @@ impl Shard {
         }
     }
 
+    /// Shutdown: everything appended is written and synced.
+    pub fn flush_journal(&mut self, now: Now) -> Result<(), JournalFailed> {
+        self.journal.flush(now)
+    }
+
     /// Journal timers (every sweep): state that would hold old segments back is written again
     /// (and committed), then an idle stream is synced, space retried, and segments no longer
     /// needed are removed.

@@ -144,6 +144,10 @@ pub trait Journal {
     fn sync_due_in_ms(&self, now: Now) -> Option<u64>;
     /// A reloaded app table (records name apps by their stable id).
     fn reload(&mut self, apps: Arc<Apps>);
+    /// Shutdown: writes and syncs everything appended, whatever the fsync policy.
+    fn flush(&mut self, now: Now) -> Result<(), JournalFailed> {
+        self.commit(now).map(|_| ())
+    }
     /// Where the stream stands, for metrics.
     fn stats(&self) -> JournalStats {
         JournalStats::default()
