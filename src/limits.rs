@@ -95,6 +95,9 @@ pub const HISTORY_EVENTS_PER_CHANNEL_CEILING: usize = 100_000;
 pub const HISTORY_AGE_SECS_CEILING: usize = 24 * 3600;
 /// Ceiling for `history.bytes_max` (all channels together).
 pub const HISTORY_BYTES_CEILING: usize = 64 * 1024 * 1024 * 1024;
+/// At start, how long a fixed port still in use is tried again before giving up: the listener of
+/// a killed predecessor lingers until the kernel's teardown of its io_uring (about 10 ms).
+pub const PORT_RELEASE_WAIT_MS: u64 = 1_000;
 /// After a restart (or a promotion), presence members and channel positions restored from the
 /// WAL are kept this long for their clients to come back: a member who re-subscribes is
 /// reconfirmed silently, the others are removed when it ends.

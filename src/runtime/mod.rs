@@ -137,6 +137,31 @@ impl Server {
     }
 }
 
+/// Fails when anything listens on `addr`: SO_REUSEPORT would let a second ringcast (same user)
+/// join the port silently and take half the connections, so a plain bind (SO_REUSEADDR only)
+/// comes first. EADDRINUSE is tried again for up to `limits::PORT_RELEASE_WAIT_MS`: a process
+/// that was killed (SIGKILL, a crash) had no chance to shut its listeners down (`CoreLoop`'s
+/// drop does that on a normal exit), and the kernel releases a listener that an armed multishot
+/// accept still refers to only in the ring's teardown, after the process is gone (about 10 ms
+/// here), so a supervisor's restart at once would fail.
+fn probe_port(addr: SocketAddr) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(limits::PORT_RELEASE_WAIT_MS);
+    loop {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        match probe.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(error)
+                if error.kind() == io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -313,11 +338,7 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
     let cores = config.cores();
     let bind = config.bind_addr();
     if bind.port() != 0 {
-        // SO_REUSEPORT would let a second ringcast (same user) join this port silently and
-        // take half the connections. A plain bind first fails if anything listens there.
-        let probe = Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP))?;
-        probe.set_reuse_address(true)?;
-        probe.bind(&bind.into()).map_err(|error| {
+        probe_port(bind).map_err(|error| {
             anyhow::anyhow!(
                 "cannot listen on {}: {error} (is another server running there?)",
                 config.server.bind

@@ -8,7 +8,9 @@
 //!   with the SDK, and then this test checks what those clients received.
 //!
 //! It also runs the test suite of the history-resume plugin for pusher-js (`clients/js/`, its own
-//! `npm test`: real pusher-js against a fake server in node, no broker).
+//! `npm test`: real pusher-js against a fake server in node, no broker), and the plugin with real
+//! pusher-js and the REST library against the real binary with a WAL, across a SIGKILL and a
+//! restart on the same port (`tests/compat/resume_plugin.mjs`, driven from here).
 //!
 //! Node and npm, and python3 with the pinned SDK, are required: without them the tests fail, they
 //! never skip.
@@ -24,7 +26,7 @@ use ringcast::http::signature::hmac_sha256_hex;
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-use crate::support::{APP_ID, APP_KEY, APP_SECRET, Client, Options, Server, WAIT};
+use crate::support::{APP_ID, APP_KEY, APP_SECRET, Client, Options, Server, WAIT, free_port};
 
 const NEEDS_NODE: &str =
     "the real-client suite needs node and npm (Debian: apt-get install nodejs npm)";
@@ -131,6 +133,11 @@ fn run_bounded(
 
 /// `npm ci` when `node_modules` is missing or older than `package-lock.json`.
 fn install_packages(dir: &Path) {
+    // The tests here run concurrently and two of them use `tests/compat`: one install at a time.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let lock = dir.join("package-lock.json");
     let installed = dir.join("node_modules").join(".package-lock.json");
     let mtime = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -297,6 +304,240 @@ fn pusher_js_resume_plugin_suite() {
             dir.display()
         ),
     }
+}
+
+// ---- The resume plugin with real pusher-js against the binary, across a crash ----
+
+/// The app of the resume scenario: sequence numbers on, so the plugin has something to resume.
+const RESUME_APP: &str = "event_sequence = true";
+/// Retention of the resume scenario: more than the public and presence channels miss while the
+/// client is away (at most 6 events), fewer than the lossy channel misses (10).
+const RESUME_HISTORY: &str = "[history]\nevents_per_channel_max = 8\n";
+/// The scenario's node script, in `tests/compat/` (it uses that directory's pinned pusher-js and
+/// REST library, and imports the plugin from `clients/js/`).
+const RESUME_SCRIPT: &str = "resume_plugin.mjs";
+/// Each step of the scenario (node's start, connects and first events; its reconnect, resume
+/// and checks; the broker's restart); a few seconds in all when all is well.
+const RESUME_STEP_LIMIT: Duration = Duration::from_secs(30);
+/// The prefix of the lines the script prints for this test.
+const RESUME_LINE: &str = "resume-plugin: ";
+
+fn resume_config(port: u16, data: &Path) -> String {
+    format!(
+        "version = 1\n\n[server]\nbind = \"127.0.0.1:{port}\"\ncores = {COMPAT_CORES}\npin_threads = false\n\n\
+         [storage]\ndir = \"{}\"\n\n{RESUME_HISTORY}\n\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{RESUME_APP}\n",
+        data.display()
+    )
+}
+
+/// The node script, in its own process group; killed (even while stopped) on drop. Its
+/// `resume-plugin: ` lines arrive on `lines`; stdout and stderr also go to `log`.
+struct Script {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Script {
+    fn start(mut command: Command) -> Script {
+        use std::io::{BufRead, BufReader};
+        let log = std::env::temp_dir().join(format!(
+            "ringcast-compat-{}-resume-plugin.log",
+            std::process::id()
+        ));
+        let file = File::create(&log).unwrap();
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file.try_clone().unwrap())
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("{NEEDS_NODE}: cannot start {command:?}: {error}"));
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = file;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(file, "{line}");
+                if let Some(rest) = line.strip_prefix(RESUME_LINE) {
+                    let _ = sender.send(rest.to_string());
+                }
+            }
+        });
+        Script { child, lines, log }
+    }
+
+    /// The next `resume-plugin: KIND PAYLOAD` line as (KIND, PAYLOAD); None when the script
+    /// printed none within `limit` (or ended).
+    fn next(&self, limit: Duration) -> Option<(String, String)> {
+        let line = self.lines.recv_timeout(limit).ok()?;
+        let (kind, payload) = line.split_once(' ').unwrap_or((&line, ""));
+        Some((kind.to_string(), payload.to_string()))
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the process group this test created for the script.
+        let result = unsafe { libc::kill(-(self.child.id() as libc::pid_t), signal) };
+        assert_eq!(result, 0, "kill(-{}, {signal})", self.child.id());
+    }
+
+    /// Waits (bounded) until the kernel reports the script stopped (state `T` in /proc).
+    fn wait_stopped(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .unwrap_or_default();
+            // The state follows the command name, which is in parentheses.
+            let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+            if state == Some("T") {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The exit status, waiting at most `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything the script printed so far.
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        // SAFETY: as in `signal`; SIGKILL also ends a stopped process.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Real pusher-js 8.6.0 with `@ringcast/pusher-resume`, against the real binary with a WAL,
+/// across a SIGKILL and a restart on the same port and data directory (`resume_plugin.mjs` says
+/// what it checks). This test owns the broker: when the script is `ready` it stops the script
+/// (SIGSTOP: its clients cannot reconnect early, so the events published next are certainly
+/// missed), kills the broker, restarts it, publishes what the script asked for, and continues the
+/// script, whose pusher-js clients then reconnect by themselves. The script must print `ok` with
+/// the plugin's final positions, which must match the REST history of each channel.
+#[test]
+fn pusher_js_resume_plugin_against_the_binary() {
+    let node_version = tool_version("node", NEEDS_NODE);
+    eprintln!("compat: node {node_version}");
+    let dir = compat_dir();
+    install_packages(&dir);
+
+    let data = std::env::temp_dir().join(format!("ringcast-compat-{}-resume", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let config = resume_config(port, &data);
+    let mut server = Server::with_config_text(&config);
+    assert_eq!(server.addr.port(), port);
+
+    let mut node = Command::new("node");
+    node.arg(RESUME_SCRIPT)
+        .current_dir(&dir)
+        .env("NO_COLOR", "1");
+    set_broker_env(&mut node, &server);
+    let started = Instant::now();
+    let mut script = Script::start(node);
+    let fail = |script: &Script, server: &Server, what: String| -> ! {
+        panic!(
+            "{what}\n---- {RESUME_SCRIPT} output ----\n{}\n---- ringcast stderr tail ----\n{}",
+            script.output(),
+            stderr_tail(server)
+        )
+    };
+
+    let ready = match script.next(RESUME_STEP_LIMIT) {
+        Some((kind, payload)) if kind == "ready" => payload,
+        other => fail(
+            &script,
+            &server,
+            format!("expected `{RESUME_LINE}ready`, got {other:?}"),
+        ),
+    };
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+
+    // The clients are away; the broker crashes and comes back where it was.
+    script.signal(libc::SIGSTOP);
+    if !script.wait_stopped(WAIT) {
+        fail(&script, &server, "the script did not stop".into());
+    }
+    server.signal(libc::SIGKILL);
+    assert!(server.wait_exit(WAIT).is_some(), "SIGKILL ends the broker");
+    let restart = Instant::now();
+    server = Server::with_config_text(&config);
+    assert_eq!(server.addr.port(), port, "the same port after the restart");
+    eprintln!("compat: the broker restarted in {:.1?}", restart.elapsed());
+    for batch in ready["publish"].as_array().unwrap() {
+        for data in batch["data"].as_array().unwrap() {
+            server.trigger(&json!({
+                "name": batch["event"],
+                "channels": batch["channels"],
+                "data": data,
+            }));
+        }
+    }
+    script.signal(libc::SIGCONT);
+
+    let outcome = match script.next(RESUME_STEP_LIMIT) {
+        Some((kind, payload)) if kind == "ok" => payload,
+        other => fail(
+            &script,
+            &server,
+            format!("expected `{RESUME_LINE}ok` after the restart, got {other:?}"),
+        ),
+    };
+    let status = script.wait_exit(WAIT);
+    println!(
+        "---- node {RESUME_SCRIPT} ({:.1?}) ----\n{}\n---- end of node output ----",
+        started.elapsed(),
+        script.output()
+    );
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "the script said ok, then exited with {status:?}"
+    );
+
+    // The plugin ends where the broker's history says each channel is.
+    let outcome: Value = serde_json::from_str(&outcome).unwrap();
+    let positions = &outcome["positions"];
+    for channel in ready["channels"].as_object().unwrap().values() {
+        let channel = channel.as_str().unwrap();
+        let path = format!("/apps/{APP_ID}/channels/{channel}/history");
+        let (status, body) = server.rest("GET", &path, &[("limit", "1")], "");
+        assert_eq!(status, 200, "{body}");
+        let page: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (&positions[channel]["epoch"], &positions[channel]["seq"]),
+            (&page["epoch"], &page["last_seq"]),
+            "the plugin's position on {channel} is the broker's: {positions} vs {page}"
+        );
+    }
+    assert!(server.is_alive(), "{}", stderr_tail(&server));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 // ---- The Python SDK ----

@@ -64,7 +64,8 @@ impl Server {
         Server::with_config_text(&config)
     }
 
-    /// Starts the binary on a complete config text (which must bind 127.0.0.1:0).
+    /// Starts the binary on a complete config text. It binds 127.0.0.1:0, or a fixed port from
+    /// `free_port` when a test restarts the server where its clients were.
     pub fn with_config_text(config: &str) -> Server {
         Server::launch(config, &[], false).0
     }
@@ -152,6 +153,13 @@ impl Drop for Server {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config_path);
     }
+}
+
+/// A loopback port that was free a moment ago (bound on 127.0.0.1:0, then released), for a
+/// server that must come back on the same port after a restart.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 pub fn unix_now() -> u64 {
