@@ -92,6 +92,11 @@ function withResume(pusher, options = {}) {
     };
   }
 
+  function currentSocketId() {
+    const id = pusher.connection && pusher.connection.socket_id;
+    return typeof id === "string" ? id : undefined;
+  }
+
   // Updates the channel state from one raw frame. Returns true when pusher-js must not see the
   // frame (a `ringcast:resume` on an encrypted channel, delivered here instead).
   function observe(raw) {
@@ -118,7 +123,12 @@ function withResume(pusher, options = {}) {
       // A resumed subscription keeps its old position until `ringcast:resume` says where the
       // replay ended; a fresh one starts where the channel is now.
       if (!state || !state.resuming) {
-        channels.set(name, { epoch: frame.epoch, seq: frame.seq, resuming: false });
+        channels.set(name, {
+          epoch: frame.epoch,
+          seq: frame.seq,
+          resuming: false,
+          socketId: currentSocketId(),
+        });
       }
       return false;
     }
@@ -126,7 +136,12 @@ function withResume(pusher, options = {}) {
     if (event === RESUME_EVENT) {
       const data = typeof frame.data === "string" ? JSON.parse(frame.data) : frame.data;
       if (!data || !isEpoch(data.epoch) || !isSeq(data.seq)) return false;
-      channels.set(name, { epoch: data.epoch, seq: data.seq, resuming: false });
+      channels.set(name, {
+        epoch: data.epoch,
+        seq: data.seq,
+        resuming: false,
+        socketId: currentSocketId(),
+      });
       const outcome = {
         channel: name,
         recovered: data.recovered === true,
@@ -162,6 +177,7 @@ function withResume(pusher, options = {}) {
       if (frame.seq === state.seq + 1) state.seq = frame.seq;
     } else {
       state.seq = frame.seq;
+      state.socketId = currentSocketId();
     }
     return false;
   }
@@ -176,9 +192,11 @@ function withResume(pusher, options = {}) {
         const state = channels.get(data.channel);
         if (state) {
           state.resuming = true;
-          data = Object.assign({}, data, {
-            resume_after: { epoch: state.epoch, seq: state.seq },
-          });
+          // The socket id the client had: events published excluding it (the client's own
+          // client events, a REST publish with its socket_id) are not replayed to it.
+          const resumeAfter = { epoch: state.epoch, seq: state.seq };
+          if (state.socketId) resumeAfter.socket_id = state.socketId;
+          data = Object.assign({}, data, { resume_after: resumeAfter });
         }
       } else if (name === "pusher:unsubscribe") {
         channels.delete(data.channel);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::protocol::envelope::ResumeAfter;
 use crate::protocol::socket_id::SocketId;
 
 /// A channel of one app. Owned by `shard_of(key)`.
@@ -191,8 +192,8 @@ pub enum ShardMessage {
         conn: ConnRef,
         socket_id: SocketId,
         member: Option<Member>,
-        /// `resume_after` from the client: (epoch, last seq seen).
-        resume: Option<(u64, u64)>,
+        /// `resume_after` from the client (boxed: rare, and the mesh slots stay small).
+        resume: Option<Box<ResumeAfter>>,
     },
     /// Owner → connection core: the answer to `Subscribe`. When joined, the owner has counted
     /// `conn` in and forwards the channel's events to the connection's core from here on.

@@ -3,6 +3,8 @@
 //! panic: the shard answers it with `pusher:error` and keeps the connection. No IO.
 
 use serde::Deserialize;
+
+use super::socket_id::SocketId;
 use serde_json::value::RawValue;
 
 /// One decoded client message.
@@ -16,10 +18,11 @@ pub enum ClientMessage {
         /// The exact string that was signed (presence); an object sent by an old client is
         /// serialized compactly.
         channel_data: Option<String>,
-        /// `resume_after: {"epoch": E, "seq": N}` (apps with `event_sequence`): the last event
-        /// the client saw. A malformed one is kept as epoch 0, which never matches (the client
-        /// is told `recovered: false` rather than silently ignored).
-        resume_after: Option<(u64, u64)>,
+        /// `resume_after: {"epoch": E, "seq": N, "socket_id"?: S}` (apps with
+        /// `event_sequence`): the last event the client saw, and the socket id it had then. A
+        /// malformed one is kept as epoch 0, which never matches (the client is told
+        /// `recovered: false` rather than silently ignored).
+        resume_after: Option<ResumeAfter>,
     },
     Unsubscribe {
         channel: String,
@@ -69,16 +72,38 @@ struct SubscribeData {
     resume_after: Option<serde_json::Value>,
 }
 
-/// `resume_after` as (epoch, seq); anything malformed becomes (0, 0), an epoch no channel has.
-fn resume_point(value: &serde_json::Value) -> (u64, u64) {
+/// Where a resuming client stands: the last event it saw (`epoch`, `seq`) and the socket id of
+/// the connection it saw it on (events published excluding that socket were never meant for
+/// it, so they are not replayed to it either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeAfter {
+    pub epoch: u64,
+    pub seq: u64,
+    pub socket_id: Option<SocketId>,
+}
+
+/// `resume_after` as a position; anything malformed becomes epoch 0, which no channel has.
+fn resume_point(value: &serde_json::Value) -> ResumeAfter {
     let epoch = value
         .get("epoch")
         .and_then(serde_json::Value::as_str)
         .and_then(super::outbound::parse_epoch);
     let seq = value.get("seq").and_then(serde_json::Value::as_u64);
+    let socket_id = value
+        .get("socket_id")
+        .and_then(serde_json::Value::as_str)
+        .and_then(SocketId::parse);
     match (epoch, seq) {
-        (Some(epoch), Some(seq)) => (epoch, seq),
-        _ => (0, 0),
+        (Some(epoch), Some(seq)) => ResumeAfter {
+            epoch,
+            seq,
+            socket_id,
+        },
+        _ => ResumeAfter {
+            epoch: 0,
+            seq: 0,
+            socket_id: None,
+        },
     }
 }
 
@@ -210,7 +235,20 @@ mod tests {
         let Ok(ClientMessage::Subscribe { resume_after, .. }) = parsed else {
             panic!("{parsed:?}");
         };
-        assert_eq!(resume_after, Some((0xab, 7)));
+        let expected = ResumeAfter {
+            epoch: 0xab,
+            seq: 7,
+            socket_id: None,
+        };
+        assert_eq!(resume_after, Some(expected));
+        let parsed = parse(
+            br#"{"event":"pusher:subscribe","data":{"channel":"c","resume_after":{"epoch":"ab","seq":7,"socket_id":"12.34"}}}"#,
+        );
+        let Ok(ClientMessage::Subscribe { resume_after, .. }) = parsed else {
+            panic!("{parsed:?}");
+        };
+        let socket_id = Some(SocketId { high: 12, low: 34 });
+        assert_eq!(resume_after.and_then(|r| r.socket_id), socket_id);
         for bad in [
             r#"{"epoch":5,"seq":7}"#,
             r#"{"epoch":"zz","seq":7}"#,
@@ -224,7 +262,11 @@ mod tests {
             let Ok(ClientMessage::Subscribe { resume_after, .. }) = parsed else {
                 panic!("{parsed:?}");
             };
-            assert_eq!(resume_after, Some((0, 0)), "{bad}");
+            assert_eq!(
+                resume_after.map(|r| (r.epoch, r.seq)),
+                Some((0, 0)),
+                "{bad}"
+            );
         }
     }
 

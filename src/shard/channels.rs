@@ -14,6 +14,7 @@ use super::{Phase, Shard};
 use crate::mesh::message::{Member, PublishCommand, Replay, SubscribeReply};
 use crate::mesh::{ChannelKey, ConnRef, ShardMessage};
 use crate::protocol::close_code;
+use crate::protocol::envelope::ResumeAfter;
 use crate::protocol::outbound;
 use crate::protocol::socket_id::SocketId;
 
@@ -93,7 +94,7 @@ impl Shard {
         channel: ChannelKey,
         member: Option<Member>,
         announce: bool,
-        resume: Option<(u64, u64)>,
+        resume: Option<ResumeAfter>,
     ) {
         let conn_ref = self.conn_ref(key);
         let ws = self.conns[key as usize]
@@ -114,7 +115,7 @@ impl Shard {
                 conn: conn_ref,
                 socket_id,
                 member,
-                resume,
+                resume: resume.map(Box::new),
             },
         );
     }

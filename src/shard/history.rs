@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::mesh::ChannelKey;
+use crate::protocol::socket_id::SocketId;
 
 /// The history limits of one core (the byte budget is this core's share of `[history]
 /// bytes_max`).
@@ -33,6 +34,8 @@ pub struct HistoryEvent {
     pub data: Arc<str>,
     /// The sender of a client event on a presence channel.
     pub user_id: Option<Arc<str>>,
+    /// The socket the event was not for (the sender of a client event, or REST `socket_id`).
+    pub exclude: Option<SocketId>,
     /// The WAL record that holds it (0 without a WAL): retention keeps it while it is retained.
     pub lsn: u64,
 }
@@ -356,6 +359,7 @@ mod tests {
             event: Arc::from("e"),
             data: Arc::from("\"d\""),
             user_id: None,
+            exclude: None,
             lsn: seq,
         }
     }

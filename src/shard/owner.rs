@@ -27,6 +27,7 @@ use crate::mesh::message::{
 use crate::mesh::{ChannelKey, ConnRef, ShardMessage};
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::close_code;
+use crate::protocol::envelope::ResumeAfter;
 use crate::protocol::outbound;
 use crate::protocol::socket_id::SocketId;
 use crate::webhook::{WebhookEvent, WebhookKind, WebhookQueues};
@@ -629,6 +630,7 @@ impl Owner {
                     event: Arc::clone(&publish.event),
                     data: Arc::clone(&publish.data),
                     user_id: publish.user_id.clone(),
+                    exclude: publish.exclude,
                     lsn,
                 },
             );
@@ -960,7 +962,7 @@ impl Owner {
         conn: ConnRef,
         socket_id: SocketId,
         member: Option<Member>,
-        resume: Option<(u64, u64)>,
+        resume: Option<Box<ResumeAfter>>,
         journal: &mut dyn Journal,
     ) {
         let presence = channel::kind_of(&channel.name) == ChannelKind::Presence;
@@ -1120,7 +1122,7 @@ impl Owner {
     fn joined_reply(
         &mut self,
         channel: &ChannelKey,
-        resume: Option<(u64, u64)>,
+        resume: Option<Box<ResumeAfter>>,
         journal: &mut dyn Journal,
     ) -> SubscribeReply {
         let owned = &self.channels[channel];
@@ -1132,7 +1134,7 @@ impl Owner {
         let sequence = self.wants_sequence(channel);
         let position = sequence.then(|| self.position(channel, journal));
         let replay = match (sequence, resume) {
-            (true, Some((epoch, seq))) => Some(self.replay_for(channel, epoch, seq)),
+            (true, Some(resume)) => Some(self.replay_for(channel, &resume)),
             _ => None,
         };
         SubscribeReply::Joined {
@@ -1160,12 +1162,14 @@ impl Owner {
         (epoch, 0)
     }
 
-    /// Every event after `(epoch, seq)`, or nothing when they are not all retained.
-    fn replay_for(&mut self, channel: &ChannelKey, epoch: u64, seq: u64) -> Replay {
-        match self.histories.missed(channel, epoch, seq) {
+    /// Every event after the client's position, or nothing when they are not all retained.
+    /// Events published excluding the client's previous socket were never for it: skipped.
+    fn replay_for(&mut self, channel: &ChannelKey, resume: &ResumeAfter) -> Replay {
+        match self.histories.missed(channel, resume.epoch, resume.seq) {
             Missed::Complete(events) => {
                 let frames = events
                     .into_iter()
+                    .filter(|event| event.exclude.is_none() || event.exclude != resume.socket_id)
                     .map(|event| self.event_frame(&history_publish(channel, &event), event.seq))
                     .collect();
                 Replay {
@@ -1529,7 +1533,7 @@ fn history_publish(channel: &ChannelKey, event: &HistoryEvent) -> PublishCommand
         channel: channel.clone(),
         event: Arc::clone(&event.event),
         data: Arc::clone(&event.data),
-        exclude: None,
+        exclude: event.exclude,
         user_id: event.user_id.clone(),
         published_ms: event.published_ms,
         cache: false,

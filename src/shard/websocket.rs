@@ -17,7 +17,7 @@ use crate::mesh::{ChannelKey, ShardMessage};
 use crate::metrics::{self, CoreMetrics};
 use crate::protocol::channel::{self, ChannelKind, ChannelNameError};
 use crate::protocol::close_code::{self, CloseCode};
-use crate::protocol::envelope::{self, ClientMessage};
+use crate::protocol::envelope::{self, ClientMessage, ResumeAfter};
 use crate::protocol::outbound;
 use crate::webhook::WebhookKind;
 use crate::ws::frame::{self, Decoder, Message};
@@ -269,7 +269,7 @@ impl Shard {
         key: u32,
         name: &str,
         (auth, channel_data): (Option<&str>, Option<&str>),
-        resume_after: Option<(u64, u64)>,
+        resume_after: Option<ResumeAfter>,
     ) {
         let kind = match channel::validate(name, self.config.server.channel_name_bytes_max) {
             Ok(kind) => kind,

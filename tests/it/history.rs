@@ -298,3 +298,37 @@ fn without_event_sequence_frames_stay_exactly_pushers() {
         "no seq, and no ringcast:resume for an app without event_sequence"
     );
 }
+
+#[test]
+fn resume_skips_events_that_excluded_the_clients_previous_socket() {
+    let server = sequenced_server("");
+    let channel = "room-a";
+    let mut client = server.client();
+    let epoch = subscribe(&mut client, channel, None)["epoch"].clone();
+    let old_socket = client.socket_id.clone();
+    publish(&server, channel, "e", "seen");
+    assert_eq!(client.recv_event()["seq"], 1);
+    drop(client);
+    // While the client is away: one event for everyone, one that excludes its old socket
+    // (its own publish, say), then another for everyone.
+    publish(&server, channel, "e", "for-all-1");
+    server.trigger(
+        &json!({"name": "e", "channels": [channel], "data": "not-for-it",
+        "socket_id": old_socket}),
+    );
+    publish(&server, channel, "e", "for-all-2");
+    let mut back = server.client();
+    let resume_after = json!({"epoch": epoch, "seq": 1, "socket_id": old_socket});
+    subscribe(&mut back, channel, Some(resume_after));
+    assert_eq!(back.recv_event()["data"], "for-all-1");
+    assert_eq!(back.recv_event()["data"], "for-all-2");
+    let resume = back.recv_event();
+    assert_eq!(resume["event"], "ringcast:resume", "{resume}");
+    assert!(
+        resume["data"]
+            .as_str()
+            .unwrap()
+            .contains(r#""recovered":true"#)
+    );
+    assert!(resume["data"].as_str().unwrap().contains(r#""seq":4"#));
+}

@@ -50,7 +50,8 @@ describe("resume after a lost connection", { concurrency: true }, () => {
         const subscribes = server.subscribes(name);
         assert.equal(subscribes.length, 2);
         assert.equal(subscribes[0].resume_after, undefined);
-        assert.deepEqual(subscribes[1].resume_after, { epoch, seq: 3 });
+        // The previous socket id rides along: events that excluded it are not replayed.
+        assert.deepEqual(subscribes[1].resume_after, { epoch, seq: 3, socket_id: socketId });
         assert.equal(subscribes[1].channel, name);
         assert.deepEqual(resumeState(pusher, name), { epoch, seq: 7, resuming: false });
         if (kind === "presence") {
@@ -79,7 +80,11 @@ describe("resume after a lost connection", { concurrency: true }, () => {
       const outcome = { channel: name, recovered: false, epoch, seq: 2 };
       assert.deepEqual(seen, [...events(1, 3), [RESUME_EVENT, outcome], ...events(102, 102)]);
       assert.deepEqual(outcomes, [outcome]);
-      assert.deepEqual(server.subscribes(name)[1].resume_after, { epoch: old, seq: 3 });
+      assert.deepEqual(server.subscribes(name)[1].resume_after, {
+        epoch: old,
+        seq: 3,
+        socket_id: socketId,
+      });
       assert.deepEqual(resumeState(pusher, name), { epoch, seq: 3, resuming: false });
     }),
   );
@@ -124,7 +129,11 @@ describe("resume after a lost connection", { concurrency: true }, () => {
       assert.deepEqual(outcomes, [resumed]);
       assert.deepEqual(
         server.subscribes(name).map((s) => s.resume_after),
-        [undefined, { epoch, seq: 3 }, { epoch, seq: 3 + replayed }],
+        [
+          undefined,
+          { epoch, seq: 3, socket_id: first },
+          { epoch, seq: 3 + replayed, socket_id: first },
+        ],
       );
       assert.deepEqual(resumeState(pusher, name), { epoch, seq: 9, resuming: false });
     }),
