@@ -55,6 +55,8 @@ const OP_SEND: u64 = 3;
 const OP_DOORBELL: u64 = 4;
 /// The poll on the listener that stands in for the accept at the descriptor limit.
 const OP_LIMIT_POLL: u64 = 5;
+/// An `fdatasync` of the core's WAL segment (`Shard::begin_journal_sync`).
+const OP_WAL_SYNC: u64 = 6;
 
 fn user_data(op: u64, key: u32) -> u64 {
     (op << 56) | u64::from(key)
@@ -490,6 +492,8 @@ struct CoreLoop {
     rearm: Vec<u32>,
     accept_armed: bool,
     next_sweep_ms: u64,
+    /// An fdatasync of the WAL segment is in flight (`OP_WAL_SYNC`).
+    wal_sync_in_flight: bool,
     /// The control plane as last fed to the shard (changes are fed as `ControlEvent`s).
     fed_ready: bool,
     fed_drain_close_at_ms: Option<u64>,
@@ -582,6 +586,7 @@ impl CoreLoop {
             rearm: Vec::new(),
             accept_armed: false,
             next_sweep_ms: 0,
+            wal_sync_in_flight: false,
             fed_ready: false,
             fed_drain_close_at_ms: None,
             fed_cores_alive: true,
@@ -607,7 +612,9 @@ impl CoreLoop {
             // iovecs and the frames they point at are owned by its boxed `SendOp`, kept in
             // `sends` until the completion (the frames were moved out of the connection's queue,
             // so nothing the shard does to the connection can free them); the doorbell value is
-            // boxed in `self`; receive buffers belong to the registered buffer ring.
+            // boxed in `self`; receive buffers belong to the registered buffer ring; a WAL
+            // fsync names only a descriptor (the ring takes its own reference to the file at
+            // submission, and a segment sealed meanwhile was synced when it was sealed).
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
                 return;
@@ -679,6 +686,7 @@ impl CoreLoop {
             // acknowledged. Only then do mesh messages and socket writes go out.
             let committed = self.shard.commit(now);
             self.exit_if_failed(committed);
+            self.start_wal_sync(now);
             self.shard.outbox().flush(&self.mesh);
             self.flush_connections();
             let iteration_us = self.control.now_us().saturating_sub(now.mono_us);
@@ -721,6 +729,24 @@ impl CoreLoop {
         self.exit_if_failed(flushed);
     }
 
+    /// Starts an fdatasync of the WAL segment through the ring when one is due: the loop goes on
+    /// serving while it runs, and its completion acknowledges what it made durable (a tick's
+    /// records are written before this, so the sync covers them). One at a time.
+    fn start_wal_sync(&mut self, now: Now) {
+        if self.wal_sync_in_flight {
+            return;
+        }
+        let Some(fd) = self.shard.begin_journal_sync(now) else {
+            return;
+        };
+        let entry = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(user_data(OP_WAL_SYNC, 0));
+        self.push(entry);
+        self.wal_sync_in_flight = true;
+    }
+
     /// Waits in the kernel for a completion, a doorbell, the next sweep, or the WAL's next
     /// sync of an idle stream, whichever comes first.
     fn park(&mut self) {
@@ -738,10 +764,6 @@ impl CoreLoop {
                     Some(libc::ETIME | libc::EINTR | libc::EBUSY)
                 ) => {}
             Err(error) => tracing::error!(core = self.core, %error, "io_uring wait failed"),
-        }
-        if sync_in_ms <= sweep_in_ms {
-            let maintained = self.shard.maintain_journal(self.now());
-            self.exit_if_failed(maintained);
         }
     }
 
@@ -848,6 +870,16 @@ impl CoreLoop {
             OP_SEND => self.sent(key, result),
             OP_DOORBELL => self.arm_doorbell(),
             OP_LIMIT_POLL => self.client_at_limit(result, now),
+            OP_WAL_SYNC => {
+                self.wal_sync_in_flight = false;
+                let result = if result < 0 {
+                    Err(io::Error::from_raw_os_error(-result))
+                } else {
+                    Ok(())
+                };
+                let synced = self.shard.journal_synced(result, now);
+                self.exit_if_failed(synced);
+            }
             _ => unreachable!("unknown operation {op}"),
         }
     }

@@ -480,6 +480,23 @@ impl Shard {
         }
     }
 
+    /// A sync the driver should start without blocking (see `Journal::begin_sync`).
+    pub fn begin_journal_sync(&mut self, now: Now) -> Option<std::os::fd::RawFd> {
+        self.journal.begin_sync(now)
+    }
+
+    /// The journal sync the driver started finished: publishes waiting for it are acknowledged.
+    pub fn journal_synced(
+        &mut self,
+        result: std::io::Result<()>,
+        now: Now,
+    ) -> Result<(), JournalFailed> {
+        self.now = now;
+        let durable = self.journal.end_sync(result)?;
+        self.acknowledge(durable);
+        Ok(())
+    }
+
     /// Shutdown: everything appended is written and synced.
     pub fn flush_journal(&mut self, now: Now) -> Result<(), JournalFailed> {
         self.journal.flush(now)

@@ -145,6 +145,15 @@ pub trait Journal {
     fn sync_due_in_ms(&self, now: Now) -> Option<u64>;
     /// A reloaded app table (records name apps by their stable id).
     fn reload(&mut self, apps: Arc<Apps>);
+    /// A sync the driver should start without blocking (an io_uring fsync of this descriptor),
+    /// when one is due and none is in flight; None when the journal syncs by itself.
+    fn begin_sync(&mut self, _now: Now) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The sync started by `begin_sync` finished with `result`.
+    fn end_sync(&mut self, _result: std::io::Result<()>) -> Result<Durable, JournalFailed> {
+        unreachable!("no sync was started")
+    }
     /// Shutdown: writes and syncs everything appended, whatever the fsync policy.
     fn flush(&mut self, now: Now) -> Result<(), JournalFailed> {
         self.commit(now).map(|_| ())

@@ -54,6 +54,11 @@ pub trait StorageFile: Send + fmt::Debug {
     /// Reserves space up to `len` bytes (zeros past the current end); false when the
     /// filesystem cannot reserve space.
     fn allocate(&mut self, len: u64) -> io::Result<bool>;
+    /// The file's descriptor, when it is a real file (an event loop may then sync it without
+    /// blocking, `WalWriter::begin_external_sync`); None for simulated files.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Whether an error means the disk (or quota) is full.
@@ -173,6 +178,11 @@ impl StorageFile for FsFile {
 
     fn allocate(&mut self, len: u64) -> io::Result<bool> {
         fallocate(&self.0, len)
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.0.as_raw_fd())
     }
 }
 

@@ -674,6 +674,10 @@ pub struct WalWriter {
     unix_ms: u64,
     space: Space,
     poisoned: Option<Poisoned>,
+    /// Syncs are started by the caller (`begin_external_sync`, e.g. an io_uring fsync) instead
+    /// of blocking in `commit`; the LSN an external sync in flight will make durable.
+    external_sync: bool,
+    sync_in_flight: Option<u64>,
 }
 
 impl WalWriter {
@@ -763,6 +767,8 @@ impl WalWriter {
             unix_ms: now.unix_ms,
             space: Space::default(),
             poisoned: None,
+            external_sync: false,
+            sync_in_flight: None,
         };
         Ok((writer, recovery))
     }
@@ -1049,10 +1055,11 @@ impl WalWriter {
         self.check()?;
         self.unix_ms = self.unix_ms.max(now.unix_ms);
         self.write_buffer()?;
-        let sync = match self.options.fsync {
-            FsyncPolicy::Always => self.synced_lsn < self.written_lsn,
-            FsyncPolicy::Interval | FsyncPolicy::Never => self.sync_due(now.mono_ms),
-        };
+        let sync = !self.external_sync
+            && match self.options.fsync {
+                FsyncPolicy::Always => self.synced_lsn < self.written_lsn,
+                FsyncPolicy::Interval | FsyncPolicy::Never => self.sync_due(now.mono_ms),
+            };
         if sync {
             self.sync(now)?;
         }
@@ -1100,6 +1107,47 @@ impl WalWriter {
         assert!(self.synced_lsn <= target);
         self.synced_lsn = target;
         self.last_sync_ms = now.mono_ms;
+        Ok(self.synced_lsn)
+    }
+
+    /// From now on `commit` never syncs: the caller starts syncs with `begin_external_sync`
+    /// (without blocking: an io_uring fsync) and reports them with `end_external_sync`. Only
+    /// for storage with real files (`StorageFile::raw_fd`); otherwise `commit` keeps syncing.
+    pub fn use_external_sync(&mut self) {
+        self.external_sync = self.current.file.raw_fd().is_some();
+    }
+
+    /// When a sync is due by the policy and none is in flight: the descriptor to sync
+    /// (`fdatasync`) and the LSN it will make durable. Everything written before the call is
+    /// covered; a segment sealed meanwhile is synced when it is sealed.
+    pub fn begin_external_sync(&mut self, now: Now) -> Option<(std::os::fd::RawFd, u64)> {
+        if !self.external_sync || self.sync_in_flight.is_some() || self.poisoned.is_some() {
+            return None;
+        }
+        if !self.sync_due(now.mono_ms) {
+            return None;
+        }
+        let fd = self.current.file.raw_fd()?;
+        self.sync_in_flight = Some(self.written_lsn);
+        self.last_sync_ms = now.mono_ms;
+        Some((fd, self.written_lsn))
+    }
+
+    /// The external sync started by `begin_external_sync` finished with `result`.
+    ///
+    /// # Errors
+    ///
+    /// `Poisoned` when it failed (or earlier).
+    pub fn end_external_sync(&mut self, result: io::Result<()>) -> Result<u64, Poisoned> {
+        let target = self
+            .sync_in_flight
+            .take()
+            .expect("an external sync was started");
+        if let Err(error) = result {
+            return Err(self.poison("sync segment", &error));
+        }
+        self.check()?;
+        self.synced_lsn = self.synced_lsn.max(target);
         Ok(self.synced_lsn)
     }
 
