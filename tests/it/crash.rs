@@ -54,32 +54,8 @@ fn config(dir: &std::path::Path, sink: &str) -> String {
 
 /// One REST publish; true when it was acknowledged with 200.
 fn publish(server_addr: std::net::SocketAddr, channel: &str, data: &str) -> bool {
-    let body = json!({"name": "e", "channels": [channel], "data": data}).to_string();
-    let path = format!("/apps/{APP_ID}/events");
-    let query = signed_query(
-        "POST",
-        &path,
-        &[],
-        body.as_bytes(),
-        APP_KEY,
-        APP_SECRET,
-        unix_now(),
-    );
-    let request = format!(
-        "POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let Ok(mut stream) = std::net::TcpStream::connect(server_addr) else {
-        return false;
-    };
-    use std::io::{Read, Write};
-    let _ = stream.set_read_timeout(Some(WAIT));
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    response.starts_with(b"HTTP/1.1 200")
+    let body = json!({"name": "e", "channels": [channel], "data": data});
+    post_events_raw(server_addr, &body).starts_with("HTTP/1.1 200")
 }
 
 /// Runs the publishers until `stop`; records acknowledged events in the ledger.

@@ -31,22 +31,8 @@ fn config(dir: &Path, storage_extra: &str, app_extra: &str, cores: usize) -> Str
 
 /// A signed POST /events; returns (status, the X-Ringcast-Durability value, body).
 fn publish(server: &Server, channel: &str, data: &str) -> (u16, Option<String>, String) {
-    let body = json!({"name": "e", "channels": [channel], "data": data}).to_string();
-    let path = format!("/apps/{APP_ID}/events");
-    let query = signed_query(
-        "POST",
-        &path,
-        &[],
-        body.as_bytes(),
-        APP_KEY,
-        APP_SECRET,
-        unix_now(),
-    );
-    let request = format!(
-        "POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let response = String::from_utf8_lossy(&raw(server.addr, request.as_bytes())).to_string();
+    let body = json!({"name": "e", "channels": [channel], "data": data});
+    let response = post_events_raw(server.addr, &body);
     if response.is_empty() {
         return (0, None, String::new()); // The process is gone.
     }

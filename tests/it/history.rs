@@ -102,22 +102,8 @@ fn history_api_refuses_bad_parameters() {
 #[test]
 fn a_publish_says_how_durable_it_is() {
     let server = Server::start();
-    let body = json!({"name": "e", "channels": CHANNELS, "data": "x"}).to_string();
-    let path = format!("/apps/{APP_ID}/events");
-    let query = signed_query(
-        "POST",
-        &path,
-        &[],
-        body.as_bytes(),
-        APP_KEY,
-        APP_SECRET,
-        unix_now(),
-    );
-    let request = format!(
-        "POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let response = String::from_utf8(raw(server.addr, request.as_bytes())).unwrap();
+    let body = json!({"name": "e", "channels": CHANNELS, "data": "x"});
+    let response = post_events_raw(server.addr, &body);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(
         response.contains("\r\nX-Ringcast-Durability: memory\r\n"),

@@ -191,6 +191,36 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, S
     parse_response(&response)
 }
 
+/// A signed POST of `body` to the app's `/events` on a fresh connection: the raw response,
+/// headers included ("" when the server is gone or resets the connection).
+pub fn post_events_raw(addr: SocketAddr, body: &Value) -> String {
+    let path = format!("/apps/{APP_ID}/events");
+    let body = body.to_string();
+    let query = signed_query(
+        "POST",
+        &path,
+        &[],
+        body.as_bytes(),
+        APP_KEY,
+        APP_SECRET,
+        unix_now(),
+    );
+    let request = format!(
+        "POST {path}?{query} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(WAIT));
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).to_string()
+}
+
 /// Sends raw bytes and reads until the server closes (bounded by WAIT).
 pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).unwrap();
