@@ -302,9 +302,17 @@ impl<S: AsRef<str>> Record<S> {
 
     /// Borrows every string (to encode an owned record without copying, or compare).
     pub fn borrowed(&self) -> Record<&str> {
-        fn s<T: AsRef<str>>(text: &T) -> &str {
-            text.as_ref()
-        }
+        self.map(|text| text)
+    }
+
+    /// Copies every string into an owned record.
+    pub fn owned(&self) -> Record {
+        self.map(Box::from)
+    }
+
+    /// The same record with `f` applied to each of its strings.
+    fn map<'s, T>(&'s self, mut f: impl FnMut(&'s str) -> T) -> Record<T> {
+        let mut s = |text: &'s S| f(text.as_ref());
         match self {
             Record::EpochStart {
                 epoch,
@@ -334,7 +342,7 @@ impl<S: AsRef<str>> Record<S> {
                 event: s(event),
                 data: s(data),
                 exclude: *exclude,
-                user_id: user_id.as_ref().map(s),
+                user_id: user_id.as_ref().map(&mut s),
                 published_ms: *published_ms,
                 flags: *flags,
             },
@@ -398,110 +406,6 @@ impl<S: AsRef<str>> Record<S> {
                 delivered: *delivered,
             },
             Record::Heartbeat { unix_ms } => Record::Heartbeat { unix_ms: *unix_ms },
-        }
-    }
-}
-
-impl<'a> Record<&'a str> {
-    /// Copies every string into an owned record.
-    pub fn owned(&self) -> Record {
-        self.map_strings(&mut |s| Box::from(s))
-    }
-
-    fn map_strings<T>(&self, f: &mut impl FnMut(&'a str) -> T) -> Record<T> {
-        match *self {
-            Record::EpochStart {
-                epoch,
-                node_id,
-                previous_end_lsn,
-            } => Record::EpochStart {
-                epoch,
-                node_id: f(node_id),
-                previous_end_lsn,
-            },
-            Record::Publish {
-                app_id,
-                channel,
-                channel_epoch,
-                seq,
-                event,
-                data,
-                exclude,
-                user_id,
-                published_ms,
-                flags,
-            } => Record::Publish {
-                app_id: f(app_id),
-                channel: f(channel),
-                channel_epoch,
-                seq,
-                event: f(event),
-                data: f(data),
-                exclude,
-                user_id: user_id.map(&mut *f),
-                published_ms,
-                flags,
-            },
-            Record::PresenceJoin {
-                app_id,
-                channel,
-                user_id,
-                user_info,
-            } => Record::PresenceJoin {
-                app_id: f(app_id),
-                channel: f(channel),
-                user_id: f(user_id),
-                user_info: f(user_info),
-            },
-            Record::PresenceLeave {
-                app_id,
-                channel,
-                user_id,
-            } => Record::PresenceLeave {
-                app_id: f(app_id),
-                channel: f(channel),
-                user_id: f(user_id),
-            },
-            Record::ChannelState {
-                app_id,
-                channel,
-                channel_epoch,
-                seq,
-            } => Record::ChannelState {
-                app_id: f(app_id),
-                channel: f(channel),
-                channel_epoch,
-                seq,
-            },
-            Record::WebhookEnqueued {
-                id,
-                app_id,
-                url,
-                app_key,
-                signature,
-                ref headers,
-                body,
-                events,
-                time_ms,
-            } => Record::WebhookEnqueued {
-                id: f(id),
-                app_id: f(app_id),
-                url: f(url),
-                app_key: f(app_key),
-                signature: f(signature),
-                headers: headers
-                    .iter()
-                    .map(|&(name, value)| (f(name), f(value)))
-                    .collect(),
-                body: f(body),
-                events,
-                time_ms,
-            },
-            Record::WebhookDone { id, delivered } => Record::WebhookDone {
-                id: f(id),
-                delivered,
-            },
-            Record::Heartbeat { unix_ms } => Record::Heartbeat { unix_ms },
         }
     }
 }
