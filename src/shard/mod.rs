@@ -769,26 +769,6 @@ impl Shard {
         }
     }
 
-    /// Queues a webhook event made on this core (see `queue_webhook`).
-    fn webhook(
-        &self,
-        app: u32,
-        kind: WebhookKind,
-        channel: &Arc<str>,
-        fill: impl FnOnce(&mut WebhookEvent),
-    ) {
-        let queues = (&*self.webhooks, self.core);
-        queue_webhook(
-            &self.apps,
-            queues,
-            self.now.unix_ms,
-            app,
-            kind,
-            channel,
-            fill,
-        );
-    }
-
     pub(crate) fn core_metrics(&self) -> &CoreMetrics {
         &self.metrics.cores[self.core]
     }
@@ -945,7 +925,7 @@ impl Shard {
 
 /// Queues a webhook event for the worker when the app has webhook targets (free otherwise).
 /// Internal channels (`#server-to-user-`, user registry keys) never produce webhooks.
-fn queue_webhook(
+pub(super) fn queue_webhook(
     apps: &Apps,
     (queues, core): (&WebhookQueues, usize),
     unix_ms: u64,

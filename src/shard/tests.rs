@@ -479,15 +479,24 @@ fn event_frame(channel: &str, data: &str) -> Bytes {
     crate::ws::frame::encode_text(text.as_bytes())
 }
 
+impl World {
+    /// One core with one client subscribed to `channel`, its `subscription_succeeded` read
+    /// (and still queued for the socket).
+    fn one_written_subscriber(channel: &str) -> (World, TestClient) {
+        let mut world = World::new(1);
+        let mut client = world.connect(0, 3);
+        world.subscribe(&client, channel);
+        assert_eq!(world.frames(&mut client).len(), 1, "subscription_succeeded");
+        (world, client)
+    }
+}
+
 // A send owns the frames it took from the queue: a partial write puts the unsent rest back at
 // the front, in order and ahead of frames queued meanwhile, and `out_bytes` counts queued and
 // in-flight bytes alike, so a peer with a send in flight still reaches its bound.
 #[test]
 fn a_partial_send_puts_the_rest_back_first_and_in_flight_bytes_count() {
-    let mut world = World::new(1);
-    let mut client = world.connect(0, 3);
-    world.subscribe(&client, "c");
-    assert_eq!(world.frames(&mut client).len(), 1, "subscription_succeeded");
+    let (mut world, client) = World::one_written_subscriber("c");
     let shard = &mut world.shards[0];
     let mut frames = Vec::new();
     shard.take_for_send(client.key, &mut frames, usize::MAX);
@@ -540,10 +549,7 @@ fn a_partial_send_puts_the_rest_back_first_and_in_flight_bytes_count() {
 // same bytes), and its completion on the dead connection drops them without requeueing.
 #[test]
 fn a_reset_leaves_the_frames_of_a_send_in_flight_alone() {
-    let mut world = World::new(1);
-    let mut client = world.connect(0, 3);
-    world.subscribe(&client, "c");
-    assert_eq!(world.frames(&mut client).len(), 1, "subscription_succeeded");
+    let (mut world, client) = World::one_written_subscriber("c");
     let shard = &mut world.shards[0];
     let mut frames = Vec::new();
     shard.take_for_send(client.key, &mut frames, usize::MAX);

@@ -567,12 +567,23 @@ impl Shard {
         let exclude = Some(ws.socket_id);
         let (app, user_id) = (ws.app, subscription.user_id.clone());
         let webhook_user_id = user_id.clone();
-        self.webhook(app, WebhookKind::ClientEvent, &channel.name, |webhook| {
-            webhook.event = Some(event.into());
-            webhook.data_json = Some(data_json.into());
-            webhook.socket_id = exclude.map(|id| id.to_string().into_boxed_str());
-            webhook.user_id = webhook_user_id;
-        });
+        let queues = (&*self.webhooks, self.core);
+        let unix_ms = self.now.unix_ms;
+        let kind = WebhookKind::ClientEvent;
+        super::queue_webhook(
+            &self.apps,
+            queues,
+            unix_ms,
+            app,
+            kind,
+            &channel.name,
+            |webhook| {
+                webhook.event = Some(event.into());
+                webhook.data_json = Some(data_json.into());
+                webhook.socket_id = exclude.map(|id| id.to_string().into_boxed_str());
+                webhook.user_id = webhook_user_id;
+            },
+        );
         self.publish(PublishCommand {
             channel,
             event: Arc::from(event),
