@@ -488,13 +488,17 @@ impl Shard {
         }
     }
 
-    /// A `client-*` event (spec §3): checked, rate limited, relayed to the channel's other
-    /// subscribers through the channel's owner.
-    fn client_event(&mut self, key: u32, event: &str, name: &str, data_json: &str) {
-        let now_ms = self.now.mono_ms;
+    /// Why a client event may not be relayed (spec §3): the `pusher:error` code and message.
+    fn client_event_refusal(
+        &self,
+        key: u32,
+        event: &str,
+        name: &str,
+        data_json: &str,
+    ) -> Option<(Option<u16>, String)> {
         let ws = self.conns[key as usize].ws().expect("WebSocket phase");
         let app = self.apps.get(ws.app);
-        let refusal = if !app.enable_client_events {
+        if !app.enable_client_events {
             Some((
                 Some(close_code::CLIENT_EVENT_REJECTED),
                 "The app does not have client messaging enabled.".to_string(),
@@ -537,10 +541,18 @@ impl Shard {
             ))
         } else {
             None
-        };
-        if let Some((code, message)) = refusal {
+        }
+    }
+
+    /// A `client-*` event (spec §3): checked, rate limited, relayed to the channel's other
+    /// subscribers through the channel's owner.
+    fn client_event(&mut self, key: u32, event: &str, name: &str, data_json: &str) {
+        let now_ms = self.now.mono_ms;
+        if let Some((code, message)) = self.client_event_refusal(key, event, name, data_json) {
             return self.send_text(key, &outbound::channel_error(name, code, &message));
         }
+        let ws = self.conns[key as usize].ws().expect("WebSocket phase");
+        let app = self.apps.get(ws.app);
         let rate_max = app.client_events_per_sec_max;
         let ws = self.conns[key as usize].ws_mut().expect("WebSocket phase");
         if now_ms >= ws.client_events_window_ms + 1000 {
