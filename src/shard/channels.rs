@@ -29,12 +29,7 @@ struct Joined {
 impl Shard {
     /// Routes work for `channel` to its owner: run it here when we own it, else mail it.
     pub(super) fn route_to_owner(&mut self, channel: &ChannelKey, message: ShardMessage) {
-        let owner = channel.owner(self.cores);
-        if owner == self.core {
-            self.handle_message(self.core, message);
-        } else {
-            self.outbox.push(owner, message);
-        }
+        self.send_to_core(channel.owner(self.cores), message);
     }
 
     /// Writes `frame` to this core's subscribers of `channel`, except the excluded socket.

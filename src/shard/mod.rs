@@ -450,17 +450,22 @@ impl Shard {
         )
     }
 
+    /// Sends `message` to core `core`, handling it here at once when that is this core.
+    fn send_to_core(&mut self, core: usize, message: ShardMessage) {
+        if core == self.core {
+            self.handle_message(core, message);
+        } else {
+            self.outbox.push(core, message);
+        }
+    }
+
     /// Carries out what the owner produced: messages for this core are handled here at once,
     /// in order; the others go to the outbox.
     fn run_owner_effects(&mut self) {
         let mut effects = std::mem::take(&mut self.effects);
         self.owner.take_effects(&mut effects);
         for (to, message) in effects.drain(..) {
-            if to == self.core {
-                self.handle_message(to, message);
-            } else {
-                self.outbox.push(to, message);
-            }
+            self.send_to_core(to, message);
         }
         self.effects = effects;
     }

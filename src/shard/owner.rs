@@ -1035,8 +1035,7 @@ impl Owner {
             let published_us = self.now.mono_us;
             self.fan_out(&channel, &frame, Some(socket_id), published_us);
         }
-        let app = self.apps.get(channel.app);
-        if (app.enable_subscription_count || !app.webhooks.is_empty()) && !presence {
+        if !presence {
             self.owe_subscription_count(&channel);
         }
     }
@@ -1261,15 +1260,19 @@ impl Owner {
             self.histories.forget_if_idle(channel, false, now_ms);
             return;
         }
-        let app = self.apps.get(channel.app);
-        if (app.enable_subscription_count || !app.webhooks.is_empty()) && !presence {
+        if !presence {
             self.owe_subscription_count(channel);
         }
     }
 
     /// Sends the channel's subscription count now, or marks it owed when the channel is large
-    /// and one was sent recently (the timer pays the debt).
+    /// and one was sent recently (the timer pays the debt); nothing when nobody wants it (the
+    /// app neither sends counts nor has webhook targets).
     fn owe_subscription_count(&mut self, channel: &ChannelKey) {
+        let app = self.apps.get(channel.app);
+        if !app.enable_subscription_count && app.webhooks.is_empty() {
+            return;
+        }
         let now_ms = self.now.mono_ms;
         let Some(owned) = self.channels.get_mut(channel) else {
             return;

@@ -469,15 +469,6 @@ impl Shard {
         }
     }
 
-    /// Sends `message` to core `core`, handling it here when that is this core.
-    fn send_to_core(&mut self, core: usize, message: ShardMessage) {
-        if core == self.core {
-            self.handle_message(core, message);
-        } else {
-            self.outbox.push(core, message);
-        }
-    }
-
     /// Asks the owner of `channel` for its description (answered into `query` at `index`).
     fn describe(&mut self, query: QueryRef, index: u32, channel: ChannelKey, with_users: bool) {
         let message = ShardMessage::DescribeChannel {
