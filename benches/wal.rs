@@ -40,6 +40,7 @@ fn open(dir: &Path) -> (WalWriter, ringcast::wal::Recovery) {
             segment_bytes: SEGMENT_BYTES,
             fsync: FsyncPolicy::Never,
             fsync_interval_ms: 10,
+            zero_fill: false,
         },
         RecoveryMode::Strict,
         Now::default(),

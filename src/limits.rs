@@ -170,6 +170,8 @@ pub const WAL_SEGMENT_HEADER_BYTES_MAX: u64 = 4096;
 pub const WAL_SEGMENTS_PER_STREAM_MAX: usize = 100_000;
 /// Longest stream name (`core-255`, `webhooks`); it is stored in every segment header.
 pub const WAL_STREAM_NAME_BYTES_MAX: usize = 32;
+/// The zeros written per call when a segment is zero-filled (`fsync = "always"`).
+pub const WAL_ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
 /// While the disk is full, a writer tries to create its next segment at most this often.
 pub const WAL_SPACE_RETRY_MS: u64 = 1_000;
 /// Longest configurable `storage.fsync_interval_ms`.

@@ -413,6 +413,7 @@ mod tests {
                 segment_bytes: crate::limits::WAL_SEGMENT_BYTES_MIN,
                 fsync: FsyncPolicy::Always,
                 fsync_interval_ms: 10,
+                zero_fill: false,
             },
             RecoveryMode::Strict,
             Now::default(),

@@ -36,7 +36,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use super::record::{self, Header, Kind, Record};
 use super::segment::{self, Damage, End, Expect, Salvaged, SegmentHeader, SegmentScan};
@@ -61,6 +61,13 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     pub fsync: FsyncPolicy,
     pub fsync_interval_ms: u64,
+    /// Write zeros over every new segment (and sync them) before a record goes into it. A
+    /// preallocated but never-written range is an *unwritten extent*: the first `fdatasync`
+    /// after writing into it also commits the extent change to the filesystem journal. On this
+    /// machine's ext4 that took a group commit's sync from 0.11 to 0.17 ms
+    /// (`cargo bench --bench fsync_floor`), so `always` zero-fills (as PostgreSQL does its WAL
+    /// segments), off the writer's thread. The other policies do not pay the extra write.
+    pub zero_fill: bool,
 }
 
 impl WalOptions {
@@ -69,6 +76,7 @@ impl WalOptions {
             segment_bytes: config.segment_bytes,
             fsync: config.fsync,
             fsync_interval_ms: config.fsync_interval_ms,
+            zero_fill: config.fsync == FsyncPolicy::Always,
         }
     }
 }
@@ -634,6 +642,58 @@ struct Current {
 struct Prepared {
     file: Box<dyn StorageFile>,
     capacity: u64,
+    /// Whether the filesystem reserved the space.
+    preallocated: bool,
+}
+
+/// Whether `prepare_next` may return before the next segment is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    No,
+}
+
+fn helper_gone() -> io::Error {
+    io::Error::other("the segment preparing thread ended without an answer")
+}
+
+/// Creates `path` with `bytes` reserved; with `zero_fill`, writes zeros over all of it and
+/// syncs them (see `WalOptions::zero_fill`). A half-made file is removed: it never held a
+/// record.
+fn prepare_segment(
+    storage: &dyn Storage,
+    path: &Path,
+    bytes: u64,
+    zero_fill: bool,
+) -> io::Result<Prepared> {
+    let made = storage
+        .create(path, bytes)
+        .and_then(|(mut file, preallocated)| {
+            if zero_fill {
+                fill_zeros(&mut *file, bytes)?;
+            }
+            Ok(Prepared {
+                file,
+                capacity: bytes,
+                preallocated,
+            })
+        });
+    if made.is_err() {
+        let _ = storage.remove(path);
+    }
+    made
+}
+
+/// Writes zeros over `[0, bytes)` of `file` and syncs them.
+fn fill_zeros(file: &mut dyn StorageFile, bytes: u64) -> io::Result<()> {
+    let zeros = vec![0u8; limits::WAL_ZERO_FILL_CHUNK_BYTES.min(bytes as usize)];
+    let mut offset = 0;
+    while offset < bytes {
+        let len = zeros.len().min((bytes - offset) as usize);
+        file.write_at(offset, &zeros[..len])?;
+        offset += len as u64;
+    }
+    file.sync_data()
 }
 
 #[derive(Debug, Clone)]
@@ -664,6 +724,8 @@ pub struct WalWriter {
     epoch: u64,
     current: Current,
     next: Option<Prepared>,
+    /// The next segment while a helper thread zero-fills it (`WalOptions::zero_fill`).
+    preparing: Option<mpsc::Receiver<io::Result<Prepared>>>,
     sealed: VecDeque<Sealed>,
     buffer: Vec<u8>,
     next_lsn: u64,
@@ -758,6 +820,7 @@ impl WalWriter {
             epoch,
             current,
             next: None,
+            preparing: None,
             sealed,
             buffer: Vec::new(),
             next_lsn,
@@ -907,7 +970,7 @@ impl WalWriter {
             if self.space.short {
                 return Err(AppendError::Full);
             }
-            if let Err(error) = self.prepare_next() {
+            if let Err(error) = self.prepare_next(Wait::Yes) {
                 return Err(self.space_refusal("create segment", error)?);
             }
         }
@@ -939,30 +1002,46 @@ impl WalWriter {
         Ok(AppendError::Full)
     }
 
-    /// Creates and preallocates the next segment under its temporary name.
-    fn prepare_next(&mut self) -> io::Result<()> {
+    /// Creates and preallocates the next segment under its temporary name. With
+    /// `zero_fill`, a helper thread prepares it and `Wait::No` returns at once (a later call
+    /// collects it); `Wait::Yes` returns once the segment is there (or failed).
+    fn prepare_next(&mut self, wait: Wait) -> io::Result<()> {
         assert!(self.next.is_none());
         let path = self.dir.join(NEXT_SEGMENT_NAME);
-        match self.storage.create(&path, self.options.segment_bytes) {
-            Ok((file, preallocated)) => {
-                if !preallocated {
-                    tracing::warn!(
-                        stream = %self.stream,
-                        "the filesystem cannot preallocate: a full disk will poison the write-ahead log instead of refusing writes"
-                    );
-                }
-                self.next = Some(Prepared {
-                    file,
-                    capacity: self.options.segment_bytes,
-                });
-                Ok(())
+        let (bytes, zero_fill) = (self.options.segment_bytes, self.options.zero_fill);
+        let prepared = match self.preparing.take() {
+            Some(receiver) => match wait {
+                Wait::Yes => receiver.recv().unwrap_or_else(|_| Err(helper_gone())),
+                Wait::No => match receiver.try_recv() {
+                    Ok(prepared) => prepared,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        self.preparing = Some(receiver);
+                        return Ok(());
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => Err(helper_gone()),
+                },
+            },
+            None if zero_fill && wait == Wait::No => {
+                let (sender, receiver) = mpsc::sync_channel(1);
+                let storage = Arc::clone(&self.storage);
+                std::thread::Builder::new()
+                    .name("wal-prepare".into())
+                    .spawn(move || {
+                        let _ = sender.send(prepare_segment(&*storage, &path, bytes, true));
+                    })?;
+                self.preparing = Some(receiver);
+                return Ok(());
             }
-            Err(error) => {
-                // A half-made file (created, not preallocated) goes; it never held anything.
-                let _ = self.storage.remove(&path);
-                Err(error)
-            }
+            None => prepare_segment(&*self.storage, &path, bytes, zero_fill),
+        }?;
+        if !prepared.preallocated {
+            tracing::warn!(
+                stream = %self.stream,
+                "the filesystem cannot preallocate: a full disk will poison the write-ahead log instead of refusing writes"
+            );
         }
+        self.next = Some(prepared);
+        Ok(())
     }
 
     /// Seals the current segment and starts the prepared one: the buffer goes to the current
@@ -1066,7 +1145,7 @@ impl WalWriter {
         if self.next.is_none()
             && !self.space.short
             && self.end() >= self.current.capacity / 4 * 3
-            && let Err(error) = self.prepare_next()
+            && let Err(error) = self.prepare_next(Wait::No)
         {
             let _ = self.space_refusal("create segment", error)?;
             self.space.tried_ms = now.mono_ms;
@@ -1164,7 +1243,7 @@ impl WalWriter {
             return false;
         }
         self.space.tried_ms = now.mono_ms;
-        if self.next.is_none() && self.prepare_next().is_err() {
+        if self.next.is_none() && (self.prepare_next(Wait::No).is_err() || self.next.is_none()) {
             return false;
         }
         tracing::info!(stream = %self.stream, "write-ahead log: space is back; accepting writes");
@@ -1253,9 +1332,9 @@ fn create_segment(
 ) -> Result<Current, RecoveryError> {
     let name = segment::file_name(first_lsn);
     let path = dir.join(&name);
-    let (mut file, _) = storage
-        .create(&path, options.segment_bytes)
-        .map_err(io_error("create segment", &path))?;
+    let Prepared { mut file, .. } =
+        prepare_segment(storage, &path, options.segment_bytes, options.zero_fill)
+            .map_err(io_error("create segment", &path))?;
     let mut header = Vec::with_capacity(segment::HEADER_BYTES);
     segment::encode_header(
         &SegmentHeader {

@@ -50,6 +50,7 @@ fn write_stream(data_dir: &Path, stream: &str, publishes: u64) {
             segment_bytes: 64 * 1024,
             fsync: FsyncPolicy::Never,
             fsync_interval_ms: 10,
+            zero_fill: false,
         },
         RecoveryMode::Strict,
         Now::default(),
