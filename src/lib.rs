@@ -17,6 +17,7 @@ pub mod limits;
 pub mod mesh;
 pub mod metrics;
 pub mod protocol;
+pub mod replica;
 pub mod runtime;
 pub mod service;
 pub mod shard;

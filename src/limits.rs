@@ -170,6 +170,25 @@ pub const WAL_SEGMENT_HEADER_BYTES_MAX: u64 = 4096;
 pub const WAL_SEGMENTS_PER_STREAM_MAX: usize = 100_000;
 /// Longest stream name (`core-255`, `webhooks`); it is stored in every segment header.
 pub const WAL_STREAM_NAME_BYTES_MAX: usize = 32;
+// Replication (the hot standby).
+/// Shortest `[replication] secret`.
+pub const REPL_SECRET_BYTES_MIN: usize = 16;
+/// Longest node id or cluster name.
+pub const REPL_NAME_BYTES_MAX: usize = 64;
+/// Heartbeats on the replication link, both ways.
+pub const REPL_HEARTBEAT_MS: u64 = 100;
+/// Longest `standby_timeout_ms`.
+pub const REPL_STANDBY_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Record batches waiting on a standby core's inbound queue (the receiver waits when full).
+pub const REPL_CORE_QUEUE_DEPTH: usize = 256;
+/// Bytes of WAL records the primary reads and sends per batch.
+pub const REPL_SEND_BATCH_BYTES: usize = 256 * 1024;
+/// Connect, handshake and write timeout on the replication link.
+pub const REPL_IO_TIMEOUT_MS: u64 = 2_000;
+/// A standby redials the primary this often while disconnected.
+pub const REPL_REDIAL_MS: u64 = 200;
+/// How long a standby waits for its cores to carry out a promotion.
+pub const REPL_PROMOTE_WAIT_MS: u64 = 5_000;
 /// The zeros written per call when a segment is zero-filled (`fsync = "always"`).
 pub const WAL_ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
 /// While the disk is full, a writer tries to create its next segment at most this often.

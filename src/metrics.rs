@@ -56,7 +56,7 @@ pub const STATUSES: [u16; 14] = [
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 10] = [
+pub const REJECTIONS: [&str; 12] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
@@ -67,6 +67,8 @@ pub const REJECTIONS: [&str; 10] = [
     "storage_full",
     "request_timeout",
     "descriptor_limit",
+    "standby_unavailable",
+    "standby_role",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -81,6 +83,11 @@ pub const REJECT_STORAGE_FULL: usize = 7;
 pub const REJECT_REQUEST_TIMEOUT: usize = 8;
 /// A connection accepted on the spare descriptor at the process's descriptor limit.
 pub const REJECT_DESCRIPTOR_LIMIT: usize = 9;
+/// A publish refused because its app needs the standby, which is unavailable
+/// (`on_standby_loss = "reject"`).
+pub const REJECT_STANDBY_UNAVAILABLE: usize = 10;
+/// A client request or upgrade refused because this node is a standby.
+pub const REJECT_STANDBY_ROLE: usize = 11;
 
 /// Why an accept failed: the process's descriptor limit, the system's, memory, anything else.
 pub const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "enomem", "other"];

@@ -19,7 +19,85 @@ pub struct RawConfig {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
     pub apps: Vec<AppConfig>,
+}
+
+/// What a REST publish waits for before it is answered 200 (`[replication] ack`, per app
+/// `ack`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckMode {
+    /// The primary's own WAL (per `[storage] fsync`).
+    Local,
+    /// The standby has received the records (in its memory and written to its WAL file).
+    Replica,
+    /// The standby has fsynced the records.
+    ReplicaDurable,
+}
+
+/// What the primary does with publishes waiting for a standby that is gone.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StandbyLoss {
+    /// Answer from the local WAL and say so (header, `/readyz` body, metrics, logs).
+    Degrade,
+    /// Answer 503 + `Retry-After`.
+    Reject,
+}
+
+/// The role a node takes when its data directory is empty (a new pair).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialRole {
+    Primary,
+    Standby,
+}
+
+/// The hot standby (`[replication]`): the WAL streamed to a second node. Empty `node_id`: off.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ReplicationConfig {
+    /// This node's name, unique in the pair. Empty: no replication.
+    pub node_id: String,
+    /// The pair's name: both nodes must agree (a node never follows another cluster).
+    pub cluster: String,
+    /// Where this node serves the stream (when primary).
+    pub listen: String,
+    /// The other node's `listen` address (dialed when standby).
+    pub peer: String,
+    /// Used only when the data directory is empty.
+    pub initial_role: InitialRole,
+    /// Authenticates the link both ways (never sent).
+    pub secret: String,
+    /// Default for apps without their own `ack`.
+    pub ack: AckMode,
+    /// How long the primary waits for the standby before `on_standby_loss` applies.
+    pub standby_timeout_ms: u64,
+    pub on_standby_loss: StandbyLoss,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            node_id: String::new(),
+            cluster: "ringcast".into(),
+            listen: String::new(),
+            peer: String::new(),
+            initial_role: InitialRole::Standby,
+            secret: String::new(),
+            ack: AckMode::Replica,
+            standby_timeout_ms: 1000,
+            on_standby_loss: StandbyLoss::Degrade,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    pub fn enabled(&self) -> bool {
+        !self.node_id.is_empty()
+    }
 }
 
 /// Channel history (kept in memory, rebuilt from the WAL at start): the window each channel
@@ -329,6 +407,9 @@ pub struct AppConfig {
     /// Pusher's).
     #[serde(default)]
     pub event_sequence: bool,
+    /// What a REST publish of this app waits for with a standby (default: `[replication] ack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckMode>,
 }
 
 /// One webhook target of an app.

@@ -11,8 +11,9 @@ use std::path::Path;
 use crate::limits;
 
 pub use file::{
-    AppConfig, FsyncPolicy, HistoryConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig,
-    StorageConfig, WebhookConfig, WebhooksConfig,
+    AckMode, AppConfig, FsyncPolicy, HistoryConfig, InitialRole, LogConfig, LogFormat,
+    MetricsConfig, ReplicationConfig, ServerConfig, StandbyLoss, StorageConfig, WebhookConfig,
+    WebhooksConfig,
 };
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
@@ -27,6 +28,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub history: HistoryConfig,
     pub storage: StorageConfig,
+    pub replication: ReplicationConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -97,6 +99,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
     validate_webhooks(&raw.webhooks)?;
     validate_history(&raw.history)?;
     validate_storage(&raw.storage)?;
+    validate_replication(&raw.replication, &raw.storage)?;
     validate_apps(&raw.apps)?;
     Ok(Config {
         server: raw.server,
@@ -105,6 +108,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         webhooks: raw.webhooks,
         history: raw.history,
         storage: raw.storage,
+        replication: raw.replication,
         apps: raw.apps,
     })
 }
@@ -335,6 +339,71 @@ fn validate_history(history: &HistoryConfig) -> Result<(), ConfigError> {
         limits::HISTORY_BYTES_CEILING,
     )?;
     Ok(())
+}
+
+/// `[replication]`: off without `node_id`; on, it needs `[storage]`, a secret, and addresses.
+fn validate_replication(
+    replication: &ReplicationConfig,
+    storage: &StorageConfig,
+) -> Result<(), ConfigError> {
+    if !replication.enabled() {
+        return Ok(());
+    }
+    if storage.dir.is_empty() {
+        return Err(invalid(
+            "replication",
+            "needs `[storage] dir`: the standby is fed from the write-ahead log",
+        ));
+    }
+    if replication.secret.len() < limits::REPL_SECRET_BYTES_MIN {
+        return Err(invalid(
+            "replication.secret",
+            format!(
+                "required, at least {} bytes: it authenticates the link both ways",
+                limits::REPL_SECRET_BYTES_MIN
+            ),
+        ));
+    }
+    check_name("replication.node_id", &replication.node_id)?;
+    check_name("replication.cluster", &replication.cluster)?;
+    check_host_port("replication.listen", &replication.listen)?;
+    check_host_port("replication.peer", &replication.peer)?;
+    check_range_u64(
+        "replication.standby_timeout_ms",
+        replication.standby_timeout_ms,
+        limits::REPL_HEARTBEAT_MS * 2,
+        limits::REPL_STANDBY_TIMEOUT_MS_MAX,
+    )?;
+    Ok(())
+}
+
+/// A short printable name (node ids, cluster names).
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= limits::REPL_NAME_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "`{name}`: 1 to {} printable ASCII characters",
+                limits::REPL_NAME_BYTES_MAX
+            ),
+        ))
+    }
+}
+
+/// `host:port` (a name or an IP address).
+fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+    let port = value.rsplit_once(':').and_then(|(host, port)| {
+        (!host.is_empty()).then_some(port)?.parse::<u16>().ok()
+    });
+    match port {
+        Some(_) => Ok(()),
+        None => Err(invalid(key, format!("`{value}` is not host:port"))),
+    }
 }
 
 fn validate_storage(storage: &StorageConfig) -> Result<(), ConfigError> {
@@ -588,6 +657,7 @@ impl Config {
             webhooks: self.webhooks.clone(),
             history: self.history.clone(),
             storage: self.storage.clone(),
+            replication: self.replication.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")

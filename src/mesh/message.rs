@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::config::AckMode;
 use crate::protocol::envelope::ResumeAfter;
 use crate::protocol::socket_id::SocketId;
 
@@ -133,23 +134,46 @@ pub struct PublishCommand {
     pub client: bool,
 }
 
-/// How durable an acknowledged publish is (the `X-Ringcast-Durability` header).
+/// How durable an acknowledged publish is (the `X-Ringcast-Durability` header). Ordered from
+/// weakest to strongest: a publish to several owners reports the weakest of their answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Durability {
     /// No WAL (`[storage] dir` empty): sequenced in memory only.
     Memory,
+    /// The app asked for the standby, which is unavailable (`on_standby_loss = "degrade"`):
+    /// written to the local WAL file only.
+    DegradedWritten,
+    /// As `DegradedWritten`, and fsynced locally.
+    DegradedFsynced,
     /// Written to the WAL file: survives a crash of the process.
     Written,
     /// Written and fsynced: survives a power loss.
     Fsynced,
+    /// Also received by the standby (in its WAL file): survives the loss of either host.
+    ReplicaReceived,
+    /// Also fsynced by the standby.
+    ReplicaDurable,
 }
 
 impl Durability {
     pub fn header_value(self) -> &'static str {
         match self {
             Durability::Memory => "memory",
+            Durability::DegradedWritten => "local-written; standby=unavailable",
+            Durability::DegradedFsynced => "local-fsynced; standby=unavailable",
             Durability::Written => "local-written",
             Durability::Fsynced => "local-fsynced",
+            Durability::ReplicaReceived => "replica-received",
+            Durability::ReplicaDurable => "replica-durable",
+        }
+    }
+
+    /// The same local durability, marked as degraded (the standby did not confirm it).
+    pub fn degraded(self) -> Durability {
+        match self {
+            Durability::Written | Durability::DegradedWritten => Durability::DegradedWritten,
+            Durability::Fsynced | Durability::DegradedFsynced => Durability::DegradedFsynced,
+            other => other,
         }
     }
 }
@@ -162,6 +186,9 @@ pub enum PublishRefusal {
     /// A core with subscribers of the channel has `MESH_BACKLOG_MAX` messages waiting from the
     /// owner already: the fan-out would only add to it.
     Busy,
+    /// The app's `ack` needs the standby, which is unavailable, and `on_standby_loss` is
+    /// `reject` (or this node is not the primary any more).
+    StandbyUnavailable,
 }
 
 /// An owner's answer to a `Barrier`: every publish the sender sent before it is durable at the
@@ -278,6 +305,8 @@ pub enum ShardMessage {
     /// and persisted by the owner".
     Barrier {
         query: QueryRef,
+        /// What the publisher's app waits for (`Local` without a standby configured).
+        ack: AckMode,
     },
     BarrierAck {
         query: QueryRef,

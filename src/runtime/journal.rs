@@ -15,6 +15,7 @@ use crate::shard::{
     Apps, Durable, Journal, JournalFailed, JournalFull, JournalStats, Now, OwnerRecord,
 };
 use crate::wal::record::{PUBLISH_CACHE, PUBLISH_CACHE_ONLY, PUBLISH_CLIENT};
+use crate::replica::ReplicaShared;
 use crate::wal::{self, AppendError, Record, RecoveryMode, Storage, WalOptions, WalWriter};
 
 /// The node epoch stamped on records until replication persists one (epochs only grow).
@@ -31,6 +32,8 @@ pub struct WalJournal {
     retain_secs: u64,
     /// A write or sync failed inside `append` (rotation): reported by the next `commit`.
     failed: Option<JournalFailed>,
+    /// The hot standby: positions published for the link, the standby's acknowledgements read.
+    replica: Option<(Arc<ReplicaShared>, usize)>,
 }
 
 /// What replaying a stream found.
@@ -40,17 +43,25 @@ pub struct Replayed {
     /// Records of apps no longer in the config (skipped).
     pub unknown_apps: u64,
     pub truncated_bytes: u64,
+    /// The stream's last record (0: none) and the epoch it carries.
+    pub last_lsn: u64,
+    pub last_epoch: u64,
 }
 
 impl WalJournal {
-    /// Opens core `core`'s stream under `[storage] dir`, replays it into `apply` (owner records
-    /// in LSN order, with their LSN), and returns the journal that continues it.
+    /// Opens core `core`'s stream under `[storage] dir` (a stream with no record yet starts at
+    /// `first_lsn_if_empty`: a standby's copy after a full resync), replays it into `apply`
+    /// (owner records in LSN order, with their LSN), and returns the journal that continues it. Records it
+    /// appends carry `epoch` (the node's persisted epoch: no record on disk has a higher one).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         storage: Arc<dyn Storage>,
         config: &Config,
         apps: Arc<Apps>,
         core: usize,
+        epoch: u64,
         mode: RecoveryMode,
+        first_lsn_if_empty: u64,
         now: Now,
         mut apply: impl FnMut(OwnerRecord, u64),
     ) -> anyhow::Result<(WalJournal, Replayed)> {
@@ -58,20 +69,23 @@ impl WalJournal {
         let stream = wal::core_stream(core);
         let dir = wal::stream_dir(data_dir, &stream);
         let options = WalOptions::from_config(&config.storage);
-        let (mut writer, recovery) = WalWriter::open(
+        let (mut writer, recovery) = WalWriter::open_at(
             storage,
             &dir,
             &stream,
-            INITIAL_EPOCH,
+            epoch,
             options,
             mode,
             wal_now(now),
+            first_lsn_if_empty,
         )?;
         // The core loop syncs with io_uring (never blocking on fdatasync): a tick goes on
         // serving while the previous ticks' records are synced (pipelined group commit).
         writer.use_external_sync();
         let mut replayed = Replayed {
             truncated_bytes: recovery.truncated_bytes,
+            last_lsn: recovery.last_lsn.unwrap_or(0),
+            last_epoch: recovery.last_epoch,
             ..Replayed::default()
         };
         recovery.replay(|header, record| match owner_record(&apps, &record) {
@@ -90,20 +104,40 @@ impl WalJournal {
             retain_bytes_max: config.storage.retain_bytes_max,
             retain_secs: config.storage.retain_secs,
             failed: None,
+            replica: None,
         };
         Ok((journal, replayed))
     }
 
     fn durable(&self) -> Durable {
+        let replica = self
+            .replica
+            .as_ref()
+            .map(|(shared, core)| shared.replica_view(*core));
         match self.fsync {
             FsyncPolicy::Always => Durable {
                 lsn: self.writer.synced_lsn(),
                 durability: Durability::Fsynced,
+                replica,
             },
             FsyncPolicy::Interval | FsyncPolicy::Never => Durable {
                 lsn: self.writer.written_lsn(),
                 durability: Durability::Written,
+                replica,
             },
+        }
+    }
+
+    /// Replication: this stream's positions go to the link after every commit and sync.
+    pub fn attach_replica(&mut self, shared: Arc<ReplicaShared>, core: usize) {
+        self.replica = Some((shared, core));
+        self.publish_positions();
+    }
+
+    fn publish_positions(&self) {
+        if let Some((shared, core)) = &self.replica {
+            let written = self.writer.written_lsn();
+            shared.publish_positions(*core, written, self.writer.synced_lsn());
         }
     }
 
@@ -160,6 +194,7 @@ impl Journal for WalJournal {
     fn commit(&mut self, now: Now) -> Result<Durable, JournalFailed> {
         self.check()?;
         self.writer.commit(wal_now(now)).map_err(failed)?;
+        self.publish_positions();
         Ok(self.durable())
     }
 
@@ -227,6 +262,7 @@ impl Journal for WalJournal {
 
     fn end_sync(&mut self, result: std::io::Result<()>) -> Result<Durable, JournalFailed> {
         self.writer.end_external_sync(result).map_err(failed)?;
+        self.publish_positions();
         Ok(self.durable())
     }
 
@@ -234,6 +270,53 @@ impl Journal for WalJournal {
         self.check()?;
         self.writer.commit(wal_now(now)).map_err(failed)?;
         self.writer.sync(wal_now(now)).map_err(failed)?;
+        Ok(())
+    }
+
+    fn append_replicated(
+        &mut self,
+        raw: &[u8],
+    ) -> Result<Option<(OwnerRecord, u64)>, JournalFailed> {
+        self.check()?;
+        let lsn = match self.writer.append_encoded(raw) {
+            Ok(lsn) => lsn,
+            Err(AppendError::Poisoned(poisoned)) => return Err(failed(poisoned)),
+            // The primary checked the record; a standby that cannot keep it must not
+            // acknowledge anything after it (the link is cut when the core exits).
+            Err(error) => return Err(failed(format!("replicated record refused: {error}"))),
+        };
+        let (header, record, _) = wal::record::decode_ref(raw)
+            .map_err(|error| failed(format!("replicated record {lsn}: {error}")))?;
+        if let Some((shared, core)) = &self.replica {
+            shared.streams[*core]
+                .last_epoch
+                .fetch_max(header.epoch, std::sync::atomic::Ordering::AcqRel);
+        }
+        match owner_record(&self.apps, &record) {
+            Some(Ok(owner)) => Ok(Some((owner, lsn))),
+            Some(Err(UnknownApp)) | None => Ok(None),
+        }
+    }
+
+    fn start_epoch(&mut self, epoch: u64, node_id: &str, now: Now) -> Result<(), JournalFailed> {
+        self.check()?;
+        let previous_end_lsn = self.writer.appended_lsn();
+        self.writer.set_epoch(epoch);
+        let record: Record<&str> = Record::EpochStart {
+            epoch,
+            node_id,
+            previous_end_lsn,
+        };
+        self.writer
+            .append(&record)
+            .map_err(|error| failed(format!("cannot write EpochStart({epoch}): {error}")))?;
+        self.flush(now)?;
+        if let Some((shared, core)) = &self.replica {
+            shared.streams[*core]
+                .last_epoch
+                .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+        }
+        self.publish_positions();
         Ok(())
     }
 

@@ -23,6 +23,7 @@
 //! once per `ACCEPT_ERROR_LOG_INTERVAL_MS` per core.
 
 pub(crate) mod buf_ring;
+mod follow;
 pub mod journal;
 mod reshard;
 
@@ -43,6 +44,7 @@ use crate::control::Control;
 use crate::limits;
 use crate::mesh::Mesh;
 use crate::metrics::{CoreMetrics, Metrics};
+use crate::replica::{ReplicaShared, Role};
 use crate::shard::{Apps, ControlEvent, JournalFailed, Now, Shard};
 use crate::wal::RecoveryMode;
 use crate::webhook::WebhookQueues;
@@ -115,6 +117,8 @@ pub struct Server {
     pub webhooks: Arc<WebhookQueues>,
     /// The app table the cores run with (the base for reloads).
     pub apps: Arc<Apps>,
+    /// The hot standby's link (`[replication]`): role, promotion, status.
+    pub replica: Option<Arc<crate::replica::link::Link>>,
 }
 
 impl Server {
@@ -300,26 +304,37 @@ fn recover(
     apps: &Arc<Apps>,
     control: &Control,
     recovery: RecoveryMode,
+    replica: Option<&Arc<ReplicaShared>>,
+    first_lsn_if_empty: u64,
 ) -> anyhow::Result<()> {
     if config.storage.dir.is_empty() {
         return Ok(());
     }
+    let epoch = replica.map_or(journal::INITIAL_EPOCH, |shared| shared.epoch());
     let core = shard.core();
     let started = std::time::Instant::now();
     let now = clock(control);
     let storage: Arc<dyn crate::wal::Storage> = Arc::new(crate::wal::FsStorage);
     #[cfg(debug_assertions)]
     let storage = test_fault(storage);
-    let (journal, replayed) = WalJournal::open(
+    let (mut journal, replayed) = WalJournal::open(
         storage,
         config,
         Arc::clone(apps),
         core,
+        epoch,
         recovery,
+        first_lsn_if_empty,
         now,
         |record, lsn| shard.replay(record, lsn, now),
     )?;
     shard.replayed(clock(control));
+    if let Some(shared) = replica {
+        shared.streams[core]
+            .last_epoch
+            .store(replayed.last_epoch, Ordering::Release);
+        journal.attach_replica(Arc::clone(shared), core);
+    }
     shard.set_journal(Box::new(journal));
     tracing::info!(
         core,
@@ -330,6 +345,42 @@ fn recover(
         "write-ahead log replayed"
     );
     Ok(())
+}
+
+/// With `[replication]`: the node's epoch and the role it starts in. A node whose data directory
+/// has no persisted epoch is new to the pair and takes `initial_role` (a new primary persists
+/// epoch 1 at once); a node with one never makes itself primary on its own: it starts as a
+/// standby, follows a primary of an equal or higher epoch, or waits to be promoted.
+fn replica_role(config: &Config, cores: usize) -> anyhow::Result<Option<ReplicaShared>> {
+    let replication = &config.replication;
+    if !replication.enabled() {
+        return Ok(None);
+    }
+    let data_dir = std::path::Path::new(&config.storage.dir);
+    let persisted = crate::replica::epoch::load(data_dir)?;
+    let (role, epoch) = match persisted {
+        Some(epoch) => (Role::Standby, epoch),
+        None => match replication.initial_role {
+            crate::config::InitialRole::Primary => {
+                crate::replica::epoch::store(data_dir, journal::INITIAL_EPOCH)?;
+                (Role::Primary, journal::INITIAL_EPOCH)
+            }
+            crate::config::InitialRole::Standby => (Role::Standby, journal::INITIAL_EPOCH),
+        },
+    };
+    tracing::info!(
+        node_id = replication.node_id,
+        role = role.name(),
+        epoch,
+        new_node = persisted.is_none(),
+        "replication: starting"
+    );
+    Ok(Some(ReplicaShared::new(
+        replication.clone(),
+        cores,
+        role,
+        epoch,
+    )))
 }
 
 /// Binds one listener per core on the configured address (the first picks the port when it is
@@ -361,6 +412,7 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
     let metrics = Arc::new(Metrics::new(Arc::clone(&control), Arc::clone(&mesh)));
     let webhooks = Arc::new(WebhookQueues::new(cores));
     reshard::reshard_if_needed(&config, &apps, cores, recovery, clock(&control))?;
+    let replica = replica_role(&config, cores)?.map(Arc::new);
     let epoch = rand::random::<u64>() % 9_000_000_000 + 1_000_000_000;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -381,6 +433,7 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
         let metrics = Arc::clone(&metrics);
         let ready = ready_sender.clone();
         let (config, apps) = (Arc::clone(&config), Arc::clone(&apps));
+        let replica = replica.clone();
         let cpu = (config.server.pin_threads && !cpus.is_empty()).then(|| cpus[core % cpus.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("ringcast-core-{core}"))
@@ -389,13 +442,15 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
                     core_affinity::set_for_current(cpu);
                 }
                 let fd = listener.into_raw_fd();
-                if let Err(error) = recover(&mut shard, &config, &apps, &control, recovery) {
+                let recovered =
+                    recover(&mut shard, &config, &apps, &control, recovery, replica.as_ref(), 1);
+                if let Err(error) = recovered {
                     // SAFETY: the listener is ours and no operation refers to it yet.
                     unsafe { libc::close(fd) };
                     let _ = ready.send(Err(format!("core {core}: {error:#}")));
                     return;
                 }
-                match CoreLoop::new(core, fd, shard, mesh, control, metrics, stop) {
+                match CoreLoop::new(core, fd, shard, mesh, control, metrics, stop, replica) {
                     Ok(mut core_loop) => {
                         let _ = ready.send(Ok(()));
                         core_loop.run();
@@ -415,6 +470,27 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
             Err(_) => anyhow::bail!("a core thread died while starting"),
         }
     }
+    // Every core has published where its stream ends: the link can say so to the peer.
+    let replica = match replica {
+        Some(shared) => {
+            let link = Arc::new(crate::replica::link::Link::new(
+                shared,
+                std::path::PathBuf::from(&config.storage.dir),
+                Arc::clone(&mesh),
+                Arc::clone(&control),
+                Arc::clone(&stop),
+            ));
+            let link_threads = crate::replica::link::start(Arc::clone(&link)).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot listen for replication on {}: {error}",
+                    config.replication.listen
+                )
+            })?;
+            threads.extend(link_threads);
+            Some(link)
+        }
+        None => None,
+    };
     Ok(Server {
         local_addr,
         cores,
@@ -425,6 +501,7 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
         metrics,
         webhooks,
         apps,
+        replica,
     })
 }
 
@@ -510,6 +587,8 @@ struct CoreLoop {
     /// are all counted (`ringcast_accept_errors_total`), but logged at most once per
     /// `ACCEPT_ERROR_LOG_INTERVAL_MS`.
     accept_error_log: Throttle,
+    /// The hot standby (`[replication]`): role changes fed to the shard, a standby's inputs.
+    replica: Option<follow::ReplicaCore>,
 }
 
 /// At most one log line per interval for a failure that repeats; the ones held back in between
@@ -553,6 +632,7 @@ impl CoreLoop {
         control: Arc<Control>,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
+        replica: Option<Arc<ReplicaShared>>,
     ) -> io::Result<CoreLoop> {
         // Deferred task work (`DEFER_TASKRUN`) measured no cheaper here, and with it
         // `websocket::ping_flood_without_reading_is_dropped` often ran into its 10 s write
@@ -594,6 +674,7 @@ impl CoreLoop {
             at_limit: false,
             limit_poll_armed: false,
             accept_error_log: Throttle::default(),
+            replica: replica.map(follow::ReplicaCore::new),
         };
         core_loop.arm_accept();
         core_loop.arm_doorbell();
@@ -670,6 +751,7 @@ impl CoreLoop {
             }
             self.buffers.publish();
             busy |= self.drain_mesh(now);
+            busy |= self.follow(now);
             if now.mono_ms >= self.next_sweep_ms {
                 self.sweep(now);
             }
@@ -810,6 +892,7 @@ impl CoreLoop {
     /// Feeds readiness and drain changes to the shard (two atomic loads per iteration, so a
     /// request right after start-up or a signal already sees the new state).
     fn feed_control(&mut self, now: Now) {
+        self.feed_replication(now);
         let ready = self.control.is_ready();
         if ready != self.fed_ready {
             self.fed_ready = ready;

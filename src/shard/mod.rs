@@ -35,7 +35,7 @@ pub use apps::Apps;
 pub use conn::{Conn, ConnIo, Phase};
 pub use history::{HistoryEvent, HistoryPage};
 pub use owner::{
-    Durable, Journal, JournalFailed, JournalFull, JournalStats, NoJournal, Owner, OwnerRecord,
+    Durable, ReplicaView, Journal, JournalFailed, JournalFull, JournalStats, NoJournal, Owner, OwnerRecord,
 };
 use rest::Query;
 
@@ -79,6 +79,10 @@ pub enum ControlEvent {
     Liveness { all_cores_alive: bool },
     /// A reloaded configuration (SIGHUP): apps and limits change, connections stay.
     Reload(Arc<Reload>),
+    /// The hot standby's view: whether this node is the primary (a standby refuses clients;
+    /// a primary that becomes a standby closes its clients with 4200 so they reconnect to the
+    /// new primary), and whether its standby is unavailable (`/readyz` says so).
+    Replication { primary: bool, standby_lost: bool },
 }
 
 /// The shard's view of the control plane, built only from `ControlEvent`s.
@@ -87,6 +91,9 @@ struct ControlView {
     ready: bool,
     drain_close_at_ms: Option<u64>,
     cores_alive: bool,
+    /// False on a standby (always true without replication).
+    primary: bool,
+    standby_lost: bool,
 }
 
 impl ControlView {
@@ -100,6 +107,8 @@ impl ControlView {
 }
 
 pub struct Shard {
+    /// The process's random epoch (socket ids, channel epochs of new channels).
+    process_epoch: u64,
     core: usize,
     cores: usize,
     config: Arc<Config>,
@@ -164,6 +173,7 @@ impl Shard {
             epoch,
         );
         Shard {
+            process_epoch: epoch,
             core,
             cores,
             config,
@@ -186,6 +196,8 @@ impl Shard {
                 ready: false,
                 drain_close_at_ms: None,
                 cores_alive: true,
+                primary: true,
+                standby_lost: false,
             },
             metrics,
             webhooks,
@@ -197,6 +209,11 @@ impl Shard {
             ws_partial_bytes: 0,
             evicting: false,
         }
+    }
+
+    /// The configuration and app table the shard runs with now (reloads replace them).
+    pub fn config_and_apps(&self) -> (Arc<Config>, Arc<Apps>) {
+        (Arc::clone(&self.config), Arc::clone(&self.apps))
     }
 
     pub fn core(&self) -> usize {
@@ -513,7 +530,11 @@ impl Shard {
     pub fn maintain_journal(&mut self, now: Now) -> Result<(), JournalFailed> {
         self.now = now;
         let cut = self.journal.retention_cut(now);
-        self.owner.carry_forward(cut, now, &mut *self.journal);
+        // A standby's stream is the primary's copy: it never appends records of its own (the
+        // primary carries its state forward, and that arrives as records too).
+        if self.control.primary {
+            self.owner.carry_forward(cut, now, &mut *self.journal);
+        }
         self.commit(now)?;
         let durable = self.journal.maintain(now, self.owner.needed_lsn())?;
         self.acknowledge(durable);
@@ -538,13 +559,35 @@ impl Shard {
     }
 
     fn acknowledge(&mut self, durable: Durable) {
-        self.owner.committed(durable.lsn, durable.durability);
+        self.owner.committed(durable);
         self.run_owner_effects();
     }
 
     /// Installs the WAL's group-commit buffer (before the first connection).
     pub fn set_journal(&mut self, journal: Box<dyn Journal + Send>) {
         self.journal = journal;
+    }
+
+    /// A standby whose stream is cut or wiped (a resync): the journal is flushed and handed
+    /// back, and the owner state starts empty, to be rebuilt by replaying what is left. Only on
+    /// a standby: it has no clients, so nothing is waiting on the owner.
+    ///
+    /// # Errors
+    ///
+    /// The journal could not be flushed.
+    pub fn reset_for_resync(&mut self, now: Now) -> Result<(), JournalFailed> {
+        assert!(!self.control.primary, "only a standby resyncs");
+        self.journal.flush(now)?;
+        self.journal = Box::new(NoJournal);
+        self.owner = Owner::new(
+            self.core,
+            self.cores,
+            Arc::clone(&self.config),
+            Arc::clone(&self.apps),
+            Arc::clone(&self.webhooks),
+            self.process_epoch,
+        );
+        Ok(())
     }
 
     /// Start-up: one WAL record of this core's stream, applied without effects.
@@ -555,6 +598,47 @@ impl Shard {
     /// Start-up: the replay is over (restored presence and positions get their grace).
     pub fn replayed(&mut self, now: Now) {
         self.owner.replayed(now);
+    }
+
+    /// Standby: records the primary wrote (whole encoded records, contiguous LSNs) are
+    /// appended to this core's stream verbatim and applied to the owner state without effects,
+    /// as a replay does. The tick's commit writes (and syncs) them like any other records.
+    ///
+    /// # Errors
+    ///
+    /// The journal refused or failed: the standby must not acknowledge anything after it.
+    pub fn apply_replicated(&mut self, mut bytes: &[u8], now: Now) -> Result<u64, JournalFailed> {
+        self.now = now;
+        let mut applied = 0;
+        while !bytes.is_empty() {
+            let len = match crate::wal::record::frame(bytes) {
+                Ok((header, _)) => header.len as usize,
+                Err(error) => {
+                    return Err(JournalFailed(format!("bad replicated record: {error}")));
+                }
+            };
+            let (raw, rest) = bytes.split_at(len);
+            if let Some((record, lsn)) = self.journal.append_replicated(raw)? {
+                self.owner.replay(record, lsn, now);
+            }
+            applied += 1;
+            bytes = rest;
+        }
+        Ok(applied)
+    }
+
+    /// Promotion: this core's stream enters `epoch` (its `EpochStart` written and synced), and
+    /// the state the standby applied gets the grace a restart gives (presence members are
+    /// tentative until they reconnect or the grace ends).
+    ///
+    /// # Errors
+    ///
+    /// The `EpochStart` could not be persisted.
+    pub fn promote(&mut self, epoch: u64, node_id: &str, now: Now) -> Result<(), JournalFailed> {
+        self.now = now;
+        self.journal.start_epoch(epoch, node_id, now)?;
+        self.owner.replayed(now);
+        Ok(())
     }
 
     /// Periodic sweep: request deadlines, activity pings, pong timeouts, close lingers.
@@ -638,7 +722,9 @@ impl Shard {
             self.evict_some(limits::TIMER_SWEEP_INTERVAL_MS);
         }
         self.sweeps += 1;
-        self.owner.tick(now, self.sweeps, &mut *self.journal);
+        if self.control.primary {
+            self.owner.tick(now, self.sweeps, &mut *self.journal);
+        }
         self.run_owner_effects();
     }
 
@@ -790,7 +876,42 @@ impl Shard {
                 self.control.cores_alive = all_cores_alive;
             }
             ControlEvent::Reload(reload) => self.apply_reload(&reload),
+            ControlEvent::Replication {
+                primary,
+                standby_lost,
+            } => {
+                let stepped_down = self.control.primary && !primary;
+                self.control.primary = primary;
+                self.control.standby_lost = standby_lost;
+                if stepped_down {
+                    self.close_clients_for_new_primary();
+                }
+            }
         }
+    }
+
+    /// This node stopped being the primary: every WebSocket client is closed with 4200 (they
+    /// reconnect at once, through the load balancer, to the new primary), idle HTTP connections
+    /// are closed.
+    fn close_clients_for_new_primary(&mut self) {
+        let keys: Vec<u32> = self.conns.iter().map(|(key, _)| key as u32).collect();
+        for key in keys {
+            if self.conns[key as usize].dead {
+                continue;
+            }
+            match self.conns[key as usize].phase {
+                Phase::WebSocket(_) => {
+                    self.close_ws(key, crate::protocol::close_code::SERVER_CLOSING, true)
+                }
+                Phase::Http { awaiting: None, .. } => self.begin_close(key),
+                Phase::Http { .. } => {}
+            }
+        }
+    }
+
+    /// Whether this node serves clients (false on a standby).
+    pub fn is_primary(&self) -> bool {
+        self.control.primary
     }
 
     /// Applies a reloaded configuration: apps and limits change, connections stay, except the

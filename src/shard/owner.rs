@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::Now;
 use super::apps::Apps;
 use super::history::{Histories, HistoryEvent, HistoryLimits, Missed};
-use crate::config::Config;
+use crate::config::{AckMode, Config, StandbyLoss};
 use crate::limits;
 use crate::mesh::message::{
     AckOutcome, ChannelInfo, ChannelSummary, Durability, Member, PublishCommand, PublishRefusal,
@@ -105,11 +105,25 @@ impl PartialEq for PublishCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalFull;
 
-/// How far the journal is durable after a commit: every record up to `lsn`, at `durability`.
+/// How far the journal is durable after a commit: every record up to `lsn`, at `durability`
+/// locally, and how far the standby has it (None: no standby configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Durable {
     pub lsn: u64,
     pub durability: Durability,
+    pub replica: Option<ReplicaView>,
+}
+
+/// The standby's acknowledged positions in this core's stream, as last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaView {
+    /// Every record up to here is in the standby's WAL file.
+    pub received_lsn: u64,
+    /// Every record up to here is fsynced by the standby.
+    pub durable_lsn: u64,
+    /// The standby has been unreachable for longer than `standby_timeout_ms` (or this node is
+    /// not the primary): publishes waiting for it follow `on_standby_loss` at once.
+    pub lost: bool,
 }
 
 /// The journal could not persist what it was given (a write or sync error): nothing may be
@@ -162,6 +176,20 @@ pub trait Journal {
     fn stats(&self) -> JournalStats {
         JournalStats::default()
     }
+    /// Standby: appends one record the primary wrote, its bytes verbatim (same LSN, same
+    /// epoch), and returns it as an owner record to apply with its LSN (None for records that
+    /// carry no owner state).
+    fn append_replicated(
+        &mut self,
+        _raw: &[u8],
+    ) -> Result<Option<(OwnerRecord, u64)>, JournalFailed> {
+        Err(JournalFailed("this journal cannot follow a primary".into()))
+    }
+    /// Promotion: records from now on carry `epoch`; the first is its `EpochStart`, written
+    /// and synced before this returns.
+    fn start_epoch(&mut self, _epoch: u64, _node_id: &str, _now: Now) -> Result<(), JournalFailed> {
+        Err(JournalFailed("this journal has no epochs".into()))
+    }
 }
 
 /// Where a journal's stream stands (metrics; all 0 without a WAL).
@@ -196,6 +224,7 @@ impl Journal for NoJournal {
         Ok(Durable {
             lsn: 0,
             durability: Durability::Memory,
+            replica: None,
         })
     }
 
@@ -304,6 +333,41 @@ struct PendingAck {
     to: usize,
     query: QueryRef,
     lsn: u64,
+    ack: AckMode,
+    /// Monotonic ms when it started waiting (the standby gets `standby_timeout_ms`).
+    since_ms: u64,
+}
+
+/// What a waiting barrier is answered now, if anything: records first reach the local WAL,
+/// then (for `replica` and `replica-durable`) the standby.
+fn ack_outcome(
+    ack: &PendingAck,
+    durable: &Durable,
+    now_ms: u64,
+    timeout_ms: u64,
+    policy: StandbyLoss,
+) -> Option<AckOutcome> {
+    if ack.lsn > durable.lsn {
+        return None;
+    }
+    let (Some(replica), AckMode::Replica | AckMode::ReplicaDurable) = (durable.replica, ack.ack)
+    else {
+        return Some(AckOutcome::Durable(durable.durability));
+    };
+    let (reached, level) = match ack.ack {
+        AckMode::ReplicaDurable => (replica.durable_lsn, Durability::ReplicaDurable),
+        _ => (replica.received_lsn, Durability::ReplicaReceived),
+    };
+    if ack.lsn <= reached {
+        return Some(AckOutcome::Durable(level));
+    }
+    if !replica.lost && now_ms.saturating_sub(ack.since_ms) < timeout_ms {
+        return None;
+    }
+    Some(match policy {
+        StandbyLoss::Degrade => AckOutcome::Durable(durable.durability.degraded()),
+        StandbyLoss::Reject => AckOutcome::Refused(PublishRefusal::StandbyUnavailable),
+    })
 }
 
 pub struct Owner {
@@ -414,7 +478,7 @@ impl Owner {
                 frame,
                 published_us,
             } => self.fan_out(&channel, &frame, None, published_us),
-            ShardMessage::Barrier { query } => self.barrier(from, query, journal),
+            ShardMessage::Barrier { query, ack } => self.barrier(from, query, ack, journal),
             ShardMessage::ListChannels { query, app, prefix } => {
                 let channels = self.owned_channels(app, &prefix);
                 self.emit(from, ShardMessage::ChannelList { query, channels });
@@ -788,7 +852,7 @@ impl Owner {
 
     /// A barrier from `from`: answered once the records before it are durable, or at once with
     /// the refusal when one of its publishes was refused.
-    fn barrier(&mut self, from: usize, query: QueryRef, journal: &mut dyn Journal) {
+    fn barrier(&mut self, from: usize, query: QueryRef, ack: AckMode, journal: &mut dyn Journal) {
         if let Some(refusal) = self.refused[from].take() {
             let outcome = AckOutcome::Refused(refusal);
             self.emit(from, ShardMessage::BarrierAck { query, outcome });
@@ -807,18 +871,26 @@ impl Owner {
             to: from,
             query,
             lsn: journal.appended_lsn(),
+            ack,
+            since_ms: self.now.mono_ms,
         });
     }
 
-    /// The driver committed the journal: every barrier whose records are at or below
-    /// `durable_lsn` is answered with `durability`.
-    pub fn committed(&mut self, durable_lsn: u64, durability: Durability) {
-        while let Some(ack) = self.acks.front() {
-            if ack.lsn > durable_lsn {
-                break;
-            }
-            let ack = self.acks.pop_front().expect("front exists");
-            let outcome = AckOutcome::Durable(durability);
+    /// The driver committed the journal (or the standby acknowledged more): every barrier
+    /// whose records reached what its app asked for is answered. One waiting for a standby
+    /// that is lost, or for longer than `standby_timeout_ms`, follows `on_standby_loss`.
+    pub fn committed(&mut self, durable: Durable) {
+        let timeout_ms = self.config.replication.standby_timeout_ms;
+        let policy = self.config.replication.on_standby_loss;
+        let mut index = 0;
+        while index < self.acks.len() {
+            let ack = &self.acks[index];
+            let outcome = ack_outcome(ack, &durable, self.now.mono_ms, timeout_ms, policy);
+            let Some(outcome) = outcome else {
+                index += 1;
+                continue;
+            };
+            let ack = self.acks.remove(index).expect("index in range");
             self.emit(
                 ack.to,
                 ShardMessage::BarrierAck {

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::Shard;
 use super::conn::Phase;
+use crate::config::AckMode;
 use crate::http::request::{self, Method, Parsed, Request};
 use crate::http::rest::{self, EventLimits, TriggerEvent};
 use crate::http::{response, signature};
@@ -156,6 +157,20 @@ impl Shard {
     }
 
     fn handle_request(&mut self, key: u32, request: Request, leftover: Vec<u8>) {
+        if !self.control.primary && !matches!(request.path.as_str(), "/" | "/healthz" | "/readyz")
+        {
+            // A standby serves no client: pusher-js and the load balancer go to the primary.
+            self.endpoint = endpoint_of(&request.path);
+            self.core_metrics()
+                .reject(crate::metrics::REJECT_STANDBY_ROLE);
+            let body = json!({
+                "error": "This node is a standby: it serves no clients until it is promoted",
+                "role": "standby",
+            })
+            .to_string();
+            let retry = [("Retry-After", "1")];
+            return self.respond(key, 503, "application/json", body.as_bytes(), false, &retry);
+        }
         if handshake::is_upgrade(&header_refs(&request)) {
             self.endpoint = Endpoint::Upgrade;
             self.upgrade(key, &request, leftover);
@@ -212,7 +227,9 @@ impl Shard {
             (Method::Get | Method::Head, "/readyz") => {
                 // Not ready: starting, draining, or unable to persist publishes (a full WAL
                 // disk: subscribers are still served, publishes get 503 until space is back).
-                let not_ready: Option<&[u8]> = if self.control.is_draining() {
+                let not_ready: Option<&[u8]> = if !self.control.primary {
+                    Some(b"standby: serves no clients until promoted")
+                } else if self.control.is_draining() {
                     Some(b"draining")
                 } else if !self.control.is_ready() {
                     Some(b"starting")
@@ -221,8 +238,17 @@ impl Shard {
                 } else {
                     None
                 };
+                let ready: &[u8] = match self.config.replication.on_standby_loss {
+                    _ if !self.control.standby_lost => b"ready",
+                    crate::config::StandbyLoss::Degrade => {
+                        b"ready; degraded: the standby is unavailable, publishes are acknowledged from the local WAL"
+                    }
+                    crate::config::StandbyLoss::Reject => {
+                        b"ready; degraded: the standby is unavailable, publishes that need it get 503"
+                    }
+                };
                 match not_ready {
-                    None => self.respond(key, 200, "text/plain", b"ready", keep_alive, &[]),
+                    None => self.respond(key, 200, "text/plain", ready, keep_alive, &[]),
                     Some(body) => self.respond(key, 503, "text/plain", body, keep_alive, &[]),
                 }
             }
@@ -462,7 +488,8 @@ impl Shard {
             return;
         };
         for owner in owners {
-            self.send_to_core(owner, ShardMessage::Barrier { query });
+            let ack = self.ack_mode(app);
+            self.send_to_core(owner, ShardMessage::Barrier { query, ack });
         }
         for (index, name) in channels.iter().enumerate() {
             self.describe(query, index as u32, ChannelKey::new(app, name), false);
@@ -511,6 +538,18 @@ impl Shard {
         }
         self.terminate_user(app, &user_id);
         self.respond(key, 200, "application/json", b"{}", keep_alive, &[]);
+    }
+
+    /// What a publish of `app` waits for: its `ack`, else `[replication] ack`; `Local` when
+    /// no standby is configured.
+    fn ack_mode(&self, app: u32) -> AckMode {
+        if !self.config.replication.enabled() {
+            return AckMode::Local;
+        }
+        self.apps
+            .get(app)
+            .ack
+            .unwrap_or(self.config.replication.ack)
     }
 
     fn new_query(
@@ -866,6 +905,14 @@ impl Shard {
             Err(PublishRefusal::Busy) => {
                 let retry = [("Retry-After", "1")];
                 let message = "Server is busy, retry shortly";
+                self.respond_error(key, 503, message, pending.keep_alive, &retry);
+            }
+            Err(PublishRefusal::StandbyUnavailable) => {
+                self.core_metrics()
+                    .reject(crate::metrics::REJECT_STANDBY_UNAVAILABLE);
+                let message = "The standby is unavailable and this app's publishes need it \
+                               (on_standby_loss = \"reject\"); retry later";
+                let retry = [("Retry-After", "1")];
                 self.respond_error(key, 503, message, pending.keep_alive, &retry);
             }
             Err(PublishRefusal::StorageFull) => {

@@ -1,0 +1,175 @@
+//! The replication link's threads and what they share: `Link` (the node's shared state, its
+//! data directory, the mesh to wake cores, the clock), `start` (the listener, which serves the
+//! WAL streams while this node is the primary and watches the standby's availability, and the
+//! dialer, which follows the peer while this node is a standby), the handshake shared by both
+//! sides, and stepping down. Sockets are blocking, on these threads only; the cores are reached
+//! through `ReplicaShared` (positions, inbound queues) and the mesh's doorbells.
+
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_utils::sync::Parker;
+
+use super::shared::{ReplicaShared, Role};
+use super::wire::Wire;
+use crate::control::Control;
+use crate::limits;
+use crate::mesh::Mesh;
+
+/// Everything a link thread needs.
+pub struct Link {
+    pub shared: Arc<ReplicaShared>,
+    pub data_dir: PathBuf,
+    pub mesh: Arc<Mesh>,
+    pub control: Arc<Control>,
+    pub stop: Arc<AtomicBool>,
+    /// Bumped whenever a session starts or must end: a session's threads exit once it moved.
+    pub session: AtomicU64,
+    /// A promotion is under way: the dialer does not reconnect.
+    pub promoting: AtomicBool,
+    /// The socket of the standby's current session (a promotion shuts it down).
+    pub following: Mutex<Option<TcpStream>>,
+    /// The writer of the current session waits here for positions to move.
+    pub parker: Mutex<Parker>,
+    /// Per stream: the LSN after the last record handed to this (standby) node's core.
+    pub queued_through: Box<[AtomicU64]>,
+    /// Per stream: the epoch of the last record handed to the core.
+    pub queued_epoch: Box<[AtomicU64]>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    pub fn new(
+        shared: Arc<ReplicaShared>,
+        data_dir: PathBuf,
+        mesh: Arc<Mesh>,
+        control: Arc<Control>,
+        stop: Arc<AtomicBool>,
+    ) -> Link {
+        let parker = shared.take_parker().expect("one link per process");
+        let streams = shared.streams.len();
+        let queued_through = (0..streams)
+            .map(|stream| AtomicU64::new(shared.streams[stream].written.load(Ordering::Acquire)))
+            .collect();
+        let queued_epoch = (0..streams)
+            .map(|stream| AtomicU64::new(shared.streams[stream].last_epoch.load(Ordering::Acquire)))
+            .collect();
+        Link {
+            shared,
+            data_dir,
+            mesh,
+            control,
+            stop,
+            session: AtomicU64::new(0),
+            promoting: AtomicBool::new(false),
+            following: Mutex::new(None),
+            parker: Mutex::new(parker),
+            queued_through,
+            queued_epoch,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.control.now_ms()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Ends the current session (its threads notice and exit).
+    pub fn end_session(&self) {
+        self.session.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut following) = self.following.lock()
+            && let Some(stream) = following.take()
+        {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.shared.wake_link();
+    }
+
+    /// Wakes every core (positions moved, or the standby's availability changed).
+    pub fn ring_cores(&self) {
+        for core in 0..self.mesh.cores() {
+            self.mesh.ring(core);
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(limits::REPL_IO_TIMEOUT_MS)
+    }
+
+    /// This node saw a higher epoch while primary: it stops serving clients at once (cores
+    /// close them with 4200), persists the epoch, and follows the peer as a standby.
+    pub fn step_down(&self, epoch: u64) {
+        if self.shared.role() != Role::Primary {
+            return;
+        }
+        tracing::warn!(
+            epoch,
+            own = self.shared.epoch(),
+            "replication: a peer holds a higher epoch; stepping down to standby"
+        );
+        self.shared.set_role(Role::Standby);
+        self.shared.set_standby_lost(true);
+        if let Err(error) = super::epoch::store(&self.data_dir, epoch) {
+            tracing::error!(%error, "replication: cannot persist the higher epoch");
+        }
+        self.shared.raise_epoch(epoch);
+        self.end_session();
+        self.ring_cores();
+    }
+}
+
+/// Starts the listener and the dialer.
+///
+/// # Errors
+///
+/// `[replication] listen` cannot be bound.
+pub fn start(link: Arc<Link>) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let listener = TcpListener::bind(&link.shared.config.listen)?;
+    listener.set_nonblocking(true)?;
+    tracing::info!(listen = %listener.local_addr()?, "replication: listening");
+    let serving = Arc::clone(&link);
+    let listen = std::thread::Builder::new()
+        .name("ringcast-repl-listen".into())
+        .spawn(move || super::serve::listen(&serving, &listener))?;
+    let dialing = Arc::clone(&link);
+    let dial = std::thread::Builder::new()
+        .name("ringcast-repl-dial".into())
+        .spawn(move || super::dial::run(&dialing))?;
+    Ok(vec![listen, dial])
+}
+
+/// Connects to `address` (`host:port`) within the link's timeout.
+pub fn connect(address: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::other(format!("{address}: no address"));
+    for addr in address.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
+}
+
+/// A fresh nonce for the handshake.
+pub fn nonce() -> [u8; 16] {
+    rand::random()
+}
+
+/// Makes a `Wire` for a new connection.
+pub fn wire(stream: TcpStream, link: &Link) -> std::io::Result<Wire> {
+    Wire::new(stream, link.timeout())
+}

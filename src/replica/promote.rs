@@ -1,0 +1,145 @@
+//! Promotion of a standby (`POST /replication/promote`, `ringcast promote`), and the JSON the
+//! admin endpoint shows (`GET /replication`). A promotion stops following, persists epoch + 1,
+//! has every core write `EpochStart` for it (after the records already queued), and only then
+//! turns the node into the primary. It refuses (409) while a live primary is still connected,
+//! unless forced: two primaries of one pair must never be made on purpose.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::link::Link;
+use super::shared::{CoreInput, Role};
+use crate::limits;
+
+/// Why a promotion was refused: an HTTP status and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+fn refused(status: u16, message: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        message: message.into(),
+    }
+}
+
+/// Promotes this standby. Returns the node's new state.
+///
+/// # Errors
+///
+/// 409 when it is the primary already, or still connected to a live primary and not
+/// `force`d; 500 when the new epoch cannot be persisted or a core does not take it in time.
+pub fn promote(link: &Arc<Link>, force: bool) -> Result<Value, Refused> {
+    let shared = &link.shared;
+    if shared.role() == Role::Primary {
+        return Err(refused(409, "this node is the primary already"));
+    }
+    let heard = shared.heard_ms.load(Ordering::Acquire);
+    let live = shared.link_up()
+        && link.now_ms().saturating_sub(heard) < shared.config.standby_timeout_ms;
+    if live && !force {
+        return Err(refused(
+            409,
+            "this standby is connected to a live primary; promote with force=true only if that primary is fenced",
+        ));
+    }
+    if link.promoting.swap(true, Ordering::AcqRel) {
+        return Err(refused(409, "a promotion is under way"));
+    }
+    let result = carry_out(link);
+    link.promoting.store(false, Ordering::Release);
+    result
+}
+
+fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
+    let shared = &link.shared;
+    let started_ms = link.now_ms();
+    link.end_session();
+    let epoch = shared.epoch() + 1;
+    super::epoch::store(&link.data_dir, epoch)
+        .map_err(|error| refused(500, format!("cannot persist epoch {epoch}: {error}")))?;
+    shared.raise_epoch(epoch);
+    let before: Vec<u64> = shared
+        .streams
+        .iter()
+        .map(|slot| slot.done.load(Ordering::Acquire))
+        .collect();
+    for core in 0..shared.streams.len() {
+        let mut input = CoreInput::Promote { epoch };
+        while let Err(back) = shared.streams[core].inbound.push(input) {
+            input = back;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        link.mesh.ring(core);
+    }
+    let deadline = started_ms + limits::REPL_PROMOTE_WAIT_MS;
+    for (core, before) in before.into_iter().enumerate() {
+        while shared.streams[core].done.load(Ordering::Acquire) == before {
+            if link.now_ms() > deadline {
+                return Err(refused(500, format!("core {core} did not enter epoch {epoch}")));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    for slot in shared.streams.iter() {
+        slot.peer_received.store(0, Ordering::Release);
+        slot.peer_durable.store(0, Ordering::Release);
+    }
+    // No standby yet: publishes that want one follow `on_standby_loss` at once.
+    shared.heard_ms.store(0, Ordering::Release);
+    shared.set_standby_lost(true);
+    shared.set_link_up(false);
+    shared.set_role(Role::Primary);
+    shared.promotions.fetch_add(1, Ordering::Relaxed);
+    link.ring_cores();
+    let took_ms = link.now_ms() - started_ms;
+    tracing::warn!(epoch, took_ms, "replication: promoted to primary");
+    Ok(json!({ "role": "primary", "epoch": epoch, "took_ms": took_ms }))
+}
+
+/// `GET /replication`.
+pub fn status(link: &Link) -> Value {
+    let shared = &link.shared;
+    let heard = shared.heard_ms.load(Ordering::Acquire);
+    let since_heard_ms = (heard != 0).then(|| link.now_ms().saturating_sub(heard));
+    let streams: Vec<Value> = shared
+        .streams
+        .iter()
+        .enumerate()
+        .map(|(core, slot)| {
+            json!({
+                "stream": crate::wal::core_stream(core),
+                "written_lsn": slot.written.load(Ordering::Acquire),
+                "synced_lsn": slot.synced.load(Ordering::Acquire),
+                "standby_received_lsn": slot.peer_received.load(Ordering::Acquire),
+                "standby_durable_lsn": slot.peer_durable.load(Ordering::Acquire),
+            })
+        })
+        .collect();
+    json!({
+        "role": shared.role().name(),
+        "node_id": shared.config.node_id,
+        "cluster": shared.config.cluster,
+        "epoch": shared.epoch(),
+        "peer": shared.config.peer,
+        "peer_connected": shared.link_up(),
+        "in_sync": shared.in_sync(),
+        "lag_records": shared.lag_records.load(Ordering::Relaxed),
+        "lag_ms": shared.lag_ms.load(Ordering::Relaxed),
+        "standby_lost": shared.role() == Role::Primary && shared.standby_lost(),
+        "on_standby_loss": shared.config.on_standby_loss,
+        "ack": shared.config.ack,
+        "ms_since_peer_heard": since_heard_ms,
+        "promotions": shared.promotions.load(Ordering::Relaxed),
+        "resyncs": {
+            "partial": shared.resyncs_partial.load(Ordering::Relaxed),
+            "full": shared.resyncs_full.load(Ordering::Relaxed),
+        },
+        "streams": streams,
+    })
+}

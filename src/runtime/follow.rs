@@ -1,0 +1,143 @@
+//! A core's side of the hot standby: the role and standby state fed to the shard as
+//! `ControlEvent::Replication` when they change, and, on a standby, the link's inputs carried
+//! out on the core that owns the stream (records appended verbatim and applied, promotion).
+//! It reads `ReplicaShared` (atomics and the core's bounded inbound queue) and never touches a
+//! replication socket or another core's stream.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::CoreLoop;
+use crate::replica::{CoreInput, ReplicaShared, Role};
+use crate::shard::{ControlEvent, Now};
+use crate::wal::{self, FsStorage, RecoveryMode};
+
+/// Inputs a standby core carries out per loop iteration at most (the rest wait in its queue).
+const INPUTS_PER_ITERATION: usize = 16;
+
+/// What the core last fed the shard about replication.
+#[derive(Debug)]
+pub(super) struct ReplicaCore {
+    shared: Arc<ReplicaShared>,
+    fed_primary: bool,
+    fed_standby_lost: bool,
+    /// A rewind that waits for the WAL sync in flight (it replaces the stream's writer).
+    deferred: Option<CoreInput>,
+}
+
+impl ReplicaCore {
+    pub(super) fn new(shared: Arc<ReplicaShared>) -> ReplicaCore {
+        ReplicaCore {
+            shared,
+            // The shard starts as a primary: the first feed tells a standby otherwise.
+            fed_primary: true,
+            fed_standby_lost: false,
+            deferred: None,
+        }
+    }
+}
+
+impl CoreLoop {
+    /// Feeds a change of role or of the standby's availability to the shard.
+    pub(super) fn feed_replication(&mut self, now: Now) {
+        let Some(replica) = &mut self.replica else {
+            return;
+        };
+        let primary = replica.shared.role() == Role::Primary;
+        let standby_lost = primary && replica.shared.standby_lost();
+        if (primary, standby_lost) == (replica.fed_primary, replica.fed_standby_lost) {
+            return;
+        }
+        replica.fed_primary = primary;
+        replica.fed_standby_lost = standby_lost;
+        if standby_lost {
+            tracing::warn!(core = self.core, "the standby is unavailable: publishes follow `on_standby_loss`");
+        }
+        self.shard.on_control(
+            ControlEvent::Replication {
+                primary,
+                standby_lost,
+            },
+            now,
+        );
+    }
+
+    /// Standby: carries out what the link queued for this core. Returns whether it did
+    /// anything.
+    pub(super) fn follow(&mut self, now: Now) -> bool {
+        let Some(replica) = &self.replica else {
+            return false;
+        };
+        let shared = Arc::clone(&replica.shared);
+        let slot = &shared.streams[self.core];
+        let mut any = false;
+        for _ in 0..INPUTS_PER_ITERATION {
+            let deferred = self.replica.as_mut().and_then(|replica| replica.deferred.take());
+            let Some(input) = deferred.or_else(|| slot.inbound.pop()) else {
+                break;
+            };
+            any = true;
+            match input {
+                CoreInput::Records(bytes) => {
+                    let applied = self.shard.apply_replicated(&bytes, now).map(|_| ());
+                    self.exit_if_failed(applied);
+                }
+                CoreInput::Promote { epoch } => {
+                    let promoted = self.shard.promote(epoch, &shared.config.node_id, now);
+                    self.exit_if_failed(promoted);
+                    tracing::info!(core = self.core, epoch, "promoted: this core's stream entered the new epoch");
+                    slot.done.fetch_add(1, Ordering::AcqRel);
+                }
+                input @ CoreInput::Rewind { .. } if self.wal_sync_in_flight => {
+                    if let Some(replica) = &mut self.replica {
+                        replica.deferred = Some(input);
+                    }
+                    break;
+                }
+                CoreInput::Rewind {
+                    keep_through,
+                    wipe,
+                    divergent_file,
+                } => {
+                    let rewound = self
+                        .rewind(&shared, keep_through, wipe, &divergent_file, now)
+                        .map_err(|error| crate::shard::JournalFailed(format!("{error:#}")));
+                    self.exit_if_failed(rewound);
+                    slot.done.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+        any
+    }
+
+    /// The primary's plan for this standby's stream: cut it after `keep_through` (the suffix
+    /// goes to `divergent_file`) or wipe it, then rebuild the owner state from what is left.
+    fn rewind(
+        &mut self,
+        shared: &Arc<ReplicaShared>,
+        keep_through: u64,
+        wipe: bool,
+        divergent_file: &std::path::Path,
+        now: Now,
+    ) -> anyhow::Result<()> {
+        self.shard.reset_for_resync(now)?;
+        let (config, apps) = self.shard.config_and_apps();
+        let stream = wal::core_stream(self.core);
+        let dir = wal::stream_dir(std::path::Path::new(&config.storage.dir), &stream);
+        if wipe {
+            wal::wipe(&FsStorage, &dir)?;
+            tracing::warn!(core = self.core, next_lsn = keep_through + 1, "replication: full resync; the stream starts over");
+        } else {
+            let moved = wal::truncate_after(&FsStorage, &dir, &stream, keep_through, divergent_file)?;
+            tracing::warn!(
+                core = self.core,
+                keep_through,
+                moved,
+                file = %divergent_file.display(),
+                "replication: divergent records moved aside; following the new primary"
+            );
+        }
+        let mode = RecoveryMode::Strict;
+        super::recover(&mut self.shard, &config, &apps, &self.control, mode, Some(shared), keep_through + 1)
+    }
+}
