@@ -25,9 +25,11 @@
 
 pub mod inspect;
 pub mod record;
+pub mod resync;
 pub mod segment;
 pub mod storage;
 pub mod stream;
+pub mod tail;
 
 #[cfg(test)]
 mod proptests;
@@ -35,11 +37,13 @@ mod proptests;
 use std::path::{Path, PathBuf};
 
 pub use record::{DecodeError, Header, Kind, Record};
+pub use resync::{truncate_after, wipe};
 pub use storage::{Fault, FaultRates, FaultyStorage, FsStorage, MemStorage, Storage, StorageFile};
 pub use stream::{
     AppendError, CommitResult, Now, Poisoned, Recovery, RecoveryError, RecoveryMode, Removed,
     StreamScan, WalOptions, WalWriter, scan_stream,
 };
+pub use tail::{Tail, TailError, first_retained_lsn};
 
 /// The stream of the webhook outbox.
 pub const WEBHOOKS_STREAM: &str = "webhooks";

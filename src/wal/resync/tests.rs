@@ -1,0 +1,1 @@
+//! Tests of `truncate_after` and `wipe`.
