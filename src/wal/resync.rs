@@ -61,7 +61,9 @@ pub fn truncate_after(
         .filter(|info| info.last_lsn.is_some_and(|last| last > after_lsn))
         .collect();
     let copied = copy_suffix(storage, dir, stream, &divergent, after_lsn, divergent_file)?;
-    assert_eq!(copied.records, last_lsn - after_lsn);
+    let first_lsn = scan.first_lsn.expect("a stream with a last record has a first");
+    assert_eq!(copied.records, last_lsn - after_lsn.max(first_lsn - 1));
+    assert_eq!(copied.cut.is_none(), after_lsn < first_lsn);
     // From the end backwards, so that a crash in between leaves a prefix of the stream.
     for (first_lsn, name) in segments.iter().rev() {
         if *first_lsn <= after_lsn {

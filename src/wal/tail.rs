@@ -413,4 +413,4 @@ pub fn first_retained_lsn(storage: &dyn Storage, dir: &Path) -> io::Result<Optio
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -97,7 +97,7 @@ pub(crate) fn split(mut bytes: &[u8]) -> Vec<&[u8]> {
 /// Record sizes that cross segment ends at many offsets, with a few larger than one tail read
 /// (and than a segment).
 fn size_of(n: u64) -> usize {
-    if n % 97 == 0 {
+    if n.is_multiple_of(97) {
         limits::WAL_TAIL_READ_BYTES + 5_000
     } else {
         (n * 37 % 900) as usize + 1
@@ -129,7 +129,7 @@ fn a_tail_gets_every_record_once_while_the_writer_rotates() {
         std::thread::spawn(move || {
             for n in 1..=total {
                 writer.append(&publish(&data(n, size_of(n)), n)).unwrap();
-                if n % 7 == 0 || n == total {
+                if n.is_multiple_of(7) || n == total {
                     let result = writer.commit(at(n)).unwrap();
                     published.store(result.written_lsn, Ordering::Release);
                 }
@@ -190,7 +190,7 @@ fn two_epochs(storage: &Arc<dyn Storage>, total: u64) -> WalWriter {
             writer.append(&start).unwrap();
         }
         writer.append(&publish(&data(n, size_of(n)), n)).unwrap();
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             writer.commit(at(n)).unwrap();
         }
     }
@@ -247,7 +247,7 @@ fn append_encoded_copies_a_stream_and_refuses_what_does_not_follow() {
             assert!(matches!(refuse(&mut copy, &[]), AppendError::BadRecord(_)));
         }
         assert_eq!(copy.append_encoded(one).unwrap(), lsn);
-        if lsn % 11 == 0 {
+        if lsn.is_multiple_of(11) {
             copy.commit(at(lsn)).unwrap();
         }
     }
