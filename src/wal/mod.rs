@@ -9,8 +9,11 @@
 //! naming, and the scanner that classifies a segment's end, sans-IO), `storage.rs` (the
 //! `Storage` seam: real files, an in-memory disk with a page cache, fault injection),
 //! `stream.rs` (`WalWriter`: append, group commit, fsync policy, rotation with space reserved
-//! ahead, retention, poisoning; opening is recovery), `inspect.rs` (`ringcast wal inspect`,
-//! `verify`, `dump`: read-only).
+//! ahead, retention, poisoning; opening is recovery; `append_encoded` and `open_at` for a
+//! standby's copy), `tail.rs` (`Tail`: reads a stream's raw records while its writer appends,
+//! for shipping them to a standby), `resync.rs` (`truncate_after` and `wipe`: cutting a closed
+//! stream for replication), `inspect.rs` (`ringcast wal inspect`, `verify`, `dump`:
+//! read-only).
 //!
 //! On disk:
 //!

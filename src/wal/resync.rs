@@ -61,7 +61,9 @@ pub fn truncate_after(
         .filter(|info| info.last_lsn.is_some_and(|last| last > after_lsn))
         .collect();
     let copied = copy_suffix(storage, dir, stream, &divergent, after_lsn, divergent_file)?;
-    let first_lsn = scan.first_lsn.expect("a stream with a last record has a first");
+    let first_lsn = scan
+        .first_lsn
+        .expect("a stream with a last record has a first");
     assert_eq!(copied.records, last_lsn - after_lsn.max(first_lsn - 1));
     assert_eq!(copied.cut.is_none(), after_lsn < first_lsn);
     // From the end backwards, so that a crash in between leaves a prefix of the stream.
@@ -108,7 +110,9 @@ fn copy_suffix<'a>(
     after_lsn: u64,
     divergent_file: &Path,
 ) -> Result<Copied<'a>, RecoveryError> {
-    let parent = divergent_file.parent().unwrap_or(Path::new("."));
+    let parent = (divergent_file.parent())
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     storage
         .create_dir_all(parent)
         .map_err(io_error("create directory", parent))?;

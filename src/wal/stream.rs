@@ -6,6 +6,13 @@
 //! must not interpret records (that is the caller's replay) and must not read a clock (time is
 //! passed in as `Now`). All file IO goes through `Storage`.
 //!
+//! For a hot standby (issue 13): `append_encoded` appends a record another writer encoded
+//! (the primary's, read with `Tail`), byte for byte, keeping its LSN and epoch, so the copy
+//! recovers exactly as the original; the writer's epoch rises to the highest epoch appended
+//! and records never go below the highest epoch already in the stream. `open_at` opens a
+//! stream that is empty (after `wipe`, a full resync) starting at a given LSN; the first LSN
+//! of an empty stream lives in the name of its empty segment, which `open` keeps.
+//!
 //! Positions, in order: `appended_lsn() >= written_lsn() >= synced_lsn()`: appended (encoded in
 //! the buffer, in memory only), written (handed to the kernel: survives a process crash),
 //! synced (`fdatasync`ed: survives a power loss).
@@ -19,8 +26,10 @@
 //!   preallocated when the current one is 3/4 full, so `append` refuses (`Full`, nothing
 //!   appended) when a record fits neither in the current segment's reserved space nor in a
 //!   next segment. `retry_space` tries again at most every `WAL_SPACE_RETRY_MS`.
-//! * LSNs are contiguous within a stream (1 for the first record, +1 per record) and never go
-//!   back: a stream restarted after a torn tail continues after the last valid record.
+//! * LSNs are contiguous within a stream (1 for the first record, or the LSN `open_at` started
+//!   an empty stream at; +1 per record) and never go back: a stream restarted after a torn
+//!   tail continues after the last valid record (`truncate_after` is the one deliberate cut,
+//!   on a closed stream).
 //! * Segments are named by their first LSN and created under a temporary name; the rename and
 //!   the directory sync happen before any record is written into one, so after a crash a
 //!   segment either has its name and header or is a leftover that recovery removes.

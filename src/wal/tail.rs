@@ -29,7 +29,8 @@ pub enum TailError {
     /// None when the directory holds no segment although records were published).
     #[error("write-ahead log records are no longer retained (first retained: {first_retained:?})")]
     NotRetained { first_retained: Option<u64> },
-    /// A record at or below the published written LSN is damaged (or out of sequence).
+    /// A record at or below the published written LSN is damaged (or out of sequence, or a
+    /// segment header is wrong): `file` is the segment's file name, `offset` the byte in it.
     #[error("damaged write-ahead log record in {file} at byte {offset}")]
     Damage { file: String, offset: u64 },
     #[error("failed to read write-ahead log: {0}")]

@@ -16,7 +16,7 @@ const STREAM: &str = "core-0";
 const DIVERGENT: &str = "/data/divergent/core-0-epoch-1.wal";
 
 /// A stream of `total` publishes of assorted sizes at epoch 1 (over many segments), then
-/// `divergent` more at epoch 2 after an epoch start; committed and closed.
+/// `divergent` more at epoch 2; committed, synced and closed.
 fn stream_with_suffix(storage: &Arc<dyn Storage>, total: u64, divergent: u64) {
     let (mut writer, _) = open_dir(storage, DIR, 1);
     for n in 1..=total {
@@ -30,6 +30,7 @@ fn stream_with_suffix(storage: &Arc<dyn Storage>, total: u64, divergent: u64) {
         writer.append(&publish(&data(n, 900), n)).unwrap();
         writer.commit(at(total + n)).unwrap();
     }
+    writer.sync(at(total + divergent)).unwrap();
 }
 
 /// Goal: `truncate_after` moves exactly the records above the LSN (their raw bytes, in order)
@@ -150,4 +151,25 @@ fn wipe_then_open_at_starts_a_stream_again() {
         replayed(&recovery)[0].1,
         Record::Publish { seq: 0, .. }
     ));
+}
+
+/// Goal: the divergent records are safe elsewhere before anything is cut: when writing the
+/// divergent file fails (a full disk, or a torn write that "kills the process"), the stream
+/// is left whole and reopens with every record.
+#[test]
+fn a_failed_divergent_copy_cuts_nothing() {
+    use crate::wal::storage::{Fault, FaultyStorage};
+    for fault in [Fault::NoSpaceOnWrite, Fault::TornWrite(100)] {
+        let mem = MemStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(mem.clone());
+        stream_with_suffix(&storage, 150, 30);
+        let faulty = FaultyStorage::new(Arc::clone(&storage));
+        faulty.arm(fault);
+        let divergent = Path::new(DIVERGENT);
+        let result = truncate_after(&faulty, Path::new(DIR), STREAM, 100, divergent);
+        assert!(result.is_err(), "{fault:?}");
+        mem.power_loss();
+        let (_, recovery) = open_dir(&storage, DIR, 2);
+        assert_eq!(recovery.last_lsn, Some(180), "{fault:?}");
+    }
 }

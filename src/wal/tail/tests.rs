@@ -469,3 +469,37 @@ proptest! {
         prop_assert_eq!(lsn, tail.next_lsn());
     }
 }
+
+/// Goal: a writer torn mid-write (`FaultyStorage`: the process dies) leaves a stream whose
+/// tail gives every record up to the last written LSN it reported, and nothing of the torn
+/// one; a tail whose storage fails reports `Io`.
+#[test]
+fn a_torn_writer_leaves_every_reported_record_to_the_tail() {
+    use crate::wal::storage::{Fault, FaultyStorage};
+    let mem = MemStorage::new();
+    let inner: Arc<dyn Storage> = Arc::new(mem.clone());
+    let faulty = FaultyStorage::new(Arc::clone(&inner));
+    let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+    let (mut writer, _) = open_dir(&storage, DIR, 1);
+    let mut written = 0;
+    for n in 1..=300 {
+        if n == 250 {
+            faulty.arm(Fault::TornWrite(400));
+        }
+        writer.append(&publish(&data(n, 600), n)).unwrap();
+        match writer.commit(at(n)) {
+            Ok(result) => written = result.written_lsn,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(written, 249);
+    let mut dead = Tail::new(Arc::clone(&storage), Path::new(DIR), STREAM, 1);
+    let error = dead.read(written, 1_000, &mut Vec::new()).unwrap_err();
+    assert!(matches!(error, TailError::Io(_)), "{error}");
+    let bytes = tail_all(&inner, DIR, written, 2_000);
+    assert_eq!(split(&bytes).len(), 249);
+    let mut beyond = Tail::new(Arc::clone(&inner), Path::new(DIR), STREAM, written + 1);
+    let mut out = Vec::new();
+    let _ = beyond.read(written + 1, 1_000, &mut out);
+    assert!(out.is_empty(), "nothing of the torn record");
+}
