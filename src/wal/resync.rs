@@ -57,7 +57,9 @@ pub fn truncate_after(
     if last_lsn <= after_lsn {
         return Ok(0);
     }
-    let divergent: Vec<&SegmentInfo> = (scan.segments.iter())
+    let divergent: Vec<&SegmentInfo> = scan
+        .segments
+        .iter()
         .filter(|info| info.last_lsn.is_some_and(|last| last > after_lsn))
         .collect();
     let copied = copy_suffix(storage, dir, stream, &divergent, after_lsn, divergent_file)?;
@@ -110,7 +112,8 @@ fn copy_suffix<'a>(
     after_lsn: u64,
     divergent_file: &Path,
 ) -> Result<Copied<'a>, RecoveryError> {
-    let parent = (divergent_file.parent())
+    let parent = divergent_file
+        .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     storage

@@ -888,7 +888,9 @@ impl WalWriter {
         // An empty segment already named for `next_lsn` is replaced by the new one in a single
         // rename, so no crash can lose the LSN an empty stream starts at.
         let current_name = segment::file_name(next_lsn);
-        let empty_tail: Vec<String> = (scan.empty_tail.iter())
+        let empty_tail: Vec<String> = scan
+            .empty_tail
+            .iter()
             .filter(|name| **name != current_name)
             .cloned()
             .collect();
@@ -941,11 +943,14 @@ impl WalWriter {
         &self.stream
     }
 
+    /// The epoch `append` stamps: the one opened with or set, raised to the highest epoch of
+    /// a record given to `append_encoded`.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
-    /// Records appended from now on carry `epoch` (a promotion). Epochs never go back.
+    /// Records appended from now on carry `epoch` (a promotion). Epochs never go back: the
+    /// writer's epoch is already at least the highest epoch `append_encoded` has appended.
     ///
     /// # Panics
     ///
