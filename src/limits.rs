@@ -201,6 +201,9 @@ pub const WAL_RETAIN_SECS_MAX: u64 = 30 * 24 * 3600;
 pub const WAL_WEBHOOK_HEADERS_MAX: usize = 256;
 /// Damaged ranges one salvaging scan lists individually (more are only counted).
 pub const WAL_SALVAGE_REPORTS_MAX: usize = 1024;
+/// Bytes a WAL tail (the replication reader of a stream being written) reads per call from a
+/// segment. A record larger than this is read alone, with one read of its own length.
+pub const WAL_TAIL_READ_BYTES: usize = 64 * 1024;
 /// Accept failures (at the descriptor limit they repeat at every sweep) are logged at most once
 /// per this long per core; the ones in between are counted, and the next line says how many.
 pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
@@ -229,6 +232,8 @@ const _: () = assert!(WAL_RECORD_BYTES_MAX >= HTTP_BODY_BYTES_CEILING + 64 * 102
 // A webhook batch holding one client event: its data JSON-escaped (at most twice as long).
 const _: () = assert!(WAL_RECORD_BYTES_MAX >= 2 * WS_MESSAGE_BYTES_CEILING + 64 * 1024);
 const _: () = assert!(WAL_SEGMENT_BYTES_MIN < WAL_SEGMENT_BYTES_MAX);
+// A tail's read holds at least a segment header and a record header.
+const _: () = assert!(WAL_TAIL_READ_BYTES >= 4096 && WAL_TAIL_READ_BYTES <= WAL_RECORD_BYTES_MAX);
 // A segment file is read whole into memory on a 64-bit host.
 const _: () = assert!(WAL_SEGMENT_FILE_BYTES_MAX <= isize::MAX as u64);
 // One tick's buffer is written into a segment; a tick never needs a segment of its own.

@@ -180,6 +180,11 @@ impl Journal for WalJournal {
                 self.failed = Some(failed(poisoned));
                 Err(JournalFull)
             }
+            Err(
+                error @ (AppendError::BadRecord(_)
+                | AppendError::OutOfOrder { .. }
+                | AppendError::EpochBehind { .. }),
+            ) => unreachable!("only append_encoded refuses with {error}"),
         }
     }
 

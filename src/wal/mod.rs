@@ -9,8 +9,11 @@
 //! naming, and the scanner that classifies a segment's end, sans-IO), `storage.rs` (the
 //! `Storage` seam: real files, an in-memory disk with a page cache, fault injection),
 //! `stream.rs` (`WalWriter`: append, group commit, fsync policy, rotation with space reserved
-//! ahead, retention, poisoning; opening is recovery), `inspect.rs` (`ringcast wal inspect`,
-//! `verify`, `dump`: read-only).
+//! ahead, retention, poisoning; opening is recovery; `append_encoded` and `open_at` for a
+//! standby's copy), `tail.rs` (`Tail`: reads a stream's raw records while its writer appends,
+//! for shipping them to a standby), `resync.rs` (`truncate_after` and `wipe`: cutting a closed
+//! stream for replication), `inspect.rs` (`ringcast wal inspect`, `verify`, `dump`:
+//! read-only).
 //!
 //! On disk:
 //!
@@ -25,9 +28,11 @@
 
 pub mod inspect;
 pub mod record;
+pub mod resync;
 pub mod segment;
 pub mod storage;
 pub mod stream;
+pub mod tail;
 
 #[cfg(test)]
 mod proptests;
@@ -35,11 +40,13 @@ mod proptests;
 use std::path::{Path, PathBuf};
 
 pub use record::{DecodeError, Header, Kind, Record};
+pub use resync::{truncate_after, wipe};
 pub use storage::{Fault, FaultRates, FaultyStorage, FsStorage, MemStorage, Storage, StorageFile};
 pub use stream::{
     AppendError, CommitResult, Now, Poisoned, Recovery, RecoveryError, RecoveryMode, Removed,
     StreamScan, WalOptions, WalWriter, scan_stream,
 };
+pub use tail::{Tail, TailError, first_retained_lsn};
 
 /// The stream of the webhook outbox.
 pub const WEBHOOKS_STREAM: &str = "webhooks";

@@ -6,6 +6,13 @@
 //! must not interpret records (that is the caller's replay) and must not read a clock (time is
 //! passed in as `Now`). All file IO goes through `Storage`.
 //!
+//! For a hot standby (issue 13): `append_encoded` appends a record another writer encoded
+//! (the primary's, read with `Tail`), byte for byte, keeping its LSN and epoch, so the copy
+//! recovers exactly as the original; the writer's epoch rises to the highest epoch appended
+//! and records never go below the highest epoch already in the stream. `open_at` opens a
+//! stream that is empty (after `wipe`, a full resync) starting at a given LSN; the first LSN
+//! of an empty stream lives in the name of its empty segment, which `open` keeps.
+//!
 //! Positions, in order: `appended_lsn() >= written_lsn() >= synced_lsn()`: appended (encoded in
 //! the buffer, in memory only), written (handed to the kernel: survives a process crash),
 //! synced (`fdatasync`ed: survives a power loss).
@@ -19,8 +26,10 @@
 //!   preallocated when the current one is 3/4 full, so `append` refuses (`Full`, nothing
 //!   appended) when a record fits neither in the current segment's reserved space nor in a
 //!   next segment. `retry_space` tries again at most every `WAL_SPACE_RETRY_MS`.
-//! * LSNs are contiguous within a stream (1 for the first record, +1 per record) and never go
-//!   back: a stream restarted after a torn tail continues after the last valid record.
+//! * LSNs are contiguous within a stream (1 for the first record, or the LSN `open_at` started
+//!   an empty stream at; +1 per record) and never go back: a stream restarted after a torn
+//!   tail continues after the last valid record (`truncate_after` is the one deliberate cut,
+//!   on a closed stream).
 //! * Segments are named by their first LSN and created under a temporary name; the rename and
 //!   the directory sync happen before any record is written into one, so after a crash a
 //!   segment either has its name and header or is a leftover that recovery removes.
@@ -38,14 +47,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
-use super::record::{self, Header, Kind, Record};
+use super::record::{self, DecodeError, Header, Kind, Record};
 use super::segment::{self, Damage, End, Expect, Salvaged, SegmentHeader, SegmentScan};
 use super::storage::{Storage, StorageFile, is_no_space};
 use crate::config::{FsyncPolicy, StorageConfig};
 use crate::limits;
 
 /// The name of a segment created ahead of need, before it is renamed to its first LSN.
-const NEXT_SEGMENT_NAME: &str = "next.wal.tmp";
+pub(super) const NEXT_SEGMENT_NAME: &str = "next.wal.tmp";
 
 /// The clocks, passed in: monotonic milliseconds (sync intervals, space retries) and wall-clock
 /// Unix milliseconds (segment ages for retention).
@@ -122,7 +131,10 @@ pub enum RecoveryError {
     },
 }
 
-fn io_error(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RecoveryError {
+pub(super) fn io_error(
+    context: &'static str,
+    path: &Path,
+) -> impl FnOnce(io::Error) -> RecoveryError {
     let path = path.to_path_buf();
     move |source| RecoveryError::Io {
         context,
@@ -152,6 +164,15 @@ pub enum AppendError {
     /// Larger than `WAL_RECORD_BYTES_MAX` (callers bound their inputs far below it).
     #[error("write-ahead log record of {bytes} bytes is too large")]
     TooLarge { bytes: usize },
+    /// `append_encoded` was given bytes that are not exactly one valid record.
+    #[error("not one valid write-ahead log record: {0}")]
+    BadRecord(DecodeError),
+    /// `append_encoded` was given a record whose LSN is not the next one.
+    #[error("write-ahead log record with LSN {got} where {expected} was expected")]
+    OutOfOrder { expected: u64, got: u64 },
+    /// `append_encoded` was given a record whose epoch is below one already in the stream.
+    #[error("write-ahead log record of epoch {epoch} after epoch {last}")]
+    EpochBehind { epoch: u64, last: u64 },
     #[error(transparent)]
     Poisoned(#[from] Poisoned),
 }
@@ -228,7 +249,7 @@ pub struct StreamScan {
 }
 
 /// The segment file names in `names`, sorted by first LSN, and the other names.
-fn sort_names(names: Vec<String>) -> (Vec<(u64, String)>, Vec<String>) {
+pub(super) fn sort_names(names: Vec<String>) -> (Vec<(u64, String)>, Vec<String>) {
     let mut segments = Vec::new();
     let mut others = Vec::new();
     for name in names {
@@ -243,7 +264,7 @@ fn sort_names(names: Vec<String>) -> (Vec<(u64, String)>, Vec<String>) {
 }
 
 /// The names of the files in the stream directory `dir` (no more than a stream may hold).
-fn list_names(storage: &dyn Storage, dir: &Path) -> Result<Vec<String>, RecoveryError> {
+pub(super) fn list_names(storage: &dyn Storage, dir: &Path) -> Result<Vec<String>, RecoveryError> {
     let names = storage.list(dir).map_err(io_error("list", dir))?;
     if names.len() > limits::WAL_SEGMENTS_PER_STREAM_MAX {
         return Err(RecoveryError::TooManySegments {
@@ -273,7 +294,7 @@ pub fn scan_stream(
 }
 
 /// Scans the named segments in order, visiting records up to `lsn_last`.
-fn scan_segments(
+pub(super) fn scan_segments(
     storage: &dyn Storage,
     dir: &Path,
     stream: &str,
@@ -721,7 +742,13 @@ pub struct WalWriter {
     dir: PathBuf,
     stream: Box<str>,
     options: WalOptions,
+    /// The epoch `append` stamps on records: the caller's, raised to the highest epoch
+    /// `append_encoded` has seen (a standby's copy carries the primary's epochs, and records
+    /// appended after a promotion must not go below them).
     epoch: u64,
+    /// The highest epoch of any record in the stream (recovered or appended): records given
+    /// to `append_encoded` must not go below it.
+    records_epoch: u64,
     current: Current,
     next: Option<Prepared>,
     /// The next segment while a helper thread zero-fills it (`WalOptions::zero_fill`).
@@ -742,11 +769,59 @@ pub struct WalWriter {
     sync_in_flight: Option<u64>,
 }
 
+/// What `open_at` hands to the new writer.
+struct Opened<'a> {
+    storage: Arc<dyn Storage>,
+    dir: &'a Path,
+    stream: &'a str,
+    epoch: u64,
+    options: WalOptions,
+    now: Now,
+}
+
+impl Opened<'_> {
+    /// The writer of a stream recovered up to `next_lsn - 1`, appending into `current`.
+    fn writer(
+        self,
+        current: Current,
+        sealed: VecDeque<Sealed>,
+        next_lsn: u64,
+        records_epoch: u64,
+    ) -> WalWriter {
+        assert_eq!(current.first_lsn, next_lsn);
+        assert!(records_epoch <= self.epoch);
+        let written = next_lsn - 1;
+        WalWriter {
+            storage: self.storage,
+            dir: self.dir.to_path_buf(),
+            stream: self.stream.into(),
+            options: self.options,
+            epoch: self.epoch,
+            records_epoch,
+            current,
+            next: None,
+            preparing: None,
+            sealed,
+            buffer: Vec::new(),
+            next_lsn,
+            written_lsn: written,
+            synced_lsn: written,
+            last_sync_ms: self.now.mono_ms,
+            unix_ms: self.now.unix_ms,
+            space: Space::default(),
+            poisoned: None,
+            external_sync: false,
+            sync_in_flight: None,
+        }
+    }
+}
+
 impl WalWriter {
     /// Opens (or creates) the stream `stream` in `dir`: scans it, repairs the tail (truncates
     /// a torn tail at the last valid record, removes leftovers and segments holding no
     /// record), makes what is recovered durable, and starts a new segment for appends at the
-    /// last LSN + 1 (1 for a new stream). Records are written stamped with `epoch`.
+    /// last LSN + 1 (1 for a new stream, or the first LSN of an empty segment left by
+    /// `open_at` or `truncate_after`). Records are written stamped with `epoch`.
     ///
     /// # Errors
     ///
@@ -762,8 +837,37 @@ impl WalWriter {
         mode: RecoveryMode,
         now: Now,
     ) -> Result<(WalWriter, Recovery), RecoveryError> {
+        WalWriter::open_at(storage, dir, stream, epoch, options, mode, now, 1)
+    }
+
+    /// `open`, except that a stream holding no record starts at `first_lsn_if_empty` (or at
+    /// the first LSN of an empty segment already there, whichever is larger): a standby's copy
+    /// of a primary stream whose early segments retention removed (a full resync). The empty
+    /// segment it creates carries that LSN in its name, so a later `open` (even after a crash)
+    /// starts there too. A stream holding records continues after its last one, whatever
+    /// `first_lsn_if_empty` says.
+    ///
+    /// # Errors
+    ///
+    /// As `open`.
+    ///
+    /// # Panics
+    ///
+    /// When `first_lsn_if_empty` is 0 (LSNs start at 1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_at(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        stream: &str,
+        epoch: u64,
+        options: WalOptions,
+        mode: RecoveryMode,
+        now: Now,
+        first_lsn_if_empty: u64,
+    ) -> Result<(WalWriter, Recovery), RecoveryError> {
         assert!(options.segment_bytes >= limits::WAL_SEGMENT_BYTES_MIN);
         assert!(options.segment_bytes <= limits::WAL_SEGMENT_BYTES_MAX);
+        assert!(first_lsn_if_empty >= 1, "LSNs start at 1");
         if !segment::valid_stream_name(stream) {
             return Err(RecoveryError::BadStreamName(stream.to_string()));
         }
@@ -777,7 +881,20 @@ impl WalWriter {
                 found: scan.last_epoch,
             });
         }
-        let removed = remove_leftovers(&*storage, dir, stream, &others, &scan.empty_tail)?;
+        let next_lsn = match scan.last_lsn {
+            Some(_) => scan.next_lsn,
+            None => scan.next_lsn.max(first_lsn_if_empty),
+        };
+        // An empty segment already named for `next_lsn` is replaced by the new one in a single
+        // rename, so no crash can lose the LSN an empty stream starts at.
+        let current_name = segment::file_name(next_lsn);
+        let empty_tail: Vec<String> = scan
+            .empty_tail
+            .iter()
+            .filter(|name| **name != current_name)
+            .cloned()
+            .collect();
+        let removed = remove_leftovers(&*storage, dir, stream, &others, &empty_tail)?;
         // The segments that hold the log now; the last one is cut at its last valid record.
         let kept: Vec<&SegmentInfo> = scan
             .segments
@@ -787,7 +904,6 @@ impl WalWriter {
         let truncated_bytes = truncate_to_valid_end(&*storage, dir, kept.last().copied())?;
         log_repairs(stream, &scan);
         let sealed = sync_recovered(&*storage, dir, &kept, now)?;
-        let next_lsn = scan.next_lsn;
         let current = create_segment(&*storage, dir, stream, next_lsn, options, now)?;
         storage
             .sync_dir(dir)
@@ -811,28 +927,15 @@ impl WalWriter {
             salvaged: scan.salvaged.clone(),
             salvaged_unlisted: scan.salvaged_unlisted,
         };
-        let written = next_lsn - 1;
-        let writer = WalWriter {
+        let opened = Opened {
             storage,
-            dir: dir.to_path_buf(),
-            stream: stream.into(),
-            options,
+            dir,
+            stream,
             epoch,
-            current,
-            next: None,
-            preparing: None,
-            sealed,
-            buffer: Vec::new(),
-            next_lsn,
-            written_lsn: written,
-            synced_lsn: written,
-            last_sync_ms: now.mono_ms,
-            unix_ms: now.unix_ms,
-            space: Space::default(),
-            poisoned: None,
-            external_sync: false,
-            sync_in_flight: None,
+            options,
+            now,
         };
+        let writer = opened.writer(current, sealed, next_lsn, scan.last_epoch);
         Ok((writer, recovery))
     }
 
@@ -840,11 +943,14 @@ impl WalWriter {
         &self.stream
     }
 
+    /// The epoch `append` stamps: the one opened with or set, raised to the highest epoch of
+    /// a record given to `append_encoded`.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
-    /// Records appended from now on carry `epoch` (a promotion). Epochs never go back.
+    /// Records appended from now on carry `epoch` (a promotion). Epochs never go back: the
+    /// writer's epoch is already at least the highest epoch `append_encoded` has appended.
     ///
     /// # Panics
     ///
@@ -936,18 +1042,70 @@ impl WalWriter {
         if len > limits::WAL_RECORD_BYTES_MAX {
             return Err(AppendError::TooLarge { bytes: len });
         }
+        self.reserve(len)?;
+        let lsn = self.next_lsn;
+        let written = record::encode(record, self.epoch, lsn, &mut self.buffer);
+        assert_eq!(written, len);
+        assert!(self.end() <= self.current.capacity);
+        assert!(self.records_epoch <= self.epoch);
+        self.records_epoch = self.epoch;
+        self.next_lsn += 1;
+        Ok(lsn)
+    }
+
+    /// Appends one record already encoded (by another writer: a standby copies its primary's
+    /// stream) to the tick's buffer, verbatim: it keeps the epoch and LSN it carries, and its
+    /// bytes on disk are these bytes. Its LSN must be `next_lsn()`. The writer's epoch rises to
+    /// the record's (see `epoch`), so records appended later never go below it. Otherwise as
+    /// `append`: same room, rotation and LSN bookkeeping. Returns its LSN.
+    ///
+    /// # Errors
+    ///
+    /// `BadRecord` when `bytes` is not exactly one valid record (`record::frame`),
+    /// `OutOfOrder` when its LSN is not `next_lsn()`, `EpochBehind` when its epoch is below
+    /// one already in the stream, and as `append`: `Full`, `TooLarge`, `Poisoned`. In every
+    /// case nothing was appended and nothing changed.
+    pub fn append_encoded(&mut self, bytes: &[u8]) -> Result<u64, AppendError> {
+        self.check()?;
+        if bytes.len() > limits::WAL_RECORD_BYTES_MAX {
+            return Err(AppendError::TooLarge { bytes: bytes.len() });
+        }
+        let (header, _) = record::frame(bytes).map_err(AppendError::BadRecord)?;
+        if header.len as usize != bytes.len() {
+            // Bytes after the record: not exactly one record.
+            return Err(AppendError::BadRecord(DecodeError::BadLength(header.len)));
+        }
+        if header.lsn != self.next_lsn {
+            return Err(AppendError::OutOfOrder {
+                expected: self.next_lsn,
+                got: header.lsn,
+            });
+        }
+        if header.epoch < self.records_epoch {
+            return Err(AppendError::EpochBehind {
+                epoch: header.epoch,
+                last: self.records_epoch,
+            });
+        }
+        self.reserve(bytes.len())?;
+        self.buffer.extend_from_slice(bytes);
+        assert!(self.end() <= self.current.capacity);
+        self.records_epoch = header.epoch;
+        self.epoch = self.epoch.max(header.epoch);
+        self.next_lsn += 1;
+        Ok(header.lsn)
+    }
+
+    /// Makes room for a record of `len` bytes: writes a full tick buffer early, and moves to
+    /// (or grows) a segment the record fits in.
+    fn reserve(&mut self, len: usize) -> Result<(), AppendError> {
         if !self.buffer.is_empty() && self.buffer.len() + len > limits::WAL_TICK_BYTES_MAX {
             self.write_buffer()?;
         }
         if self.end() + len as u64 > self.current.capacity {
             self.make_room(len)?;
         }
-        let lsn = self.next_lsn;
-        let written = record::encode(record, self.epoch, lsn, &mut self.buffer);
-        assert_eq!(written, len);
-        assert!(self.end() <= self.current.capacity);
-        self.next_lsn += 1;
-        Ok(lsn)
+        Ok(())
     }
 
     /// Makes room for a record of `len` bytes: grows an empty current segment, or moves to the
@@ -1320,8 +1478,9 @@ impl WalWriter {
     }
 }
 
-/// Creates the segment starting at `first_lsn` under its own name, with its header written and
-/// synced (used at open, when the first LSN is known).
+/// Creates the segment starting at `first_lsn` with its header written and synced (used at
+/// open, when the first LSN is known): under the temporary name, then renamed to its own
+/// (replacing an empty segment of that name). The caller syncs the directory.
 fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
@@ -1332,9 +1491,14 @@ fn create_segment(
 ) -> Result<Current, RecoveryError> {
     let name = segment::file_name(first_lsn);
     let path = dir.join(&name);
-    let Prepared { mut file, .. } =
-        prepare_segment(storage, &path, options.segment_bytes, options.zero_fill)
-            .map_err(io_error("create segment", &path))?;
+    let temporary = dir.join(NEXT_SEGMENT_NAME);
+    let Prepared { mut file, .. } = prepare_segment(
+        storage,
+        &temporary,
+        options.segment_bytes,
+        options.zero_fill,
+    )
+    .map_err(io_error("create segment", &temporary))?;
     let mut header = Vec::with_capacity(segment::HEADER_BYTES);
     segment::encode_header(
         &SegmentHeader {
@@ -1347,7 +1511,10 @@ fn create_segment(
     );
     file.write_at(0, &header)
         .and_then(|()| file.sync_data())
-        .map_err(io_error("write segment header", &path))?;
+        .map_err(io_error("write segment header", &temporary))?;
+    storage
+        .rename(&temporary, &path)
+        .map_err(io_error("rename segment", &path))?;
     Ok(Current {
         name,
         first_lsn,

@@ -266,6 +266,11 @@ impl Outbox for WalOutbox {
                 }
                 return Err(batch);
             }
+            Err(
+                error @ (AppendError::BadRecord(_)
+                | AppendError::OutOfOrder { .. }
+                | AppendError::EpochBehind { .. }),
+            ) => unreachable!("only append_encoded refuses with {error}"),
         };
         self.events += batch.events;
         self.queues
