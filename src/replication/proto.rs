@@ -22,16 +22,25 @@
 //!
 //! # Messages
 //!
-//! | type | message     | direction          | payload                                                                                          |
-//! |------|-------------|--------------------|--------------------------------------------------------------------------------------------------|
-//! | 1    | `Hello`     | standby → primary  | cluster, node_id, version: str; wal_format_min, wal_format_max: u8; epoch u64; role u8; streams: [name str, last_lsn u64, last_epoch u64]; nonce [16] |
-//! | 2    | `Welcome`   | primary → standby  | node_id str; epoch u64; wal_format u8; streams: [name str, mode u8, truncate_after opt u64, from_lsn u64]; nonce [16]; mac [32] |
-//! | 3    | `Auth`      | standby → primary  | mac [32]                                                                                         |
-//! | 4    | `Refuse`    | either             | code u8; reason str (then the sender closes)                                                     |
-//! | 5    | `Records`   | primary → standby  | stream u16 (index into the Welcome's streams); the rest: 1..n whole WAL records, contiguous LSNs |
-//! | 6    | `Ack`       | standby → primary  | stream u16; received_lsn u64; durable_lsn u64 (at most received_lsn)                           |
-//! | 7    | `Heartbeat` | both, every 100 ms | epoch u64; seq u64; written: [u64] (per stream in Welcome order; empty from a standby)          |
-//! | 8    | `Promoted`  | either             | epoch u64                                                                                        |
+//! ```text
+//! type  message    sent by            payload, in order
+//! 1     Hello      standby            cluster str, node_id str, version str, wal_format_min u8,
+//!                                     wal_format_max u8, epoch u64, role u8,
+//!                                     streams [name str, last_lsn u64, last_epoch u64],
+//!                                     nonce [16]
+//! 2     Welcome    primary            node_id str, epoch u64, wal_format u8,
+//!                                     streams [name str, mode u8, truncate_after opt u64,
+//!                                     from_lsn u64], nonce [16], mac [32]
+//! 3     Auth       standby            mac [32]
+//! 4     Refuse     either             code u8, reason str; then the sender closes
+//! 5     Records    primary            stream u16 (an index into the Welcome's streams), then
+//!                                     1..n whole WAL records with contiguous LSNs (the rest)
+//! 6     Ack        standby            stream u16, received_lsn u64, durable_lsn u64 (at most
+//!                                     received_lsn)
+//! 7     Heartbeat  both, every 100ms  epoch u64, seq u64, written [u64] (the sender's written
+//!                                     LSN per stream, in Welcome order; empty from a standby)
+//! 8     Promoted   either             epoch u64
+//! ```
 //!
 //! Type numbers, enum values (`Role`, `RefuseCode`, `StreamMode`) and field order are the wire
 //! format: never renumber or reorder one; a new message gets a new type.
@@ -39,17 +48,17 @@
 //! # Handshake
 //!
 //! ```text
-//! standby                                          primary
-//!   ── Hello {epoch, streams, Ns} ───────────────▶  check_hello (cluster, role, epochs,
-//!                                                   WAL formats, stream names); on failure
-//!   ◀─────────────────────────── Refuse {code} ──   Refuse and close
-//!   ◀── Welcome {epoch, format, plans, Np, mac} ──  plan_streams; mac = welcome_mac(Ns, Np, ..)
-//!   check_welcome (mac, epoch, format, plans);
-//!   on failure Refuse and close
-//!   ── Auth {mac} ───────────────────────────────▶  verify_auth_mac; on failure
-//!   apply each plan: truncate or wipe the stream    Refuse BadSecret and close
-//!   ◀──────────────────────── Records, Heartbeat ──  from each plan's from_lsn
-//!   ── Ack, Heartbeat ───────────────────────────▶
+//! standby                                   primary
+//!   --- Hello {epoch, streams, Ns} ------->   check_hello: cluster, role, epochs, WAL
+//!                                             formats, stream names
+//!   <-------------------- Refuse {code} ---   on failure, then close
+//!   <-- Welcome {epoch, plans, Np, mac} ---   plan_streams; mac = welcome_mac(Ns, Np, ..)
+//!   check_welcome: mac, epoch, format,
+//!   plans (on failure Refuse, close)
+//!   --- Auth {mac} ----------------------->   verify_auth_mac (on failure Refuse
+//!   apply each plan: truncate or wipe         BadSecret, close)
+//!   <---------------- Records, Heartbeat ---  from each plan's from_lsn
+//!   --- Ack, Heartbeat ------------------->
 //! ```
 //!
 //! What each side checks, and why:
