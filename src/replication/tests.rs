@@ -880,3 +880,43 @@ fn higher_epoch_standby_is_refused_before_any_plan() {
     local.epoch = 4;
     assert_eq!(check_hello(&hello, &local), Err(RefuseCode::HigherEpoch));
 }
+
+#[test]
+fn the_largest_handshake_messages_fit_a_control_frame() {
+    let name = |i: usize| format!("{i:0>width$}", width = limits::WAL_STREAM_NAME_BYTES_MAX);
+    let long = "n".repeat(limits::REPL_NAME_BYTES_MAX);
+    let hello = Hello {
+        cluster: long.clone(),
+        node_id: long.clone(),
+        version: long.clone(),
+        streams: (0..limits::REPL_STREAMS_MAX)
+            .map(|i| position(&name(i), u64::MAX, u64::MAX))
+            .collect(),
+        ..hello()
+    };
+    let welcome = Welcome {
+        node_id: long,
+        streams: (0..limits::REPL_STREAMS_MAX)
+            .map(|i| plan(&name(i), StreamMode::Partial, Some(u64::MAX - 1), u64::MAX))
+            .collect(),
+        ..welcome(3)
+    };
+    let messages = vec![
+        Message::Hello(hello),
+        Message::Welcome(welcome),
+        Message::Refuse {
+            code: RefuseCode::Busy,
+            reason: "r".repeat(limits::REPL_REASON_BYTES_MAX),
+        },
+        Message::Heartbeat {
+            epoch: 1,
+            seq: 2,
+            written: vec![u64::MAX; limits::REPL_STREAMS_MAX],
+        },
+    ];
+    let mut out = Vec::new();
+    for message in &messages {
+        encode(message, &mut out);
+    }
+    assert_eq!(decode_all(&out).unwrap(), messages);
+}
