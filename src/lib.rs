@@ -7,7 +7,8 @@
 //! (the io_uring driver that feeds the shard; all socket IO and its `unsafe` live there),
 //! `wal` (the write-ahead log: record codec and segment scanning sans-IO, segment files behind
 //! a `Storage` seam, the per-stream writer and recovery), `webhook` (the delivery worker and
-//! its outbox, durable on the WAL), `service` (process start-up, signals, logging).
+//! its outbox, durable on the WAL), `replication` (the hot standby's wire protocol and
+//! handshake decisions, sans-IO), `service` (process start-up, signals, logging).
 
 pub mod bench;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod protocol;
 pub mod replica;
+pub mod replication;
 pub mod runtime;
 pub mod service;
 pub mod shard;

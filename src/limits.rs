@@ -173,8 +173,6 @@ pub const WAL_STREAM_NAME_BYTES_MAX: usize = 32;
 // Replication (the hot standby).
 /// Shortest `[replication] secret`.
 pub const REPL_SECRET_BYTES_MIN: usize = 16;
-/// Longest node id or cluster name.
-pub const REPL_NAME_BYTES_MAX: usize = 64;
 /// Heartbeats on the replication link, both ways.
 pub const REPL_HEARTBEAT_MS: u64 = 100;
 /// Longest `standby_timeout_ms`.
@@ -208,6 +206,31 @@ pub const WAL_TAIL_READ_BYTES: usize = 64 * 1024;
 /// per this long per core; the ones in between are counted, and the next line says how many.
 pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 
+/// Streams one replication session carries at most: one per core (`core-0`..) plus `webhooks`.
+pub const REPL_STREAMS_MAX: usize = CORES_MAX + 1;
+/// Longest cluster name, node id or binary version string in a replication message.
+pub const REPL_NAME_BYTES_MAX: usize = 128;
+/// Longest human-readable reason in a replication `Refuse`.
+pub const REPL_REASON_BYTES_MAX: usize = 1024;
+/// Longest frame (type byte and payload, not the length prefix) of any replication message but
+/// `Records`: the handshake messages with `REPL_STREAMS_MAX` streams, with room to spare.
+pub const REPL_CONTROL_FRAME_BYTES_MAX: usize = 64 * 1024;
+/// Encoded WAL records a primary puts in one `Records` message when it holds more than one: it
+/// adds records while the batch stays within this; a single larger record goes alone.
+pub const REPL_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Room in `REPL_FRAME_BYTES_MAX` for the type byte and the `Records` fields around the records.
+pub const REPL_FRAME_OVERHEAD_BYTES: usize = 64;
+/// Longest replication frame (type byte and payload, not the length prefix): a `Records`
+/// message holding one record of `WAL_RECORD_BYTES_MAX`. A longer length is refused before
+/// anything is buffered for it.
+pub const REPL_FRAME_BYTES_MAX: usize = WAL_RECORD_BYTES_MAX + REPL_FRAME_OVERHEAD_BYTES;
+/// Bytes a replication reader pushes into the decoder at once at most: with that, a decoder
+/// drained of whole messages always has room for one more read.
+pub const REPL_READ_BYTES_MAX: usize = 64 * 1024;
+/// Bytes one replication decoder buffers at most: one unfinished frame with its length prefix,
+/// plus one read.
+pub const REPL_DECODER_BUFFER_BYTES_MAX: usize = 4 + REPL_FRAME_BYTES_MAX + REPL_READ_BYTES_MAX;
+
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);
@@ -238,3 +261,14 @@ const _: () = assert!(WAL_TAIL_READ_BYTES >= 4096 && WAL_TAIL_READ_BYTES <= WAL_
 const _: () = assert!(WAL_SEGMENT_FILE_BYTES_MAX <= isize::MAX as u64);
 // One tick's buffer is written into a segment; a tick never needs a segment of its own.
 const _: () = assert!(WAL_TICK_BYTES_MAX as u64 <= WAL_SEGMENT_BYTES_MAX);
+// Replication: one WAL record always fits in one `Records` frame, and so does a whole batch.
+const _: () = assert!(REPL_FRAME_BYTES_MAX >= WAL_RECORD_BYTES_MAX + REPL_FRAME_OVERHEAD_BYTES);
+const _: () = assert!(REPL_FRAME_BYTES_MAX >= REPL_BATCH_BYTES_MAX + REPL_FRAME_OVERHEAD_BYTES);
+// A frame's length is a u32 on the wire, and the decoder's buffer is addressable.
+const _: () = assert!(REPL_DECODER_BUFFER_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(REPL_CONTROL_FRAME_BYTES_MAX < REPL_FRAME_BYTES_MAX);
+// Counts and string lengths are u16 on the wire.
+const _: () = assert!(REPL_STREAMS_MAX <= u16::MAX as usize);
+const _: () = assert!(REPL_NAME_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(REPL_REASON_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(WAL_STREAM_NAME_BYTES_MAX <= u16::MAX as usize);
