@@ -7,8 +7,10 @@
 //! (the io_uring driver that feeds the shard; all socket IO and its `unsafe` live there),
 //! `wal` (the write-ahead log: record codec and segment scanning sans-IO, segment files behind
 //! a `Storage` seam, the per-stream writer and recovery), `webhook` (the delivery worker and
-//! its outbox, durable on the WAL), `service` (process start-up, signals, logging).
+//! its outbox, durable on the WAL), `service` (process start-up, signals, logging), `admin`
+//! (the operator's admin endpoint and its CLI client, off every core).
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod control;
