@@ -49,7 +49,8 @@ enum Command {
         /// The node's `[admin] bind`: `host:port` or `unix:/path`.
         #[arg(long, value_name = "ADDR")]
         admin: String,
-        /// The node's `[admin] token`, when it has one.
+        /// The node's `[admin] token`, when it has one (default: $RINGCAST_ADMIN_TOKEN, which
+        /// keeps it out of the process list).
         #[arg(long)]
         token: Option<String>,
     },
@@ -61,10 +62,20 @@ enum Command {
         /// Promote even when the node refuses (for example, a standby that is behind).
         #[arg(long)]
         force: bool,
-        /// The node's `[admin] token`, when it has one.
+        /// The node's `[admin] token`, when it has one (default: $RINGCAST_ADMIN_TOKEN, which
+        /// keeps it out of the process list).
         #[arg(long)]
         token: Option<String>,
     },
+}
+
+/// `--token`, else `RINGCAST_ADMIN_TOKEN` when set and not empty.
+fn admin_token(token: Option<String>) -> Option<String> {
+    token.or_else(|| {
+        std::env::var("RINGCAST_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    })
 }
 
 /// `ringcast status|promote`: the JSON on stdout and 0, or the error on stderr and 1.
@@ -252,16 +263,20 @@ fn main() -> ExitCode {
         Command::Bench(args) => ringcast::bench::run(*args),
         Command::Wal { command } => wal_command(command),
         Command::Status { admin, token } => {
+            let token = admin_token(token);
             admin_command(ringcast::admin::client::status(&admin, token.as_deref()))
         }
         Command::Promote {
             admin,
             force,
             token,
-        } => admin_command(ringcast::admin::client::promote(
-            &admin,
-            token.as_deref(),
-            force,
-        )),
+        } => {
+            let token = admin_token(token);
+            admin_command(ringcast::admin::client::promote(
+                &admin,
+                token.as_deref(),
+                force,
+            ))
+        }
     }
 }

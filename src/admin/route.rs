@@ -167,7 +167,7 @@ pub fn handle(request: &AdminRequest, backend: &dyn AdminBackend, token: &str) -
     let method = request.method.as_str();
     if path == "/healthz" {
         return match method {
-            "GET" | "HEAD" => AdminResponse {
+            "GET" => AdminResponse {
                 status: 200,
                 content_type: "text/plain",
                 body: "ok\n".to_string(),
@@ -198,10 +198,12 @@ fn authorized(authorization: Option<&str>, token: &str) -> bool {
     if token.is_empty() {
         return true;
     }
-    let Some(given) = authorization.and_then(|value| value.strip_prefix("Bearer ")) else {
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is compared in constant time.
+    let Some((scheme, given)) = authorization.and_then(|value| value.trim().split_once(' ')) else {
         return false;
     };
-    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    scheme.eq_ignore_ascii_case("bearer")
+        && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
 /// `force=true|false` from the query (absent: false); other parameters are ignored.
@@ -319,6 +321,9 @@ mod tests {
         for auth in [
             None,
             Some("Bearer wrong"),
+            Some("Bearer s3cre"),
+            Some("Bearer s3crets"),
+            Some("Bearer "),
             Some("s3cret"),
             Some("Basic s3cret"),
         ] {
@@ -338,6 +343,10 @@ mod tests {
         }
         assert_eq!(
             call("GET", "/replication", Some("Bearer s3cret"), token).status,
+            200
+        );
+        assert_eq!(
+            call("GET", "/replication", Some("bearer s3cret"), token).status,
             200
         );
         assert_eq!(

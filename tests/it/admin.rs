@@ -57,9 +57,11 @@ fn tcp(bind_token: &str) -> (AdminServer, Arc<FakeBackend>, String) {
     (server, backend, addr)
 }
 
+/// The binary with `args`, its token only from `args`.
 fn ringcast(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .args(args)
+        .env_remove("RINGCAST_ADMIN_TOKEN")
         .output()
         .unwrap()
 }
@@ -143,6 +145,13 @@ fn a_configured_token_is_required() {
     let output = ringcast(&["status", "--admin", &addr, "--token", "s3cret-token"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(stdout(&output).contains("standby"));
+    // The token may come from the environment instead of the command line.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["status", "--admin", &addr])
+        .env("RINGCAST_ADMIN_TOKEN", "s3cret-token")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let output = ringcast(&[
         "promote",
         "--admin",
