@@ -129,6 +129,26 @@ pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Time a client of the metrics port has to send its request.
 pub const METRICS_REQUEST_READ_TIMEOUT_MS: u64 = 2_000;
 
+/// Request line and headers of one request on the admin endpoint; more is answered 431.
+pub const ADMIN_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// Body of one admin request (no route reads one; it is read and dropped); more is 413.
+pub const ADMIN_REQUEST_BODY_BYTES_MAX: usize = 4 * 1024;
+/// Time a client of the admin endpoint has to send its whole request (not per read).
+pub const ADMIN_REQUEST_READ_TIMEOUT_MS: u64 = 2_000;
+/// Time the admin endpoint waits for a client to take its response.
+pub const ADMIN_RESPONSE_WRITE_TIMEOUT_MS: u64 = 2_000;
+/// How long the idle admin thread sleeps between accept attempts (and so how long `stop` may
+/// wait for it).
+pub const ADMIN_ACCEPT_POLL_MS: u64 = 50;
+/// Bytes of `admin.token` (it travels in one header).
+pub const ADMIN_TOKEN_BYTES_MAX: usize = 1024;
+/// Bytes of a unix socket path for the admin endpoint (`sun_path` holds 108 with its NUL).
+pub const ADMIN_UNIX_PATH_BYTES_MAX: usize = 107;
+/// Response the `ringcast status|promote` client reads at most (head and body).
+pub const ADMIN_CLIENT_RESPONSE_BYTES_MAX: usize = 1024 * 1024;
+/// Time the `ringcast status|promote` client gives the connect, and then each read and write.
+pub const ADMIN_CLIENT_TIMEOUT_MS: u64 = 30_000;
+
 /// Reloads waiting for one core at most (a newer one supersedes the older ones).
 pub const RELOADS_QUEUED_MAX: usize = 4;
 
@@ -231,6 +251,10 @@ pub const REPL_READ_BYTES_MAX: usize = 64 * 1024;
 /// plus one read.
 pub const REPL_DECODER_BUFFER_BYTES_MAX: usize = 4 + REPL_FRAME_BYTES_MAX + REPL_READ_BYTES_MAX;
 
+// A request head carries the token in one header, with room to spare.
+const _: () = assert!(ADMIN_REQUEST_HEAD_BYTES_MAX >= 2 * ADMIN_TOKEN_BYTES_MAX);
+// `stop` stays prompt: the thread looks at its stop flag many times per request timeout.
+const _: () = assert!(ADMIN_ACCEPT_POLL_MS * 10 <= ADMIN_REQUEST_READ_TIMEOUT_MS);
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);

@@ -1,5 +1,5 @@
 //! The `ringcast` binary: command-line parsing, config loading and exit codes only. Everything
-//! else is in the library.
+//! else is in the library (the admin commands' client is `admin::client`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,52 @@ enum Command {
         #[command(subcommand)]
         command: WalCommand,
     },
+    /// Print a node's replication status (GET /replication on its admin endpoint) as JSON.
+    Status {
+        /// The node's `[admin] bind`: `host:port` or `unix:/path`.
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+        /// The node's `[admin] token`, when it has one (default: $RINGCAST_ADMIN_TOKEN, which
+        /// keeps it out of the process list).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Promote a standby to primary (POST /replication/promote on its admin endpoint).
+    Promote {
+        /// The node's `[admin] bind`: `host:port` or `unix:/path`.
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+        /// Promote even when the node refuses (for example, a standby that is behind).
+        #[arg(long)]
+        force: bool,
+        /// The node's `[admin] token`, when it has one (default: $RINGCAST_ADMIN_TOKEN, which
+        /// keeps it out of the process list).
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+/// `--token`, else `RINGCAST_ADMIN_TOKEN` when set and not empty.
+fn admin_token(token: Option<String>) -> Option<String> {
+    token.or_else(|| {
+        std::env::var("RINGCAST_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    })
+}
+
+/// `ringcast status|promote`: the JSON on stdout and 0, or the error on stderr and 1.
+fn admin_command(result: Result<String, ringcast::admin::client::AdminClientError>) -> ExitCode {
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -216,5 +262,21 @@ fn main() -> ExitCode {
         },
         Command::Bench(args) => ringcast::bench::run(*args),
         Command::Wal { command } => wal_command(command),
+        Command::Status { admin, token } => {
+            let token = admin_token(token);
+            admin_command(ringcast::admin::client::status(&admin, token.as_deref()))
+        }
+        Command::Promote {
+            admin,
+            force,
+            token,
+        } => {
+            let token = admin_token(token);
+            admin_command(ringcast::admin::client::promote(
+                &admin,
+                token.as_deref(),
+                force,
+            ))
+        }
     }
 }

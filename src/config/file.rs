@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub replication: ReplicationConfig,
+    pub admin: AdminConfig,
     #[serde(default)]
     pub apps: Vec<AppConfig>,
 }
@@ -204,6 +205,19 @@ impl Default for WebhooksConfig {
             concurrency: 4,
         }
     }
+}
+
+/// The operator's admin endpoint (`[admin]`): replication status and promotion, on an address
+/// of its own (never the client port). Changes with a restart only.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// `"127.0.0.1:6190"` (an IP address and port) or `"unix:/run/ringcast/admin.sock"`; empty
+    /// disables the endpoint.
+    pub bind: String,
+    /// When set, every request but `GET /healthz` needs `Authorization: Bearer <token>`.
+    /// Required when `bind` is a TCP address outside loopback.
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -6,14 +6,14 @@
 mod file;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::limits;
 
 pub use file::{
-    AckMode, AppConfig, FsyncPolicy, HistoryConfig, InitialRole, LogConfig, LogFormat,
-    MetricsConfig, ReplicationConfig, ServerConfig, StandbyLoss, StorageConfig, WebhookConfig,
-    WebhooksConfig,
+    AckMode, AdminConfig, AppConfig, FsyncPolicy, HistoryConfig, InitialRole, LogConfig,
+    LogFormat, MetricsConfig, ReplicationConfig, ServerConfig, StandbyLoss, StorageConfig,
+    WebhookConfig, WebhooksConfig,
 };
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
@@ -29,6 +29,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub storage: StorageConfig,
     pub replication: ReplicationConfig,
+    pub admin: AdminConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -100,6 +101,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
     validate_history(&raw.history)?;
     validate_storage(&raw.storage)?;
     validate_replication(&raw.replication, &raw.storage)?;
+    validate_admin(&raw.admin)?;
     validate_apps(&raw.apps)?;
     Ok(Config {
         server: raw.server,
@@ -109,6 +111,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         history: raw.history,
         storage: raw.storage,
         replication: raw.replication,
+        admin: raw.admin,
         apps: raw.apps,
     })
 }
@@ -437,6 +440,85 @@ fn validate_storage(storage: &StorageConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Where the admin endpoint listens (`admin.bind`, parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddress {
+    /// An IP address and port.
+    Tcp(SocketAddr),
+    /// A unix socket path (`unix:/path`).
+    Unix(PathBuf),
+}
+
+impl AdminAddress {
+    /// Parses `"127.0.0.1:6190"` or `"unix:/path/to.sock"`.
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong with `text` (not an address, an empty or NUL-holding
+    /// path).
+    pub fn parse(text: &str) -> Result<AdminAddress, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() || path.bytes().any(|b| b == 0) {
+                return Err(format!("`{text}` needs a socket path without NUL bytes"));
+            }
+            if path.len() > limits::ADMIN_UNIX_PATH_BYTES_MAX {
+                return Err(format!(
+                    "the socket path is longer than {} bytes",
+                    limits::ADMIN_UNIX_PATH_BYTES_MAX
+                ));
+            }
+            return Ok(AdminAddress::Unix(PathBuf::from(path)));
+        }
+        text.parse::<SocketAddr>()
+            .map(AdminAddress::Tcp)
+            .map_err(|error| {
+                format!("`{text}` is not an IP address and port or `unix:/path`: {error}")
+            })
+    }
+
+    /// Whether only this host can reach it: a unix socket, or a TCP address in 127.0.0.0/8 or
+    /// `::1`.
+    pub fn is_local(&self) -> bool {
+        match self {
+            AdminAddress::Tcp(addr) => addr.ip().is_loopback(),
+            AdminAddress::Unix(_) => true,
+        }
+    }
+}
+
+/// `[admin]`: a bind that others can reach needs a token; a token is something a header can
+/// carry.
+fn validate_admin(admin: &AdminConfig) -> Result<(), ConfigError> {
+    if !admin.token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "admin.token",
+            "must be printable ASCII without spaces",
+        ));
+    }
+    if admin.token.len() > limits::ADMIN_TOKEN_BYTES_MAX {
+        return Err(invalid(
+            "admin.token",
+            format!("at most {} bytes", limits::ADMIN_TOKEN_BYTES_MAX),
+        ));
+    }
+    if admin.bind.is_empty() {
+        return Ok(());
+    }
+    let address =
+        AdminAddress::parse(&admin.bind).map_err(|message| invalid("admin.bind", message))?;
+    if !address.is_local() && admin.token.is_empty() {
+        return Err(invalid(
+            "admin.token",
+            format!(
+                "required: admin.bind `{}` is not a loopback address, so anyone who can reach it \
+                 could promote this node; set a token or bind to 127.0.0.1, ::1 or a unix socket",
+                admin.bind
+            ),
+        ));
+    }
+    Ok(())
+}
+
 use crate::limits::{WEBHOOK_OUTBOX_MAX, WEBHOOK_REMOVAL_DELAY_MS_MAX};
 
 fn validate_webhooks(webhooks: &WebhooksConfig) -> Result<(), ConfigError> {
@@ -658,6 +740,7 @@ impl Config {
             history: self.history.clone(),
             storage: self.storage.clone(),
             replication: self.replication.clone(),
+            admin: self.admin.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")
@@ -782,6 +865,57 @@ mod tests {
             .unwrap()
             .unknown_keys;
         assert_eq!(unknown, ["storage.mirror"]);
+    }
+
+    #[test]
+    fn admin_config_is_validated() {
+        let app = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let admin = parse(app).unwrap().config.admin;
+        assert_eq!(admin, AdminConfig::default(), "off unless asked for");
+        for bind in [
+            "127.0.0.1:6190",
+            "127.1.2.3:0",
+            "[::1]:6190",
+            "unix:/run/ringcast/a.sock",
+        ] {
+            let loaded = parse(&format!("{app}[admin]\nbind = \"{bind}\"\n")).unwrap();
+            assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+            assert_eq!(loaded.config.admin.bind, bind);
+            assert!(AdminAddress::parse(bind).unwrap().is_local(), "{bind}");
+        }
+        let error_for = |text: &str| {
+            parse(&format!("{app}[admin]\n{text}"))
+                .unwrap_err()
+                .to_string()
+        };
+        for bind in ["0.0.0.0:6190", "10.0.0.5:6190", "[::]:6190"] {
+            let error = error_for(&format!("bind = \"{bind}\"\n"));
+            assert!(
+                error.contains("admin.token") && error.contains("not a loopback"),
+                "{error}"
+            );
+        }
+        let loaded = parse(&format!(
+            "{app}[admin]\nbind = \"0.0.0.0:6190\"\ntoken = \"s3cret\"\n"
+        ))
+        .unwrap();
+        assert_eq!(loaded.config.admin.token, "s3cret");
+        assert!(loaded.config.to_toml().contains("[admin]"));
+        let error = error_for("bind = \"nope\"\n");
+        assert!(
+            error.contains("admin.bind") && error.contains("(line 7)"),
+            "{error}"
+        );
+        let error = error_for("bind = \"unix:\"\n");
+        assert!(error.contains("admin.bind"), "{error}");
+        let error = error_for("bind = \"127.0.0.1:6190\"\ntoken = \"two words\"\n");
+        assert!(error.contains("admin.token"), "{error}");
+        let unknown = parse(&format!(
+            "{app}[admin]\nbind = \"127.0.0.1:1\"\nport = 6190\n"
+        ))
+        .unwrap()
+        .unknown_keys;
+        assert_eq!(unknown, ["admin.port"]);
     }
 
     #[test]

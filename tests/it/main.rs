@@ -1,6 +1,8 @@
 //! The black-box integration suite: each module starts the real `ringcast` binary on
 //! 127.0.0.1:0 and talks to it with real clients (tungstenite, raw TCP, signed REST calls).
 
+/// The admin endpoint with a fake backend, and `ringcast status|promote` against it.
+mod admin;
 /// `ringcast bench` against the real broker: exact delivery counts, consistent counters.
 mod bench;
 /// Private, presence, encrypted and cache channels, client events, signin, users, multi-app.
