@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use crate::limits;
 
 pub use file::{
-    AckMode, AdminConfig, AppConfig, FsyncPolicy, HistoryConfig, InitialRole, LogConfig,
-    LogFormat, MetricsConfig, ReplicationConfig, ServerConfig, StandbyLoss, StorageConfig,
-    WebhookConfig, WebhooksConfig,
+    AckMode, AdminConfig, AppConfig, FsyncPolicy, HistoryConfig, InitialRole, LogConfig, LogFormat,
+    MetricsConfig, ReplicationConfig, ServerConfig, StandbyLoss, StorageConfig, WebhookConfig,
+    WebhooksConfig,
 };
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
@@ -400,9 +400,9 @@ fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
 
 /// `host:port` (a name or an IP address).
 fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
-    let port = value.rsplit_once(':').and_then(|(host, port)| {
-        (!host.is_empty()).then_some(port)?.parse::<u16>().ok()
-    });
+    let port = value
+        .rsplit_once(':')
+        .and_then(|(host, port)| (!host.is_empty()).then_some(port)?.parse::<u16>().ok());
     match port {
         Some(_) => Ok(()),
         None => Err(invalid(key, format!("`{value}` is not host:port"))),

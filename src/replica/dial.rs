@@ -14,7 +14,7 @@ use super::link::{self, Link};
 use super::shared::{CoreInput, Role};
 use super::wire::Wire;
 use crate::limits;
-use crate::replication::proto::{self, Message, PlanMode, StreamPlan, StreamPosition};
+use crate::replication::{self as proto, Message, StreamMode, StreamPlan, StreamPosition};
 use crate::wal;
 
 /// How often a primary pokes its peer (fencing a stale primary there).
@@ -63,9 +63,9 @@ fn positions(link: &Link) -> Vec<StreamPosition> {
         .collect()
 }
 
-fn hello(link: &Link, role: proto::Role, nonce: [u8; 16]) -> Message {
+fn hello(link: &Link, role: proto::Role, nonce: [u8; 16]) -> proto::Hello {
     let config = &link.shared.config;
-    Message::Hello(proto::Hello {
+    proto::Hello {
         cluster: config.cluster.clone(),
         node_id: config.node_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -75,7 +75,7 @@ fn hello(link: &Link, role: proto::Role, nonce: [u8; 16]) -> Message {
         role,
         streams: positions(link),
         nonce,
-    })
+    }
 }
 
 /// Connects and runs the handshake as `role`: the primary's `WELCOME`, checked, answered with
@@ -85,28 +85,52 @@ fn handshake(link: &Link, role: proto::Role) -> std::io::Result<Option<(Wire, pr
     let stream = link::connect(&config.peer, link.timeout())?;
     let mut wire = link::wire(stream, link)?;
     let nonce = link::nonce();
-    wire.send(&hello(link, role, nonce))?;
+    let hello = hello(link, role, nonce);
+    wire.send(&Message::Hello(hello.clone()))?;
     let welcome = match wire.recv()? {
         Message::Welcome(welcome) => welcome,
         Message::Refuse { code, reason } => {
-            return Err(std::io::Error::other(format!("refused ({code:?}): {reason}")));
+            return Err(std::io::Error::other(format!(
+                "refused ({code:?}): {reason}"
+            )));
         }
         _ => return Err(std::io::Error::other("expected WELCOME")),
     };
     let secret = config.secret.as_bytes();
-    let genuine = proto::verify_welcome_mac(
-        secret,
-        &nonce,
-        &welcome.nonce,
-        &config.cluster,
-        welcome.epoch,
-        &welcome.mac,
-    );
-    if !genuine {
-        tracing::error!(peer = config.peer, "replication: the peer's proof is wrong (check [replication] secret); refused");
-        return Ok(None);
+    // A poke (we are primary) gets no plans: only the proof and the epoch matter.
+    let checked = match role {
+        proto::Role::Standby => proto::check_welcome(secret, &hello, &welcome),
+        proto::Role::Primary => {
+            let (cluster, epoch) = (&config.cluster, welcome.epoch);
+            let mac = &welcome.mac;
+            let genuine =
+                proto::verify_welcome_mac(secret, &nonce, &welcome.nonce, cluster, epoch, mac);
+            if genuine {
+                Ok(())
+            } else {
+                Err(proto::RefuseCode::BadSecret)
+            }
+        }
+    };
+    match checked {
+        Ok(()) => {}
+        Err(proto::RefuseCode::BadSecret) => {
+            tracing::error!(
+                peer = config.peer,
+                "replication: the peer's proof is wrong (check [replication] secret); refused"
+            );
+            return Ok(None);
+        }
+        Err(code) => {
+            let reason = format!("the primary's WELCOME does not fit: {code:?}");
+            let _ = wire.send(&Message::Refuse {
+                code,
+                reason: reason.clone(),
+            });
+            return Err(std::io::Error::other(reason));
+        }
     }
-    let mac = proto::auth_mac(secret, &welcome.nonce, &nonce, &config.cluster);
+    let mac = proto::auth_mac(secret, &nonce, &welcome.nonce, &config.cluster);
     wire.send(&Message::Auth { mac })?;
     Ok(Some((wire, welcome)))
 }
@@ -142,7 +166,11 @@ fn follow(link: &Arc<Link>) -> std::io::Result<()> {
         shared.raise_epoch(welcome.epoch);
     }
     carry_out(link, &welcome.streams)?;
-    tracing::info!(primary = welcome.node_id, epoch = welcome.epoch, "replication: following");
+    tracing::info!(
+        primary = welcome.node_id,
+        epoch = welcome.epoch,
+        "replication: following"
+    );
     link.end_session();
     let session = link.session.load(Ordering::Acquire);
     if let Ok(mut following) = link.following.lock() {
@@ -168,14 +196,16 @@ fn follow(link: &Arc<Link>) -> std::io::Result<()> {
 /// dialer waits until the core carried it out.
 fn carry_out(link: &Link, plans: &[StreamPlan]) -> std::io::Result<()> {
     if plans.len() != link.shared.streams.len() {
-        return Err(std::io::Error::other("the primary's plan does not cover our streams"));
+        return Err(std::io::Error::other(
+            "the primary's plan does not cover our streams",
+        ));
     }
     for (core, plan) in plans.iter().enumerate() {
         let queued = link.queued_through[core].load(Ordering::Acquire);
         let rewind = match (plan.mode, plan.truncate_after) {
-            (PlanMode::Full, _) => Some((plan.from_lsn.saturating_sub(1), true)),
-            (PlanMode::Partial, Some(keep)) if keep < queued => Some((keep, false)),
-            (PlanMode::Partial, _) if plan.from_lsn != queued + 1 => {
+            (StreamMode::Full, _) => Some((plan.from_lsn.saturating_sub(1), true)),
+            (StreamMode::Partial, Some(keep)) if keep < queued => Some((keep, false)),
+            (StreamMode::Partial, _) if plan.from_lsn != queued + 1 => {
                 return Err(std::io::Error::other(format!(
                     "stream {core}: the primary starts at {} but we hold {queued}",
                     plan.from_lsn
@@ -188,8 +218,16 @@ fn carry_out(link: &Link, plans: &[StreamPlan]) -> std::io::Result<()> {
         };
         let divergent_file = super::epoch::dir(&link.data_dir)
             .join("divergent")
-            .join(format!("{}-after-{keep_through}-epoch-{}.wal", wal::core_stream(core), link.shared.epoch()));
-        let input = CoreInput::Rewind { keep_through, wipe, divergent_file };
+            .join(format!(
+                "{}-after-{keep_through}-epoch-{}.wal",
+                wal::core_stream(core),
+                link.shared.epoch()
+            ));
+        let input = CoreInput::Rewind {
+            keep_through,
+            wipe,
+            divergent_file,
+        };
         hand_to_core(link, core, input, u64::MAX)?;
         wait_done(link, core)?;
         link.queued_through[core].store(keep_through, Ordering::Release);
@@ -204,7 +242,9 @@ fn wait_done(link: &Link, core: usize) -> std::io::Result<()> {
     let deadline = link.now_ms() + limits::REPL_PROMOTE_WAIT_MS;
     while slot.done.load(Ordering::Acquire) == before {
         if link.now_ms() > deadline || link.stopping() {
-            return Err(std::io::Error::other(format!("core {core} did not carry out the rewind")));
+            return Err(std::io::Error::other(format!(
+                "core {core} did not carry out the rewind"
+            )));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -213,7 +253,12 @@ fn wait_done(link: &Link, core: usize) -> std::io::Result<()> {
 
 /// Queues `input` for core `core` (waiting while its queue is full: backpressure onto the
 /// TCP stream) and rings its doorbell.
-fn hand_to_core(link: &Link, core: usize, mut input: CoreInput, session: u64) -> std::io::Result<()> {
+fn hand_to_core(
+    link: &Link,
+    core: usize,
+    mut input: CoreInput,
+    session: u64,
+) -> std::io::Result<()> {
     let slot = &link.shared.streams[core];
     loop {
         match slot.inbound.push(input) {
@@ -247,11 +292,17 @@ fn receive(link: &Link, mut wire: Wire, session: u64) -> std::io::Result<()> {
             Message::Records { stream, bytes } => {
                 let core = usize::from(stream);
                 if core >= shared.streams.len() {
-                    return Err(std::io::Error::other(format!("records for unknown stream {stream}")));
+                    return Err(std::io::Error::other(format!(
+                        "records for unknown stream {stream}"
+                    )));
                 }
                 let expect = link.queued_through[core].load(Ordering::Acquire) + 1;
-                let (last_lsn, last_epoch) = proto::split_records(&bytes, expect)
+                let records = proto::split_records(&bytes, expect)
                     .map_err(|error| std::io::Error::other(format!("stream {stream}: {error}")))?;
+                let Some((last, _)) = records.last() else {
+                    continue;
+                };
+                let (last_lsn, last_epoch) = (last.lsn, last.epoch);
                 hand_to_core(link, core, CoreInput::Records(bytes), session)?;
                 link.queued_through[core].store(last_lsn, Ordering::Release);
                 link.queued_epoch[core].store(last_epoch, Ordering::Release);
@@ -264,7 +315,9 @@ fn receive(link: &Link, mut wire: Wire, session: u64) -> std::io::Result<()> {
                 let lag: u64 = written
                     .iter()
                     .zip(shared.streams.iter())
-                    .map(|(theirs, slot)| theirs.saturating_sub(slot.written.load(Ordering::Acquire)))
+                    .map(|(theirs, slot)| {
+                        theirs.saturating_sub(slot.written.load(Ordering::Acquire))
+                    })
                     .sum();
                 shared.lag_records.store(lag, Ordering::Relaxed);
                 if lag == 0 {
@@ -291,24 +344,37 @@ fn send_acks(link: &Link, mut wire: Wire, session: u64) {
         let mut result = Ok(());
         for (core, last) in sent.iter_mut().enumerate() {
             let slot = &shared.streams[core];
-            let position = (slot.written.load(Ordering::Acquire), slot.synced.load(Ordering::Acquire));
+            let position = (
+                slot.written.load(Ordering::Acquire),
+                slot.synced.load(Ordering::Acquire),
+            );
             if position != *last || now >= next_heartbeat_ms {
                 *last = position;
                 let stream = u16::try_from(core).expect("cores fit u16");
-                let ack = Message::Ack { stream, received_lsn: position.0, durable_lsn: position.1 };
+                let ack = Message::Ack {
+                    stream,
+                    received_lsn: position.0,
+                    durable_lsn: position.1,
+                };
                 result = result.and_then(|()| wire.send(&ack));
             }
         }
         if now >= next_heartbeat_ms {
             seq += 1;
             next_heartbeat_ms = now + limits::REPL_HEARTBEAT_MS;
-            let heartbeat = Message::Heartbeat { epoch: shared.epoch(), seq, written: Vec::new() };
+            let heartbeat = Message::Heartbeat {
+                epoch: shared.epoch(),
+                seq,
+                written: Vec::new(),
+            };
             result = result.and_then(|()| wire.send(&heartbeat));
         }
         if result.is_err() {
             link.end_session();
             return;
         }
-        parker.park_timeout(Duration::from_millis(next_heartbeat_ms.saturating_sub(now).max(1)));
+        parker.park_timeout(Duration::from_millis(
+            next_heartbeat_ms.saturating_sub(now).max(1),
+        ));
     }
 }

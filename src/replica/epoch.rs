@@ -37,9 +37,10 @@ pub fn load(data_dir: &Path) -> io::Result<Option<u64>> {
         Ok(_) => {}
     }
     let text = fs::read_to_string(&path)?;
-    text.trim().parse::<u64>().map(Some).map_err(|error| {
-        io::Error::other(format!("{}: not an epoch: {error}", path.display()))
-    })
+    text.trim()
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|error| io::Error::other(format!("{}: not an epoch: {error}", path.display())))
 }
 
 /// Persists `epoch` (durable when this returns).

@@ -5,6 +5,7 @@
 //! a replication socket: they publish positions and read inputs through `shared`. Like the
 //! webhook worker, the link runs on its own threads with blocking sockets, off every core.
 
+pub mod admin;
 mod dial;
 pub mod epoch;
 pub mod link;

@@ -40,8 +40,8 @@ pub fn promote(link: &Arc<Link>, force: bool) -> Result<Value, Refused> {
         return Err(refused(409, "this node is the primary already"));
     }
     let heard = shared.heard_ms.load(Ordering::Acquire);
-    let live = shared.link_up()
-        && link.now_ms().saturating_sub(heard) < shared.config.standby_timeout_ms;
+    let live =
+        shared.link_up() && link.now_ms().saturating_sub(heard) < shared.config.standby_timeout_ms;
     if live && !force {
         return Err(refused(
             409,
@@ -81,7 +81,10 @@ fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
     for (core, before) in before.into_iter().enumerate() {
         while shared.streams[core].done.load(Ordering::Acquire) == before {
             if link.now_ms() > deadline {
-                return Err(refused(500, format!("core {core} did not enter epoch {epoch}")));
+                return Err(refused(
+                    500,
+                    format!("core {core} did not enter epoch {epoch}"),
+                ));
             }
             std::thread::sleep(Duration::from_micros(200));
         }

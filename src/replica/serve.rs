@@ -14,8 +14,8 @@ use super::link::{self, Link};
 use super::shared::Role;
 use super::wire::Wire;
 use crate::limits;
-use crate::replication::proto::{
-    self, LocalNode, Message, PrimaryStream, RefuseCode, StreamPlan, StreamPosition,
+use crate::replication::{
+    self as proto, LocalNode, Message, PrimaryStream, RefuseCode, StreamPlan, StreamPosition,
 };
 use crate::wal::{self, FsStorage, RecoveryMode, Storage, Tail, TailError};
 
@@ -57,8 +57,8 @@ fn watch_standby(link: &Link) {
         return;
     }
     let heard = shared.heard_ms.load(Ordering::Acquire);
-    let lost = heard == 0
-        || link.now_ms().saturating_sub(heard) >= shared.config.standby_timeout_ms;
+    let lost =
+        heard == 0 || link.now_ms().saturating_sub(heard) >= shared.config.standby_timeout_ms;
     if lost != shared.standby_lost() {
         shared.set_standby_lost(lost);
         if lost {
@@ -95,8 +95,14 @@ fn handshake(link: &Link, wire: &mut Wire) -> std::io::Result<Option<Vec<StreamP
     let Message::Hello(hello) = wire.recv()? else {
         return Err(std::io::Error::other("the first message was not HELLO"));
     };
+    let role = match shared.role() {
+        Role::Primary => proto::Role::Primary,
+        Role::Standby => proto::Role::Standby,
+    };
     let local = LocalNode {
         cluster: shared.config.cluster.clone(),
+        node_id: shared.config.node_id.clone(),
+        role,
         epoch: shared.epoch(),
         streams: stream_names(shared.streams.len()),
     };
@@ -136,10 +142,16 @@ fn handshake(link: &Link, wire: &mut Wire) -> std::io::Result<Option<Vec<StreamP
     let Message::Auth { mac } = wire.recv()? else {
         return Err(std::io::Error::other("expected AUTH"));
     };
-    if !proto::verify_auth_mac(secret, &nonce, &hello.nonce, &shared.config.cluster, &mac) {
-        tracing::error!(node = hello.node_id, "replication: the peer's secret is wrong; refused");
+    if !proto::verify_auth_mac(secret, &hello.nonce, &nonce, &shared.config.cluster, &mac) {
+        tracing::error!(
+            node = hello.node_id,
+            "replication: the peer's secret is wrong; refused"
+        );
         let reason = "authentication failed: check [replication] secret".to_string();
-        wire.send(&Message::Refuse { code: RefuseCode::BadSecret, reason })?;
+        wire.send(&Message::Refuse {
+            code: RefuseCode::BadSecret,
+            reason,
+        })?;
         return Ok(None);
     }
     if fence {
@@ -172,8 +184,8 @@ fn plan_streams(link: &Link, positions: &[StreamPosition]) -> std::io::Result<Ve
         let plan = proto::plan_stream(standby, &primary)
             .map_err(|code| std::io::Error::other(format!("stream {name}: {code:?}")))?;
         let counter = match plan.mode {
-            proto::PlanMode::Full => &link.shared.resyncs_full,
-            proto::PlanMode::Partial => &link.shared.resyncs_partial,
+            proto::StreamMode::Full => &link.shared.resyncs_full,
+            proto::StreamMode::Partial => &link.shared.resyncs_partial,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         plans.push(plan);
@@ -186,11 +198,17 @@ fn primary_stream(link: &Link, core: usize, name: &str) -> std::io::Result<Prima
     let dir = wal::stream_dir(&link.data_dir, name);
     let first_retained_lsn = wal::first_retained_lsn(&FsStorage, &dir)?;
     let mut epoch_starts = Vec::new();
-    wal::scan_stream(&FsStorage, &dir, name, RecoveryMode::Salvage, |header, record| {
-        if let wal::Record::EpochStart { epoch, .. } = record {
-            epoch_starts.push((epoch, header.lsn));
-        }
-    })
+    wal::scan_stream(
+        &FsStorage,
+        &dir,
+        name,
+        RecoveryMode::Salvage,
+        |header, record| {
+            if let wal::Record::EpochStart { epoch, .. } = record {
+                epoch_starts.push((epoch, header.lsn));
+            }
+        },
+    )
     .map_err(|error| std::io::Error::other(error.to_string()))?;
     Ok(PrimaryStream {
         name: name.to_string(),
@@ -246,7 +264,10 @@ fn send_streams(
             Tail::new(Arc::clone(&storage), &dir, &name, plan.from_lsn)
         })
         .collect();
-    let parker = link.parker.lock().map_err(|_| std::io::Error::other("parker poisoned"))?;
+    let parker = link
+        .parker
+        .lock()
+        .map_err(|_| std::io::Error::other("parker poisoned"))?;
     let mut batch = Vec::with_capacity(limits::REPL_SEND_BATCH_BYTES);
     let (mut next_heartbeat_ms, mut seq) = (0, 0);
     let mut behind_since_ms = 0;
@@ -269,7 +290,8 @@ fn send_streams(
                 Ok(0) => {}
                 Ok(_) => {
                     let stream = u16::try_from(index).expect("cores fit u16");
-                    wire.send(&Message::Records { stream, bytes: std::mem::take(&mut batch) })?;
+                    let bytes = bytes::Bytes::copy_from_slice(&batch);
+                    wire.send(&Message::Records { stream, bytes })?;
                     sent = true;
                 }
                 Err(TailError::NotRetained { .. }) => {
@@ -286,10 +308,16 @@ fn send_streams(
             let written = (0..shared.streams.len())
                 .map(|index| shared.streams[index].written.load(Ordering::Acquire))
                 .collect();
-            wire.send(&Message::Heartbeat { epoch: shared.epoch(), seq, written })?;
+            wire.send(&Message::Heartbeat {
+                epoch: shared.epoch(),
+                seq,
+                written,
+            })?;
         }
         if !sent {
-            parker.park_timeout(Duration::from_millis(next_heartbeat_ms.saturating_sub(now).max(1)));
+            parker.park_timeout(Duration::from_millis(
+                next_heartbeat_ms.saturating_sub(now).max(1),
+            ));
         }
     }
 }
@@ -335,7 +363,11 @@ fn read_acks(link: &Link, mut wire: Wire, session: u64) {
         };
         shared.heard_ms.store(link.now_ms(), Ordering::Release);
         match message {
-            Message::Ack { stream, received_lsn, durable_lsn } => {
+            Message::Ack {
+                stream,
+                received_lsn,
+                durable_lsn,
+            } => {
                 let Some(slot) = shared.streams.get(usize::from(stream)) else {
                     continue;
                 };

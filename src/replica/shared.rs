@@ -38,7 +38,7 @@ impl Role {
 pub enum CoreInput {
     /// Whole encoded WAL records with contiguous LSNs, next after the core's last: appended
     /// verbatim to its stream, then applied to the owner state.
-    Records(Vec<u8>),
+    Records(bytes::Bytes),
     /// Before records flow: make the stream end at `keep_through` (records after it are
     /// divergent: moved to `divergent_file`), or, when `wipe`, discard the stream and start
     /// it at `keep_through + 1`; then rebuild the owner state from what is left.

@@ -51,7 +51,10 @@ impl CoreLoop {
         replica.fed_primary = primary;
         replica.fed_standby_lost = standby_lost;
         if standby_lost {
-            tracing::warn!(core = self.core, "the standby is unavailable: publishes follow `on_standby_loss`");
+            tracing::warn!(
+                core = self.core,
+                "the standby is unavailable: publishes follow `on_standby_loss`"
+            );
         }
         self.shard.on_control(
             ControlEvent::Replication {
@@ -72,7 +75,10 @@ impl CoreLoop {
         let slot = &shared.streams[self.core];
         let mut any = false;
         for _ in 0..INPUTS_PER_ITERATION {
-            let deferred = self.replica.as_mut().and_then(|replica| replica.deferred.take());
+            let deferred = self
+                .replica
+                .as_mut()
+                .and_then(|replica| replica.deferred.take());
             let Some(input) = deferred.or_else(|| slot.inbound.pop()) else {
                 break;
             };
@@ -85,7 +91,11 @@ impl CoreLoop {
                 CoreInput::Promote { epoch } => {
                     let promoted = self.shard.promote(epoch, &shared.config.node_id, now);
                     self.exit_if_failed(promoted);
-                    tracing::info!(core = self.core, epoch, "promoted: this core's stream entered the new epoch");
+                    tracing::info!(
+                        core = self.core,
+                        epoch,
+                        "promoted: this core's stream entered the new epoch"
+                    );
                     slot.done.fetch_add(1, Ordering::AcqRel);
                 }
                 input @ CoreInput::Rewind { .. } if self.wal_sync_in_flight => {
@@ -126,9 +136,14 @@ impl CoreLoop {
         let dir = wal::stream_dir(std::path::Path::new(&config.storage.dir), &stream);
         if wipe {
             wal::wipe(&FsStorage, &dir)?;
-            tracing::warn!(core = self.core, next_lsn = keep_through + 1, "replication: full resync; the stream starts over");
+            tracing::warn!(
+                core = self.core,
+                next_lsn = keep_through + 1,
+                "replication: full resync; the stream starts over"
+            );
         } else {
-            let moved = wal::truncate_after(&FsStorage, &dir, &stream, keep_through, divergent_file)?;
+            let moved =
+                wal::truncate_after(&FsStorage, &dir, &stream, keep_through, divergent_file)?;
             tracing::warn!(
                 core = self.core,
                 keep_through,
@@ -138,6 +153,14 @@ impl CoreLoop {
             );
         }
         let mode = RecoveryMode::Strict;
-        super::recover(&mut self.shard, &config, &apps, &self.control, mode, Some(shared), keep_through + 1)
+        super::recover(
+            &mut self.shard,
+            &config,
+            &apps,
+            &self.control,
+            mode,
+            Some(shared),
+            keep_through + 1,
+        )
     }
 }

@@ -11,11 +11,11 @@ use crate::config::{Config, FsyncPolicy};
 use crate::mesh::ChannelKey;
 use crate::mesh::message::{Durability, PublishCommand};
 use crate::protocol::socket_id::SocketId;
+use crate::replica::ReplicaShared;
 use crate::shard::{
     Apps, Durable, Journal, JournalFailed, JournalFull, JournalStats, Now, OwnerRecord,
 };
 use crate::wal::record::{PUBLISH_CACHE, PUBLISH_CACHE_ONLY, PUBLISH_CLIENT};
-use crate::replica::ReplicaShared;
 use crate::wal::{self, AppendError, Record, RecoveryMode, Storage, WalOptions, WalWriter};
 
 /// The node epoch stamped on records until replication persists one (epochs only grow).

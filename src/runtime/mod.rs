@@ -442,8 +442,15 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
                     core_affinity::set_for_current(cpu);
                 }
                 let fd = listener.into_raw_fd();
-                let recovered =
-                    recover(&mut shard, &config, &apps, &control, recovery, replica.as_ref(), 1);
+                let recovered = recover(
+                    &mut shard,
+                    &config,
+                    &apps,
+                    &control,
+                    recovery,
+                    replica.as_ref(),
+                    1,
+                );
                 if let Err(error) = recovered {
                     // SAFETY: the listener is ours and no operation refers to it yet.
                     unsafe { libc::close(fd) };
@@ -624,6 +631,7 @@ impl Throttle {
 }
 
 impl CoreLoop {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         core: usize,
         listener: RawFd,

@@ -95,6 +95,21 @@ pub fn serve(
             Arc::clone(&metrics),
         )?)
     };
+    let admin = if config.admin.bind.is_empty() {
+        None
+    } else {
+        let backend = crate::replica::admin::ReplicationAdmin {
+            link: server.replica.clone(),
+        };
+        let admin = crate::admin::start(&config.admin, Arc::new(backend)).map_err(|error| {
+            anyhow::anyhow!(
+                "cannot serve the admin endpoint on {}: {error}",
+                config.admin.bind
+            )
+        })?;
+        tracing::info!(bind = config.admin.bind, "admin endpoint on");
+        Some(admin)
+    };
     control.set_ready(true);
     tracing::info!(
         version = VERSION,
@@ -124,6 +139,9 @@ pub fn serve(
             break;
         }
         std::thread::sleep(Duration::from_millis(CONTROL_TICK_MS));
+    }
+    if let Some(admin) = admin {
+        admin.stop();
     }
     server.stop();
     webhooks.stop(Duration::from_millis(WEBHOOK_FLUSH_MS));

@@ -35,7 +35,8 @@ pub use apps::Apps;
 pub use conn::{Conn, ConnIo, Phase};
 pub use history::{HistoryEvent, HistoryPage};
 pub use owner::{
-    Durable, ReplicaView, Journal, JournalFailed, JournalFull, JournalStats, NoJournal, Owner, OwnerRecord,
+    Durable, Journal, JournalFailed, JournalFull, JournalStats, NoJournal, Owner, OwnerRecord,
+    ReplicaView,
 };
 use rest::Query;
 

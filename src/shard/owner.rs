@@ -1672,6 +1672,7 @@ mod tests {
             Ok(Durable {
                 lsn: self.appended_lsn(),
                 durability: Durability::Written,
+                replica: None,
             })
         }
 
@@ -1978,17 +1979,27 @@ mod tests {
         owner.refuse(0, true, PublishRefusal::Busy);
         owner.apply(
             0,
-            ShardMessage::Barrier { query: query(1) },
+            ShardMessage::Barrier {
+                query: query(1),
+                ack: crate::config::AckMode::Local,
+            },
             NOW,
             &mut journal,
         );
-        owner.committed(0, Durability::Written);
+        owner.committed(Durable {
+            lsn: 0,
+            durability: Durability::Written,
+            replica: None,
+        });
         assert_eq!(acks(&mut owner), [AckOutcome::Durable(Durability::Written)]);
         assert_eq!(owner.take_refused_client_events(), 1);
         owner.refuse(0, false, PublishRefusal::Busy);
         owner.apply(
             0,
-            ShardMessage::Barrier { query: query(2) },
+            ShardMessage::Barrier {
+                query: query(2),
+                ack: crate::config::AckMode::Local,
+            },
             NOW,
             &mut journal,
         );
@@ -2007,7 +2018,10 @@ mod tests {
         owner.apply(0, publish("a", "\"2\"", false), NOW, &mut journal);
         owner.apply(
             0,
-            ShardMessage::Barrier { query: query(1) },
+            ShardMessage::Barrier {
+                query: query(1),
+                ack: crate::config::AckMode::Local,
+            },
             NOW,
             &mut journal,
         );
@@ -2021,14 +2035,25 @@ mod tests {
         owner.apply(0, publish("a", "\"3\"", false), NOW, &mut journal);
         owner.apply(
             0,
-            ShardMessage::Barrier { query: query(2) },
+            ShardMessage::Barrier {
+                query: query(2),
+                ack: crate::config::AckMode::Local,
+            },
             NOW,
             &mut journal,
         );
         assert!(acks(&mut owner).is_empty(), "waits for the commit");
-        owner.committed(1, Durability::Written);
+        owner.committed(Durable {
+            lsn: 1,
+            durability: Durability::Written,
+            replica: None,
+        });
         assert!(acks(&mut owner).is_empty(), "its record is lsn 2");
-        owner.committed(2, Durability::Fsynced);
+        owner.committed(Durable {
+            lsn: 2,
+            durability: Durability::Fsynced,
+            replica: None,
+        });
         assert_eq!(acks(&mut owner), [AckOutcome::Durable(Durability::Fsynced)]);
         let page = owner.histories.page(&ChannelKey::new(0, "a"), 0, 10);
         assert_eq!(page.last_seq, 2, "sequences continue without a gap");

@@ -157,8 +157,7 @@ impl Shard {
     }
 
     fn handle_request(&mut self, key: u32, request: Request, leftover: Vec<u8>) {
-        if !self.control.primary && !matches!(request.path.as_str(), "/" | "/healthz" | "/readyz")
-        {
+        if !self.control.primary && !matches!(request.path.as_str(), "/" | "/healthz" | "/readyz") {
             // A standby serves no client: pusher-js and the load balancer go to the primary.
             self.endpoint = endpoint_of(&request.path);
             self.core_metrics()

@@ -672,9 +672,21 @@ fn a_backed_up_fan_out_refuses_publishes_without_blaming_others() {
         published_us: 0,
     };
     shard.handle_message(0, publish(true));
-    shard.handle_message(0, ShardMessage::Barrier { query: query(1) });
+    shard.handle_message(
+        0,
+        ShardMessage::Barrier {
+            query: query(1),
+            ack: crate::config::AckMode::Local,
+        },
+    );
     shard.handle_message(0, publish(false));
-    shard.handle_message(0, ShardMessage::Barrier { query: query(2) });
+    shard.handle_message(
+        0,
+        ShardMessage::Barrier {
+            query: query(2),
+            ack: crate::config::AckMode::Local,
+        },
+    );
     let mut effects = Vec::new();
     shard.owner.take_effects(&mut effects);
     let rejected = &shard.core_metrics().rejected[crate::metrics::REJECT_MESH_BACKLOG];
