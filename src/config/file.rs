@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub replication: ReplicationConfig,
+    #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub apps: Vec<AppConfig>,

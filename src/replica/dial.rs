@@ -114,11 +114,13 @@ fn handshake(link: &Link, role: proto::Role) -> std::io::Result<Option<(Wire, pr
     };
     match checked {
         Ok(()) => {}
-        Err(proto::RefuseCode::BadSecret) => {
+        Err(code @ proto::RefuseCode::BadSecret) => {
             tracing::error!(
                 peer = config.peer,
                 "replication: the peer's proof is wrong (check [replication] secret); refused"
             );
+            let reason = "authentication failed: check [replication] secret".to_string();
+            let _ = wire.send(&Message::Refuse { code, reason });
             return Ok(None);
         }
         Err(code) => {

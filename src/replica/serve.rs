@@ -139,8 +139,25 @@ fn handshake(link: &Link, wire: &mut Wire) -> std::io::Result<Option<Vec<StreamP
         nonce,
         mac,
     }))?;
-    let Message::Auth { mac } = wire.recv()? else {
-        return Err(std::io::Error::other("expected AUTH"));
+    let mac = match wire.recv()? {
+        Message::Auth { mac } => mac,
+        Message::Refuse { code, reason } => {
+            if code == RefuseCode::BadSecret {
+                tracing::error!(
+                    node = hello.node_id,
+                    "replication: the standby refused our proof: check [replication] secret on both nodes"
+                );
+            } else {
+                tracing::warn!(
+                    node = hello.node_id,
+                    ?code,
+                    reason,
+                    "replication: the standby refused our plan"
+                );
+            }
+            return Ok(None);
+        }
+        _ => return Err(std::io::Error::other("expected AUTH")),
     };
     if !proto::verify_auth_mac(secret, &hello.nonce, &nonce, &shared.config.cluster, &mac) {
         tracing::error!(
@@ -233,6 +250,8 @@ fn stream_to(link: &Arc<Link>, wire: Wire, plans: &[StreamPlan]) -> std::io::Res
     }
     shared.heard_ms.store(link.now_ms(), Ordering::Release);
     shared.set_link_up(true);
+    // Available from now on: publishes wait for it (up to the timeout) instead of degrading.
+    watch_standby(link);
     let reader = wire.split()?;
     reader.set_read_timeout(Duration::from_millis(shared.config.standby_timeout_ms))?;
     let reading = Arc::clone(link);

@@ -580,7 +580,8 @@ impl Shard {
             remaining,
             keep_alive,
             kind,
-            acked: Ok(Durability::Fsynced),
+            // The strongest level: every owner's answer can only lower it.
+            acked: Ok(Durability::ReplicaDurable),
         }) as u32;
         if let Phase::Http { awaiting, .. } = &mut self.conns[key as usize].phase {
             *awaiting = Some(slot);

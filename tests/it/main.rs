@@ -22,6 +22,8 @@ mod history;
 mod load;
 /// Operations: systemd notify, health, metrics, drain, reload, admission, slow readers.
 mod operations;
+/// The hot standby: following, ack modes, failover (seeded), standby loss, rejoin, secrets.
+mod replication;
 /// HTTP handling and the REST API: routing, signatures, publish, channel info, bad requests.
 mod rest;
 /// Smoke tests of the harness itself.
