@@ -251,6 +251,8 @@ pub struct Metrics {
     pub webhooks: Arc<WebhookStats>,
     control: Arc<Control>,
     mesh: Arc<Mesh>,
+    /// The hot standby's state, when `[replication]` is on (set once at start).
+    pub replica: std::sync::OnceLock<Arc<crate::replica::ReplicaShared>>,
 }
 
 impl Metrics {
@@ -263,6 +265,7 @@ impl Metrics {
             webhooks: Arc::new(WebhookStats::default()),
             control,
             mesh,
+            replica: std::sync::OnceLock::new(),
         }
     }
 
@@ -317,7 +320,85 @@ impl Collector for Metrics {
         self.encode_process(e)?;
         self.encode_wal(e)?;
         self.encode_webhooks(e)?;
+        self.encode_replication(e)?;
         Ok(())
+    }
+}
+
+impl Metrics {
+    /// The hot standby: role, epoch, the link, lag, resyncs by kind, promotions.
+    fn encode_replication(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(shared) = self.replica.get() else {
+            return Ok(());
+        };
+        let primary = shared.role() == crate::replica::Role::Primary;
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_replication_role",
+                "1 for the role this node has now (primary or standby)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (role, value) in [("primary", primary), ("standby", !primary)] {
+                ConstGauge::new(i64::from(value))
+                    .encode(family.encode_family(&[("role", role)])?)?;
+            }
+        }
+        let gauges = [
+            (
+                "ringcast_replication_epoch",
+                "The highest epoch this node has persisted",
+                shared.epoch(),
+            ),
+            (
+                "ringcast_replication_peer_connected",
+                "1 while the replication link is up",
+                u64::from(shared.link_up()),
+            ),
+            (
+                "ringcast_replication_in_sync",
+                "1 once the standby reached lag 0 on this link",
+                u64::from(shared.in_sync()),
+            ),
+            (
+                "ringcast_replication_standby_lost",
+                "1 while the primary counts its standby as unavailable (publishes follow on_standby_loss)",
+                u64::from(primary && shared.standby_lost()),
+            ),
+            (
+                "ringcast_replication_lag_records",
+                "Records written on the primary not yet received by the standby",
+                shared.lag_records.load(Ordering::Relaxed),
+            ),
+            (
+                "ringcast_replication_lag_ms",
+                "How long the standby has been behind (0 when caught up)",
+                shared.lag_ms.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            gauge(e, name, help, i64::try_from(value).unwrap_or(i64::MAX))?;
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_replication_resyncs",
+                "Standby sessions started, by kind (partial: from its position; full: from scratch)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, value) in [
+                ("partial", &shared.resyncs_partial),
+                ("full", &shared.resyncs_full),
+            ] {
+                ConstCounter::new(load(value)).encode(family.encode_family(&[("kind", kind)])?)?;
+            }
+        }
+        counter(
+            e,
+            "ringcast_replication_promotions",
+            "Promotions of this node to primary",
+            load(&shared.promotions),
+        )
     }
 }
 

@@ -347,6 +347,68 @@ fn recover(
     Ok(())
 }
 
+/// One listener per core on `[server] bind` (the first picks the port when it is 0).
+fn bind_all(config: &Config, cores: usize) -> anyhow::Result<(Vec<TcpListener>, SocketAddr)> {
+    let bind = config.bind_addr();
+    if bind.port() != 0 {
+        probe_port(bind).map_err(|error| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {error} (is another server running there?)",
+                config.server.bind
+            )
+        })?;
+    }
+    let first = bind_listener(bind)
+        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.server.bind))?;
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..cores {
+        listeners.push(bind_listener(local_addr)?);
+    }
+    Ok((listeners, local_addr))
+}
+
+/// Waits until every core thread reported it is ready (or why it could not start).
+fn wait_ready(
+    ready: &std::sync::mpsc::Receiver<Result<(), String>>,
+    cores: usize,
+) -> anyhow::Result<()> {
+    for _ in 0..cores {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => anyhow::bail!("cannot start: {error}"),
+            Err(_) => anyhow::bail!("a core thread died while starting"),
+        }
+    }
+    Ok(())
+}
+
+/// Starts the replication link's threads (after every core published its positions).
+fn start_link(
+    config: &Config,
+    shared: Arc<ReplicaShared>,
+    mesh: &Arc<Mesh>,
+    control: &Arc<Control>,
+    stop: &Arc<AtomicBool>,
+    threads: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Arc<crate::replica::link::Link>> {
+    let link = Arc::new(crate::replica::link::Link::new(
+        shared,
+        std::path::PathBuf::from(&config.storage.dir),
+        Arc::clone(mesh),
+        Arc::clone(control),
+        Arc::clone(stop),
+    ));
+    let link_threads = crate::replica::link::start(Arc::clone(&link)).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot listen for replication on {}: {error}",
+            config.replication.listen
+        )
+    })?;
+    threads.extend(link_threads);
+    Ok(link)
+}
+
 /// With `[replication]`: the node's epoch and the role it starts in. A node whose data directory
 /// has no persisted epoch is new to the pair and takes `initial_role` (a new primary persists
 /// epoch 1 at once); a node with one never makes itself primary on its own: it starts as a
@@ -389,22 +451,7 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
     probe().map_err(anyhow::Error::msg)?;
     reserve_descriptors();
     let cores = config.cores();
-    let bind = config.bind_addr();
-    if bind.port() != 0 {
-        probe_port(bind).map_err(|error| {
-            anyhow::anyhow!(
-                "cannot listen on {}: {error} (is another server running there?)",
-                config.server.bind
-            )
-        })?;
-    }
-    let first = bind_listener(bind)
-        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.server.bind))?;
-    let local_addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..cores {
-        listeners.push(bind_listener(local_addr)?);
-    }
+    let (listeners, local_addr) = bind_all(&config, cores)?;
     let mesh = Arc::new(Mesh::new(cores)?);
     let apps = Arc::new(Apps::new(&config));
     let stop = Arc::new(AtomicBool::new(false));
@@ -413,6 +460,9 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
     let webhooks = Arc::new(WebhookQueues::new(cores));
     reshard::reshard_if_needed(&config, &apps, cores, recovery, clock(&control))?;
     let replica = replica_role(&config, cores)?.map(Arc::new);
+    if let Some(shared) = &replica {
+        let _ = metrics.replica.set(Arc::clone(shared));
+    }
     let epoch = rand::random::<u64>() % 9_000_000_000 + 1_000_000_000;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -470,32 +520,17 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
         threads.push(thread);
     }
     drop(ready_sender);
-    for _ in 0..cores {
-        match ready_receiver.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => anyhow::bail!("cannot start: {error}"),
-            Err(_) => anyhow::bail!("a core thread died while starting"),
-        }
-    }
+    wait_ready(&ready_receiver, cores)?;
     // Every core has published where its stream ends: the link can say so to the peer.
     let replica = match replica {
-        Some(shared) => {
-            let link = Arc::new(crate::replica::link::Link::new(
-                shared,
-                std::path::PathBuf::from(&config.storage.dir),
-                Arc::clone(&mesh),
-                Arc::clone(&control),
-                Arc::clone(&stop),
-            ));
-            let link_threads = crate::replica::link::start(Arc::clone(&link)).map_err(|error| {
-                anyhow::anyhow!(
-                    "cannot listen for replication on {}: {error}",
-                    config.replication.listen
-                )
-            })?;
-            threads.extend(link_threads);
-            Some(link)
-        }
+        Some(shared) => Some(start_link(
+            &config,
+            shared,
+            &mesh,
+            &control,
+            &stop,
+            &mut threads,
+        )?),
         None => None,
     };
     Ok(Server {

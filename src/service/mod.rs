@@ -128,6 +128,7 @@ pub fn serve(
     let _ = std::io::stdout().flush();
 
     let mut control_loop = ControlLoop::new(control, config, config_path);
+    control_loop.replica = server.replica.as_ref().map(|link| Arc::clone(&link.shared));
     control_loop.announce_ready();
     loop {
         for signal in signals.pending() {
@@ -164,6 +165,8 @@ struct ControlLoop {
     /// Set by the first SIGTERM/SIGINT: when the process exits even with connections open.
     drain_deadline_ms: Option<u64>,
     mesh_idle_since: Option<Instant>,
+    /// The hot standby, for `STATUS=` (role, epoch, lag).
+    replica: Option<Arc<crate::replica::ReplicaShared>>,
 }
 
 impl ControlLoop {
@@ -187,11 +190,29 @@ impl ControlLoop {
             stalled_logged: false,
             drain_deadline_ms: None,
             mesh_idle_since: None,
+            replica: None,
         }
     }
 
     fn status(&self, text: &str) -> String {
-        format!("{text}; {} connections", self.control.connections())
+        let connections = self.control.connections();
+        let Some(shared) = &self.replica else {
+            return format!("{text}; {connections} connections");
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        let link = match (shared.role(), shared.link_up()) {
+            (crate::replica::Role::Primary, false) => "no standby".to_string(),
+            (crate::replica::Role::Primary, true) => "standby connected".to_string(),
+            (crate::replica::Role::Standby, false) => "primary unreachable".to_string(),
+            (crate::replica::Role::Standby, true) => "following".to_string(),
+        };
+        format!(
+            "{text}; {} epoch {}, {link}, lag {} records / {} ms; {connections} connections",
+            shared.role().name(),
+            shared.epoch(),
+            shared.lag_records.load(Relaxed),
+            shared.lag_ms.load(Relaxed),
+        )
     }
 
     fn announce_ready(&self) {

@@ -157,18 +157,8 @@ impl Shard {
     }
 
     fn handle_request(&mut self, key: u32, request: Request, leftover: Vec<u8>) {
-        if !self.control.primary && !matches!(request.path.as_str(), "/" | "/healthz" | "/readyz") {
-            // A standby serves no client: pusher-js and the load balancer go to the primary.
-            self.endpoint = endpoint_of(&request.path);
-            self.core_metrics()
-                .reject(crate::metrics::REJECT_STANDBY_ROLE);
-            let body = json!({
-                "error": "This node is a standby: it serves no clients until it is promoted",
-                "role": "standby",
-            })
-            .to_string();
-            let retry = [("Retry-After", "1")];
-            return self.respond(key, 503, "application/json", body.as_bytes(), false, &retry);
+        if self.refused_as_standby(key, &request.path) {
+            return;
         }
         if handshake::is_upgrade(&header_refs(&request)) {
             self.endpoint = Endpoint::Upgrade;
@@ -262,6 +252,25 @@ impl Shard {
             }
             _ => self.respond_error(key, 404, "Not found", keep_alive, &[]),
         }
+    }
+
+    /// A standby serves no client (pusher-js and the load balancer go to the primary): every
+    /// request but the health checks gets 503 naming the role. Returns whether it answered.
+    fn refused_as_standby(&mut self, key: u32, path: &str) -> bool {
+        if self.control.primary || matches!(path, "/" | "/healthz" | "/readyz") {
+            return false;
+        }
+        self.endpoint = endpoint_of(path);
+        self.core_metrics()
+            .reject(crate::metrics::REJECT_STANDBY_ROLE);
+        let body = json!({
+            "error": "This node is a standby: it serves no clients until it is promoted",
+            "role": "standby",
+        })
+        .to_string();
+        let retry = [("Retry-After", "1")];
+        self.respond(key, 503, "application/json", body.as_bytes(), false, &retry);
+        true
     }
 
     /// `/apps/{id}/...`: app, signature, then the endpoint.
