@@ -254,8 +254,9 @@ fn wait_done(link: &Link, core: usize) -> std::io::Result<()> {
 }
 
 /// Queues `input` for core `core` (waiting while its queue is full: backpressure onto the
-/// TCP stream) and rings its doorbell.
-fn hand_to_core(
+/// TCP stream) and rings its doorbell. `session` `u64::MAX`: not tied to a session (a
+/// rewind, a promotion); it gives up only when the process stops.
+pub(super) fn hand_to_core(
     link: &Link,
     core: usize,
     mut input: CoreInput,

@@ -70,12 +70,8 @@ fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
         .map(|slot| slot.done.load(Ordering::Acquire))
         .collect();
     for core in 0..shared.streams.len() {
-        let mut input = CoreInput::Promote { epoch };
-        while let Err(back) = shared.streams[core].inbound.push(input) {
-            input = back;
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        link.mesh.ring(core);
+        super::dial::hand_to_core(link, core, CoreInput::Promote { epoch }, u64::MAX)
+            .map_err(|error| refused(500, format!("core {core}: {error}")))?;
     }
     let deadline = started_ms + limits::REPL_PROMOTE_WAIT_MS;
     for (core, before) in before.into_iter().enumerate() {
