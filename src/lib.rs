@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod runtime;
 pub mod service;
 pub mod shard;
+pub mod tls;
 pub mod wal;
 pub mod webhook;
 pub mod ws;

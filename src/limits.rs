@@ -186,6 +186,24 @@ pub const WAL_SALVAGE_REPORTS_MAX: usize = 1024;
 /// per this long per core; the ones in between are counted, and the next line says how many.
 pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 
+/// Default `tls.handshake_timeout_ms`: a client that has not finished its TLS handshake this
+/// long after its connection was accepted is closed (counted as a `timeout` handshake).
+pub const TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Longest configurable `tls.handshake_timeout_ms`.
+pub const TLS_HANDSHAKE_TIMEOUT_MS_MAX: u64 = 60_000;
+/// TLS handshakes in flight on one core (the default and the ceiling of
+/// `tls.handshakes_per_core_max`): a handshake costs a key exchange and a signature, and a
+/// flood of new clients must not starve the established ones; past it, new TLS clients are
+/// closed at once (counted as `refused`).
+pub const TLS_HANDSHAKES_PER_CORE_MAX: usize = 1024;
+/// Plaintext bytes encrypted into one send of a TLS connection (a few 16 KB records); the rest
+/// of its queue waits for the next send, so one connection's backlog is not encrypted at once.
+pub const TLS_SEND_PLAINTEXT_BYTES_MAX: usize = 64 * 1024;
+/// Certificates one `tls.cert` file may hold (a leaf and its intermediates).
+pub const TLS_CHAIN_CERTS_MAX: usize = 16;
+/// Largest `tls.cert` or `tls.key` file read (PEM text).
+pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);
@@ -214,3 +232,6 @@ const _: () = assert!(WAL_SEGMENT_BYTES_MIN < WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(WAL_SEGMENT_FILE_BYTES_MAX <= isize::MAX as u64);
 // One tick's buffer is written into a segment; a tick never needs a segment of its own.
 const _: () = assert!(WAL_TICK_BYTES_MAX as u64 <= WAL_SEGMENT_BYTES_MAX);
+// A TLS record holds at most 16 KB of plaintext: one send carries at least a full record.
+const _: () = assert!(TLS_SEND_PLAINTEXT_BYTES_MAX >= 16 * 1024);
+const _: () = assert!(TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT <= TLS_HANDSHAKE_TIMEOUT_MS_MAX);

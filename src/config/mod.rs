@@ -12,7 +12,7 @@ use crate::limits;
 
 pub use file::{
     AppConfig, FsyncPolicy, HistoryConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig,
-    StorageConfig, WebhookConfig, WebhooksConfig,
+    StorageConfig, TlsConfig, WebhookConfig, WebhooksConfig,
 };
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
@@ -27,6 +27,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub history: HistoryConfig,
     pub storage: StorageConfig,
+    pub tls: TlsConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -97,6 +98,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
     validate_webhooks(&raw.webhooks)?;
     validate_history(&raw.history)?;
     validate_storage(&raw.storage)?;
+    validate_tls(&raw.tls, &raw.server)?;
     validate_apps(&raw.apps)?;
     Ok(Config {
         server: raw.server,
@@ -105,8 +107,45 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         webhooks: raw.webhooks,
         history: raw.history,
         storage: raw.storage,
+        tls: raw.tls,
         apps: raw.apps,
     })
+}
+
+/// `[tls]`: off unless `bind` is set; then `cert` and `key` are required (their contents are
+/// checked when the server loads them, `tls::Identity::load`). With TLS on, the plain
+/// `server.bind` may be empty.
+fn validate_tls(tls: &TlsConfig, server: &ServerConfig) -> Result<(), ConfigError> {
+    if tls.bind.is_empty() {
+        if server.bind.is_empty() {
+            return Err(invalid(
+                "server.bind",
+                "empty, and `[tls] bind` is not set either: nothing would listen",
+            ));
+        }
+        return Ok(());
+    }
+    check_address("tls.bind", &tls.bind)?;
+    if tls.bind == server.bind && !tls.bind.ends_with(":0") {
+        return Err(invalid("tls.bind", "the same address as `server.bind`"));
+    }
+    for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+        if path.is_empty() {
+            return Err(invalid(key, "required when `tls.bind` is set (a PEM file)"));
+        }
+    }
+    check_range_u64(
+        "tls.handshake_timeout_ms",
+        tls.handshake_timeout_ms,
+        1,
+        limits::TLS_HANDSHAKE_TIMEOUT_MS_MAX,
+    )?;
+    check_range(
+        "tls.handshakes_per_core_max",
+        tls.handshakes_per_core_max,
+        1,
+        limits::TLS_HANDSHAKES_PER_CORE_MAX,
+    )
 }
 
 fn validate_version(version: Option<u32>) -> Result<(), ConfigError> {
@@ -132,7 +171,9 @@ fn check_address(key: &str, bind: &str) -> Result<(), ConfigError> {
 
 /// `[server]`, but for `server.channel_name_bytes_max` (see `validate`).
 fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
-    check_address("server.bind", &server.bind)?;
+    if !server.bind.is_empty() {
+        check_address("server.bind", &server.bind)?;
+    }
     if server.cores > limits::CORES_MAX {
         return Err(invalid(
             "server.cores",
@@ -561,11 +602,24 @@ fn check_range_u64(key: &str, value: u64, min: u64, max: u64) -> Result<(), Conf
 }
 
 impl Config {
-    pub fn bind_addr(&self) -> SocketAddr {
-        self.server
-            .bind
-            .parse()
-            .expect("validated in config::validate")
+    /// The plain listener's address; None when `server.bind` is empty (TLS only).
+    pub fn bind_addr(&self) -> Option<SocketAddr> {
+        (!self.server.bind.is_empty()).then(|| {
+            self.server
+                .bind
+                .parse()
+                .expect("validated in config::validate")
+        })
+    }
+
+    /// The TLS listener's address; None when TLS is off.
+    pub fn tls_bind_addr(&self) -> Option<SocketAddr> {
+        (!self.tls.bind.is_empty()).then(|| {
+            self.tls
+                .bind
+                .parse()
+                .expect("validated in config::validate")
+        })
     }
 
     /// The number of core threads: `server.cores`, or every available CPU when 0.
@@ -588,6 +642,7 @@ impl Config {
             webhooks: self.webhooks.clone(),
             history: self.history.clone(),
             storage: self.storage.clone(),
+            tls: self.tls.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")
@@ -602,7 +657,10 @@ mod tests {
     fn embedded_default_is_valid() {
         let loaded = parse(EMBEDDED_DEFAULT).unwrap();
         assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
-        assert_eq!(loaded.config.bind_addr().ip().to_string(), "127.0.0.1");
+        assert_eq!(
+            loaded.config.bind_addr().unwrap().ip().to_string(),
+            "127.0.0.1"
+        );
         assert!(loaded.config.apps[0].id.bytes().all(|b| b.is_ascii_digit()));
     }
 
