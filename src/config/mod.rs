@@ -773,6 +773,42 @@ mod tests {
     }
 
     #[test]
+    fn tls_config_is_validated() {
+        let app = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let error_for = |text: &str| parse(&format!("{app}{text}")).unwrap_err().to_string();
+        let tls = "[tls]\nbind = \"127.0.0.1:6002\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let loaded = parse(&format!("{app}{tls}")).unwrap().config;
+        assert_eq!(loaded.tls_bind_addr().unwrap().port(), 6002);
+        assert_eq!(
+            loaded.bind_addr().unwrap().port(),
+            6001,
+            "the plain listener stays"
+        );
+        assert_eq!(
+            loaded.tls.handshake_timeout_ms,
+            limits::TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT
+        );
+        let tls_only = parse(&format!("{app}[server]\nbind = \"\"\n{tls}")).unwrap();
+        assert_eq!(tls_only.config.bind_addr(), None);
+        assert!(
+            error_for("[server]\nbind = \"\"\n").contains("nothing would listen"),
+            "no listener at all"
+        );
+        let error = error_for("[tls]\nbind = \"127.0.0.1:6002\"\nkey = \"k.pem\"\n");
+        assert!(error.contains("tls.cert"), "{error}");
+        let error = error_for("[tls]\nbind = \"127.0.0.1:6002\"\ncert = \"c.pem\"\n");
+        assert!(error.contains("tls.key"), "{error}");
+        let error = error_for("[tls]\nbind = \"127.0.0.1:6001\"\ncert = \"c\"\nkey = \"k\"\n");
+        assert!(error.contains("same address"), "{error}");
+        let error = error_for("[tls]\nbind = \"localhost\"\ncert = \"c\"\nkey = \"k\"\n");
+        assert!(error.contains("tls.bind"), "{error}");
+        let error = error_for(&format!("{tls}handshake_timeout_ms = 0\n"));
+        assert!(error.contains("tls.handshake_timeout_ms"), "{error}");
+        let error = error_for(&format!("{tls}handshakes_per_core_max = 100000\n"));
+        assert!(error.contains("tls.handshakes_per_core_max"), "{error}");
+    }
+
+    #[test]
     fn invalid_values_name_the_key() {
         let base = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
         let error = parse(&format!("{base}[server]\nbind = \"nope\"\n"))

@@ -428,6 +428,82 @@ fn plaintext_on_the_tls_port_is_closed_without_disturbing_others() {
     assert_eq!(read_event(&mut ws)["data"], "still here");
 }
 
+#[test]
+fn handshakes_past_the_per_core_limit_are_refused_and_counted() {
+    let ca = TestCa::new("limit");
+    let (cert, key) = ca.issue("server");
+    let options = Options {
+        cores: 1,
+        extra_toml: tls_toml(&cert, &key, "handshakes_per_core_max = 1"),
+        ..Options::default()
+    };
+    let config = format!("{}{METRICS_ON}", config_text(&options));
+    let (server, metrics) = Server::launch(&config, &[], true);
+    let metrics = metrics.unwrap();
+    let tls = server.tls_addr.unwrap();
+    let client = ca.client_config(&[&rustls::version::TLS13]);
+    // One handshake in flight (a client that says nothing) takes the core's only slot.
+    let stalled = TcpStream::connect(tls).unwrap();
+    wait_for_metric(metrics, "ringcast_tls_connected", 1.0);
+    let mut refused = TcpStream::connect(tls).unwrap();
+    expect_closed(&mut refused, WAIT);
+    wait_for_metric(
+        metrics,
+        "ringcast_tls_handshakes_total{outcome=\"refused\"}",
+        1.0,
+    );
+    // The slot is free again once that client leaves.
+    drop(stalled);
+    wait_for_metric(
+        metrics,
+        "ringcast_tls_handshakes_total{outcome=\"closed\"}",
+        1.0,
+    );
+    assert_eq!(https(tls, &client, "GET", "/healthz", "").0, 200);
+}
+
+#[test]
+fn a_tls_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let ca = TestCa::new("slow");
+    let (cert, key) = ca.issue("server");
+    let options = Options {
+        extra_server: "outbound_bytes_max = 65536".to_string(),
+        extra_toml: tls_toml(&cert, &key, ""),
+        ..Options::default()
+    };
+    let config = format!("{}{METRICS_ON}", config_text(&options));
+    let (server, metrics) = Server::launch(&config, &[], true);
+    let metrics = metrics.unwrap();
+    let client = ca.client_config(&[&rustls::version::TLS13]);
+    let mut slow = wss(server.tls_addr.unwrap(), &client);
+    subscribe(&mut slow, "firehose");
+    let mut reader = wss(server.tls_addr.unwrap(), &client);
+    subscribe(&mut reader, "firehose");
+    // The slow client reads nothing from here on; the kernel's buffers fill, then the bound.
+    let filler = "x".repeat(9 * 1024);
+    let mut closed = false;
+    for n in 0..4000 {
+        server.trigger(&json!({"name":"big","channel":"firehose","data":format!("{n}-{filler}")}));
+        let event = read_event(&mut reader);
+        assert!(
+            event["data"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{n}-")),
+            "the reader keeps up in order"
+        );
+        if n % 50 == 49
+            && metric(&scrape(metrics), "ringcast_slow_consumer_closes_total") == Some(1.0)
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow TLS client was closed as a slow consumer");
+    server.trigger(&json!({"name":"after","channel":"firehose","data":"after"}));
+    assert_eq!(read_event(&mut reader)["data"], "after");
+}
+
 /// `ringcast serve` on a config with TLS on `cert` and `key`: the exit failure's stderr.
 fn start_failure(cert: &Path, key: &Path) -> String {
     let dir = std::env::temp_dir().join(format!("ringcast-it-{}-tls-start", std::process::id()));
