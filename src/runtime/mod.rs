@@ -1157,7 +1157,7 @@ impl CoreLoop {
         // SAFETY: the spare is our own descriptor, which no operation refers to; closed once.
         unsafe { libc::close(spare) };
         match self.accept_one() {
-            Ok(fd) => match self.shard.accept_over_capacity(fd, now) {
+            Ok(fd) => match self.shard.accept_over_capacity(fd, self.listener_tls, now) {
                 Some(key) => self.arm_recv(key),
                 // This core is full: the socket was just accepted and is known to nobody else.
                 None => self.close_socket(fd),

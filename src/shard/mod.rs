@@ -265,8 +265,13 @@ impl Shard {
     /// A socket the driver accepted on its spare descriptor at the descriptor limit: it is
     /// served only to be refused (`Conn::over_capacity`), within the usual request timeout.
     /// None when this core is full: the driver closes the socket.
-    pub fn accept_over_capacity(&mut self, fd: RawFd, now: Now) -> Option<u32> {
-        let key = self.accept(fd, now)?;
+    /// `tls`: it came from the TLS listener (it is answered after its handshake).
+    pub fn accept_over_capacity(&mut self, fd: RawFd, tls: bool, now: Now) -> Option<u32> {
+        let key = if tls {
+            self.accept_tls(fd, now)?
+        } else {
+            self.accept(fd, now)?
+        };
         self.conns[key as usize].over_capacity = true;
         Some(key)
     }
