@@ -17,6 +17,8 @@ use crate::shard::Apps;
 pub struct Reload {
     pub config: Arc<Config>,
     pub apps: Arc<Apps>,
+    /// A reloaded certificate and key for new TLS connections; None keeps the running pair.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 use crate::limits::RELOADS_QUEUED_MAX;

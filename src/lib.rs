@@ -26,6 +26,7 @@ pub mod replication;
 pub mod runtime;
 pub mod service;
 pub mod shard;
+pub mod tls;
 pub mod wal;
 pub mod webhook;
 pub mod ws;

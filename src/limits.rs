@@ -255,6 +255,24 @@ pub const REPL_DECODER_BUFFER_BYTES_MAX: usize = 4 + REPL_FRAME_BYTES_MAX + REPL
 const _: () = assert!(ADMIN_REQUEST_HEAD_BYTES_MAX >= 2 * ADMIN_TOKEN_BYTES_MAX);
 // `stop` stays prompt: the thread looks at its stop flag many times per request timeout.
 const _: () = assert!(ADMIN_ACCEPT_POLL_MS * 10 <= ADMIN_REQUEST_READ_TIMEOUT_MS);
+/// Default `tls.handshake_timeout_ms`: a client that has not finished its TLS handshake this
+/// long after its connection was accepted is closed (counted as a `timeout` handshake).
+pub const TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Longest configurable `tls.handshake_timeout_ms`.
+pub const TLS_HANDSHAKE_TIMEOUT_MS_MAX: u64 = 60_000;
+/// TLS handshakes in flight on one core (the default and the ceiling of
+/// `tls.handshakes_per_core_max`): a handshake costs a key exchange and a signature, and a
+/// flood of new clients must not starve the established ones; past it, new TLS clients are
+/// closed at once (counted as `refused`).
+pub const TLS_HANDSHAKES_PER_CORE_MAX: usize = 1024;
+/// Plaintext bytes encrypted into one send of a TLS connection (a few 16 KB records); the rest
+/// of its queue waits for the next send, so one connection's backlog is not encrypted at once.
+pub const TLS_SEND_PLAINTEXT_BYTES_MAX: usize = 64 * 1024;
+/// Certificates one `tls.cert` file may hold (a leaf and its intermediates).
+pub const TLS_CHAIN_CERTS_MAX: usize = 16;
+/// Largest `tls.cert` or `tls.key` file read (PEM text).
+pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
 const _: () = assert!(RECV_BUFFERS_PER_CORE.is_power_of_two());
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 const _: () = assert!(MESH_BACKLOG_MAX >= MESH_QUEUE_DEPTH);
@@ -296,3 +314,6 @@ const _: () = assert!(REPL_STREAMS_MAX <= u16::MAX as usize);
 const _: () = assert!(REPL_NAME_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(REPL_REASON_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(WAL_STREAM_NAME_BYTES_MAX <= u16::MAX as usize);
+// A TLS record holds at most 16 KB of plaintext: one send carries at least a full record.
+const _: () = assert!(TLS_SEND_PLAINTEXT_BYTES_MAX >= 16 * 1024);
+const _: () = assert!(TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT <= TLS_HANDSHAKE_TIMEOUT_MS_MAX);

@@ -92,6 +92,16 @@ pub const REJECT_STANDBY_ROLE: usize = 11;
 /// Why an accept failed: the process's descriptor limit, the system's, memory, anything else.
 pub const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "enomem", "other"];
 
+/// How a TLS handshake ended: finished, failed (garbage instead of a ClientHello, no common
+/// version or cipher, a bad record), timed out (`tls.handshake_timeout_ms`), refused at accept
+/// (`tls.handshakes_per_core_max` in flight), or closed by the peer before it finished.
+pub const TLS_OUTCOMES: [&str; 5] = ["ok", "failed", "timeout", "refused", "closed"];
+pub const TLS_OK: usize = 0;
+pub const TLS_FAILED: usize = 1;
+pub const TLS_TIMEOUT: usize = 2;
+pub const TLS_REFUSED: usize = 3;
+pub const TLS_CLOSED: usize = 4;
+
 /// Upper bounds (seconds) of the publish→write latency histogram.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -127,6 +137,10 @@ pub struct CoreMetrics {
     pub loop_iteration_max_us: AtomicU64,
     /// This core's WAL stream, as of its last upkeep: `WAL_GAUGES` order.
     pub wal: [AtomicU64; WAL_GAUGES.len()],
+    /// TLS handshakes by `TLS_OUTCOMES` outcome.
+    pub tls_handshakes: [AtomicU64; TLS_OUTCOMES.len()],
+    /// TLS connections open on this core (handshaking or not).
+    pub tls_connected: AtomicU64,
 }
 
 /// The WAL gauges each core publishes (`CoreMetrics::wal`), with their help text.
@@ -177,6 +191,8 @@ impl CoreMetrics {
             latency_count: AtomicU64::new(0),
             loop_iteration_max_us: AtomicU64::new(0),
             wal: counters(),
+            tls_handshakes: counters(),
+            tls_connected: AtomicU64::new(0),
         }
     }
 
@@ -247,6 +263,11 @@ pub struct Metrics {
     pub config_unknown_keys: AtomicU64,
     pub config_reloads: AtomicU64,
     pub config_reload_failures: AtomicU64,
+    /// The TLS certificate's `notAfter` (Unix seconds; 0 without TLS), written by the control
+    /// thread at start and at each reload that changed the certificate.
+    pub tls_certificate_not_after: AtomicU64,
+    /// Certificate reloads (SIGHUP) that were rejected, the running pair being kept.
+    pub tls_reload_failures: AtomicU64,
     /// Webhook delivery, written by the webhook worker (`webhook::WebhookWorker`).
     pub webhooks: Arc<WebhookStats>,
     control: Arc<Control>,
@@ -262,6 +283,8 @@ impl Metrics {
             config_unknown_keys: AtomicU64::new(0),
             config_reloads: AtomicU64::new(0),
             config_reload_failures: AtomicU64::new(0),
+            tls_certificate_not_after: AtomicU64::new(0),
+            tls_reload_failures: AtomicU64::new(0),
             webhooks: Arc::new(WebhookStats::default()),
             control,
             mesh,
@@ -321,6 +344,7 @@ impl Collector for Metrics {
         self.encode_wal(e)?;
         self.encode_webhooks(e)?;
         self.encode_replication(e)?;
+        self.encode_tls(e)?;
         Ok(())
     }
 }
@@ -633,6 +657,41 @@ impl Metrics {
             load(&self.config_reload_failures),
         )?;
         Ok(())
+    }
+
+    /// Native TLS: handshakes by outcome, open TLS connections, the certificate's expiry.
+    fn encode_tls(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = e.encode_descriptor(
+                "ringcast_tls_handshakes",
+                "TLS handshakes, by outcome (ok, failed, timeout, refused, closed)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (index, outcome) in TLS_OUTCOMES.iter().enumerate() {
+                let labels = [("outcome", *outcome)];
+                ConstCounter::new(self.sum(|c| &c.tls_handshakes[index]))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            e,
+            "ringcast_tls_connected",
+            "Open TLS connections (handshaking or not)",
+            self.sum(|c| &c.tls_connected) as i64,
+        )?;
+        gauge(
+            e,
+            "ringcast_tls_certificate_expiry_seconds",
+            "The served TLS certificate's notAfter as Unix seconds (0 without TLS)",
+            load(&self.tls_certificate_not_after) as i64,
+        )?;
+        counter(
+            e,
+            "ringcast_tls_reload_failures",
+            "Certificate reloads (SIGHUP) rejected, the running certificate kept",
+            load(&self.tls_reload_failures),
+        )
     }
 
     /// The per-core WAL gauges (all 0 without a WAL).

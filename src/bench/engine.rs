@@ -68,6 +68,8 @@ pub struct Target {
     pub app_id: String,
     pub key: String,
     pub secret: String,
+    /// `--tls`: every connection (WebSocket and REST) speaks TLS.
+    pub tls: Option<super::tls::TlsTarget>,
 }
 
 /// Live counters of one thread, written only by that thread (relaxed stores once per loop
@@ -254,6 +256,8 @@ struct Conn {
     /// Bit i: per-channel sequence `next_channel_seq - 1 - i` was seen.
     window: u64,
     inflight: Option<Inflight>,
+    /// `--tls`: the connection's record layer (`out` is plaintext, encrypted on flush).
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 impl Conn {
@@ -274,11 +278,12 @@ impl Conn {
             next_channel_seq: 0,
             window: 0,
             inflight: None,
+            tls: None,
         }
     }
 
     fn has_pending_output(&self) -> bool {
-        self.out_at < self.out.len()
+        self.out_at < self.out.len() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
     }
 
     fn connecting(&self) -> bool {
@@ -293,6 +298,13 @@ impl Conn {
         let Some(sock) = self.sock.as_ref() else {
             return Ok(());
         };
+        if let Some(tls) = self.tls.as_mut() {
+            let open = super::tls::flush(tls, &self.out[self.out_at..], sock)
+                .map_err(|e| Fail::Io(e.kind()))?;
+            self.out.clear();
+            self.out_at = 0;
+            return if open { Ok(()) } else { Err(Fail::Eof) };
+        }
         while self.out_at < self.out.len() {
             match (&*sock).write(&self.out[self.out_at..]) {
                 Ok(0) => return Err(Fail::Eof),
@@ -1072,6 +1084,8 @@ pub struct Worker {
     upgrade: Vec<u8>,
     ctx: Ctx,
     publisher: Option<Publisher>,
+    /// `--tls`: the plaintext of one receive (kept to reuse its allocation).
+    tls_plaintext: Vec<u8>,
 }
 
 impl Worker {
@@ -1132,6 +1146,7 @@ impl Worker {
                 inflight_connects: 0,
             },
             publisher,
+            tls_plaintext: Vec::new(),
         })
     }
 
@@ -1318,6 +1333,14 @@ impl Worker {
             }
             Ok(sock)
         })();
+        let tls = self
+            .target
+            .tls
+            .as_ref()
+            .map(super::tls::TlsTarget::connect)
+            .transpose();
+        let opened = opened.and_then(|sock| Ok((sock, tls?)));
+        let conn = &mut self.conns[token];
         conn.started_ns = now;
         conn.inbuf.clear();
         conn.out.clear();
@@ -1326,9 +1349,10 @@ impl Worker {
         conn.recv_armed = false;
         conn.write_armed = false;
         match opened {
-            Ok(sock) => {
+            Ok((sock, tls)) => {
                 let fd = sock.as_raw_fd();
                 conn.sock = Some(sock);
+                conn.tls = tls;
                 conn.state = State::Connecting;
                 // Writable once connected (or failed).
                 conn.write_armed = true;
@@ -1476,10 +1500,20 @@ impl Worker {
             ring,
             ctx,
             publisher,
+            tls_plaintext,
             ..
         } = self;
         let conn = &mut conns[token];
-        let input = ring.buffer(bid, len);
+        let mut plaintext = std::mem::take(tls_plaintext);
+        let input = match conn.tls.as_mut() {
+            Some(tls) => {
+                plaintext.clear();
+                super::tls::receive(tls, ring.buffer(bid, len), &mut plaintext)
+                    .map_err(|_| Fail::Protocol("tls"))?;
+                &plaintext[..]
+            }
+            None => ring.buffer(bid, len),
+        };
         if conn.inbuf.is_empty() {
             let used = consume(conn, input, ctx, publisher.as_mut(), token, now)?;
             if used < input.len() && conn.state != State::Closed {
@@ -1492,6 +1526,7 @@ impl Worker {
             buffered.drain(..used);
             conn.inbuf = buffered;
         }
+        *tls_plaintext = plaintext;
         if conn.inbuf.len() > wire::MESSAGE_BYTES_MAX + wire::HEAD_BYTES_MAX {
             return Err(Fail::Protocol("too_big"));
         }

@@ -21,6 +21,7 @@ mod measure;
 mod report;
 mod scenario;
 mod sys;
+mod tls;
 mod wire;
 
 use std::io::Write;
@@ -107,6 +108,13 @@ pub struct Common {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Connect over TLS: `wss://` and `https://` on the same ports, the server name being
+    /// `--host`.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: trust the CA certificates in this PEM file (default: the system bundle).
+    #[arg(long, requires = "tls")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +369,13 @@ fn prepare(common: &Common) -> Result<Setup, BenchError> {
             app_id: common.app_id.clone(),
             key: common.key.clone(),
             secret: common.secret.clone(),
+            tls: if common.tls {
+                let target = tls::TlsTarget::new(&common.host, common.ca.as_deref())
+                    .map_err(BenchError::Run)?;
+                Some(target)
+            } else {
+                None
+            },
         },
         nofile,
     })

@@ -23,6 +23,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
     pub apps: Vec<AppConfig>,
 }
 
@@ -221,6 +223,34 @@ pub struct AdminConfig {
     pub token: String,
 }
 
+/// Native TLS (`wss://`, `https://`) on a second listener of every core.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Address of the TLS listener; empty (the default) turns TLS off.
+    pub bind: String,
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Milliseconds a client may take to finish its TLS handshake before it is closed.
+    pub handshake_timeout_ms: u64,
+    /// TLS handshakes one core runs at once; more new clients are closed at once (counted).
+    pub handshakes_per_core_max: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> TlsConfig {
+        TlsConfig {
+            bind: String::new(),
+            cert: String::new(),
+            key: String::new(),
+            handshake_timeout_ms: crate::limits::TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            handshakes_per_core_max: crate::limits::TLS_HANDSHAKES_PER_CORE_MAX,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct MetricsConfig {
@@ -232,7 +262,8 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ServerConfig {
-    /// WebSocket and REST on one address.
+    /// WebSocket and REST on one address (plain TCP); empty turns it off when `[tls] bind` is
+    /// set.
     pub bind: String,
     /// Core threads; 0 means every available CPU.
     pub cores: usize,

@@ -12,8 +12,8 @@ use crate::limits;
 
 pub use file::{
     AckMode, AdminConfig, AppConfig, FsyncPolicy, HistoryConfig, InitialRole, LogConfig, LogFormat,
-    MetricsConfig, ReplicationConfig, ServerConfig, StandbyLoss, StorageConfig, WebhookConfig,
-    WebhooksConfig,
+    MetricsConfig, ReplicationConfig, ServerConfig, StandbyLoss, StorageConfig, TlsConfig,
+    WebhookConfig, WebhooksConfig,
 };
 
 /// The embedded configuration used by `ringcast serve` without `--config`.
@@ -30,6 +30,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub replication: ReplicationConfig,
     pub admin: AdminConfig,
+    pub tls: TlsConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -102,6 +103,7 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
     validate_storage(&raw.storage)?;
     validate_replication(&raw.replication, &raw.storage)?;
     validate_admin(&raw.admin)?;
+    validate_tls(&raw.tls, &raw.server)?;
     validate_apps(&raw.apps)?;
     Ok(Config {
         server: raw.server,
@@ -112,8 +114,45 @@ fn validate(raw: file::RawConfig) -> Result<Config, ConfigError> {
         storage: raw.storage,
         replication: raw.replication,
         admin: raw.admin,
+        tls: raw.tls,
         apps: raw.apps,
     })
+}
+
+/// `[tls]`: off unless `bind` is set; then `cert` and `key` are required (their contents are
+/// checked when the server loads them, `tls::Identity::load`). With TLS on, the plain
+/// `server.bind` may be empty.
+fn validate_tls(tls: &TlsConfig, server: &ServerConfig) -> Result<(), ConfigError> {
+    if tls.bind.is_empty() {
+        if server.bind.is_empty() {
+            return Err(invalid(
+                "server.bind",
+                "empty, and `[tls] bind` is not set either: nothing would listen",
+            ));
+        }
+        return Ok(());
+    }
+    check_address("tls.bind", &tls.bind)?;
+    if tls.bind == server.bind && !tls.bind.ends_with(":0") {
+        return Err(invalid("tls.bind", "the same address as `server.bind`"));
+    }
+    for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+        if path.is_empty() {
+            return Err(invalid(key, "required when `tls.bind` is set (a PEM file)"));
+        }
+    }
+    check_range_u64(
+        "tls.handshake_timeout_ms",
+        tls.handshake_timeout_ms,
+        1,
+        limits::TLS_HANDSHAKE_TIMEOUT_MS_MAX,
+    )?;
+    check_range(
+        "tls.handshakes_per_core_max",
+        tls.handshakes_per_core_max,
+        1,
+        limits::TLS_HANDSHAKES_PER_CORE_MAX,
+    )
 }
 
 fn validate_version(version: Option<u32>) -> Result<(), ConfigError> {
@@ -139,7 +178,9 @@ fn check_address(key: &str, bind: &str) -> Result<(), ConfigError> {
 
 /// `[server]`, but for `server.channel_name_bytes_max` (see `validate`).
 fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
-    check_address("server.bind", &server.bind)?;
+    if !server.bind.is_empty() {
+        check_address("server.bind", &server.bind)?;
+    }
     if server.cores > limits::CORES_MAX {
         return Err(invalid(
             "server.cores",
@@ -712,11 +753,24 @@ fn check_range_u64(key: &str, value: u64, min: u64, max: u64) -> Result<(), Conf
 }
 
 impl Config {
-    pub fn bind_addr(&self) -> SocketAddr {
-        self.server
-            .bind
-            .parse()
-            .expect("validated in config::validate")
+    /// The plain listener's address; None when `server.bind` is empty (TLS only).
+    pub fn bind_addr(&self) -> Option<SocketAddr> {
+        (!self.server.bind.is_empty()).then(|| {
+            self.server
+                .bind
+                .parse()
+                .expect("validated in config::validate")
+        })
+    }
+
+    /// The TLS listener's address; None when TLS is off.
+    pub fn tls_bind_addr(&self) -> Option<SocketAddr> {
+        (!self.tls.bind.is_empty()).then(|| {
+            self.tls
+                .bind
+                .parse()
+                .expect("validated in config::validate")
+        })
     }
 
     /// The number of core threads: `server.cores`, or every available CPU when 0.
@@ -741,6 +795,7 @@ impl Config {
             storage: self.storage.clone(),
             replication: self.replication.clone(),
             admin: self.admin.clone(),
+            tls: self.tls.clone(),
             apps: self.apps.clone(),
         };
         toml::to_string_pretty(&raw).expect("config serializes")
@@ -755,7 +810,10 @@ mod tests {
     fn embedded_default_is_valid() {
         let loaded = parse(EMBEDDED_DEFAULT).unwrap();
         assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
-        assert_eq!(loaded.config.bind_addr().ip().to_string(), "127.0.0.1");
+        assert_eq!(
+            loaded.config.bind_addr().unwrap().ip().to_string(),
+            "127.0.0.1"
+        );
         assert!(loaded.config.apps[0].id.bytes().all(|b| b.is_ascii_digit()));
     }
 
@@ -916,6 +974,42 @@ mod tests {
         .unwrap()
         .unknown_keys;
         assert_eq!(unknown, ["admin.port"]);
+    }
+
+    #[test]
+    fn tls_config_is_validated() {
+        let app = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let error_for = |text: &str| parse(&format!("{app}{text}")).unwrap_err().to_string();
+        let tls = "[tls]\nbind = \"127.0.0.1:6002\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let loaded = parse(&format!("{app}{tls}")).unwrap().config;
+        assert_eq!(loaded.tls_bind_addr().unwrap().port(), 6002);
+        assert_eq!(
+            loaded.bind_addr().unwrap().port(),
+            6001,
+            "the plain listener stays"
+        );
+        assert_eq!(
+            loaded.tls.handshake_timeout_ms,
+            limits::TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT
+        );
+        let tls_only = parse(&format!("{app}[server]\nbind = \"\"\n{tls}")).unwrap();
+        assert_eq!(tls_only.config.bind_addr(), None);
+        assert!(
+            error_for("[server]\nbind = \"\"\n").contains("nothing would listen"),
+            "no listener at all"
+        );
+        let error = error_for("[tls]\nbind = \"127.0.0.1:6002\"\nkey = \"k.pem\"\n");
+        assert!(error.contains("tls.cert"), "{error}");
+        let error = error_for("[tls]\nbind = \"127.0.0.1:6002\"\ncert = \"c.pem\"\n");
+        assert!(error.contains("tls.key"), "{error}");
+        let error = error_for("[tls]\nbind = \"127.0.0.1:6001\"\ncert = \"c\"\nkey = \"k\"\n");
+        assert!(error.contains("same address"), "{error}");
+        let error = error_for("[tls]\nbind = \"localhost\"\ncert = \"c\"\nkey = \"k\"\n");
+        assert!(error.contains("tls.bind"), "{error}");
+        let error = error_for(&format!("{tls}handshake_timeout_ms = 0\n"));
+        assert!(error.contains("tls.handshake_timeout_ms"), "{error}");
+        let error = error_for(&format!("{tls}handshakes_per_core_max = 100000\n"));
+        assert!(error.contains("tls.handshakes_per_core_max"), "{error}");
     }
 
     #[test]

@@ -59,6 +59,8 @@ const OP_DOORBELL: u64 = 4;
 const OP_LIMIT_POLL: u64 = 5;
 /// An `fdatasync` of the core's WAL segment (`Shard::begin_journal_sync`).
 const OP_WAL_SYNC: u64 = 6;
+/// The multishot accept on the TLS listener, when there is a plain one too.
+const OP_ACCEPT_TLS: u64 = 7;
 
 fn user_data(op: u64, key: u32) -> u64 {
     (op << 56) | u64::from(key)
@@ -106,7 +108,12 @@ fn unavailable_message(error: &io::Error, io_uring_disabled: Option<&str>) -> St
 
 /// A running server: its address and its core threads.
 pub struct Server {
+    /// The plain listener's address (the TLS one's when `server.bind` is empty).
     pub local_addr: SocketAddr,
+    /// The TLS listener's address, when `[tls] bind` is set.
+    pub tls_addr: Option<SocketAddr>,
+    /// The certificate and key the cores serve now (the base a rejected reload keeps).
+    pub tls: Option<Arc<crate::tls::Identity>>,
     pub cores: usize,
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -347,27 +354,6 @@ fn recover(
     Ok(())
 }
 
-/// One listener per core on `[server] bind` (the first picks the port when it is 0).
-fn bind_all(config: &Config, cores: usize) -> anyhow::Result<(Vec<TcpListener>, SocketAddr)> {
-    let bind = config.bind_addr();
-    if bind.port() != 0 {
-        probe_port(bind).map_err(|error| {
-            anyhow::anyhow!(
-                "cannot listen on {}: {error} (is another server running there?)",
-                config.server.bind
-            )
-        })?;
-    }
-    let first = bind_listener(bind)
-        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.server.bind))?;
-    let local_addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..cores {
-        listeners.push(bind_listener(local_addr)?);
-    }
-    Ok((listeners, local_addr))
-}
-
 /// Waits until every core thread reported it is ready (or why it could not start).
 fn wait_ready(
     ready: &std::sync::mpsc::Receiver<Result<(), String>>,
@@ -449,15 +435,21 @@ fn replica_role(config: &Config, cores: usize) -> anyhow::Result<Option<ReplicaS
 /// 0) and starts the core threads. Returns once every core is ready to accept.
 pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Server> {
     probe().map_err(anyhow::Error::msg)?;
+    let tls = load_tls(&config)?;
     reserve_descriptors();
     let cores = config.cores();
-    let (listeners, local_addr) = bind_all(&config, cores)?;
+    let (local_addr, tls_addr, listeners, primary_tls) = bind_all(&config, cores)?;
     let mesh = Arc::new(Mesh::new(cores)?);
     let apps = Arc::new(Apps::new(&config));
     let stop = Arc::new(AtomicBool::new(false));
     let control = Arc::new(Control::new(cores));
     let metrics = Arc::new(Metrics::new(Arc::clone(&control), Arc::clone(&mesh)));
     let webhooks = Arc::new(WebhookQueues::new(cores));
+    if let Some(identity) = &tls {
+        metrics
+            .tls_certificate_not_after
+            .store(identity.not_after_unix.max(0) as u64, Ordering::Relaxed);
+    }
     reshard::reshard_if_needed(&config, &apps, cores, recovery, clock(&control))?;
     let replica = replica_role(&config, cores)?.map(Arc::new);
     if let Some(shared) = &replica {
@@ -467,7 +459,7 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(cores);
-    for (core, listener) in listeners.into_iter().enumerate() {
+    for (core, (listener, tls_listener)) in listeners.into_iter().enumerate() {
         let mut shard = Shard::new(
             core,
             cores,
@@ -477,6 +469,7 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
             Arc::clone(&metrics),
             Arc::clone(&webhooks),
         );
+        shard.set_tls_config(tls.as_ref().map(|tls| Arc::clone(&tls.server_config)));
         let mesh = Arc::clone(&mesh);
         let stop = Arc::clone(&stop);
         let control = Arc::clone(&control);
@@ -491,31 +484,22 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
                 if let Some(cpu) = cpu {
                     core_affinity::set_for_current(cpu);
                 }
-                let fd = listener.into_raw_fd();
-                let recovered = recover(
-                    &mut shard,
-                    &config,
-                    &apps,
-                    &control,
+                run_core(CoreStart {
+                    core,
+                    listener,
+                    tls_listener,
+                    primary_tls,
+                    shard,
+                    config,
+                    apps,
+                    mesh,
+                    control,
+                    metrics,
+                    stop,
+                    replica,
                     recovery,
-                    replica.as_ref(),
-                    1,
-                );
-                if let Err(error) = recovered {
-                    // SAFETY: the listener is ours and no operation refers to it yet.
-                    unsafe { libc::close(fd) };
-                    let _ = ready.send(Err(format!("core {core}: {error:#}")));
-                    return;
-                }
-                match CoreLoop::new(core, fd, shard, mesh, control, metrics, stop, replica) {
-                    Ok(mut core_loop) => {
-                        let _ = ready.send(Ok(()));
-                        core_loop.run();
-                    }
-                    Err(error) => {
-                        let _ = ready.send(Err(format!("core {core}: {error}")));
-                    }
-                }
+                    ready,
+                });
             })?;
         threads.push(thread);
     }
@@ -535,6 +519,8 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
     };
     Ok(Server {
         local_addr,
+        tls_addr,
+        tls: tls.map(Arc::new),
         cores,
         threads,
         stop,
@@ -545,6 +531,164 @@ pub fn start(config: Arc<Config>, recovery: RecoveryMode) -> anyhow::Result<Serv
         apps,
         replica,
     })
+}
+
+/// What one core thread is started with.
+struct CoreStart {
+    core: usize,
+    listener: TcpListener,
+    tls_listener: Option<TcpListener>,
+    primary_tls: bool,
+    shard: Shard,
+    config: Arc<Config>,
+    apps: Arc<Apps>,
+    mesh: Arc<Mesh>,
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    replica: Option<Arc<ReplicaShared>>,
+    recovery: RecoveryMode,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// One core thread: recovers the core's state, then runs its loop until stopped; says on `ready`
+/// whether it could start.
+fn run_core(start: CoreStart) {
+    let CoreStart {
+        core,
+        listener,
+        tls_listener,
+        primary_tls,
+        mut shard,
+        config,
+        apps,
+        mesh,
+        control,
+        metrics,
+        stop,
+        replica,
+        recovery,
+        ready,
+    } = start;
+    let fd = listener.into_raw_fd();
+    let tls_fd = tls_listener.map(IntoRawFd::into_raw_fd);
+    let recovered = recover(
+        &mut shard,
+        &config,
+        &apps,
+        &control,
+        recovery,
+        replica.as_ref(),
+        1,
+    );
+    if let Err(error) = recovered {
+        // SAFETY: the listeners are ours and no operation refers to them yet.
+        unsafe {
+            libc::close(fd);
+            tls_fd.map(|fd| libc::close(fd));
+        };
+        let _ = ready.send(Err(format!("core {core}: {error:#}")));
+        return;
+    }
+    let listeners = Listeners {
+        primary: fd,
+        primary_tls,
+        tls: tls_fd,
+    };
+    match CoreLoop::new(
+        core, listeners, shard, mesh, control, metrics, stop, replica,
+    ) {
+        Ok(mut core_loop) => {
+            let _ = ready.send(Ok(()));
+            core_loop.run();
+        }
+        Err(error) => {
+            let _ = ready.send(Err(format!("core {core}: {error}")));
+        }
+    }
+}
+
+/// Reads `[tls] cert` and `key` when TLS is on: a missing, unreadable, expired or mismatched
+/// file stops the start with an error naming it.
+fn load_tls(config: &Config) -> anyhow::Result<Option<crate::tls::Identity>> {
+    if config.tls_bind_addr().is_none() {
+        return Ok(None);
+    }
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let identity = crate::tls::Identity::load(&config.tls, now_unix)?;
+    Ok(Some(identity))
+}
+
+/// The listeners of every core: the primary and, beside a plain primary, the TLS one. The
+/// primary is the plain listener, or the TLS one when TLS is all there is (then the flag is
+/// true); the spare descriptor and the limit poll belong to it. Returns the primary's address
+/// and the TLS listener's.
+#[allow(clippy::type_complexity)]
+fn bind_all(
+    config: &Config,
+    cores: usize,
+) -> anyhow::Result<(
+    SocketAddr,
+    Option<SocketAddr>,
+    Vec<(TcpListener, Option<TcpListener>)>,
+    bool,
+)> {
+    let plain = match config.bind_addr() {
+        Some(bind) => Some(bind_listeners(bind, &config.server.bind, cores)?),
+        None => None,
+    };
+    let secure = match config.tls_bind_addr() {
+        Some(bind) => Some(bind_listeners(bind, &config.tls.bind, cores)?),
+        None => None,
+    };
+    let tls_addr = secure.as_ref().map(|(addr, _)| *addr);
+    // The first listener of a core is its primary (the spare descriptor and the limit poll
+    // belong to it): the plain one, or the TLS one when TLS is all there is.
+    let (local_addr, listeners, tls_listeners, primary_tls) = match (plain, secure) {
+        (Some((addr, plain)), Some((_, secure))) => (
+            addr,
+            plain,
+            secure.into_iter().map(Some).collect::<Vec<_>>(),
+            false,
+        ),
+        (Some((addr, plain)), None) => (addr, plain, (0..cores).map(|_| None).collect(), false),
+        (None, Some((addr, secure))) => (addr, secure, (0..cores).map(|_| None).collect(), true),
+        (None, None) => anyhow::bail!("nothing to listen on: set `server.bind` or `tls.bind`"),
+    };
+    let listeners = listeners.into_iter().zip(tls_listeners).collect();
+    Ok((local_addr, tls_addr, listeners, primary_tls))
+}
+
+/// Binds one `SO_REUSEPORT` listener per core on `bind` (`key` is its config text, for errors);
+/// the first picks the port when it is 0. Returns the bound address and the listeners.
+fn bind_listeners(
+    bind: SocketAddr,
+    key: &str,
+    cores: usize,
+) -> anyhow::Result<(SocketAddr, Vec<TcpListener>)> {
+    if bind.port() != 0 {
+        probe_port(bind).map_err(|error| {
+            anyhow::anyhow!("cannot listen on {key}: {error} (is another server running there?)")
+        })?;
+    }
+    let first =
+        bind_listener(bind).map_err(|error| anyhow::anyhow!("cannot listen on {key}: {error}"))?;
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..cores {
+        listeners.push(bind_listener(local_addr)?);
+    }
+    Ok((local_addr, listeners))
+}
+
+/// A core's listening sockets: the primary (plain, or TLS when TLS is all there is; the spare
+/// descriptor and the limit poll belong to it) and the TLS one beside a plain primary.
+struct Listeners {
+    primary: RawFd,
+    primary_tls: bool,
+    tls: Option<RawFd>,
 }
 
 /// One in-flight vectored send: its header, its iovecs, and the frames they point at. Boxed so
@@ -592,6 +736,13 @@ struct CoreLoop {
     buffers: BufRing,
     core: usize,
     listener: RawFd,
+    /// The primary listener is the TLS one (`server.bind` is empty).
+    listener_tls: bool,
+    /// The TLS listener beside a plain primary, and whether its multishot accept is armed (a
+    /// failed accept on it is re-armed at the next sweep; the descriptor-limit handling is
+    /// the primary's).
+    tls_listener: Option<RawFd>,
+    tls_accept_armed: bool,
     shard: Shard,
     mesh: Arc<Mesh>,
     control: Arc<Control>,
@@ -669,7 +820,7 @@ impl CoreLoop {
     #[allow(clippy::too_many_arguments)]
     fn new(
         core: usize,
-        listener: RawFd,
+        listeners: Listeners,
         shard: Shard,
         mesh: Arc<Mesh>,
         control: Arc<Control>,
@@ -695,7 +846,10 @@ impl CoreLoop {
             ring,
             buffers,
             core,
-            listener,
+            listener: listeners.primary,
+            listener_tls: listeners.primary_tls,
+            tls_listener: listeners.tls,
+            tls_accept_armed: false,
             shard,
             mesh,
             control,
@@ -713,13 +867,14 @@ impl CoreLoop {
             fed_ready: false,
             fed_drain_close_at_ms: None,
             fed_cores_alive: true,
-            spare: open_spare(listener),
+            spare: open_spare(listeners.primary),
             at_limit: false,
             limit_poll_armed: false,
             accept_error_log: Throttle::default(),
             replica: replica.map(follow::ReplicaCore::new),
         };
         core_loop.arm_accept();
+        core_loop.arm_tls_accept();
         core_loop.arm_doorbell();
         core_loop.ring.submit()?;
         Ok(core_loop)
@@ -756,6 +911,41 @@ impl CoreLoop {
             .user_data(user_data(OP_ACCEPT, 0));
         self.push(entry);
         self.accept_armed = true;
+    }
+
+    fn arm_tls_accept(&mut self) {
+        let Some(listener) = self.tls_listener else {
+            return;
+        };
+        if self.tls_accept_armed || self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let entry = opcode::AcceptMulti::new(types::Fd(listener))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(OP_ACCEPT_TLS, 0));
+        self.push(entry);
+        self.tls_accept_armed = true;
+    }
+
+    /// A completion of the TLS listener's accept: the socket goes to the shard as a TLS
+    /// connection. Failures are counted like the primary's; the sweep re-arms.
+    fn accepted_tls(&mut self, result: i32, flags: u32, now: Now) {
+        if !cqueue::more(flags) {
+            self.tls_accept_armed = false;
+        }
+        if result < 0 {
+            self.accept_failed(-result, now);
+            return;
+        }
+        match self.shard.accept_tls(result, now) {
+            Some(key) => self.arm_recv(key),
+            // The socket was just accepted and is known to nobody else.
+            None => self.close_socket(result),
+        }
+        if !self.tls_accept_armed {
+            self.arm_tls_accept();
+        }
     }
 
     fn arm_doorbell(&mut self) {
@@ -916,6 +1106,7 @@ impl CoreLoop {
         // metrics thread): the spare comes back as soon as there is one.
         self.restore_spare();
         self.resume_accepting();
+        self.arm_tls_accept();
     }
 
     /// A WAL write or sync failed: nothing more may be acknowledged, so the process exits now,
@@ -992,6 +1183,7 @@ impl CoreLoop {
         let (op, key) = split_user_data(data);
         match op {
             OP_ACCEPT => self.accepted(result, flags, now),
+            OP_ACCEPT_TLS => self.accepted_tls(result, flags, now),
             OP_RECV => self.received(key, result, flags, now),
             OP_SEND => self.sent(key, result),
             OP_DOORBELL => self.arm_doorbell(),
@@ -1053,7 +1245,12 @@ impl CoreLoop {
 
     /// Hands a newly accepted socket to the shard (closed at once when this core is full).
     fn admit_socket(&mut self, fd: RawFd, now: Now) {
-        match self.shard.accept(fd, now) {
+        let admitted = if self.listener_tls {
+            self.shard.accept_tls(fd, now)
+        } else {
+            self.shard.accept(fd, now)
+        };
+        match admitted {
             Some(key) => self.arm_recv(key),
             // The socket was just accepted and is known to nobody else.
             None => self.close_socket(fd),
@@ -1137,7 +1334,7 @@ impl CoreLoop {
         // SAFETY: the spare is our own descriptor, which no operation refers to; closed once.
         unsafe { libc::close(spare) };
         match self.accept_one() {
-            Ok(fd) => match self.shard.accept_over_capacity(fd, now) {
+            Ok(fd) => match self.shard.accept_over_capacity(fd, self.listener_tls, now) {
                 Some(key) => self.arm_recv(key),
                 // This core is full: the socket was just accepted and is known to nobody else.
                 None => self.close_socket(fd),
@@ -1289,7 +1486,7 @@ impl CoreLoop {
             }
             return;
         }
-        if !conn.io.send_in_flight && !conn.out.is_empty() {
+        if !conn.io.send_in_flight && conn.has_output() {
             self.start_send(key);
         } else if self.shard.wants_write_shutdown(key) {
             // Output is flushed: send FIN and wait for the peer's close (or the linger deadline).
@@ -1313,7 +1510,11 @@ impl CoreLoop {
             };
         }
         let count = op.frames.len();
-        assert!(count > 0, "a send has frames");
+        if count == 0 {
+            // A TLS connection whose output was only a state change (nothing to write).
+            self.send_pool.push(op);
+            return;
+        }
         op.header.msg_iov = op.iovecs.as_mut_ptr();
         op.header.msg_iovlen = count;
         let fd = self.shard.conn(key).fd;
@@ -1395,6 +1596,13 @@ impl Drop for CoreLoop {
         unsafe {
             libc::shutdown(self.listener, libc::SHUT_RDWR);
             libc::close(self.listener);
+        }
+        if let Some(listener) = self.tls_listener {
+            // SAFETY: as above, for the TLS listener.
+            unsafe {
+                libc::shutdown(listener, libc::SHUT_RDWR);
+                libc::close(listener);
+            }
         }
         if let Some(spare) = self.spare.take() {
             // SAFETY: the spare is our own descriptor, referred to by nothing; closed once.

@@ -115,6 +115,7 @@ pub fn serve(
         version = VERSION,
         cores = server.cores,
         bind = %server.local_addr,
+        tls = %server.tls_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         apps = config.apps.len(),
         unknown_config_keys = unknown_keys.len(),
@@ -123,6 +124,9 @@ pub fn serve(
     println!("ringcast listening on {}", server.local_addr);
     if let Some(addr) = metrics_addr {
         println!("ringcast metrics on {addr}");
+    }
+    if let Some(addr) = server.tls_addr {
+        println!("ringcast tls on {addr}");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -328,7 +332,7 @@ fn reload(
     server: &mut runtime::Server,
     webhooks: &WebhookWorker,
 ) -> Arc<Config> {
-    let metrics = &server.metrics;
+    let metrics = Arc::clone(&server.metrics);
     let loaded = match path {
         Some(path) => config::load_file(path),
         None => config::parse(config::EMBEDDED_DEFAULT),
@@ -354,6 +358,10 @@ fn reload(
         next.server.bind = current.server.bind.clone();
         next.server.cores = current.server.cores;
     }
+    if next.tls.bind != current.tls.bind {
+        tracing::warn!("tls.bind changes only with a restart; keeping the running value");
+        next.tls.bind = current.tls.bind.clone();
+    }
     if next.storage != current.storage {
         tracing::warn!("[storage] changes only with a restart; keeping the running values");
         next.storage = current.storage.clone();
@@ -368,6 +376,7 @@ fn reload(
             return Arc::clone(current);
         }
     };
+    let tls = reload_tls(&next, server);
     let next = Arc::new(next);
     server.apps = Arc::clone(&apps);
     // The worker first: an event a core makes under the new table must find its app there.
@@ -375,6 +384,7 @@ fn reload(
     server.control.send_reload(Arc::new(Reload {
         config: Arc::clone(&next),
         apps,
+        tls,
     }));
     metrics.config_unknown_keys.store(
         loaded.unknown_keys.len() as u64,
@@ -385,4 +395,38 @@ fn reload(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(apps = next.apps.len(), "config reloaded");
     next
+}
+
+/// SIGHUP with TLS on: reads `tls.cert` and `tls.key` again. A good pair becomes the one new
+/// connections get (connections already open keep theirs); an unreadable, expired or
+/// mismatched one is logged and counted, and the running pair is kept (None).
+fn reload_tls(next: &Config, server: &mut runtime::Server) -> Option<Arc<rustls::ServerConfig>> {
+    server.tls.as_ref()?;
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match crate::tls::Identity::load(&next.tls, now_unix) {
+        Ok(identity) => {
+            server.metrics.tls_certificate_not_after.store(
+                identity.not_after_unix.max(0) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            tracing::info!(
+                cert = %next.tls.cert,
+                not_after = %crate::tls::x509::format_utc(identity.not_after_unix),
+                "TLS certificate reloaded"
+            );
+            let config = Arc::clone(&identity.server_config);
+            server.tls = Some(Arc::new(identity));
+            Some(config)
+        }
+        Err(error) => {
+            server
+                .metrics
+                .tls_reload_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(%error, "TLS certificate reload rejected: keeping the running one");
+            None
+        }
+    }
 }

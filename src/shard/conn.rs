@@ -11,6 +11,7 @@ use crate::protocol::socket_id::SocketId;
 use crate::ws::frame::Decoder;
 
 use super::frames::FrameQueue;
+use super::tls::TlsSession;
 
 /// What the io_uring driver tracks per socket. The shard never reads these except to know
 /// whether a slot may be freed.
@@ -108,6 +109,9 @@ pub struct Conn {
     /// Already in the shard's dirty list.
     pub dirty: bool,
     pub io: ConnIo,
+    /// The TLS record layer of a connection accepted on the TLS listener (`shard::tls`): `out`
+    /// holds plaintext frames, encrypted when the driver takes them for a send.
+    pub tls: Option<Box<TlsSession>>,
 }
 
 impl Conn {
@@ -123,6 +127,16 @@ impl Conn {
             Phase::WebSocket(ws) => Some(ws),
             Phase::Http { .. } => None,
         }
+    }
+
+    /// Whether there is anything to send: queued frames, or TLS output (handshake messages, an
+    /// alert, the unsent rest of a send, or the `close_notify` of a closing connection).
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.has_output(self.closing))
     }
 
     /// May the driver free this slot? Only when the shard is done with it and no io_uring

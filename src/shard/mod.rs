@@ -12,6 +12,7 @@ mod frames;
 mod history;
 mod owner;
 mod rest;
+mod tls;
 mod users;
 mod websocket;
 
@@ -39,6 +40,7 @@ pub use owner::{
     ReplicaView,
 };
 use rest::Query;
+pub use tls::TlsSession;
 
 /// The time, passed in by the driver (the shard never reads a clock).
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +154,12 @@ pub struct Shard {
     /// A reload may have disabled or removed apps whose clients are still connected: the timer
     /// closes them at the drain's pace until a sweep finds none.
     evicting: bool,
+    /// The certificate and key for new TLS connections (None: no TLS listener).
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// TLS handshakes in flight, bounded by `tls.handshakes_per_core_max`.
+    tls_handshaking: usize,
+    /// Plaintext decrypted from one receive (kept to reuse its allocation).
+    tls_plaintext: Vec<u8>,
 }
 
 impl Shard {
@@ -209,6 +217,9 @@ impl Shard {
             jitter: epoch ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             ws_partial_bytes: 0,
             evicting: false,
+            tls_config: None,
+            tls_handshaking: 0,
+            tls_plaintext: Vec::new(),
         }
     }
 
@@ -264,6 +275,7 @@ impl Shard {
             deadline_ms: now.mono_ms + self.config.server.request_timeout_ms,
             dirty: false,
             io: ConnIo::default(),
+            tls: None,
         });
         Some(key as u32)
     }
@@ -271,8 +283,13 @@ impl Shard {
     /// A socket the driver accepted on its spare descriptor at the descriptor limit: it is
     /// served only to be refused (`Conn::over_capacity`), within the usual request timeout.
     /// None when this core is full: the driver closes the socket.
-    pub fn accept_over_capacity(&mut self, fd: RawFd, now: Now) -> Option<u32> {
-        let key = self.accept(fd, now)?;
+    /// `tls`: it came from the TLS listener (it is answered after its handshake).
+    pub fn accept_over_capacity(&mut self, fd: RawFd, tls: bool, now: Now) -> Option<u32> {
+        let key = if tls {
+            self.accept_tls(fd, now)?
+        } else {
+            self.accept(fd, now)?
+        };
         self.conns[key as usize].over_capacity = true;
         Some(key)
     }
@@ -280,6 +297,19 @@ impl Shard {
     /// Bytes from the peer.
     pub fn on_recv(&mut self, key: u32, data: &[u8], now: Now) {
         self.now = now;
+        let conn = &mut self.conns[key as usize];
+        if conn.closing || conn.dead {
+            return;
+        }
+        if conn.tls.is_some() {
+            self.on_tls_recv(key, data);
+        } else {
+            self.on_plaintext(key, data);
+        }
+    }
+
+    /// Bytes from the peer, decrypted when the connection is TLS.
+    fn on_plaintext(&mut self, key: u32, data: &[u8]) {
         let conn = &mut self.conns[key as usize];
         if conn.closing || conn.dead {
             return;
@@ -305,6 +335,7 @@ impl Shard {
         // until its completion, so clearing the queue frees nothing the kernel may still read.
         conn.out.clear();
         conn.out_bytes = 0;
+        self.tls_gone(key);
         self.release_connection_state(key);
     }
 
@@ -333,6 +364,10 @@ impl Shard {
     /// and a peer that stops reading must still reach its bound.
     pub fn take_for_send(&mut self, key: u32, into: &mut Vec<Bytes>, max: usize) {
         assert!(into.is_empty(), "one send at a time per connection");
+        if self.conns[key as usize].tls.is_some() {
+            self.take_tls_for_send(key, into);
+            return;
+        }
         let conn = &mut self.conns[key as usize];
         while into.len() < max {
             let Some(frame) = conn.out.pop_front() else {
@@ -350,6 +385,10 @@ impl Shard {
         let conn = &mut self.conns[key as usize];
         if conn.dead {
             frames.clear();
+            return;
+        }
+        if conn.tls.is_some() {
+            self.tls_sent(key, written, frames);
             return;
         }
         assert!(written <= conn.out_bytes, "more written than queued");
@@ -378,7 +417,7 @@ impl Shard {
         let conn = &self.conns[key as usize];
         conn.closing
             && !conn.dead
-            && conn.out.is_empty()
+            && !conn.has_output()
             && !conn.io.write_shut
             && !conn.io.send_in_flight
     }
@@ -732,6 +771,9 @@ impl Shard {
     /// A deadline passed: a slow HTTP request gets 408, an idle keep-alive connection or a
     /// lingering close is simply dropped.
     fn expire(&mut self, key: u32) {
+        if self.expire_handshake(key) {
+            return;
+        }
         let conn = &mut self.conns[key as usize];
         let pending_input = matches!(&conn.phase, Phase::Http { input, .. } if !input.is_empty());
         if conn.closing {
@@ -924,6 +966,9 @@ impl Shard {
         self.owner
             .reload(Arc::clone(&reload.config), Arc::clone(&reload.apps));
         self.journal.reload(Arc::clone(&reload.apps));
+        if let Some(tls) = &reload.tls {
+            self.tls_config = Some(Arc::clone(tls));
+        }
         self.evicting = true;
     }
 

@@ -592,7 +592,7 @@ fn a_reset_leaves_the_frames_of_a_send_in_flight_alone() {
 fn a_connection_on_the_spare_descriptor_is_refused_over_capacity() {
     let mut world = World::new(1);
     let shard = &mut world.shards[0];
-    let upgrade = shard.accept_over_capacity(3, NOW).unwrap();
+    let upgrade = shard.accept_over_capacity(3, false, NOW).unwrap();
     let request = "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     shard.on_recv(upgrade, request.as_bytes(), NOW);
     let mut client = TestClient {
@@ -615,7 +615,7 @@ fn a_connection_on_the_spare_descriptor_is_refused_over_capacity() {
     let shard = &mut world.shards[0];
     assert!(shard.conn(upgrade).closing);
 
-    let rest = shard.accept_over_capacity(4, NOW).unwrap();
+    let rest = shard.accept_over_capacity(4, false, NOW).unwrap();
     shard.on_recv(
         rest,
         b"GET /apps/123456/channels HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -24,6 +24,12 @@ export const config = {
   secret: env("RINGCAST_APP_SECRET", "app-secret"),
   /** The broker's event-loop threads (only used to report and pick connections per core). */
   cores: Number(env("RINGCAST_CORES", "2")),
+  /**
+   * `RINGCAST_TLS=1`: the broker's port is its TLS listener; pusher-js connects with
+   * `forceTLS: true` (wss) and the REST library with `useTLS: true` (https). The test CA is
+   * trusted through `NODE_EXTRA_CA_CERTS`.
+   */
+  tls: env("RINGCAST_TLS", "0") === "1",
 };
 
 /** The default bound for one wait. */
@@ -65,7 +71,7 @@ export function rest(extra = {}) {
     secret: config.secret,
     host: config.host,
     port: config.port,
-    useTLS: false,
+    useTLS: config.tls,
     timeout: WAIT_MS,
     ...extra,
   });
@@ -83,8 +89,9 @@ export async function withClients(body) {
       cluster: "mt1", // required by the options type; ignored because wsHost is set
       wsHost: config.host,
       wsPort: config.port,
-      forceTLS: false,
-      enabledTransports: ["ws"],
+      wssPort: config.port,
+      forceTLS: config.tls,
+      enabledTransports: ["ws"], // pusher-js's WebSocket transport, ws:// or wss://
       disableStats: true,
       ...extra,
     });

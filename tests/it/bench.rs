@@ -299,3 +299,56 @@ fn floor_refuses_bad_arguments() {
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
 }
+
+/// `--tls --ca FILE`: the same fan-out over wss (subscribers) and https (the publisher), with
+/// the same exact counts, against a broker with only a TLS listener.
+#[test]
+fn fanout_over_tls_reports_zero_loss_and_the_exact_delivery_count() {
+    let ca = crate::tls::TestCa::new("bench");
+    let (cert, key) = ca.issue("server");
+    let server = Server::with_config_text(&format!(
+        "version = 1\n\n[server]\nbind = \"\"\ncores = 2\npin_threads = false\n\n\
+         [tls]\nbind = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [[apps]]\nid = \"{}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        crate::support::APP_ID,
+        crate::support::APP_KEY,
+        crate::support::APP_SECRET,
+    ));
+    assert_eq!(
+        server.tls_addr,
+        Some(server.addr),
+        "TLS is the only listener"
+    );
+    let ca_path = ca.ca_path().display().to_string();
+    let report = bench(
+        &server,
+        "fanout",
+        &[
+            "--tls",
+            "--ca",
+            &ca_path,
+            "--subscribers",
+            "100",
+            "--channels",
+            "4",
+            "--rate",
+            "200",
+            "--publishes",
+            "40",
+            "--payload",
+            "120",
+            "--threads",
+            "2",
+        ],
+    );
+    let results = &report["results"];
+    assert_eq!(report["connections"]["subscribers_ready"], 100, "{report}");
+    assert_eq!(results["publishes_accepted"], 40, "{report}");
+    assert_eq!(results["deliveries_expected"], 40 * 25, "{report}");
+    assert_eq!(results["deliveries_received"], 40 * 25, "{report}");
+    assert_eq!(results["deliveries_lost"], 0, "{report}");
+    assert_eq!(results["deliveries_duplicated"], 0, "{report}");
+    assert_eq!(results["deliveries_reordered"], 0, "{report}");
+}

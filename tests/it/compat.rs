@@ -213,6 +213,43 @@ fn test_files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn pusher_js_and_pusher_rest_library_against_the_binary() {
+    let mut server = compat_server();
+    run_node_suite(&mut server, &[]);
+}
+
+/// The same suite over TLS: pusher-js with `forceTLS: true`, the REST library with
+/// `useTLS: true`, against a broker with only a TLS listener (`server.bind = ""`) and a
+/// certificate from a test CA that node trusts through `NODE_EXTRA_CA_CERTS`.
+#[test]
+fn pusher_js_and_pusher_rest_library_over_tls() {
+    let ca = crate::tls::TestCa::new("compat-node");
+    let mut server = tls_compat_server(&ca);
+    let ca_path = ca.ca_path().display().to_string();
+    let port = server.tls_addr.expect("TLS address").port().to_string();
+    run_node_suite(
+        &mut server,
+        &[
+            ("RINGCAST_TLS", "1"),
+            ("RINGCAST_PORT", &port),
+            ("NODE_EXTRA_CA_CERTS", &ca_path),
+        ],
+    );
+}
+
+/// The compat broker with only a TLS listener, its certificate issued by `ca`.
+fn tls_compat_server(ca: &crate::tls::TestCa) -> Server {
+    let (cert, key) = ca.issue("server");
+    Server::with_config_text(&format!(
+        "version = 1\n\n[server]\nbind = \"\"\ncores = {COMPAT_CORES}\npin_threads = false\n\n\
+         [tls]\nbind = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{COMPAT_APP}\n",
+        cert.display(),
+        key.display()
+    ))
+}
+
+/// Runs the node suite against `server`; `env` overrides the broker's environment (TLS).
+fn run_node_suite(server: &mut Server, env: &[(&str, &str)]) {
     let node_version = tool_version("node", NEEDS_NODE);
     let npm_version = tool_version("npm", NEEDS_NODE);
     eprintln!("compat: node {node_version}, npm {npm_version}");
@@ -241,9 +278,11 @@ fn pusher_js_and_pusher_rest_library_against_the_binary() {
     let files = test_files(&dir);
     node.args(&files).current_dir(&dir);
 
-    let mut server = compat_server();
-    set_broker_env(&mut node, &server);
+    set_broker_env(&mut node, server);
     node.env("NO_COLOR", "1");
+    for (name, value) in env {
+        node.env(name, value);
+    }
 
     let started = Instant::now();
     let (status, output) = run_bounded(node, NODE_RUN_LIMIT, "node-test", NEEDS_NODE);
@@ -257,18 +296,18 @@ fn pusher_js_and_pusher_rest_library_against_the_binary() {
     assert!(
         alive,
         "ringcast died during the real-client suite; stderr tail:\n{}",
-        stderr_tail(&server)
+        stderr_tail(server)
     );
     match status {
         Some(status) if status.success() => {}
         Some(status) => panic!(
             "the real-client suite failed ({status}); node's output is above; ringcast stderr tail:\n{}",
-            stderr_tail(&server)
+            stderr_tail(server)
         ),
         None => panic!(
             "the real-client suite did not finish within {NODE_RUN_LIMIT:?} and was killed; node's output is above; \
              ringcast stderr tail:\n{}",
-            stderr_tail(&server)
+            stderr_tail(server)
         ),
     }
 }
@@ -737,6 +776,42 @@ fn pusher_python_sdk_against_the_binary() {
     }
 
     let mut server = compat_server();
+    run_python_check(&mut server, &[]);
+}
+
+/// The Python check with the SDK's REST calls over https (`ssl=True`, the test CA trusted):
+/// the broker has both listeners, the WebSocket clients opened here use the plain one.
+#[test]
+fn pusher_python_sdk_over_tls() {
+    tool_version("python3", NEEDS_PYTHON);
+    python_sdk_version();
+    let ca = crate::tls::TestCa::new("compat-python");
+    let (cert, key) = ca.issue("server");
+    let mut server = Server::with(Options {
+        cores: COMPAT_CORES,
+        extra_app: COMPAT_APP.to_string(),
+        extra_toml: format!(
+            "[tls]\nbind = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        ..Default::default()
+    });
+    let port = server.tls_addr.expect("TLS address").port().to_string();
+    let ca_path = ca.ca_path().display().to_string();
+    run_python_check(
+        &mut server,
+        &[
+            ("RINGCAST_TLS", "1"),
+            ("RINGCAST_PORT", &port),
+            ("RINGCAST_CA", &ca_path),
+        ],
+    );
+}
+
+/// Opens the WebSocket fixtures, runs `sdk_check.py` (its broker environment overridden by
+/// `env`) and checks what the fixtures received.
+fn run_python_check(server: &mut Server, env: &[(&str, &str)]) {
     let public = "py-public-channel";
     let batch = "py-batch-channel";
     let presence = "presence-py-room";
@@ -745,20 +820,20 @@ fn pusher_python_sdk_against_the_binary() {
 
     // Fixtures: 2 subscribers of `public` (one also of `batch`), presence users "1" and "2" (on
     // two connections), and two signed-in users.
-    let mut sub_both = subscriber(&server, &[public, batch]);
-    let mut sub_public = subscriber(&server, &[public]);
+    let mut sub_both = subscriber(server, &[public, batch]);
+    let mut sub_public = subscriber(server, &[public]);
     let _members = [
-        presence_member(&server, presence, "1"),
-        presence_member(&server, presence, "2"),
-        presence_member(&server, presence, "2"),
+        presence_member(server, presence, "1"),
+        presence_member(server, presence, "2"),
+        presence_member(server, presence, "2"),
     ];
-    let mut terminated = signed_in(&server, user);
-    let mut kept = signed_in(&server, other_user);
+    let mut terminated = signed_in(server, user);
+    let mut kept = signed_in(server, other_user);
 
     let script = compat_dir().join("python").join("sdk_check.py");
     let mut python = Command::new("python3");
     python.arg(&script).current_dir(compat_dir());
-    set_broker_env(&mut python, &server);
+    set_broker_env(&mut python, server);
     python
         .env("RINGCAST_PY_PUBLIC", public)
         .env("RINGCAST_PY_BATCH", batch)
@@ -767,6 +842,9 @@ fn pusher_python_sdk_against_the_binary() {
         .env("RINGCAST_PY_OTHER_USER", other_user)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1");
+    for (name, value) in env {
+        python.env(name, value);
+    }
     let started = Instant::now();
     let (status, output) = run_bounded(python, PYTHON_RUN_LIMIT, "python-sdk", NEEDS_PYTHON);
     println!(
@@ -848,7 +926,7 @@ fn pusher_python_sdk_against_the_binary() {
     assert!(
         alive,
         "ringcast died during the Python SDK check; stderr tail:\n{}",
-        stderr_tail(&server)
+        stderr_tail(server)
     );
     let script_problem = match status {
         Some(status) if status.success() => None,
@@ -864,6 +942,6 @@ fn pusher_python_sdk_against_the_binary() {
         problems.is_empty(),
         "the Python SDK check failed:\n- {}\nringcast stderr tail:\n{}",
         problems.join("\n- "),
-        stderr_tail(&server)
+        stderr_tail(server)
     );
 }

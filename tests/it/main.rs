@@ -32,6 +32,8 @@ mod smoke;
 mod support;
 /// Source hygiene: module docs, `unsafe` placement and SAFETY notes, function length, leftovers.
 mod tidy;
+/// Native TLS: wss and https, certificate reload, handshake limits, bad certificates at start.
+mod tls;
 /// `ringcast wal inspect|verify|dump` on logs written with the library: exit codes, reports,
 /// read-only.
 mod wal;

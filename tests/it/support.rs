@@ -46,6 +46,8 @@ impl Default for Options {
 /// A running broker process; killed on drop.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The TLS listener (`ringcast tls on ADDR`), when the config has a `[tls]` table.
+    pub tls_addr: Option<SocketAddr>,
     child: Child,
     config_path: PathBuf,
     stderr_path: PathBuf,
@@ -440,9 +442,11 @@ impl Server {
             .expect("start ringcast");
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
+        let tls = config.contains("\n[tls]");
+        let lines = 1 + usize::from(metrics) + usize::from(tls);
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
-            for _ in 0..if metrics { 2 } else { 1 } {
+            for _ in 0..lines {
                 let mut line = String::new();
                 let _ = reader.read_line(&mut line);
                 let _ = sender.send(line);
@@ -471,8 +475,18 @@ impl Server {
         } else {
             None
         };
+        let tls_addr = if tls {
+            let line = receiver.recv_timeout(WAIT).unwrap_or_default();
+            let Some(tls_addr) = line.trim().strip_prefix("ringcast tls on ") else {
+                fail(&mut child, &line)
+            };
+            Some(tls_addr.parse().unwrap())
+        } else {
+            None
+        };
         let server = Server {
             addr,
+            tls_addr,
             child,
             config_path,
             stderr_path,

@@ -53,12 +53,21 @@ BATCH = env("RINGCAST_PY_BATCH")
 PRESENCE = env("RINGCAST_PY_PRESENCE")
 USER = env("RINGCAST_PY_USER")
 OTHER_USER = env("RINGCAST_PY_OTHER_USER")
+# RINGCAST_TLS=1: the port is the broker's TLS listener, its certificate issued by the test CA
+# in RINGCAST_CA.
+TLS = env("RINGCAST_TLS", "0") == "1"
+CA = env("RINGCAST_CA", "")
 
 
 def client(secret=SECRET):
-    return pusher.Pusher(
-        app_id=APP_ID, key=KEY, secret=secret, host=HOST, port=PORT, ssl=False, timeout=10
+    sdk = pusher.Pusher(
+        app_id=APP_ID, key=KEY, secret=secret, host=HOST, port=PORT, ssl=TLS, timeout=10
     )
+    if TLS:
+        # With ssl=True the SDK's requests backend verifies against its own bundled CA file
+        # (`verify=CERT_PATH`, set after the options it is given): point it at the test CA.
+        sdk._pusher_client.http.options["verify"] = CA
+    return sdk
 
 
 class PythonSdk(unittest.TestCase):
