@@ -268,6 +268,19 @@ pub const TLS_HANDSHAKES_PER_CORE_MAX: usize = 1024;
 /// Plaintext bytes encrypted into one send of a TLS connection (a few 16 KB records); the rest
 /// of its queue waits for the next send, so one connection's backlog is not encrypted at once.
 pub const TLS_SEND_PLAINTEXT_BYTES_MAX: usize = 64 * 1024;
+/// Plaintext bytes in one TLS record at most (the protocol's limit).
+pub const TLS_RECORD_PLAINTEXT_BYTES: usize = 16 * 1024;
+/// Bytes a TLS record adds to its plaintext at most, with room to spare (TLS 1.3: header 5,
+/// content type 1, AEAD tag 16; TLS 1.2 AES-GCM: header 5, explicit nonce 8, tag 16).
+pub const TLS_RECORD_OVERHEAD_BYTES: usize = 64;
+/// Received TLS bytes kept for one connection while they are not a whole record yet (or a
+/// handshake message spanning records, which rustls caps at 64 KB): past it the session fails.
+pub const TLS_PARTIAL_RECORD_BYTES_MAX: usize = 64 * 1024 + TLS_RECORD_PLAINTEXT_BYTES + 2048;
+/// Records rustls may queue before it lets a connection write (a key update answer, tickets):
+/// more means something is wrong and the connection is closed.
+pub const TLS_STEPS_BEFORE_WRITE_MAX: usize = 16;
+/// Alert records flushed after a session failed, at most.
+pub const TLS_ALERTS_AFTER_FAILURE_MAX: usize = 4;
 /// Certificates one `tls.cert` file may hold (a leaf and its intermediates).
 pub const TLS_CHAIN_CERTS_MAX: usize = 16;
 /// Largest `tls.cert` or `tls.key` file read (PEM text).

@@ -160,6 +160,11 @@ pub struct Shard {
     tls_handshaking: usize,
     /// Plaintext decrypted from one receive (kept to reuse its allocation).
     tls_plaintext: Vec<u8>,
+    /// Received TLS ciphertext being decrypted (reused; a connection keeps only a partial
+    /// record of its own).
+    tls_incoming: Vec<u8>,
+    /// The frames of one TLS send, taken from the connection's queue to be encrypted (reused).
+    tls_frames: Vec<Bytes>,
 }
 
 impl Shard {
@@ -220,6 +225,8 @@ impl Shard {
             tls_config: None,
             tls_handshaking: 0,
             tls_plaintext: Vec::new(),
+            tls_incoming: Vec::new(),
+            tls_frames: Vec::new(),
         }
     }
 
