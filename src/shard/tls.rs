@@ -1,6 +1,8 @@
-//! A TLS connection's record layer on its home core, sans-IO: the rustls `ServerConnection` is
-//! fed the bytes the driver received (its provided buffers) and yields the plaintext the HTTP
-//! and WebSocket code reads as from any connection; frames queued for the connection stay
+//! A TLS connection's record layer on its home core, sans-IO: rustls's
+//! `UnbufferedServerConnection` is fed the bytes the driver received (copied into the core's
+//! scratch buffer, where whole records are decrypted; only a partial record stays with the
+//! connection, and only while partial) and yields the plaintext the HTTP and WebSocket code
+//! reads as from any connection; frames queued for the connection stay
 //! plaintext (`Bytes` shared by every subscriber, serialized once) and are encrypted only when
 //! the driver takes them for a send, into one ciphertext buffer that the send then owns. Its
 //! bytes count toward the connection's outbound bound like queued frames. This file also counts
