@@ -69,12 +69,12 @@ fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
         .iter()
         .map(|slot| slot.done.load(Ordering::Acquire))
         .collect();
-    for core in 0..shared.streams.len() {
+    for core in 0..shared.cores {
         super::dial::hand_to_core(link, core, CoreInput::Promote { epoch }, u64::MAX)
             .map_err(|error| refused(500, format!("core {core}: {error}")))?;
     }
     let deadline = started_ms + limits::REPL_PROMOTE_WAIT_MS;
-    for (core, before) in before.into_iter().enumerate() {
+    for (core, before) in before.into_iter().enumerate().take(shared.cores) {
         while shared.streams[core].done.load(Ordering::Acquire) == before {
             if link.now_ms() > deadline {
                 return Err(refused(
@@ -85,6 +85,11 @@ fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
+    // The copied webhook outbox enters the epoch too; the worker opens it (and delivers what
+    // is pending) once this node is the primary.
+    link.webhooks
+        .start_epoch(epoch, &shared.config.node_id)
+        .map_err(|error| refused(500, format!("webhooks stream: {error}")))?;
     for slot in shared.streams.iter() {
         slot.peer_received.store(0, Ordering::Release);
         slot.peer_durable.store(0, Ordering::Release);
@@ -112,7 +117,7 @@ pub fn status(link: &Link) -> Value {
         .enumerate()
         .map(|(core, slot)| {
             json!({
-                "stream": crate::wal::core_stream(core),
+                "stream": shared.stream_name(core),
                 "written_lsn": slot.written.load(Ordering::Acquire),
                 "synced_lsn": slot.synced.load(Ordering::Acquire),
                 "standby_received_lsn": slot.peer_received.load(Ordering::Acquire),

@@ -427,3 +427,72 @@ fn a_wrong_secret_is_refused() {
     assert_eq!(a.status()["peer_connected"], false);
     assert_eq!(b.status()["in_sync"], false);
 }
+
+/// The stream `name`'s written LSN as `node`'s `GET /replication` shows it.
+fn written_lsn(node: &Node, name: &str) -> u64 {
+    node.status()["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|stream| stream["stream"] == name)
+        .unwrap_or_else(|| panic!("no stream {name}"))["written_lsn"]
+        .as_u64()
+        .unwrap()
+}
+
+// The webhook outbox is replicated: webhooks the primary enqueued while their receiver was
+// refusing them are delivered, with the same ids, by the standby it promoted after the primary
+// was killed; the standby itself delivered nothing while it followed.
+#[test]
+fn pending_webhooks_are_delivered_by_the_promoted_standby() {
+    use crate::webhooks::{Receiver, Reply};
+    let up = Arc::new(AtomicBool::new(false));
+    let receiver_up = Arc::clone(&up);
+    let receiver = Receiver::scripted(move |_| {
+        if receiver_up.load(Ordering::Relaxed) {
+            Reply::Status(200)
+        } else {
+            Reply::Status(503)
+        }
+    });
+    let (a, b) = (Node::new("webhooks", "a"), Node::new("webhooks", "b"));
+    // Retries far apart: after its first refused attempt, the old primary never retries.
+    let webhooks = format!(
+        "[[apps.webhooks]]\nurl = \"{}\"\nevent_types = [\"channel_occupied\"]\n\n\
+         [webhooks]\nbatch_window_ms = 0\nretry_initial_ms = 600000\nretry_max_ms = 600000\n",
+        receiver.url()
+    );
+    let config =
+        |node: &Node, peer: &Node, role: &str| node.config(peer, role, SECRET, "") + &webhooks;
+    let mut primary = Server::with_config_text(&config(&a, &b, "primary"));
+    let standby = Server::with_config_text(&config(&b, &a, "standby"));
+    b.wait_in_sync();
+    let channels = ["hook-1", "hook-2", "hook-3"];
+    let mut client = primary.client();
+    for channel in channels {
+        client.subscribe(channel);
+    }
+    // The first webhook was attempted and refused; the others wait behind it (one target's
+    // batches go out in order); all three are in the outbox, and the standby has them.
+    wait_for(|| !receiver.posts().is_empty() && written_lsn(&a, "webhooks") >= 3);
+    let refused = receiver.posts()[0].id().to_string();
+    wait_for(|| written_lsn(&b, "webhooks") >= written_lsn(&a, "webhooks"));
+    drop(client);
+    kill(&mut primary);
+    b.promote_after_kill();
+    up.store(true, Ordering::Relaxed);
+    wait_for(|| receiver.unique().len() >= channels.len());
+    let delivered = receiver.unique();
+    assert_eq!(
+        delivered[0].id(),
+        refused,
+        "the promoted standby sends the same webhook, first"
+    );
+    let bodies: String = delivered.iter().map(|post| post.body.clone()).collect();
+    for channel in channels {
+        assert!(bodies.contains(channel), "{channel} missing: {bodies}");
+    }
+    drop(standby);
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
