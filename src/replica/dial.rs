@@ -3,7 +3,9 @@
 //! proves itself, carries out the plan per stream (a cut or a wipe, by the core that owns the
 //! stream), then hands every batch of records to the owning core's inbound queue and acks what
 //! the cores have written and synced. While this node is the primary the dialer instead pokes
-//! the peer now and then with its epoch, so a stale primary on the other side steps down.
+//! the peer now and then with its epoch, so a stale primary on the other side steps down; and
+//! a standby being promoted tells the primary it still follows (`Promoted`), which steps down
+//! at once.
 //! Nothing here touches a core's WAL file: the cores append and apply; the `webhooks` stream,
 //! which no core owns, is appended through `WebhookLog` on this thread.
 
@@ -360,6 +362,13 @@ fn send_acks(link: &Link, mut wire: Wire, session: u64) {
     while link.session.load(Ordering::Acquire) == session && !link.stopping() {
         let now = link.now_ms();
         let mut result = Ok(());
+        // This standby is being promoted: the primary learns it was superseded (this thread
+        // owns the writing half, so the message cannot interleave with an ack).
+        let epoch = link.superseded.load(Ordering::Acquire);
+        if epoch > link.superseded_sent.load(Ordering::Acquire) {
+            result = wire.send(&Message::Promoted { epoch });
+            link.superseded_sent.store(epoch, Ordering::Release);
+        }
         for (core, last) in sent.iter_mut().enumerate() {
             let slot = &shared.streams[core];
             let position = (

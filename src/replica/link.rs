@@ -41,6 +41,11 @@ pub struct Link {
     pub queued_epoch: Box<[AtomicU64]>,
     /// The `webhooks` stream: held by the link while this node is a standby.
     pub webhooks: Arc<super::webhooks::WebhookLog>,
+    /// A promotion's new epoch, for the ack thread to announce (`Promoted`) to the primary
+    /// this standby is still connected to; 0: none.
+    pub superseded: AtomicU64,
+    /// The last epoch the ack thread announced.
+    pub superseded_sent: AtomicU64,
 }
 
 impl std::fmt::Debug for Link {
@@ -87,6 +92,8 @@ impl Link {
             queued_through,
             queued_epoch,
             webhooks,
+            superseded: AtomicU64::new(0),
+            superseded_sent: AtomicU64::new(0),
         }
     }
 

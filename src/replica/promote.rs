@@ -59,11 +59,12 @@ pub fn promote(link: &Arc<Link>, force: bool) -> Result<Value, Refused> {
 fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
     let shared = &link.shared;
     let started_ms = link.now_ms();
-    link.end_session();
     let epoch = shared.epoch() + 1;
     super::epoch::store(&link.data_dir, epoch)
         .map_err(|error| refused(500, format!("cannot persist epoch {epoch}: {error}")))?;
     shared.raise_epoch(epoch);
+    announce(link, epoch);
+    link.end_session();
     let before: Vec<u64> = shared
         .streams
         .iter()
@@ -104,6 +105,24 @@ fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
     let took_ms = link.now_ms() - started_ms;
     tracing::warn!(epoch, took_ms, "replication: promoted to primary");
     Ok(json!({ "role": "primary", "epoch": epoch, "took_ms": took_ms }))
+}
+
+/// How long a promotion waits for `Promoted` to be sent to a still-connected primary.
+const ANNOUNCE_WAIT_MS: u64 = 200;
+
+/// A forced promotion while still connected: the ack thread tells the primary `Promoted`
+/// (the new epoch is persisted already), so it steps down at once rather than at the first
+/// poke. Best effort: the poke fences it anyway.
+fn announce(link: &Link, epoch: u64) {
+    if !link.shared.link_up() {
+        return;
+    }
+    link.superseded.store(epoch, Ordering::Release);
+    link.shared.wake_link();
+    let deadline = link.now_ms() + ANNOUNCE_WAIT_MS;
+    while link.superseded_sent.load(Ordering::Acquire) < epoch && link.now_ms() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// `GET /replication`.

@@ -395,6 +395,16 @@ fn read_acks(link: &Link, mut wire: Wire, session: u64) {
                 }
             }
             Message::Heartbeat { .. } => {}
+            // Authenticated by this session's handshake: the standby was promoted (forced,
+            // while still connected), so this node is superseded and stops serving now.
+            Message::Promoted { epoch } if epoch > shared.epoch() => {
+                tracing::warn!(
+                    epoch,
+                    "replication: the standby was promoted; this node was superseded"
+                );
+                link.step_down(epoch);
+                return;
+            }
             other => {
                 tracing::warn!(?other, "replication: unexpected message from the standby");
             }

@@ -634,3 +634,34 @@ fn a_hello_with_an_incompatible_wal_format_is_refused() {
     let _ = std::fs::remove_dir_all(&a.dir);
     let _ = std::fs::remove_dir_all(&b.dir);
 }
+
+// A forced promotion of a standby still connected to a live primary: the standby tells that
+// primary `Promoted` on their session, so it steps down at once (it says why in its log),
+// then follows the new primary and refuses clients.
+#[test]
+fn a_forced_promotion_makes_the_connected_primary_step_down_at_once() {
+    let (a, b) = (Node::new("forced", "a"), Node::new("forced", "b"));
+    let old = a.start(&b, "primary", "");
+    let new = b.start(&a, "standby", "");
+    b.wait_in_sync();
+    for n in 1..=3 {
+        assert_eq!(publish(old.addr, "c", &format!("m{n}")).0, 200);
+    }
+    let (status, body) = http(
+        b.admin_addr(),
+        "POST",
+        "/replication/promote?force=true",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for(|| old.stderr().contains("this node was superseded"));
+    assert_eq!(a.status()["role"], "standby");
+    assert_eq!(a.status()["epoch"], 2);
+    assert_eq!(get(old.addr, "/readyz").0, 503);
+    assert_eq!(publish(new.addr, "c", "m4").0, 200);
+    a.wait_in_sync();
+    let datas: Vec<String> = history(&new, "c").into_iter().map(|(_, d)| d).collect();
+    assert_eq!(datas, ["m1", "m2", "m3", "m4"]);
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
