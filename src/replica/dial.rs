@@ -3,8 +3,11 @@
 //! proves itself, carries out the plan per stream (a cut or a wipe, by the core that owns the
 //! stream), then hands every batch of records to the owning core's inbound queue and acks what
 //! the cores have written and synced. While this node is the primary the dialer instead pokes
-//! the peer now and then with its epoch, so a stale primary on the other side steps down.
-//! Nothing here touches a WAL file: the cores append and apply.
+//! the peer now and then with its epoch, so a stale primary on the other side steps down; and
+//! a standby being promoted tells the primary it still follows (`Promoted`), which steps down
+//! at once.
+//! Nothing here touches a core's WAL file: the cores append and apply; the `webhooks` stream,
+//! which no core owns, is appended through `WebhookLog` on this thread.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -56,7 +59,7 @@ pub fn run(link: &Arc<Link>) {
 fn positions(link: &Link) -> Vec<StreamPosition> {
     (0..link.shared.streams.len())
         .map(|core| StreamPosition {
-            name: wal::core_stream(core),
+            name: link.shared.stream_name(core),
             last_lsn: link.queued_through[core].load(Ordering::Acquire),
             last_epoch: link.queued_epoch[core].load(Ordering::Acquire),
         })
@@ -151,6 +154,11 @@ fn poke(link: &Link) -> std::io::Result<()> {
 /// One session as a standby: handshake, the plans carried out, then records until the link
 /// ends.
 fn follow(link: &Arc<Link>) -> std::io::Result<()> {
+    // The webhooks stream is appended on this thread: where it ends is where its copy is.
+    let (last_lsn, last_epoch) = link.webhooks.follow()?;
+    let index = link.shared.webhooks_stream();
+    link.queued_through[index].store(last_lsn, Ordering::Release);
+    link.queued_epoch[index].store(last_epoch, Ordering::Release);
     let Some((wire, welcome)) = handshake(link, proto::Role::Standby)? else {
         return Ok(());
     };
@@ -222,9 +230,14 @@ fn carry_out(link: &Link, plans: &[StreamPlan]) -> std::io::Result<()> {
             .join("divergent")
             .join(format!(
                 "{}-after-{keep_through}-epoch-{}.wal",
-                wal::core_stream(core),
+                link.shared.stream_name(core),
                 link.shared.epoch()
             ));
+        if core == link.shared.webhooks_stream() {
+            link.webhooks.rewind(keep_through, wipe, &divergent_file)?;
+            link.queued_through[core].store(keep_through, Ordering::Release);
+            continue;
+        }
         let input = CoreInput::Rewind {
             keep_through,
             wipe,
@@ -306,7 +319,11 @@ fn receive(link: &Link, mut wire: Wire, session: u64) -> std::io::Result<()> {
                     continue;
                 };
                 let (last_lsn, last_epoch) = (last.lsn, last.epoch);
-                hand_to_core(link, core, CoreInput::Records(bytes), session)?;
+                if core == shared.webhooks_stream() {
+                    link.webhooks.append(&bytes)?;
+                } else {
+                    hand_to_core(link, core, CoreInput::Records(bytes), session)?;
+                }
                 link.queued_through[core].store(last_lsn, Ordering::Release);
                 link.queued_epoch[core].store(last_epoch, Ordering::Release);
             }
@@ -345,6 +362,13 @@ fn send_acks(link: &Link, mut wire: Wire, session: u64) {
     while link.session.load(Ordering::Acquire) == session && !link.stopping() {
         let now = link.now_ms();
         let mut result = Ok(());
+        // This standby is being promoted: the primary learns it was superseded (this thread
+        // owns the writing half, so the message cannot interleave with an ack).
+        let epoch = link.superseded.load(Ordering::Acquire);
+        if epoch > link.superseded_sent.load(Ordering::Acquire) {
+            result = wire.send(&Message::Promoted { epoch });
+            link.superseded_sent.store(epoch, Ordering::Release);
+        }
         for (core, last) in sent.iter_mut().enumerate() {
             let slot = &shared.streams[core];
             let position = (

@@ -39,6 +39,13 @@ pub struct Link {
     pub queued_through: Box<[AtomicU64]>,
     /// Per stream: the epoch of the last record handed to the core.
     pub queued_epoch: Box<[AtomicU64]>,
+    /// The `webhooks` stream: held by the link while this node is a standby.
+    pub webhooks: Arc<super::webhooks::WebhookLog>,
+    /// A promotion's new epoch, for the ack thread to announce (`Promoted`) to the primary
+    /// this standby is still connected to; 0: none.
+    pub superseded: AtomicU64,
+    /// The last epoch the ack thread announced.
+    pub superseded_sent: AtomicU64,
 }
 
 impl std::fmt::Debug for Link {
@@ -56,7 +63,14 @@ impl Link {
         mesh: Arc<Mesh>,
         control: Arc<Control>,
         stop: Arc<AtomicBool>,
+        storage: &crate::config::StorageConfig,
     ) -> Link {
+        let webhooks = Arc::new(super::webhooks::WebhookLog::new(
+            Arc::clone(&shared),
+            Arc::new(crate::wal::FsStorage),
+            &data_dir,
+            storage,
+        ));
         let parker = shared.take_parker().expect("one link per process");
         let streams = shared.streams.len();
         let queued_through = (0..streams)
@@ -77,6 +91,9 @@ impl Link {
             parker: Mutex::new(parker),
             queued_through,
             queued_epoch,
+            webhooks,
+            superseded: AtomicU64::new(0),
+            superseded_sent: AtomicU64::new(0),
         }
     }
 
@@ -123,6 +140,15 @@ impl Link {
         );
         self.shared.set_role(Role::Standby);
         self.shared.set_standby_lost(true);
+        // As a standby it says where its streams end: where this node wrote them up to, not
+        // where it last followed.
+        for core in 0..self.shared.cores {
+            let slot = &self.shared.streams[core];
+            let written = slot.written.load(Ordering::Acquire);
+            self.queued_through[core].store(written, Ordering::Release);
+            let last_epoch = slot.last_epoch.load(Ordering::Acquire);
+            self.queued_epoch[core].store(last_epoch, Ordering::Release);
+        }
         if let Err(error) = super::epoch::store(&self.data_dir, epoch) {
             tracing::error!(%error, "replication: cannot persist the higher epoch");
         }

@@ -1,6 +1,7 @@
 //! The hot standby at run time: this node's role and epoch, the positions each core publishes
 //! for the replication link, the link's threads (the primary serving its WAL streams, the
-//! standby following them) and the persisted epoch. The wire format and the decisions it
+//! standby following them), the `webhooks` stream's hand-over between the webhook worker and
+//! the link, and the persisted epoch. The wire format and the decisions it
 //! needs (handshake, resync plans) are sans-IO in `crate::replication`; the cores never touch
 //! a replication socket: they publish positions and read inputs through `shared`. Like the
 //! webhook worker, the link runs on its own threads with blocking sockets, off every core.
@@ -12,6 +13,7 @@ pub mod link;
 pub mod promote;
 mod serve;
 pub mod shared;
+pub mod webhooks;
 mod wire;
 
 pub use shared::{CoreInput, ReplicaShared, Role};

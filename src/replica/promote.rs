@@ -59,22 +59,23 @@ pub fn promote(link: &Arc<Link>, force: bool) -> Result<Value, Refused> {
 fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
     let shared = &link.shared;
     let started_ms = link.now_ms();
-    link.end_session();
     let epoch = shared.epoch() + 1;
     super::epoch::store(&link.data_dir, epoch)
         .map_err(|error| refused(500, format!("cannot persist epoch {epoch}: {error}")))?;
     shared.raise_epoch(epoch);
+    announce(link, epoch);
+    link.end_session();
     let before: Vec<u64> = shared
         .streams
         .iter()
         .map(|slot| slot.done.load(Ordering::Acquire))
         .collect();
-    for core in 0..shared.streams.len() {
+    for core in 0..shared.cores {
         super::dial::hand_to_core(link, core, CoreInput::Promote { epoch }, u64::MAX)
             .map_err(|error| refused(500, format!("core {core}: {error}")))?;
     }
     let deadline = started_ms + limits::REPL_PROMOTE_WAIT_MS;
-    for (core, before) in before.into_iter().enumerate() {
+    for (core, before) in before.into_iter().enumerate().take(shared.cores) {
         while shared.streams[core].done.load(Ordering::Acquire) == before {
             if link.now_ms() > deadline {
                 return Err(refused(
@@ -85,6 +86,11 @@ fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
+    // The copied webhook outbox enters the epoch too; the worker opens it (and delivers what
+    // is pending) once this node is the primary.
+    link.webhooks
+        .start_epoch(epoch, &shared.config.node_id)
+        .map_err(|error| refused(500, format!("webhooks stream: {error}")))?;
     for slot in shared.streams.iter() {
         slot.peer_received.store(0, Ordering::Release);
         slot.peer_durable.store(0, Ordering::Release);
@@ -101,6 +107,24 @@ fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
     Ok(json!({ "role": "primary", "epoch": epoch, "took_ms": took_ms }))
 }
 
+/// How long a promotion waits for `Promoted` to be sent to a still-connected primary.
+const ANNOUNCE_WAIT_MS: u64 = 200;
+
+/// A forced promotion while still connected: the ack thread tells the primary `Promoted`
+/// (the new epoch is persisted already), so it steps down at once rather than at the first
+/// poke. Best effort: the poke fences it anyway.
+fn announce(link: &Link, epoch: u64) {
+    if !link.shared.link_up() {
+        return;
+    }
+    link.superseded.store(epoch, Ordering::Release);
+    link.shared.wake_link();
+    let deadline = link.now_ms() + ANNOUNCE_WAIT_MS;
+    while link.superseded_sent.load(Ordering::Acquire) < epoch && link.now_ms() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// `GET /replication`.
 pub fn status(link: &Link) -> Value {
     let shared = &link.shared;
@@ -112,7 +136,7 @@ pub fn status(link: &Link) -> Value {
         .enumerate()
         .map(|(core, slot)| {
             json!({
-                "stream": crate::wal::core_stream(core),
+                "stream": shared.stream_name(core),
                 "written_lsn": slot.written.load(Ordering::Acquire),
                 "synced_lsn": slot.synced.load(Ordering::Acquire),
                 "standby_received_lsn": slot.peer_received.load(Ordering::Acquire),

@@ -104,7 +104,7 @@ fn handshake(link: &Link, wire: &mut Wire) -> std::io::Result<Option<Vec<StreamP
         node_id: shared.config.node_id.clone(),
         role,
         epoch: shared.epoch(),
-        streams: stream_names(shared.streams.len()),
+        streams: shared.stream_names(),
     };
     let fence = match proto::check_hello(&hello, &local) {
         Ok(()) => false,
@@ -184,15 +184,10 @@ fn handshake(link: &Link, wire: &mut Wire) -> std::io::Result<Option<Vec<StreamP
     Ok(Some(plans))
 }
 
-/// The stream names of this node, in core order.
-pub fn stream_names(cores: usize) -> Vec<String> {
-    (0..cores).map(wal::core_stream).collect()
-}
-
 /// Per stream: where the standby's copy continues (or restarts).
 fn plan_streams(link: &Link, positions: &[StreamPosition]) -> std::io::Result<Vec<StreamPlan>> {
     let mut plans = Vec::with_capacity(positions.len());
-    for (core, name) in stream_names(link.shared.streams.len()).iter().enumerate() {
+    for (core, name) in link.shared.stream_names().iter().enumerate() {
         let standby = positions
             .iter()
             .find(|position| &position.name == name)
@@ -277,8 +272,8 @@ fn send_streams(
     let mut tails: Vec<Tail> = plans
         .iter()
         .enumerate()
-        .map(|(core, plan)| {
-            let name = wal::core_stream(core);
+        .map(|(index, plan)| {
+            let name = shared.stream_name(index);
             let dir = wal::stream_dir(&link.data_dir, &name);
             Tail::new(Arc::clone(&storage), &dir, &name, plan.from_lsn)
         })
@@ -392,11 +387,24 @@ fn read_acks(link: &Link, mut wire: Wire, session: u64) {
                 };
                 let before = slot.peer_received.fetch_max(received_lsn, Ordering::AcqRel);
                 let before_durable = slot.peer_durable.fetch_max(durable_lsn, Ordering::AcqRel);
-                if before < received_lsn || before_durable < durable_lsn {
-                    link.mesh.ring(usize::from(stream));
+                let core = usize::from(stream);
+                let moved = before < received_lsn || before_durable < durable_lsn;
+                // The webhooks stream has no core waiting on its acks.
+                if moved && core < shared.cores {
+                    link.mesh.ring(core);
                 }
             }
             Message::Heartbeat { .. } => {}
+            // Authenticated by this session's handshake: the standby was promoted (forced,
+            // while still connected), so this node is superseded and stops serving now.
+            Message::Promoted { epoch } if epoch > shared.epoch() => {
+                tracing::warn!(
+                    epoch,
+                    "replication: the standby was promoted; this node was superseded"
+                );
+                link.step_down(epoch);
+                return;
+            }
             other => {
                 tracing::warn!(?other, "replication: unexpected message from the standby");
             }

@@ -1,5 +1,6 @@
 //! `ReplicaShared`: what the cores and the replication link threads share, all atomics and
-//! bounded queues (no lock on a core's path). Per stream (one per core) the core publishes its
+//! bounded queues (no lock on a core's path). Per stream (one per core, then the `webhooks`
+//! stream of the webhook outbox) its writer publishes its
 //! written and synced LSNs after every commit, and the link publishes what the standby
 //! acknowledged; a standby core's inputs (records to append and apply, rewinds, promotion)
 //! come through its bounded `inbound` queue. It owns no thread and makes no decision: the role
@@ -74,6 +75,9 @@ pub struct StreamSlot {
 /// Link and role state shared by the cores, the link threads and the admin endpoint.
 pub struct ReplicaShared {
     pub config: ReplicationConfig,
+    /// The node's core count: `streams[core]` for each core, then `streams[cores]` for the
+    /// `webhooks` stream.
+    pub cores: usize,
     role: AtomicU8,
     epoch: AtomicU64,
     pub streams: Box<[StreamSlot]>,
@@ -110,9 +114,10 @@ impl ReplicaShared {
         let waker = parker.unparker().clone();
         let shared = ReplicaShared {
             config,
+            cores,
             role: AtomicU8::new(0),
             epoch: AtomicU64::new(epoch),
-            streams: (0..cores)
+            streams: (0..=cores)
                 .map(|_| StreamSlot {
                     written: AtomicU64::new(0),
                     synced: AtomicU64::new(0),
@@ -137,6 +142,27 @@ impl ReplicaShared {
         };
         shared.set_role(role);
         shared
+    }
+
+    /// The index of the `webhooks` stream (after the cores' streams).
+    pub fn webhooks_stream(&self) -> usize {
+        self.cores
+    }
+
+    /// The name of stream `index`, as the handshake lists it.
+    pub fn stream_name(&self, index: usize) -> String {
+        if index == self.cores {
+            crate::wal::WEBHOOKS_STREAM.to_string()
+        } else {
+            crate::wal::core_stream(index)
+        }
+    }
+
+    /// Every stream's name, in index order (the order `Records.stream` indexes).
+    pub fn stream_names(&self) -> Vec<String> {
+        (0..self.streams.len())
+            .map(|index| self.stream_name(index))
+            .collect()
     }
 
     pub fn role(&self) -> Role {

@@ -74,9 +74,10 @@
 //!   checksums, contiguous LSNs from what it holds) before writing it, and never acknowledges as
 //!   durable what it has not synced.
 //! * Either side that sees a higher epoch than its own in a `Heartbeat` or a `Promoted` and
-//!   believes it is the primary steps down at once. `Promoted` is sent by a node that was just
-//!   promoted (its `EpochStart` written on every stream) to a peer it is still connected to, so
-//!   that peer stops acting as the primary now rather than at the next heartbeat; a step-down
+//!   believes it is the primary steps down at once. `Promoted` is sent by a standby being promoted
+//!   (its new epoch persisted, before its `EpochStart`s) to the primary it is still connected
+//!   to (a forced promotion), on that authenticated session, so that primary stops acting as
+//!   the primary now rather than at the new primary's first poke; a step-down
 //!   needs no message of its own (the node closes the connection, after a `Refuse HigherEpoch`
 //!   during a handshake).
 //!

@@ -1,6 +1,8 @@
 //! A core's side of the hot standby: the role and standby state fed to the shard as
 //! `ControlEvent::Replication` when they change, and, on a standby, the link's inputs carried
 //! out on the core that owns the stream (records appended verbatim and applied, promotion).
+//! A full disk stalls the records (no ack moves, the link stops reading) until space is back;
+//! any other storage error exits.
 //! It reads `ReplicaShared` (atomics and the core's bounded inbound queue) and never touches a
 //! replication socket or another core's stream.
 
@@ -21,8 +23,11 @@ pub(super) struct ReplicaCore {
     shared: Arc<ReplicaShared>,
     fed_primary: bool,
     fed_standby_lost: bool,
-    /// A rewind that waits for the WAL sync in flight (it replaces the stream's writer).
+    /// A rewind that waits for the WAL sync in flight (it replaces the stream's writer), or
+    /// records that wait for disk space.
     deferred: Option<CoreInput>,
+    /// The disk is full: records wait in `deferred`.
+    stalled: bool,
 }
 
 impl ReplicaCore {
@@ -33,6 +38,7 @@ impl ReplicaCore {
             fed_primary: true,
             fed_standby_lost: false,
             deferred: None,
+            stalled: false,
         }
     }
 }
@@ -85,8 +91,9 @@ impl CoreLoop {
             any = true;
             match input {
                 CoreInput::Records(bytes) => {
-                    let applied = self.shard.apply_replicated(&bytes, now).map(|_| ());
-                    self.exit_if_failed(applied);
+                    if !self.apply_records(bytes, now) {
+                        break;
+                    }
                 }
                 CoreInput::Promote { epoch } => {
                     let promoted = self.shard.promote(epoch, &shared.config.node_id, now);
@@ -118,6 +125,41 @@ impl CoreLoop {
             }
         }
         any
+    }
+
+    /// Appends and applies the primary's records; false when the disk is full: the rest waits
+    /// (ahead of the queue, which then fills and stops the link from reading and acking) and
+    /// is tried again on a later iteration, after `maintain` found space. Other failures exit.
+    fn apply_records(&mut self, bytes: bytes::Bytes, now: Now) -> bool {
+        let taken = match self.shard.apply_replicated(&bytes, now) {
+            Ok(taken) => taken,
+            Err(error) => {
+                self.exit_if_failed(Err(error));
+                return false;
+            }
+        };
+        let Some(replica) = &mut self.replica else {
+            return true;
+        };
+        if taken == bytes.len() {
+            if replica.stalled {
+                replica.stalled = false;
+                tracing::info!(
+                    core = self.core,
+                    "replication: disk space is back; following again"
+                );
+            }
+            return true;
+        }
+        if !replica.stalled {
+            replica.stalled = true;
+            tracing::warn!(
+                core = self.core,
+                "replication: the disk is full; not taking the primary's records until space is back"
+            );
+        }
+        replica.deferred = Some(CoreInput::Records(bytes.slice(taken..)));
+        false
     }
 
     /// The primary's plan for this standby's stream: cut it after `keep_through` (the suffix

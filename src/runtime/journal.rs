@@ -13,7 +13,7 @@ use crate::mesh::message::{Durability, PublishCommand};
 use crate::protocol::socket_id::SocketId;
 use crate::replica::ReplicaShared;
 use crate::shard::{
-    Apps, Durable, Journal, JournalFailed, JournalFull, JournalStats, Now, OwnerRecord,
+    Apps, Durable, Journal, JournalFailed, JournalFull, JournalStats, Now, OwnerRecord, Replicated,
 };
 use crate::wal::record::{PUBLISH_CACHE, PUBLISH_CACHE_ONLY, PUBLISH_CLIENT};
 use crate::wal::{self, AppendError, Record, RecoveryMode, Storage, WalOptions, WalWriter};
@@ -278,14 +278,15 @@ impl Journal for WalJournal {
         Ok(())
     }
 
-    fn append_replicated(
-        &mut self,
-        raw: &[u8],
-    ) -> Result<Option<(OwnerRecord, u64)>, JournalFailed> {
+    fn append_replicated(&mut self, raw: &[u8]) -> Result<Replicated, JournalFailed> {
         self.check()?;
         let lsn = match self.writer.append_encoded(raw) {
             Ok(lsn) => lsn,
             Err(AppendError::Poisoned(poisoned)) => return Err(failed(poisoned)),
+            // ENOSPC is no loss of data: the standby stops taking records (and so acking
+            // them) until `maintain` finds space again. Any other IO error poisoned the
+            // writer above (the PostgreSQL fsync rule).
+            Err(AppendError::Full) => return Ok(Replicated::Full),
             // The primary checked the record; a standby that cannot keep it must not
             // acknowledge anything after it (the link is cut when the core exits).
             Err(error) => return Err(failed(format!("replicated record refused: {error}"))),
@@ -298,8 +299,8 @@ impl Journal for WalJournal {
                 .fetch_max(header.epoch, std::sync::atomic::Ordering::AcqRel);
         }
         match owner_record(&self.apps, &record) {
-            Some(Ok(owner)) => Ok(Some((owner, lsn))),
-            Some(Err(UnknownApp)) | None => Ok(None),
+            Some(Ok(owner)) => Ok(Replicated::Apply(owner, lsn)),
+            Some(Err(UnknownApp)) | None => Ok(Replicated::Kept),
         }
     }
 
@@ -583,5 +584,96 @@ mod tests {
             owner_record(&apps, &unknown),
             Some(Err(UnknownApp))
         ));
+    }
+
+    /// A standby's journal on a disk that fills: ENOSPC refuses the primary's record with
+    /// `Full` (nothing appended, the caller waits), and once space is back (`maintain` after
+    /// the retry interval) the same record is taken; an EIO still fails the journal.
+    #[test]
+    fn a_full_disk_stalls_replicated_records_and_eio_fails() {
+        let text = "version = 1\n[storage]\ndir = \"/data\"\nfsync = \"always\"\nsegment_bytes = 65536\n[[apps]]\nid = \"app-1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let config = config::parse(text).unwrap().config;
+        let apps = Arc::new(Apps::new(&config));
+        let faulty = Arc::new(crate::wal::FaultyStorage::new(Arc::new(
+            crate::wal::MemStorage::new(),
+        )));
+        let storage: Arc<dyn Storage> = Arc::clone(&faulty) as _;
+        let at = |mono_ms: u64| Now {
+            mono_ms,
+            mono_us: mono_ms * 1000,
+            unix_secs: 1_700_000_000,
+            unix_ms: 1_700_000_000_000,
+        };
+        let (mut journal, _) = WalJournal::open(
+            storage,
+            &config,
+            apps,
+            0,
+            1,
+            RecoveryMode::Strict,
+            1,
+            at(0),
+            |_, _| {},
+        )
+        .unwrap();
+        let user = "u".repeat(1000);
+        let raw = |lsn: u64| {
+            let record: Record<&str> = Record::PresenceLeave {
+                app_id: "app-1",
+                channel: "presence-room",
+                user_id: &user,
+            };
+            let mut bytes = Vec::new();
+            record::encode(&record, 1, lsn, &mut bytes);
+            bytes
+        };
+        faulty.arm(crate::wal::Fault::NoSpace);
+        let mut lsn = 1;
+        let full_at = loop {
+            assert!(lsn < 1_000, "the disk never filled");
+            match journal.append_replicated(&raw(lsn)).unwrap() {
+                Replicated::Apply(..) | Replicated::Kept => {
+                    journal.commit(at(0)).unwrap();
+                    lsn += 1;
+                }
+                Replicated::Full => break lsn,
+            }
+        };
+        assert!(journal.storage_full());
+        assert_eq!(
+            journal.writer.appended_lsn(),
+            full_at - 1,
+            "nothing appended"
+        );
+        // Still full: the same record is refused again, not lost and not skipped.
+        assert!(matches!(
+            journal.append_replicated(&raw(full_at)).unwrap(),
+            Replicated::Full
+        ));
+        faulty.clear_no_space();
+        // The next segment is made ahead by a helper thread: a few retries may pass first.
+        let mut later = at(0);
+        for attempt in 1..=200 {
+            later = at(attempt * (limits_retry_ms() + 1));
+            journal.maintain(later, 1).unwrap();
+            if !journal.storage_full() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!journal.storage_full(), "space came back");
+        assert!(matches!(
+            journal.append_replicated(&raw(full_at)).unwrap(),
+            Replicated::Apply(..) | Replicated::Kept
+        ));
+        journal.commit(later).unwrap();
+        faulty.arm(crate::wal::Fault::WriteEio);
+        let _ = journal.append_replicated(&raw(full_at + 1));
+        assert!(journal.commit(later).is_err(), "EIO fails the journal");
+        assert!(journal.append_replicated(&raw(full_at + 2)).is_err());
+    }
+
+    fn limits_retry_ms() -> u64 {
+        crate::limits::WAL_SPACE_RETRY_MS
     }
 }

@@ -384,6 +384,7 @@ fn start_link(
         Arc::clone(mesh),
         Arc::clone(control),
         Arc::clone(stop),
+        &config.storage,
     ));
     let link_threads = crate::replica::link::start(Arc::clone(&link)).map_err(|error| {
         anyhow::anyhow!(

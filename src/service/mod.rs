@@ -72,14 +72,14 @@ pub fn serve(
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let outbox = crate::webhook::open_outbox(&config, &server.apps, Instant::now(), unix_ms)
-        .map_err(|error| anyhow::anyhow!("failed to recover the webhook outbox: {error}"))?;
+    let (outbox, gate) = open_webhook_outbox(&config, &server, unix_ms)?;
     let webhooks = WebhookWorker::start(
         &config,
         Arc::clone(&server.apps),
         Arc::clone(&server.webhooks),
         Arc::clone(&metrics.webhooks),
         outbox,
+        gate,
     )?;
     metrics.config_unknown_keys.store(
         unknown_keys.len() as u64,
@@ -151,6 +151,31 @@ pub fn serve(
     server.stop();
     webhooks.stop(Duration::from_millis(WEBHOOK_FLUSH_MS));
     Ok(())
+}
+
+/// The webhook outbox and, in a hot standby pair, its gate: only the primary holds the
+/// outbox; a standby's worker waits with a dormant one and opens it (with what the standby
+/// copied) once promoted. Without replication it is `webhook::open_outbox`'s.
+#[allow(clippy::type_complexity)]
+fn open_webhook_outbox(
+    config: &Config,
+    server: &runtime::Server,
+    unix_ms: u64,
+) -> anyhow::Result<(
+    Box<dyn crate::webhook::Outbox>,
+    Option<(Arc<dyn crate::webhook::OutboxGate>, bool)>,
+)> {
+    let Some(link) = &server.replica else {
+        let outbox = crate::webhook::open_outbox(config, &server.apps, Instant::now(), unix_ms)
+            .map_err(|error| anyhow::anyhow!("failed to recover the webhook outbox: {error}"))?;
+        return Ok((outbox, None));
+    };
+    let gate: Arc<dyn crate::webhook::OutboxGate> = Arc::clone(&link.webhooks) as _;
+    match gate.open(config, &server.apps).transpose() {
+        Ok(Some(outbox)) => Ok((outbox, Some((gate, true)))),
+        Ok(None) => Ok((crate::webhook::dormant_outbox(config), Some((gate, false)))),
+        Err(error) => anyhow::bail!("failed to recover the webhook outbox: {error}"),
+    }
 }
 
 /// The control thread's state once the server runs: signals, the systemd watchdog and status,

@@ -37,7 +37,7 @@ pub use conn::{Conn, ConnIo, Phase};
 pub use history::{HistoryEvent, HistoryPage};
 pub use owner::{
     Durable, Journal, JournalFailed, JournalFull, JournalStats, NoJournal, Owner, OwnerRecord,
-    ReplicaView,
+    ReplicaView, Replicated,
 };
 use rest::Query;
 pub use tls::TlsSession;
@@ -653,25 +653,31 @@ impl Shard {
     ///
     /// # Errors
     ///
+    /// Returns how many bytes of `bytes` were taken: fewer than all when the disk is full
+    /// (the rest is to be given again once space is back, `storage_full` says when).
+    ///
+    /// # Errors
+    ///
     /// The journal refused or failed: the standby must not acknowledge anything after it.
-    pub fn apply_replicated(&mut self, mut bytes: &[u8], now: Now) -> Result<u64, JournalFailed> {
+    pub fn apply_replicated(&mut self, bytes: &[u8], now: Now) -> Result<usize, JournalFailed> {
         self.now = now;
-        let mut applied = 0;
-        while !bytes.is_empty() {
-            let len = match crate::wal::record::frame(bytes) {
+        let mut taken = 0;
+        while taken < bytes.len() {
+            let rest = &bytes[taken..];
+            let len = match crate::wal::record::frame(rest) {
                 Ok((header, _)) => header.len as usize,
                 Err(error) => {
                     return Err(JournalFailed(format!("bad replicated record: {error}")));
                 }
             };
-            let (raw, rest) = bytes.split_at(len);
-            if let Some((record, lsn)) = self.journal.append_replicated(raw)? {
-                self.owner.replay(record, lsn, now);
+            match self.journal.append_replicated(&rest[..len])? {
+                Replicated::Apply(record, lsn) => self.owner.replay(record, lsn, now),
+                Replicated::Kept => {}
+                Replicated::Full => break,
             }
-            applied += 1;
-            bytes = rest;
+            taken += len;
         }
-        Ok(applied)
+        Ok(taken)
     }
 
     /// Promotion: this core's stream enters `epoch` (its `EpochStart` written and synced), and

@@ -177,12 +177,10 @@ pub trait Journal {
         JournalStats::default()
     }
     /// Standby: appends one record the primary wrote, its bytes verbatim (same LSN, same
-    /// epoch), and returns it as an owner record to apply with its LSN (None for records that
-    /// carry no owner state).
-    fn append_replicated(
-        &mut self,
-        _raw: &[u8],
-    ) -> Result<Option<(OwnerRecord, u64)>, JournalFailed> {
+    /// epoch), and says what to apply (`Apply`: the owner record with its LSN; `Kept`: a
+    /// record that carries no owner state), or that the disk is full (`Full`: nothing was
+    /// appended; the caller tries again once `maintain` found space).
+    fn append_replicated(&mut self, _raw: &[u8]) -> Result<Replicated, JournalFailed> {
         Err(JournalFailed("this journal cannot follow a primary".into()))
     }
     /// Promotion: records from now on carry `epoch`; the first is its `EpochStart`, written
@@ -190,6 +188,17 @@ pub trait Journal {
     fn start_epoch(&mut self, _epoch: u64, _node_id: &str, _now: Now) -> Result<(), JournalFailed> {
         Err(JournalFailed("this journal has no epochs".into()))
     }
+}
+
+/// What `Journal::append_replicated` did with a record.
+#[derive(Debug)]
+pub enum Replicated {
+    /// Appended; apply this owner record (with its LSN).
+    Apply(OwnerRecord, u64),
+    /// Appended; it carries no owner state.
+    Kept,
+    /// Not appended: the disk is full (a standby stalls until space is back).
+    Full,
 }
 
 /// Where a journal's stream stands (metrics; all 0 without a WAL).

@@ -156,6 +156,28 @@ impl Shard {
         }
     }
 
+    /// Why `/readyz` answers 503: a standby (and a standby whose disk is full, which takes no
+    /// records from the primary until space is back), starting, draining, or unable to persist
+    /// publishes (a full WAL disk: subscribers are still served, publishes get 503 until space
+    /// is back). None when ready.
+    fn not_ready(&self) -> Option<&'static [u8]> {
+        if !self.control.primary && self.journal.storage_full() {
+            Some(
+                b"standby: storage full: not taking the primary's records until disk space is back",
+            )
+        } else if !self.control.primary {
+            Some(b"standby: serves no clients until promoted")
+        } else if self.control.is_draining() {
+            Some(b"draining")
+        } else if !self.control.is_ready() {
+            Some(b"starting")
+        } else if self.journal.storage_full() {
+            Some(b"storage full: publishes are refused until disk space is back")
+        } else {
+            None
+        }
+    }
+
     fn handle_request(&mut self, key: u32, request: Request, leftover: Vec<u8>) {
         if self.refused_as_standby(key, &request.path) {
             return;
@@ -214,19 +236,7 @@ impl Shard {
                 }
             }
             (Method::Get | Method::Head, "/readyz") => {
-                // Not ready: starting, draining, or unable to persist publishes (a full WAL
-                // disk: subscribers are still served, publishes get 503 until space is back).
-                let not_ready: Option<&[u8]> = if !self.control.primary {
-                    Some(b"standby: serves no clients until promoted")
-                } else if self.control.is_draining() {
-                    Some(b"draining")
-                } else if !self.control.is_ready() {
-                    Some(b"starting")
-                } else if self.journal.storage_full() {
-                    Some(b"storage full: publishes are refused until disk space is back")
-                } else {
-                    None
-                };
+                let not_ready = self.not_ready();
                 let ready: &[u8] = match self.config.replication.on_standby_loss {
                     _ if !self.control.standby_lost => b"ready",
                     crate::config::StandbyLoss::Degrade => {

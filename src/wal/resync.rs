@@ -13,8 +13,8 @@ use super::record;
 use super::segment::{self, Expect, SegmentHeader};
 use super::storage::Storage;
 use super::stream::{
-    NEXT_SEGMENT_NAME, RecoveryError, RecoveryMode, SegmentInfo, io_error, list_names,
-    scan_segments, sort_names,
+    NEXT_SEGMENT_NAME, RecoveryError, RecoveryMode, SegmentInfo, install_segment, io_error,
+    list_names, scan_segments, sort_names,
 };
 
 /// Moves every record with an LSN above `after_lsn` out of the stream `stream` in `dir`: their
@@ -182,28 +182,14 @@ fn start_empty(
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => return Err(io_error("remove", &temporary)(error)),
     }
-    let mut header = Vec::with_capacity(segment::HEADER_BYTES);
-    segment::encode_header(
-        &SegmentHeader {
-            version: segment::VERSION,
-            stream: stream.into(),
-            first_lsn,
-            // No clock here: the writer that opens the stream replaces this segment (it holds
-            // no record) with one stamped with its own time.
-            created_ms: 0,
-        },
-        &mut header,
-    );
+    // No clock here: the writer that opens the stream replaces this segment (it holds no
+    // record) with one stamped with its own time.
+    let header = SegmentHeader::new(stream, first_lsn, 0);
     let (mut file, _) = storage
         .create(&temporary, 0)
         .map_err(io_error("create segment", &temporary))?;
-    file.write_at(0, &header)
-        .and_then(|()| file.sync_data())
-        .map_err(io_error("write segment header", &temporary))?;
     let path = dir.join(segment::file_name(first_lsn));
-    storage
-        .rename(&temporary, &path)
-        .map_err(io_error("rename segment", &path))
+    install_segment(storage, &mut *file, &temporary, &path, &header).map(|_| ())
 }
 
 /// Removes every segment of the stream in `dir` (the last first) and every leftover segment

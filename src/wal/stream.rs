@@ -1246,15 +1246,8 @@ impl WalWriter {
             bytes: old.written,
             sealed_ms: self.unix_ms,
         });
-        segment::encode_header(
-            &SegmentHeader {
-                version: segment::VERSION,
-                stream: self.stream.clone(),
-                first_lsn: self.next_lsn,
-                created_ms: self.unix_ms,
-            },
-            &mut self.buffer,
-        );
+        let header = SegmentHeader::new(&self.stream, self.next_lsn, self.unix_ms);
+        segment::encode_header(&header, &mut self.buffer);
         Ok(())
     }
 
@@ -1499,29 +1492,40 @@ fn create_segment(
         options.zero_fill,
     )
     .map_err(io_error("create segment", &temporary))?;
-    let mut header = Vec::with_capacity(segment::HEADER_BYTES);
-    segment::encode_header(
-        &SegmentHeader {
-            version: segment::VERSION,
-            stream: stream.into(),
-            first_lsn,
-            created_ms: now.unix_ms,
-        },
-        &mut header,
-    );
-    file.write_at(0, &header)
-        .and_then(|()| file.sync_data())
-        .map_err(io_error("write segment header", &temporary))?;
-    storage
-        .rename(&temporary, &path)
-        .map_err(io_error("rename segment", &path))?;
+    let header = SegmentHeader::new(stream, first_lsn, now.unix_ms);
+    let written = install_segment(storage, &mut *file, &temporary, &path, &header)?;
     Ok(Current {
         name,
         first_lsn,
         file,
-        written: header.len() as u64,
+        written,
         capacity: options.segment_bytes,
     })
+}
+
+/// Writes `header` at the start of `file` (just created under the name `temporary`), syncs
+/// it, and renames the file to `path` (its own name, replacing an empty segment of that
+/// name). Returns the header's length. The caller syncs the directory. Every segment made
+/// outside the writer's rotation (at open, and the empty one a resync leaves) is made here.
+///
+/// # Errors
+///
+/// IO errors of the write, the sync and the rename, naming the path.
+pub(super) fn install_segment(
+    storage: &dyn Storage,
+    file: &mut dyn StorageFile,
+    temporary: &Path,
+    path: &Path,
+    header: &SegmentHeader,
+) -> Result<u64, RecoveryError> {
+    let bytes = header.encoded();
+    file.write_at(0, &bytes)
+        .and_then(|()| file.sync_data())
+        .map_err(io_error("write segment header", temporary))?;
+    storage
+        .rename(temporary, path)
+        .map_err(io_error("rename segment", path))?;
+    Ok(bytes.len() as u64)
 }
 
 #[cfg(test)]

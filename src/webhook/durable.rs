@@ -53,7 +53,13 @@ pub struct WalOutbox {
     last_retain_ms: u64,
     failure: Option<Poisoned>,
     full_drops: u64,
+    /// Told the stream's (written, synced) LSNs after each change (a hot standby's link ships
+    /// the stream up to them).
+    positions: Option<PositionSink>,
 }
+
+/// Where a `WalOutbox` publishes its stream's (written, synced) LSNs.
+pub type PositionSink = Box<dyn Fn(u64, u64) + Send>;
 
 impl WalOutbox {
     /// Opens the `webhooks` stream under `data_dir` and rebuilds the pending batches.
@@ -98,6 +104,7 @@ impl WalOutbox {
             last_retain_ms: 0,
             failure: None,
             full_drops: 0,
+            positions: None,
         };
         outbox.set_app_ids(app_ids);
         let by_id: HashMap<&str, u32> = app_ids.iter().map(|(index, id)| (&**id, *index)).collect();
@@ -195,7 +202,21 @@ impl WalOutbox {
         let lsn = self.writer.append(record)?;
         let now = self.now(Instant::now(), unix_ms());
         self.writer.commit(now)?;
+        self.publish_positions();
         Ok(lsn)
+    }
+
+    /// From now on, `sink` is told the stream's (written, synced) LSNs after every change
+    /// (and once now).
+    pub fn set_positions(&mut self, sink: PositionSink) {
+        self.positions = Some(sink);
+        self.publish_positions();
+    }
+
+    fn publish_positions(&self) {
+        if let Some(sink) = &self.positions {
+            sink(self.writer.written_lsn(), self.writer.synced_lsn());
+        }
     }
 
     /// The LSN of the oldest pending batch (retention keeps it and everything after it).
@@ -336,11 +357,12 @@ impl Outbox for WalOutbox {
         if self.writer.is_full() {
             self.writer.retry_space(now);
         }
-        if self.writer.sync_due(now.mono_ms)
-            && let Err(poisoned) = self.writer.sync(now)
-        {
-            self.poisoned(poisoned);
-            return;
+        if self.writer.sync_due(now.mono_ms) {
+            if let Err(poisoned) = self.writer.sync(now) {
+                self.poisoned(poisoned);
+                return;
+            }
+            self.publish_positions();
         }
         if now.mono_ms.saturating_sub(self.last_retain_ms) >= WEBHOOK_WAL_RETAIN_INTERVAL_MS {
             self.last_retain_ms = now.mono_ms;

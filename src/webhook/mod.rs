@@ -21,10 +21,10 @@ use crossbeam_queue::ArrayQueue;
 use crate::config::Config;
 use crate::shard::Apps;
 
-pub use durable::WalOutbox;
+pub use durable::{PositionSink, WalOutbox};
 pub use outbox::{Batch, MemoryOutbox, Outbox, Settled, TargetKey};
 pub use router::{Job, Outcome, Router, Settings};
-pub use worker::WebhookWorker;
+pub use worker::{OutboxGate, WebhookWorker, dormant_outbox};
 
 /// The header carrying each webhook's unique id (the same on every retry of it), so receivers
 /// can de-duplicate.

@@ -11,6 +11,11 @@
 //! (it may block; it is not a core). When the outbox fails (a write or sync error of its
 //! write-ahead log), the thread exits the process with status 1 before it sends anything more:
 //! nothing is acknowledged that was not persisted.
+//!
+//! In a hot standby pair an `OutboxGate` decides when the durable outbox may be open: only
+//! while this node is the primary. A standby's worker holds an empty in-memory outbox and
+//! delivers nothing; once promoted it opens the outbox on the `webhooks` stream the standby
+//! copied and delivers what is pending; stepping down closes it again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,6 +47,23 @@ enum Message {
     },
 }
 
+/// When the durable outbox may be open (a hot standby pair hands its stream between this
+/// worker and the replication link).
+pub trait OutboxGate: Send + Sync {
+    /// The outbox, opened now that this node is the primary and the stream is free; `None`
+    /// while it may not be opened. An error is a stream that cannot be recovered.
+    fn open(&self, config: &Config, apps: &Apps) -> Option<Result<Box<dyn Outbox>, String>>;
+    /// This node is no longer the primary: an open outbox must be closed.
+    fn must_close(&self) -> bool;
+    /// The outbox was closed: the stream is free.
+    fn closed(&self);
+}
+
+/// The outbox of a worker that may not deliver (a standby's): empty, in memory.
+pub fn dormant_outbox(config: &Config) -> Box<dyn Outbox> {
+    Box::new(super::MemoryOutbox::new(config.webhooks.outbox_max))
+}
+
 /// The running worker, owned by the control thread.
 pub struct WebhookWorker {
     inbox: Sender<Message>,
@@ -50,16 +72,19 @@ pub struct WebhookWorker {
 
 impl WebhookWorker {
     /// Starts the router and sender threads over `outbox` (see `webhook::open_outbox`); what
-    /// it already holds is sent first.
+    /// it already holds is sent first. With a `gate` (a hot standby pair), `outbox` is the
+    /// gate's (`active`) or a dormant one, and the worker follows the gate from then on.
     pub fn start(
         config: &Arc<Config>,
         apps: Arc<Apps>,
         queues: Arc<WebhookQueues>,
         stats: Arc<WebhookStats>,
         outbox: Box<dyn Outbox>,
+        gate: Option<(Arc<dyn OutboxGate>, bool)>,
     ) -> std::io::Result<WebhookWorker> {
         let now = Instant::now();
         let router = Router::new(config, &apps, outbox, Arc::clone(&stats), now, unix_ms());
+
         let (inbox, receiver) = mpsc::channel();
         let mut senders = Vec::with_capacity(config.webhooks.concurrency);
         for index in 0..config.webhooks.concurrency.max(1) {
@@ -71,8 +96,16 @@ impl WebhookWorker {
             senders.push(jobs);
         }
         let idle = (0..senders.len()).rev().collect();
+        let (gate, active) = match gate {
+            Some((gate, active)) => (Some(gate), active),
+            None => (None, true),
+        };
         let state = RouterThread {
             router,
+            config: Arc::clone(config),
+            apps,
+            gate,
+            active,
             queues,
             stats,
             inbox: receiver,
@@ -112,6 +145,12 @@ impl WebhookWorker {
 
 struct RouterThread {
     router: Router,
+    /// The config and apps the router was last given (a new router takes them).
+    config: Arc<Config>,
+    apps: Arc<Apps>,
+    gate: Option<Arc<dyn OutboxGate>>,
+    /// The router holds the durable outbox (always true without a gate).
+    active: bool,
     queues: Arc<WebhookQueues>,
     stats: Arc<WebhookStats>,
     inbox: Receiver<Message>,
@@ -139,6 +178,7 @@ impl RouterThread {
                 self.handle(message);
             }
             let now = Instant::now();
+            self.follow_gate(now);
             self.drain_queues(now);
             if self.stopping.is_some() {
                 self.router.flush(now);
@@ -184,9 +224,53 @@ impl RouterThread {
         }
     }
 
+    /// With a gate: opens the outbox once this node is the primary (pending batches are sent
+    /// at once), closes it when it no longer is.
+    fn follow_gate(&mut self, now: Instant) {
+        let Some(gate) = self.gate.clone() else {
+            return;
+        };
+        if self.active {
+            if gate.must_close() {
+                let dormant = dormant_outbox(&self.config);
+                self.replace_router(dormant, now);
+                self.active = false;
+                gate.closed();
+                tracing::info!("webhook outbox closed: this node is no longer the primary");
+            }
+            return;
+        }
+        match gate.open(&self.config, &self.apps) {
+            None => {}
+            Some(Ok(outbox)) => {
+                self.replace_router(outbox, now);
+                self.active = true;
+                tracing::info!("webhook outbox open: this node is the primary");
+            }
+            Some(Err(error)) => {
+                tracing::error!(%error, "cannot recover the webhook outbox; exiting");
+                eprintln!("ringcast: cannot recover the webhook outbox: {error}; exiting");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// A new router over `outbox` (the old one's outbox is dropped: a durable one syncs and
+    /// closes its stream). POSTs in flight report to the new router, which knows none of
+    /// their targets' heads and ignores them.
+    fn replace_router(&mut self, outbox: Box<dyn Outbox>, now: Instant) {
+        let stats = Arc::clone(&self.stats);
+        let router = Router::new(&self.config, &self.apps, outbox, stats, now, unix_ms());
+        self.router = router;
+    }
+
     fn handle(&mut self, message: Message) {
         match message {
-            Message::Reload { config, apps } => self.router.set_apps(&config, &apps),
+            Message::Reload { config, apps } => {
+                self.router.set_apps(&config, &apps);
+                self.config = config;
+                self.apps = apps;
+            }
             Message::Done {
                 sender,
                 target,

@@ -3,7 +3,8 @@
 //! them; kill -9 of the primary then promotion loses no acknowledged publish (seeded, many
 //! runs: `RINGCAST_FAILOVER_RUNS`, `RINGCAST_FAILOVER_SEED`); a lost standby degrades or
 //! rejects by policy and resyncs when it returns; the old primary rejoins as a standby with
-//! its divergent suffix moved aside; a wrong secret is refused.
+//! its divergent suffix moved aside; a standby behind retention gets a full resync; a wrong
+//! secret and an incompatible WAL format are refused; pending webhooks survive a failover.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -426,4 +427,241 @@ fn a_wrong_secret_is_refused() {
     wait_for(|| standby.stderr().contains("secret") && primary.stderr().contains("secret"));
     assert_eq!(a.status()["peer_connected"], false);
     assert_eq!(b.status()["in_sync"], false);
+}
+
+/// The stream `name`'s written LSN as `node`'s `GET /replication` shows it.
+fn written_lsn(node: &Node, name: &str) -> u64 {
+    node.status()["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|stream| stream["stream"] == name)
+        .unwrap_or_else(|| panic!("no stream {name}"))["written_lsn"]
+        .as_u64()
+        .unwrap()
+}
+
+// The webhook outbox is replicated: webhooks the primary enqueued while their receiver was
+// refusing them are delivered, with the same ids, by the standby it promoted after the primary
+// was killed; the standby itself delivered nothing while it followed.
+#[test]
+fn pending_webhooks_are_delivered_by_the_promoted_standby() {
+    use crate::webhooks::{Receiver, Reply};
+    let up = Arc::new(AtomicBool::new(false));
+    let receiver_up = Arc::clone(&up);
+    let receiver = Receiver::scripted(move |_| {
+        if receiver_up.load(Ordering::Relaxed) {
+            Reply::Status(200)
+        } else {
+            Reply::Status(503)
+        }
+    });
+    let (a, b) = (Node::new("webhooks", "a"), Node::new("webhooks", "b"));
+    // Retries far apart: after its first refused attempt, the old primary never retries.
+    let webhooks = format!(
+        "[[apps.webhooks]]\nurl = \"{}\"\nevent_types = [\"channel_occupied\"]\n\n\
+         [webhooks]\nbatch_window_ms = 0\nretry_initial_ms = 600000\nretry_max_ms = 600000\n",
+        receiver.url()
+    );
+    let config =
+        |node: &Node, peer: &Node, role: &str| node.config(peer, role, SECRET, "") + &webhooks;
+    let mut primary = Server::with_config_text(&config(&a, &b, "primary"));
+    let standby = Server::with_config_text(&config(&b, &a, "standby"));
+    b.wait_in_sync();
+    let channels = ["hook-1", "hook-2", "hook-3"];
+    let mut client = primary.client();
+    for channel in channels {
+        client.subscribe(channel);
+    }
+    // The first webhook was attempted and refused; the others wait behind it (one target's
+    // batches go out in order); all three are in the outbox, and the standby has them.
+    wait_for(|| !receiver.posts().is_empty() && written_lsn(&a, "webhooks") >= 3);
+    let refused = receiver.posts()[0].id().to_string();
+    wait_for(|| written_lsn(&b, "webhooks") >= written_lsn(&a, "webhooks"));
+    drop(client);
+    kill(&mut primary);
+    b.promote_after_kill();
+    up.store(true, Ordering::Relaxed);
+    wait_for(|| receiver.unique().len() >= channels.len());
+    let delivered = receiver.unique();
+    assert_eq!(
+        delivered[0].id(),
+        refused,
+        "the promoted standby sends the same webhook, first"
+    );
+    let bodies: String = delivered.iter().map(|post| post.body.clone()).collect();
+    for channel in channels {
+        assert!(bodies.contains(channel), "{channel} missing: {bodies}");
+    }
+    drop(standby);
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+/// The lowest first LSN among `node`'s segments of the stream `name`.
+fn first_segment_lsn(node: &Node, name: &str) -> u64 {
+    std::fs::read_dir(node.dir.join("wal").join(name))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".wal")?.parse::<u64>().ok()
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+// A standby that returns after the primary's retention removed the records it needs gets a
+// full resync: its stream is wiped and copied again from the primary's first retained record,
+// it reaches lag 0, and once promoted it serves the same history as the primary did.
+#[test]
+fn a_standby_behind_retention_gets_a_full_resync() {
+    let (a, b) = (Node::new("retention", "a"), Node::new("retention", "b"));
+    let small = |text: String| {
+        text.replace(
+            "events_per_channel_max = 1000",
+            "events_per_channel_max = 5",
+        )
+        .replace(
+            "\n\n[history]",
+            "\nsegment_bytes = 65536\nretain_bytes_max = 65536\nretain_secs = 0\n\n[history]",
+        )
+    };
+    let config = |node: &Node, peer: &Node, role: &str| small(node.config(peer, role, SECRET, ""));
+    let mut primary = Server::with_config_text(&config(&a, &b, "primary"));
+    let mut standby = Server::with_config_text(&config(&b, &a, "standby"));
+    b.wait_in_sync();
+    for n in 0..5 {
+        assert_eq!(publish(primary.addr, "c", &format!("early{n}")).0, 200);
+    }
+    kill(&mut standby);
+    // Enough 2 KB events for several segments: retention removes the early ones.
+    let filler = "x".repeat(2048);
+    let streams = ["core-0", "core-1"];
+    let mut n = 0;
+    while streams.iter().all(|s| first_segment_lsn(&a, s) <= 1) {
+        assert!(n < 2_000, "retention removed nothing");
+        assert_eq!(publish(primary.addr, "c", &format!("{n}{filler}")).0, 200);
+        n += 1;
+    }
+    let full_before = a.status()["resyncs"]["full"].as_u64().unwrap();
+    let expected = history(&primary, "c");
+    let returned = Server::with_config_text(&config(&b, &a, "standby"));
+    b.wait_in_sync();
+    assert!(a.status()["resyncs"]["full"].as_u64().unwrap() > full_before);
+    let copied = streams.iter().any(|s| first_segment_lsn(&b, s) > 1);
+    assert!(
+        copied,
+        "the standby's copy starts at the primary's first retained record"
+    );
+    kill(&mut primary);
+    b.promote_after_kill();
+    assert_eq!(history(&returned, "c"), expected, "the same history");
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+/// Sends `hello` to `node`'s replication port as a raw client and returns the answer.
+fn answer_to_hello(
+    node: &Node,
+    hello: ringcast::replication::Hello,
+) -> ringcast::replication::Message {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.repl)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut out = Vec::new();
+    ringcast::replication::encode(&ringcast::replication::Message::Hello(hello), &mut out);
+    stream.write_all(&out).unwrap();
+    let mut decoder = ringcast::replication::Decoder::new();
+    let mut chunk = [0_u8; 4096];
+    loop {
+        if let Some(message) = decoder.next().unwrap() {
+            return message;
+        }
+        let read = stream.read(&mut chunk).unwrap();
+        assert!(
+            read > 0,
+            "the primary closed the connection without an answer"
+        );
+        decoder.push(&chunk[..read]).unwrap();
+    }
+}
+
+// A standby whose WAL format range does not include the primary's is refused with
+// `FormatMismatch` (a raw client speaking the protocol), and the primary says so in its log.
+#[test]
+fn a_hello_with_an_incompatible_wal_format_is_refused() {
+    use ringcast::replication::{Hello, Message, RefuseCode, Role, StreamPosition};
+    let (a, b) = (Node::new("format", "a"), Node::new("format", "b"));
+    let primary = a.start(&b, "primary", "");
+    let cluster = a.status()["cluster"].as_str().unwrap().to_string();
+    let format = ringcast::wal::record::FORMAT;
+    let streams = ["core-0", "core-1", "webhooks"]
+        .iter()
+        .map(|name| StreamPosition {
+            name: (*name).to_string(),
+            last_lsn: 0,
+            last_epoch: 0,
+        })
+        .collect();
+    let hello = Hello {
+        cluster,
+        node_id: "b".to_string(),
+        version: "99.0.0".to_string(),
+        wal_format_min: format + 1,
+        wal_format_max: format + 3,
+        epoch: 1,
+        role: Role::Standby,
+        streams,
+        nonce: [7; 16],
+    };
+    match answer_to_hello(&a, hello.clone()) {
+        Message::Refuse { code, .. } => assert_eq!(code, RefuseCode::FormatMismatch),
+        other => panic!("expected REFUSE, got {other:?}"),
+    }
+    wait_for(|| primary.stderr().contains("FormatMismatch"));
+    // The same HELLO with the primary's format gets a WELCOME: only the format was wrong.
+    let compatible = Hello {
+        wal_format_min: format,
+        wal_format_max: format,
+        ..hello
+    };
+    assert!(matches!(
+        answer_to_hello(&a, compatible),
+        Message::Welcome(_)
+    ));
+    assert_eq!(a.status()["peer_connected"], false);
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+// A forced promotion of a standby still connected to a live primary: the standby tells that
+// primary `Promoted` on their session, so it steps down at once (it says why in its log),
+// then follows the new primary and refuses clients.
+#[test]
+fn a_forced_promotion_makes_the_connected_primary_step_down_at_once() {
+    let (a, b) = (Node::new("forced", "a"), Node::new("forced", "b"));
+    let old = a.start(&b, "primary", "");
+    let new = b.start(&a, "standby", "");
+    b.wait_in_sync();
+    for n in 1..=3 {
+        assert_eq!(publish(old.addr, "c", &format!("m{n}")).0, 200);
+    }
+    let (status, body) = http(
+        b.admin_addr(),
+        "POST",
+        "/replication/promote?force=true",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for(|| old.stderr().contains("this node was superseded"));
+    assert_eq!(a.status()["role"], "standby");
+    assert_eq!(a.status()["epoch"], 2);
+    assert_eq!(get(old.addr, "/readyz").0, 503);
+    assert_eq!(publish(new.addr, "c", "m4").0, 200);
+    a.wait_in_sync();
+    let datas: Vec<String> = history(&new, "c").into_iter().map(|(_, d)| d).collect();
+    assert_eq!(datas, ["m1", "m2", "m3", "m4"]);
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let _ = std::fs::remove_dir_all(&b.dir);
 }

@@ -26,7 +26,7 @@ const ID_HEADER: &str = "x-ringcast-webhook-id";
 
 /// How the receiver answers one POST.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reply {
+pub(crate) enum Reply {
     Status(u16),
     /// Reads the request (the application "stored" it) and never answers: the broker times out.
     Hang,
@@ -45,7 +45,7 @@ impl Reply {
 pub(crate) struct Post {
     /// Lower-case names.
     headers: BTreeMap<String, String>,
-    body: String,
+    pub(crate) body: String,
     reply: Reply,
     /// Key, content type and signature as the spec requires.
     valid: bool,
@@ -78,7 +78,7 @@ impl Receiver {
     }
 
     /// Answers POST number `n` (from 0, counting every attempt) with `script(n)`.
-    fn scripted(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
+    pub(crate) fn scripted(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
         Receiver::on(TcpListener::bind("127.0.0.1:0").unwrap(), Arc::new(script))
     }
 
@@ -122,7 +122,7 @@ impl Receiver {
     }
 
     /// The processed POSTs, de-duplicated by id (first arrival kept), in arrival order.
-    fn unique(&self) -> Vec<Post> {
+    pub(crate) fn unique(&self) -> Vec<Post> {
         let mut seen = HashSet::new();
         self.posts()
             .into_iter()
