@@ -3,7 +3,8 @@
 //! them; kill -9 of the primary then promotion loses no acknowledged publish (seeded, many
 //! runs: `RINGCAST_FAILOVER_RUNS`, `RINGCAST_FAILOVER_SEED`); a lost standby degrades or
 //! rejects by policy and resyncs when it returns; the old primary rejoins as a standby with
-//! its divergent suffix moved aside; a wrong secret is refused.
+//! its divergent suffix moved aside; a wrong secret is refused; the metrics port's `/readyz`
+//! follows the role. The same failover through HAProxy with real clients is `failover.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -412,4 +413,33 @@ fn a_wrong_secret_is_refused() {
     wait_for(|| standby.stderr().contains("secret") && primary.stderr().contains("secret"));
     assert_eq!(a.status()["peer_connected"], false);
     assert_eq!(b.status()["in_sync"], false);
+}
+
+// Regression (found by the HAProxy failover test's review of `/readyz`): the metrics port's
+// `/readyz` said "ready" on a standby, so a load balancer probing that port would have sent
+// clients to a node that refuses them. It follows the role there too, before and after a
+// promotion.
+#[test]
+fn r13_the_metrics_port_readyz_follows_the_role() {
+    let (a, b) = (
+        Node::new("metrics-readyz", "a"),
+        Node::new("metrics-readyz", "b"),
+    );
+    let with_metrics = |node: &Node, peer: &Node, role: &str| {
+        let config = format!("{}{METRICS_ON}", node.config(peer, role, SECRET, ""));
+        let (server, metrics) = Server::launch(&config, &[], true);
+        (server, metrics.expect("metrics address"))
+    };
+    let (mut primary, primary_metrics) = with_metrics(&a, &b, "primary");
+    let (_standby, standby_metrics) = with_metrics(&b, &a, "standby");
+    b.wait_in_sync();
+    assert_eq!(get(primary_metrics, "/readyz").0, 200);
+    let (status, body) = get(standby_metrics, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("standby"), "{body}");
+    assert_eq!(get(standby_metrics, "/healthz").0, 200);
+    kill(&mut primary);
+    b.promote_after_kill();
+    let (status, body) = get(standby_metrics, "/readyz");
+    assert_eq!(status, 200, "{body}");
 }
