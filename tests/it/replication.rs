@@ -18,8 +18,8 @@ use crate::support::*;
 
 const SECRET: &str = "replication-test-secret";
 
-/// One node's fixed ports and data directory.
-#[derive(Clone)]
+/// One node's fixed ports and data directory (removed on drop: its preallocated WAL segments
+/// are large).
 struct Node {
     name: &'static str,
     dir: PathBuf,
@@ -101,6 +101,12 @@ impl Node {
             let status = self.status();
             status["peer_connected"] == true && status["in_sync"] == true
         });
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -309,8 +315,6 @@ fn failover_run(run: u64, kill_after_ms: u64, context: &str) {
             "{context}: sequences continue on the new primary"
         );
     }
-    let _ = std::fs::remove_dir_all(&a.dir);
-    let _ = std::fs::remove_dir_all(&b.dir);
 }
 
 // `on_standby_loss = "reject"`: with the standby gone, a publish that needs it gets 503 within
