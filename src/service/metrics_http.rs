@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::control::Control;
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::replica::{ReplicaShared, Role};
 use crate::runtime::Throttle;
 
 use crate::limits::{
@@ -17,10 +18,13 @@ use crate::limits::{
 };
 
 /// Binds the metrics address and serves it on a thread of its own; returns the bound address.
+/// `replica` is the hot standby's shared state when `[replication]` is on: a standby is not
+/// ready here either, as on the client port.
 pub fn start(
     bind: SocketAddr,
     control: Arc<Control>,
     metrics: Arc<Metrics>,
+    replica: Option<Arc<ReplicaShared>>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(bind)?;
     let addr = listener.local_addr()?;
@@ -34,7 +38,10 @@ pub fn start(
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        if let Err(error) = answer(stream, &control, &metrics) {
+                        let standby = replica
+                            .as_ref()
+                            .is_some_and(|shared| shared.role() == Role::Standby);
+                        if let Err(error) = answer(stream, &control, &metrics, standby) {
                             tracing::debug!(%error, "metrics request failed");
                         }
                     }
@@ -53,7 +60,13 @@ pub fn start(
     Ok(addr)
 }
 
-fn answer(mut stream: TcpStream, control: &Control, metrics: &Arc<Metrics>) -> std::io::Result<()> {
+/// One request. `standby`: this node is a hot standby, which serves no clients (not ready).
+fn answer(
+    mut stream: TcpStream,
+    control: &Control,
+    metrics: &Arc<Metrics>,
+    standby: bool,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_millis(METRICS_REQUEST_READ_TIMEOUT_MS)))?;
     let mut head = Vec::with_capacity(512);
     let mut buffer = [0u8; 1024];
@@ -90,6 +103,12 @@ fn answer(mut stream: TcpStream, control: &Control, metrics: &Arc<Metrics>) -> s
             respond(&mut stream, 200, "text/plain", "OK\n")
         }
         "/healthz" => respond(&mut stream, 503, "text/plain", "a core loop is stuck\n"),
+        "/readyz" if standby => respond(
+            &mut stream,
+            503,
+            "text/plain",
+            "standby: serves no clients until promoted\n",
+        ),
         "/readyz" if control.is_ready() => respond(&mut stream, 200, "text/plain", "ready\n"),
         "/readyz" if control.is_draining() => respond(&mut stream, 503, "text/plain", "draining\n"),
         "/readyz" => respond(&mut stream, 503, "text/plain", "starting\n"),

@@ -93,6 +93,7 @@ pub fn serve(
             bind,
             Arc::clone(&control),
             Arc::clone(&metrics),
+            server.replica.as_ref().map(|link| Arc::clone(&link.shared)),
         )?)
     };
     let admin = if config.admin.bind.is_empty() {

@@ -28,7 +28,7 @@ use tungstenite::Message;
 
 use crate::support::{APP_ID, APP_KEY, APP_SECRET, Client, Options, Server, WAIT, free_port};
 
-const NEEDS_NODE: &str =
+pub(crate) const NEEDS_NODE: &str =
     "the real-client suite needs node and npm (Debian: apt-get install nodejs npm)";
 const NEEDS_PYTHON: &str = "the Python SDK check needs python3 and `pip install -r tests/compat/python/requirements.txt` \
      (Debian: apt-get install python3 python3-pip)";
@@ -57,14 +57,14 @@ fn plugin_dir() -> PathBuf {
         .join("js")
 }
 
-fn compat_dir() -> PathBuf {
+pub(crate) fn compat_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("compat")
 }
 
 /// `TOOL --version`, or a failure naming what to install (`needs`).
-fn tool_version(tool: &str, needs: &str) -> String {
+pub(crate) fn tool_version(tool: &str, needs: &str) -> String {
     match Command::new(tool)
         .arg("--version")
         .stdin(Stdio::null())
@@ -132,7 +132,7 @@ fn run_bounded(
 }
 
 /// `npm ci` when `node_modules` is missing or older than `package-lock.json`.
-fn install_packages(dir: &Path) {
+pub(crate) fn install_packages(dir: &Path) {
     // The tests here run concurrently and two of them use `tests/compat`: one install at a time.
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALL
@@ -189,7 +189,7 @@ fn set_broker_env(command: &mut Command, server: &Server) {
 }
 
 /// The last 40 lines of the broker's stderr.
-fn stderr_tail(server: &Server) -> String {
+pub(crate) fn stderr_tail(server: &Server) -> String {
     let stderr = server.stderr();
     let lines: Vec<&str> = stderr.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -370,21 +370,23 @@ fn resume_config(port: u16, data: &Path) -> String {
     )
 }
 
-/// The node script, in its own process group; killed (even while stopped) on drop. Its
-/// `resume-plugin: ` lines arrive on `lines`; stdout and stderr also go to `log`.
-struct Script {
+/// A node scenario script driven by a test (`resume_plugin.mjs` here, `failover_haproxy.mjs` in
+/// `haproxy.rs`), in its own process group; killed (even while stopped) on drop. Its lines
+/// that start with `{name}: ` arrive on `lines`; stdout and stderr also go to `log`.
+pub(crate) struct Script {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     log: PathBuf,
 }
 
 impl Script {
-    fn start(mut command: Command) -> Script {
+    /// Starts `command`; `name` is the prefix of the script's lines for the test (without the
+    /// `: `) and names its log file.
+    pub(crate) fn start(mut command: Command, name: &str) -> Script {
         use std::io::{BufRead, BufReader};
-        let log = std::env::temp_dir().join(format!(
-            "ringcast-compat-{}-resume-plugin.log",
-            std::process::id()
-        ));
+        let log =
+            std::env::temp_dir().join(format!("ringcast-compat-{}-{name}.log", std::process::id()));
+        let prefix = format!("{name}: ");
         let file = File::create(&log).unwrap();
         command
             .stdin(Stdio::null())
@@ -402,7 +404,7 @@ impl Script {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(file, "{line}");
-                if let Some(rest) = line.strip_prefix(RESUME_LINE) {
+                if let Some(rest) = line.strip_prefix(&prefix) {
                     let _ = sender.send(rest.to_string());
                 }
             }
@@ -410,9 +412,9 @@ impl Script {
         Script { child, lines, log }
     }
 
-    /// The next `resume-plugin: KIND PAYLOAD` line as (KIND, PAYLOAD); None when the script
-    /// printed none within `limit` (or ended).
-    fn next(&self, limit: Duration) -> Option<(String, String)> {
+    /// The next `{name}: KIND PAYLOAD` line as (KIND, PAYLOAD); None when the script printed
+    /// none within `limit` (or ended).
+    pub(crate) fn next(&self, limit: Duration) -> Option<(String, String)> {
         let line = self.lines.recv_timeout(limit).ok()?;
         let (kind, payload) = line.split_once(' ').unwrap_or((&line, ""));
         Some((kind.to_string(), payload.to_string()))
@@ -443,7 +445,7 @@ impl Script {
     }
 
     /// The exit status, waiting at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -457,7 +459,7 @@ impl Script {
     }
 
     /// Everything the script printed so far.
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -499,7 +501,7 @@ fn pusher_js_resume_plugin_against_the_binary() {
         .env("NO_COLOR", "1");
     set_broker_env(&mut node, &server);
     let started = Instant::now();
-    let mut script = Script::start(node);
+    let mut script = Script::start(node, "resume-plugin");
     let fail = |script: &Script, server: &Server, what: String| -> ! {
         panic!(
             "{what}\n---- {RESUME_SCRIPT} output ----\n{}\n---- ringcast stderr tail ----\n{}",

@@ -16,6 +16,9 @@ mod crash;
 /// Durability with a WAL: restarts, fsync levels, resume across a restart, a full disk, an
 /// fsync error.
 mod durability;
+/// The hot-standby failover end to end: HAProxy by `/readyz`, pusher-js with the resume plugin,
+/// the `pusher` REST library, kill -9 of the primary, `ringcast promote`.
+mod haproxy;
 /// Channel history: the REST history API, sequence numbers on the wire, resume after reconnect.
 mod history;
 /// Many connections over both cores, one publisher: nothing lost, nothing reordered.

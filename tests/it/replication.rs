@@ -4,7 +4,9 @@
 //! runs: `RINGCAST_FAILOVER_RUNS`, `RINGCAST_FAILOVER_SEED`); a lost standby degrades or
 //! rejects by policy and resyncs when it returns; the old primary rejoins as a standby with
 //! its divergent suffix moved aside; a standby behind retention gets a full resync; a wrong
-//! secret and an incompatible WAL format are refused; pending webhooks survive a failover.
+//! secret and an incompatible WAL format are refused; pending webhooks survive a failover; the
+//! metrics port's `/readyz` follows the role. The same failover through HAProxy with real
+//! clients is `haproxy.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,8 +20,8 @@ use crate::support::*;
 
 const SECRET: &str = "replication-test-secret";
 
-/// One node's fixed ports and data directory.
-#[derive(Clone)]
+/// One node's fixed ports and data directory (removed on drop: its preallocated WAL segments
+/// are large).
 struct Node {
     name: &'static str,
     dir: PathBuf,
@@ -104,17 +106,9 @@ impl Node {
     }
 }
 
-/// A free port below the kernel's ephemeral range (32768 and up), so that no connection's
-/// source port or `127.0.0.1:0` listener of another test takes it between this check and the
-/// node's bind.
-fn fixed_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let offset = (std::process::id() % 400) as u16 * 30;
-    loop {
-        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -323,8 +317,6 @@ fn failover_run(run: u64, kill_after_ms: u64, context: &str) {
             "{context}: sequences continue on the new primary"
         );
     }
-    let _ = std::fs::remove_dir_all(&a.dir);
-    let _ = std::fs::remove_dir_all(&b.dir);
 }
 
 // `on_standby_loss = "reject"`: with the standby gone, a publish that needs it gets 503 within
@@ -664,4 +656,33 @@ fn a_forced_promotion_makes_the_connected_primary_step_down_at_once() {
     assert_eq!(datas, ["m1", "m2", "m3", "m4"]);
     let _ = std::fs::remove_dir_all(&a.dir);
     let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+// Regression (found by the HAProxy failover test's review of `/readyz`): the metrics port's
+// `/readyz` said "ready" on a standby, so a load balancer probing that port would have sent
+// clients to a node that refuses them. It follows the role there too, before and after a
+// promotion.
+#[test]
+fn r13_the_metrics_port_readyz_follows_the_role() {
+    let (a, b) = (
+        Node::new("metrics-readyz", "a"),
+        Node::new("metrics-readyz", "b"),
+    );
+    let with_metrics = |node: &Node, peer: &Node, role: &str| {
+        let config = format!("{}{METRICS_ON}", node.config(peer, role, SECRET, ""));
+        let (server, metrics) = Server::launch(&config, &[], true);
+        (server, metrics.expect("metrics address"))
+    };
+    let (mut primary, primary_metrics) = with_metrics(&a, &b, "primary");
+    let (_standby, standby_metrics) = with_metrics(&b, &a, "standby");
+    b.wait_in_sync();
+    assert_eq!(get(primary_metrics, "/readyz").0, 200);
+    let (status, body) = get(standby_metrics, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("standby"), "{body}");
+    assert_eq!(get(standby_metrics, "/healthz").0, 200);
+    kill(&mut primary);
+    b.promote_after_kill();
+    let (status, body) = get(standby_metrics, "/readyz");
+    assert_eq!(status, 200, "{body}");
 }
