@@ -354,6 +354,92 @@ fn a_lost_standby_rejects_by_policy_and_resyncs_when_back() {
     );
 }
 
+// `on_standby_loss = "degrade"` under load: publishers keep publishing while the standby is
+// killed and comes back. Not one publish fails: those in flight when it died wait at most the
+// timeout, later ones say `standby=unavailable`, and once the standby has resynced (partial)
+// they are replicated again. Every acknowledged publish is in the history, in order per
+// publisher, and the standby ends with the primary's streams.
+#[test]
+fn a_lost_standby_under_load_degrades_with_no_failed_publish() {
+    // Publishes per publisher at most (the test stops them sooner).
+    const PUBLISHES_MAX: u64 = 20_000;
+    let (a, b) = (Node::new("degrade", "a"), Node::new("degrade", "b"));
+    let extra = "standby_timeout_ms = 300\non_standby_loss = \"degrade\"";
+    let primary = a.start(&b, "primary", extra);
+    let mut standby = b.start(&a, "standby", extra);
+    b.wait_in_sync();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = primary.addr;
+    let publishers: Vec<_> = (0..4)
+        .map(|publisher| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                for n in 0..PUBLISHES_MAX {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (status, durability, body) =
+                        publish(addr, &format!("load-{publisher}"), &n.to_string());
+                    answers.push((n, status, durability, body));
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&mut standby);
+    wait_for(|| a.status()["standby_lost"] == true);
+    std::thread::sleep(Duration::from_millis(300));
+    let partial_before = a.status()["resyncs"]["partial"].as_u64().unwrap();
+    let _standby = b.start(&a, "standby", extra);
+    b.wait_in_sync();
+    wait_for(|| a.status()["standby_lost"] == false);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let mut levels = std::collections::BTreeMap::new();
+    for (publisher, handle) in publishers.into_iter().enumerate() {
+        let answers = handle.join().unwrap();
+        for (n, status, durability, body) in &answers {
+            assert_eq!(*status, 200, "publisher {publisher} event {n}: {body}");
+            *levels.entry(durability.clone()).or_insert(0) += 1;
+        }
+        let datas: Vec<String> = history(&primary, &format!("load-{publisher}"))
+            .into_iter()
+            .map(|(_, data)| data)
+            .collect();
+        // The history keeps the last `events_per_channel_max` (1000) of them.
+        let published: Vec<String> = answers.iter().map(|(n, ..)| n.to_string()).collect();
+        let kept = &published[published.len().saturating_sub(1000)..];
+        assert!(
+            datas == kept,
+            "publisher {publisher}: history {}..{} ({} events), acknowledged {}..{} ({})",
+            datas.first().map_or("", String::as_str),
+            datas.last().map_or("", String::as_str),
+            datas.len(),
+            kept.first().map_or("", String::as_str),
+            kept.last().map_or("", String::as_str),
+            kept.len()
+        );
+    }
+    assert!(levels.contains_key("replica-received"), "{levels:?}");
+    assert!(
+        levels.contains_key("local-written; standby=unavailable"),
+        "{levels:?}"
+    );
+    assert!(a.status()["resyncs"]["partial"].as_u64().unwrap() > partial_before);
+    let (status, durability, body) = publish(primary.addr, "after", "x");
+    assert_eq!(
+        (status, durability.as_str()),
+        (200, "replica-received"),
+        "{body}"
+    );
+    b.wait_in_sync();
+    for core in ["core-0", "core-1"] {
+        wait_for(|| written_lsn(&b, core) == written_lsn(&a, core));
+    }
+}
+
 // The old primary, restarted after a failover, comes back as a standby of the new epoch: the
 // records it wrote alone (acknowledged degraded, never replicated) are moved to `divergent/`,
 // it follows the new primary, and it serves no client.
