@@ -226,6 +226,9 @@ pub const WAL_TAIL_READ_BYTES: usize = 64 * 1024;
 /// per this long per core; the ones in between are counted, and the next line says how many.
 pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 
+/// Owner messages one core holds for the standby at most (`shard::gate`): a standby this far
+/// behind while still counted present lets the oldest go early.
+pub const REPLICA_HELD_MESSAGES_MAX: usize = 64 * 1024;
 /// Streams one replication session carries at most: one per core (`core-0`..) plus `webhooks`.
 pub const REPL_STREAMS_MAX: usize = CORES_MAX + 1;
 /// Longest cluster name, node id or binary version string in a replication message.

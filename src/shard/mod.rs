@@ -9,6 +9,7 @@ mod apps;
 mod channels;
 mod conn;
 mod frames;
+mod gate;
 mod history;
 mod owner;
 mod rest;
@@ -126,6 +127,8 @@ pub struct Shard {
     journal: Box<dyn Journal + Send>,
     /// The owner's effects being carried out (kept to reuse its allocation).
     effects: Vec<(usize, ShardMessage)>,
+    /// Owner messages held until the standby has what they reveal (`gate.rs`).
+    gate: gate::ReplicaGate,
     /// Timer sweeps done, to run rarer housekeeping every so many sweeps.
     sweeps: u64,
     queries: Slab<Query>,
@@ -186,6 +189,7 @@ impl Shard {
             Arc::clone(&webhooks),
             epoch,
         );
+        let gate = gate::ReplicaGate::new(acks_need_the_standby(&config));
         Shard {
             process_epoch: epoch,
             core,
@@ -198,6 +202,7 @@ impl Shard {
             owner,
             journal: Box::new(NoJournal),
             effects: Vec::new(),
+            gate,
             sweeps: 0,
             queries: Slab::new(),
             query_generation: 0,
@@ -525,13 +530,39 @@ impl Shard {
 
     /// Carries out what the owner produced: messages for this core are handled here at once,
     /// in order; the others go to the outbox.
+    /// With an ack mode that needs the standby, a message waits in the replica gate until the
+    /// standby has the records it can reveal.
     fn run_owner_effects(&mut self) {
         let mut effects = std::mem::take(&mut self.effects);
         self.owner.take_effects(&mut effects);
+        let lsn = self.journal.appended_lsn();
+        let primary = self.control.primary;
         for (to, message) in effects.drain(..) {
-            self.send_to_core(to, message);
+            let admitted = self.gate.admit(lsn, self.now.mono_ms, primary, to, message);
+            if let Some((to, message)) = admitted {
+                self.send_to_core(to, message);
+            }
         }
         self.effects = effects;
+    }
+
+    /// The messages the standby's position (or its loss, or the timeout) now releases.
+    fn release_gated(&mut self, durable: &Durable) {
+        if self.gate.len() == 0 && durable.replica.is_none() {
+            return;
+        }
+        let mut released = std::mem::take(&mut self.effects);
+        self.gate.release(
+            durable.replica,
+            self.control.primary,
+            self.now.mono_ms,
+            self.config.replication.standby_timeout_ms,
+            &mut released,
+        );
+        for (to, message) in released.drain(..) {
+            self.send_to_core(to, message);
+        }
+        self.effects = released;
     }
 
     /// Ends a loop tick: the journal writes (and by policy syncs) what this tick appended, and
@@ -606,6 +637,7 @@ impl Shard {
     }
 
     fn acknowledge(&mut self, durable: Durable) {
+        self.release_gated(&durable);
         self.owner.committed(durable);
         self.run_owner_effects();
     }
@@ -1125,6 +1157,16 @@ pub(super) fn queue_webhook(
     let mut event = WebhookEvent::new(app, kind, Arc::clone(channel), unix_ms);
     fill(&mut event);
     queues.push(core, event);
+}
+
+/// Whether any app's publishes are acknowledged only once the standby has them (`[replication]
+/// ack` or an app's own `ack`): only then does the replica gate hold the owner's messages.
+fn acks_need_the_standby(config: &Config) -> bool {
+    use crate::config::AckMode;
+    config.replication.enabled()
+        && std::iter::once(config.replication.ack)
+            .chain(config.apps.iter().filter_map(|app| app.ack))
+            .any(|ack| ack != AckMode::Local)
 }
 
 #[cfg(test)]

@@ -440,6 +440,61 @@ fn a_lost_standby_under_load_degrades_with_no_failed_publish() {
     }
 }
 
+// With `ack = "replica"` no subscriber sees an event before the standby has it: otherwise a
+// failover right then would leave the client holding an event, and its sequence number, that
+// the new primary never had. With the standby stopped (SIGSTOP: connected but silent), the
+// event waits with the publish; both go when the standby is declared lost after
+// `standby_timeout_ms` (degraded), and events flow at once again when it is back.
+#[test]
+fn subscribers_see_an_event_only_once_the_standby_has_it() {
+    let (a, b) = (Node::new("gate", "a"), Node::new("gate", "b"));
+    let extra = "standby_timeout_ms = 1500\non_standby_loss = \"degrade\"";
+    let primary = a.start(&b, "primary", extra);
+    let standby = b.start(&a, "standby", extra);
+    b.wait_in_sync();
+    let mut client = primary.client();
+    client.subscribe("gated");
+    assert_eq!(publish(primary.addr, "gated", "1").0, 200);
+    assert_eq!(client.recv_event()["data"], "1");
+    standby.signal(libc::SIGSTOP);
+    let addr = primary.addr;
+    let publisher = std::thread::spawn(move || publish(addr, "gated", "2"));
+    let stream = client.ws.get_ref();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    match client.ws.read() {
+        Err(tungstenite::Error::Io(error))
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("an event the standby does not have was delivered: {other:?}"),
+    }
+    client.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(client.recv_event()["data"], "2");
+    let (status, durability, body) = publisher.join().unwrap();
+    assert_eq!(
+        (status, durability.as_str()),
+        (200, "local-written; standby=unavailable"),
+        "{body}"
+    );
+    standby.signal(libc::SIGCONT);
+    let deadline = Instant::now() + WAIT;
+    while a.status()["standby_lost"] != false || b.status()["in_sync"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not come back: primary {} standby {}",
+            a.status(),
+            b.status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, durability, _) = publish(primary.addr, "gated", "3");
+    assert_eq!((status, durability.as_str()), (200, "replica-received"));
+    assert_eq!(client.recv_event()["data"], "3");
+}
+
 // The old primary, restarted after a failover, comes back as a standby of the new epoch: the
 // records it wrote alone (acknowledged degraded, never replicated) are moved to `divergent/`,
 // it follows the new primary, and it serves no client.
