@@ -226,6 +226,19 @@ pub const WAL_TAIL_READ_BYTES: usize = 64 * 1024;
 /// per this long per core; the ones in between are counted, and the next line says how many.
 pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 
+// Automatic failover with a witness (`failover`).
+/// Shortest `lease_ms` a `failover::LeaseConfig` accepts.
+pub const FAILOVER_LEASE_MS_MIN: u64 = 10;
+/// Longest `lease_ms` (and `failover_after_ms`) a `failover::LeaseConfig` accepts.
+pub const FAILOVER_LEASE_MS_MAX: u64 = 60_000;
+/// Largest drift margin, in percent of the lease.
+pub const FAILOVER_DRIFT_MARGIN_PCT_MAX: u64 = 50;
+/// Unanswered witness requests whose send times a node remembers (older answers are ignored).
+pub const FAILOVER_PENDING_MAX: usize = 16;
+/// Longest node↔witness frame (after its length prefix): type, node name, tag, four integers,
+/// MAC.
+pub const WITNESS_FRAME_BYTES_MAX: usize = 256;
+
 /// Streams one replication session carries at most: one per core (`core-0`..) plus `webhooks`.
 pub const REPL_STREAMS_MAX: usize = CORES_MAX + 1;
 /// Longest cluster name, node id or binary version string in a replication message.
