@@ -45,7 +45,9 @@
 //!
 //! The simulation (`sim.rs`) checks these as invariants after every step, under crashes,
 //! partitions, loss, delay and reordering, pauses, clock drift within the margin and disk
-//! faults, and shows it catches a witness that skips the wait for expiry.
+//! faults, and shows that each check fails when a rule is broken on purpose: a witness that
+//! skips the wait for expiry, a primary acknowledging without its lease or before the standby
+//! has the record, a standby claiming an epoch before it caught up.
 
 mod lease;
 mod message;

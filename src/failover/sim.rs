@@ -7,20 +7,25 @@
 //! clock or depends on iteration order of a hash map.
 //!
 //! The replication model: the primary appends a publish to its log (only while it can prove its
-//! lease) and acknowledges it (`ack = "replica"`) once the standby reported holding it and
-//! while its lease is still provable. It sends `Sync` (heartbeat and up to `SYNC_BATCH`
-//! records after the standby's last matched position, with the epoch of the record before them)
-//! every tick, FIFO per link like a TCP stream; the standby truncates at the first conflicting
+//! lease) and acknowledges it once the standby reported holding it (`ack = "replica"`; a quarter
+//! of the seeds use `"local"`, acknowledging from its own log, where a failover may lose
+//! records and only the lease invariants apply) and while its lease is still provable. It
+//! sends `Sync` (heartbeat and up to `SYNC_BATCH` records after the standby's last matched
+//! position, with the epoch of the record before them) every tick, FIFO per link like a TCP
+//! stream (a crash drops what was in flight); the standby truncates at the first conflicting
 //! record and appends, truncates a suffix past the primary's end, and claims the epoch
 //! (`caught_up`) only once its log equals the primary's. Witness messages are datagrams
-//! (reordered freely).
+//! (reordered freely). Nodes restart as standbys; a wiped disk restarts at epoch 0.
 //!
-//! Invariants, checked after every step: no two nodes can prove a lease at the same instant;
-//! each epoch's acknowledgements come from one node, and none from an epoch once a higher
-//! epoch has acknowledged; a newly promoted primary's log holds every acknowledged record; a
-//! standby's log agrees with its primary's up to where it matched; no two primaries in one
-//! epoch. Run `RINGCAST_SIM_SEED=N cargo test --lib failover::sim` to replay one seed with a
-//! trace, `RINGCAST_SIM_SEEDS=N` to change how many seeds run.
+//! Invariants, checked after every step: no two nodes can prove a lease at the same instant,
+//! and no two are the primary of one epoch; each epoch's acknowledgements come from one node,
+//! and none from an epoch once a higher epoch has acknowledged; a newly promoted primary's log
+//! holds every acknowledged record; a standby's log agrees with its primary's up to where it
+//! matched. Each of the first three is shown to catch a deliberately broken rule (`Broken`).
+//!
+//! `RINGCAST_SIM_SEED=N cargo test --lib failover::sim::simulation_holds -- --nocapture` replays
+//! one seed with a trace; `RINGCAST_SIM_SEEDS=N` changes how many seeds run (default 10,000;
+//! seeds are 0..N, the same on every run).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -38,9 +43,9 @@ const SYNC_BATCH: usize = 8;
 /// Real microseconds between two ticks of a node, and between two chaos decisions.
 const TICK_US: u64 = 10_000;
 /// Real milliseconds one seed runs.
-const DURATION_MS: u64 = 1_500;
+const DURATION_MS: u64 = 3_000;
 /// Events one seed may process at most (a runaway loop is a failure, not a hang).
-const EVENTS_MAX: usize = 20_000;
+const EVENTS_MAX: usize = 40_000;
 
 /// The timings of the simulation: the defaults scaled down five times, so a seed covers many
 /// leases.
@@ -53,11 +58,25 @@ fn config() -> LeaseConfig {
     }
 }
 
+/// A rule deliberately broken, to show the invariants catch it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Broken {
+    #[default]
+    Nothing,
+    /// The witness grants promotion without waiting for the lease to expire.
+    WitnessSkipsExpiry,
+    /// The primary accepts and acknowledges publishes without proving its lease.
+    AckWithoutLease,
+    /// The primary acknowledges publishes before the standby has them (`ack = "local"`).
+    AckBeforeReplica,
+    /// The standby claims the primary's epoch before its log caught up.
+    EarlyEpochClaim,
+}
+
 /// What a run may change from the correct system.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Knobs {
-    /// The witness grants promotion without waiting for the lease to expire.
-    pub broken_witness: bool,
+    pub broken: Broken,
     /// Print every event (for replaying one seed).
     pub trace: bool,
 }
@@ -224,6 +243,9 @@ struct EpochAcks {
 
 /// The faults of one seed, drawn once so seeds differ in character as well as in detail.
 struct Faults {
+    /// `ack = "local"` (the primary acknowledges from its own log; a failover may lose what
+    /// the standby did not have, so only the lease invariants apply) instead of `"replica"`.
+    ack_local: bool,
     loss_per_mille: u64,
     delay_us_max: u64,
     crash_per_mille: u64,
@@ -271,6 +293,7 @@ impl World {
     pub(crate) fn new(seed: u64, knobs: Knobs) -> World {
         let mut rng = Rng(seed);
         let faults = Faults {
+            ack_local: rng.chance(250),
             loss_per_mille: rng.below(150),
             delay_us_max: rng.range(1_000, 20_000),
             crash_per_mille: rng.below(12),
@@ -309,7 +332,7 @@ impl World {
             node(1, NodeRole::Standby, &mut rng),
         ];
         let mut machine = Witness::new(config(), None, clocks[WITNESS].ms(0));
-        machine.skip_expiry_wait = knobs.broken_witness;
+        machine.skip_expiry_wait = knobs.broken == Broken::WitnessSkipsExpiry;
         let mut world = World {
             rng,
             knobs,
@@ -567,7 +590,7 @@ impl World {
         let now = self.local_ms(actor);
         if actor == WITNESS {
             let mut machine = Witness::new(config(), self.witness.record.clone(), now);
-            machine.skip_expiry_wait = self.knobs.broken_witness;
+            machine.skip_expiry_wait = self.knobs.broken == Broken::WitnessSkipsExpiry;
             self.witness.machine = machine;
             self.witness.up = true;
             return;
@@ -657,6 +680,9 @@ impl World {
         node.match_len = 0;
         node.probe_len = node.disk.log.len();
         node.pending.clear();
+        if self.faults.ack_local {
+            return;
+        }
         let log = &self.nodes[i].disk.log;
         let lost = self
             .acked
@@ -674,9 +700,9 @@ impl World {
     fn publish(&mut self, i: usize, id: u64) {
         let now = self.local_ms(i);
         let node = &mut self.nodes[i];
-        let accepted = node.fo.role() == NodeRole::Primary
-            && node.fo.may_acknowledge(now)
-            && node.disk_full_until <= self.now_us;
+        let lease = node.fo.may_acknowledge(now) || self.knobs.broken == Broken::AckWithoutLease;
+        let accepted =
+            node.fo.role() == NodeRole::Primary && lease && node.disk_full_until <= self.now_us;
         if accepted {
             node.disk.log.push(Rec {
                 epoch: node.fo.epoch(),
@@ -707,12 +733,13 @@ impl World {
 
     fn try_acknowledge(&mut self, i: usize) {
         let now = self.local_ms(i);
-        if !self.nodes[i].fo.may_acknowledge(now) {
+        if !self.nodes[i].fo.may_acknowledge(now) && self.knobs.broken != Broken::AckWithoutLease {
             return;
         }
         let node = &mut self.nodes[i];
         let epoch = node.fo.epoch();
-        let match_len = node.match_len;
+        let local = self.faults.ack_local || self.knobs.broken == Broken::AckBeforeReplica;
+        let match_len = if local { usize::MAX } else { node.match_len };
         let (due, waiting): (Vec<_>, Vec<_>) = node
             .pending
             .drain(..)
@@ -808,7 +835,8 @@ impl World {
         };
         self.check_prefix(i, from, epoch, matched);
         let node = &mut self.nodes[i];
-        if !full && node.disk.log.len() == primary_len && matched == primary_len {
+        let early = self.knobs.broken == Broken::EarlyEpochClaim;
+        if !full && (early || node.disk.log.len() == primary_len && matched == primary_len) {
             node.disk.epoch = node.disk.epoch.max(epoch);
             node.fo.caught_up(epoch);
         }
@@ -881,8 +909,14 @@ impl World {
         self.try_acknowledge(i);
     }
 
-    /// Checked after every step: no two nodes can prove a lease at the same instant.
+    /// Checked after every step: no two nodes can prove a lease at the same instant, and no
+    /// two nodes are the primary of one epoch.
     fn check_step(&mut self) {
+        let [a, b] = &self.nodes;
+        let primary = |n: &Node| n.up && n.fo.role() == NodeRole::Primary;
+        if primary(a) && primary(b) && a.fo.epoch() == b.fo.epoch() {
+            self.violate(format!("two primaries in epoch {}", a.fo.epoch()));
+        }
         let proving = (0..2)
             .filter(|i| self.nodes[*i].up && self.nodes[*i].fo.may_acknowledge(self.local_ms(*i)))
             .count();
@@ -932,7 +966,7 @@ fn simulation_holds_every_invariant() {
                 total.crashes += stats.crashes;
             }
             Err(error) => panic!(
-                "simulation seed {seed} failed: {error}\nreplay: RINGCAST_SIM_SEED={seed} cargo test --lib failover::sim"
+                "simulation seed {seed} failed: {error}\nreplay: RINGCAST_SIM_SEED={seed} cargo test --lib failover::sim::simulation_holds -- --nocapture"
             ),
         }
     }
@@ -942,15 +976,42 @@ fn simulation_holds_every_invariant() {
     assert!(total.acks >= seeds * 10, "{total:?}");
 }
 
-#[test]
-fn simulation_catches_a_witness_that_skips_the_expiry_wait() {
+/// Runs seeds with `broken` until one fails; returns the seed and the violation.
+fn first_failure(broken: Broken, seeds: u64) -> (u64, String) {
     let knobs = Knobs {
-        broken_witness: true,
+        broken,
         ..Knobs::default()
     };
-    let found = (0..500).find_map(|seed| run(seed, knobs).err().map(|e| (seed, e)));
-    let (seed, error) = found.expect("no seed of 500 caught the broken witness");
-    eprintln!("broken witness caught by seed {seed}: {error}");
+    let found = (0..seeds).find_map(|seed| run(seed, knobs).err().map(|e| (seed, e)));
+    found.unwrap_or_else(|| panic!("no seed of {seeds} caught {broken:?}"))
+}
+
+#[test]
+fn simulation_catches_a_witness_that_skips_the_expiry_wait() {
+    let (seed, error) = first_failure(Broken::WitnessSkipsExpiry, 200);
+    eprintln!("seed {seed}: {error}");
+    assert!(error.contains("both nodes can prove a lease"), "{error}");
+}
+
+#[test]
+fn simulation_catches_a_primary_that_acknowledges_without_its_lease() {
+    let (seed, error) = first_failure(Broken::AckWithoutLease, 2_000);
+    eprintln!("seed {seed}: {error}");
+    assert!(error.contains("acknowledge"), "{error}");
+}
+
+#[test]
+fn simulation_catches_a_primary_that_acknowledges_before_the_standby_has_it() {
+    let (seed, error) = first_failure(Broken::AckBeforeReplica, 2_000);
+    eprintln!("seed {seed}: {error}");
+    assert!(error.contains("without acknowledged record"), "{error}");
+}
+
+#[test]
+fn simulation_catches_a_standby_that_claims_an_epoch_before_catching_up() {
+    let (seed, error) = first_failure(Broken::EarlyEpochClaim, 5_000);
+    eprintln!("seed {seed}: {error}");
+    assert!(error.contains("without acknowledged record"), "{error}");
 }
 
 #[test]
