@@ -61,7 +61,7 @@ impl LeaseConfig {
         if self.drift_margin_pct > limits::FAILOVER_DRIFT_MARGIN_PCT_MAX {
             return Err("drift_margin_pct out of range");
         }
-        if self.renew_ms == 0 || self.renew_ms * 2 > self.proven_ms(self.lease_ms) {
+        if self.renew_ms == 0 || self.renew_ms.saturating_mul(2) > self.proven_ms(self.lease_ms) {
             return Err("renew_ms must fit twice in the lease less its margin");
         }
         if !(self.renew_ms..=limits::FAILOVER_LEASE_MS_MAX).contains(&self.failover_after_ms) {
@@ -72,7 +72,7 @@ impl LeaseConfig {
 
     /// The drift margin of a lease of `lease_ms`.
     pub fn margin_ms(&self, lease_ms: u64) -> u64 {
-        lease_ms * self.drift_margin_pct / 100
+        lease_ms.saturating_mul(self.drift_margin_pct) / 100
     }
 
     /// How long after its request's send time a node may count on a lease of `lease_ms`.
@@ -185,7 +185,7 @@ impl LeaseHolder {
         if self.fenced
             || self
                 .last_sent
-                .is_some_and(|t| now < t + self.config.renew_ms)
+                .is_some_and(|t| now < t.saturating_add(self.config.renew_ms))
         {
             return None;
         }
@@ -263,7 +263,7 @@ impl LeaseHolder {
 
     fn extend(&mut self, sent_at: u64, lease_ms: u64) {
         let lease_ms = lease_ms.min(self.config.lease_ms);
-        let until = sent_at + self.config.proven_ms(lease_ms);
+        let until = sent_at.saturating_add(self.config.proven_ms(lease_ms));
         self.valid_until = self.valid_until.max(until);
     }
 }
@@ -306,7 +306,7 @@ impl FailoverTimer {
         }
         if self
             .asked_at
-            .is_some_and(|t| now < t + self.config.renew_ms)
+            .is_some_and(|t| now < t.saturating_add(self.config.renew_ms))
         {
             return false;
         }

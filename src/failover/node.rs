@@ -232,6 +232,11 @@ impl NodeFailover {
     }
 
     fn step_down(&mut self, epoch: u64, now: u64, out: &mut Vec<NodeEffect>) {
+        if let State::Primary { lease, .. } = &self.state {
+            // Never reuse a sequence number within a session: a late answer to an old request
+            // must not be counted from a newer request's send time.
+            self.next_seq = self.next_seq.max(lease.next_seq());
+        }
         out.push(NodeEffect::StepDown { epoch });
         self.state = State::Standby {
             timer: FailoverTimer::new(self.config, now),

@@ -95,3 +95,88 @@ proptest! {
         prop_assert!(!matches!(decode(SECRET, &bytes), Ok(Some(_))));
     }
 }
+
+/// One step of a witness's life: a request from one of three nodes after `dt_ms`.
+#[derive(Debug, Clone)]
+struct Step {
+    dt_ms: u64,
+    node: usize,
+    promote: bool,
+    epoch: u64,
+    restart: bool,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let epoch = prop_oneof![0u64..6, Just(u64::MAX - 1), Just(u64::MAX)];
+    (
+        0u64..400,
+        0usize..3,
+        any::<bool>(),
+        epoch,
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(|(dt_ms, node, promote, epoch, restart)| Step {
+            dt_ms,
+            node,
+            promote,
+            epoch,
+            restart,
+        })
+}
+
+const NODES: [&str; 3] = ["a", "b", "c"];
+
+proptest! {
+    /// Whatever nodes ask and whenever, the witness never panics, never lowers its epoch,
+    /// persists every change of its record before the answer that reveals it, grants only to
+    /// the record's primary in the record's epoch, and hands the record to another node only
+    /// once every lease it granted before (and any it may have granted before a restart) has
+    /// expired by its clock plus the margin.
+    #[test]
+    fn the_witness_keeps_its_rules(steps in prop::collection::vec(step(), 1..120)) {
+        let config = LeaseConfig::default();
+        let wait = config.lease_ms + config.margin_ms(config.lease_ms);
+        let mut now = 1_000;
+        let mut persisted: Option<WitnessRecord> = None;
+        let mut witness = Witness::new(config, None, now);
+        // No other node may take over before this (a restart, or the last grant plus lease).
+        let mut busy_until = now + wait;
+        for step in steps {
+            now += step.dt_ms;
+            if step.restart {
+                witness = Witness::new(config, persisted.clone(), now);
+                busy_until = busy_until.max(now + wait);
+            }
+            let node = NODES[step.node].to_owned();
+            let (session, seq) = (1, 1);
+            let message = if step.promote {
+                WitnessMessage::PromoteRequest { node, epoch: step.epoch, session, seq }
+            } else {
+                WitnessMessage::LeaseRequest { node, epoch: step.epoch, session, seq }
+            };
+            let before = witness.record().cloned();
+            let mut out = Vec::new();
+            witness.handle(&message, now, &mut out);
+            let after = witness.record().cloned();
+            prop_assert!(matches!(out.last(), Some(WitnessEffect::Reply(_))));
+            if before != after {
+                let after = after.clone().expect("a record is never removed");
+                prop_assert!(before.as_ref().is_none_or(|b| after.epoch > b.epoch));
+                prop_assert_eq!(&out[0], &WitnessEffect::Persist(after.clone()));
+                persisted = Some(after.clone());
+                let changed_hands = before.as_ref().is_none_or(|b| b.primary != after.primary);
+                if changed_hands {
+                    prop_assert!(now >= busy_until, "taken over at {} before {}", now, busy_until);
+                }
+            } else {
+                prop_assert_eq!(out.len(), 1);
+            }
+            if let Some(WitnessEffect::Reply(WitnessMessage::Granted { node, epoch, .. })) = out.last() {
+                let record = after.expect("grants only with a record");
+                prop_assert_eq!(node, &record.primary);
+                prop_assert_eq!(*epoch, record.epoch);
+                busy_until = busy_until.max(now + wait);
+            }
+        }
+    }
+}

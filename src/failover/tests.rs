@@ -498,3 +498,59 @@ fn a_valid_mac_over_a_bad_payload_is_still_an_error() {
     bytes.extend_from_slice(&frame);
     assert_eq!(decode(SECRET, &bytes), Err(WireError::UnknownType(9)));
 }
+
+#[test]
+fn a_node_never_reuses_a_sequence_number_after_stepping_down() {
+    let mut a = NodeFailover::new(config(), "a".to_owned(), NodeRole::Primary, 3, 1, 0);
+    for now in [0, 100, 200] {
+        a.tick(now, &mut Vec::new());
+    }
+    let mut out = Vec::new();
+    a.saw_epoch(4, 250, &mut out);
+    assert_eq!(out, vec![NodeEffect::StepDown { epoch: 4 }]);
+    assert_eq!(a.role(), NodeRole::Standby);
+    let mut out = Vec::new();
+    a.tick(800, &mut out);
+    assert!(
+        matches!(
+            &out[..],
+            [NodeEffect::Send(WitnessMessage::PromoteRequest {
+                seq: 4,
+                ..
+            })]
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_standby_ignores_grants_that_are_not_its_promotion() {
+    let mut b = NodeFailover::new(config(), "b".to_owned(), NodeRole::Standby, 3, 2, 0);
+    let mut out = Vec::new();
+    b.tick(600, &mut out);
+    let promotion = |session, seq, epoch| WitnessMessage::Granted {
+        node: "b".to_owned(),
+        kind: GrantKind::Promotion,
+        epoch,
+        session,
+        seq,
+        lease_ms: 500,
+    };
+    let mut back = Vec::new();
+    b.on_witness(&promotion(99, 1, 4), 610, &mut back);
+    b.on_witness(&promotion(2, 7, 4), 610, &mut back);
+    b.on_witness(&promotion(2, 1, 3), 610, &mut back);
+    b.on_witness(&granted("b", 4, 2, 1), 610, &mut back);
+    assert!(back.is_empty(), "{back:?}");
+    b.on_witness(&promotion(2, 1, 4), 610, &mut back);
+    assert_eq!(
+        back[..2],
+        [
+            NodeEffect::PersistEpoch(4),
+            NodeEffect::Promote { epoch: 4 }
+        ]
+    );
+    // The lease counts from the request's send time (600): 450 ms.
+    assert!(b.may_acknowledge(1_049));
+    assert!(!b.may_acknowledge(1_050));
+}

@@ -64,7 +64,7 @@ impl Witness {
             config,
             record,
             lease_expires: 0,
-            quiet_until: now + config.lease_ms + config.margin_ms(config.lease_ms),
+            quiet_until: now.saturating_add(config.lease_ms + config.margin_ms(config.lease_ms)),
             #[cfg(test)]
             skip_expiry_wait: false,
         }
@@ -82,7 +82,7 @@ impl Witness {
             return false;
         }
         let margin = self.config.margin_ms(self.config.lease_ms);
-        now < self.quiet_until || now < self.lease_expires + margin
+        now < self.quiet_until || now < self.lease_expires.saturating_add(margin)
     }
 
     /// Takes in one message received at `now`, appending what to do to `out`. Answers from
@@ -129,7 +129,9 @@ impl Witness {
                 if primary != node {
                     return Err(RefuseReason::NotHolder);
                 }
-                self.lease_expires = self.lease_expires.max(now + self.config.lease_ms);
+                self.lease_expires = self
+                    .lease_expires
+                    .max(now.saturating_add(self.config.lease_ms));
                 Ok(GrantKind::Lease)
             }
             _ if self.lease_may_be_valid(now) => Err(RefuseReason::LeaseHeld),
@@ -155,15 +157,17 @@ impl Witness {
             // serve: it must follow a primary first.
             return Err(RefuseReason::NotEligible);
         }
-        if epoch + 1 == record.epoch && record.primary == node {
+        if epoch.checked_add(1) == Some(record.epoch) && record.primary == node {
             // Granted before; the answer was lost. The lease runs from now again.
-            self.lease_expires = self.lease_expires.max(now + self.config.lease_ms);
+            self.lease_expires = self
+                .lease_expires
+                .max(now.saturating_add(self.config.lease_ms));
             return Ok(GrantKind::Promotion);
         }
         if epoch < record.epoch {
             return Err(RefuseReason::StaleEpoch);
         }
-        if epoch > record.epoch {
+        if epoch > record.epoch || epoch == u64::MAX {
             return Err(RefuseReason::NotEligible);
         }
         if self.lease_may_be_valid(now) {
@@ -182,7 +186,7 @@ impl Witness {
         };
         out.push(WitnessEffect::Persist(record.clone()));
         self.record = Some(record);
-        self.lease_expires = now + self.config.lease_ms;
+        self.lease_expires = now.saturating_add(self.config.lease_ms);
     }
 
     fn answer(
