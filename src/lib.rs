@@ -10,7 +10,8 @@
 //! its outbox, durable on the WAL), `replication` (the hot standby's wire protocol and
 //! handshake decisions, sans-IO), `replica` (the hot standby at run time: role, epoch, the
 //! link's threads, promotion), `failover` (automatic failover's lease, witness and node state
-//! machines, their wire format and the deterministic simulation, sans-IO), `service` (process start-up, signals, logging), `admin`
+//! machines, their wire format and the deterministic simulation, sans-IO), `witness` (the `ringcast witness` process driving
+//! `failover::Witness`), `service` (process start-up, signals, logging), `admin`
 //! (the operator's admin endpoint and its CLI client, off every core).
 
 pub mod admin;
@@ -30,4 +31,5 @@ pub mod service;
 pub mod shard;
 pub mod wal;
 pub mod webhook;
+pub mod witness;
 pub mod ws;

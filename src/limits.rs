@@ -238,6 +238,10 @@ pub const FAILOVER_PENDING_MAX: usize = 16;
 /// Longest node↔witness frame (after its length prefix): type, node name, tag, four integers,
 /// MAC.
 pub const WITNESS_FRAME_BYTES_MAX: usize = 256;
+/// The witness process wakes at least this often to notice it should stop.
+pub const WITNESS_POLL_MS: u64 = 200;
+/// Longest witness record file (`epoch node\n`); a longer one is refused, not guessed at.
+pub const WITNESS_RECORD_BYTES_MAX: usize = 20 + 1 + REPL_NAME_BYTES_MAX + 1;
 
 /// Streams one replication session carries at most: one per core (`core-0`..) plus `webhooks`.
 pub const REPL_STREAMS_MAX: usize = CORES_MAX + 1;
