@@ -238,6 +238,9 @@ pub const FAILOVER_PENDING_MAX: usize = 16;
 /// Longest node↔witness frame (after its length prefix): type, node name, tag, four integers,
 /// MAC.
 pub const WITNESS_FRAME_BYTES_MAX: usize = 256;
+/// A node's failover thread steps its state machine at least this often (well under the
+/// renewal interval, so a lost lease or a silent primary is noticed within it).
+pub const FAILOVER_TICK_MS: u64 = 10;
 /// The witness process wakes at least this often to notice it should stop.
 pub const WITNESS_POLL_MS: u64 = 200;
 /// Longest witness record file (`epoch node\n`); a longer one is refused, not guessed at.

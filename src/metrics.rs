@@ -56,7 +56,7 @@ pub const STATUSES: [u16; 14] = [
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 12] = [
+pub const REJECTIONS: [&str; 13] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
@@ -69,6 +69,7 @@ pub const REJECTIONS: [&str; 12] = [
     "descriptor_limit",
     "standby_unavailable",
     "standby_role",
+    "no_lease",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -88,6 +89,8 @@ pub const REJECT_DESCRIPTOR_LIMIT: usize = 9;
 pub const REJECT_STANDBY_UNAVAILABLE: usize = 10;
 /// A client request or upgrade refused because this node is a standby.
 pub const REJECT_STANDBY_ROLE: usize = 11;
+/// A publish refused because this primary cannot prove its lease at the witness.
+pub const REJECT_NO_LEASE: usize = 12;
 
 /// Why an accept failed: the process's descriptor limit, the system's, memory, anything else.
 pub const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "enomem", "other"];

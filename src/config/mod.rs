@@ -377,6 +377,13 @@ fn validate_replication(
         limits::REPL_HEARTBEAT_MS * 2,
         limits::REPL_STANDBY_TIMEOUT_MS_MAX,
     )?;
+    if !replication.witness.is_empty() {
+        check_host_port("replication.witness", &replication.witness)?;
+        replication
+            .lease()
+            .validate()
+            .map_err(|message| invalid("replication.lease_ms", message))?;
+    }
     Ok(())
 }
 

@@ -109,6 +109,15 @@ impl NodeFailover {
         }
     }
 
+    /// The end of the lease this node can prove (its clock), while it is the primary and has
+    /// one; the driver publishes it to whatever checks before acknowledging.
+    pub fn lease_valid_until(&self) -> Option<u64> {
+        match &self.state {
+            State::Primary { lease, .. } if !lease.is_fenced() => lease.valid_until(),
+            _ => None,
+        }
+    }
+
     /// Time passes: renew the lease or ask for promotion when due; say when acknowledging
     /// stops or resumes. Call at least every `renew_ms / 2`.
     pub fn tick(&mut self, now: u64, out: &mut Vec<NodeEffect>) {

@@ -1,6 +1,7 @@
 //! The hot standby at run time: this node's role and epoch, the positions each core publishes
 //! for the replication link, the link's threads (the primary serving its WAL streams, the
-//! standby following them) and the persisted epoch. The wire format and the decisions it
+//! standby following them), the persisted epoch, and automatic failover's thread (`failover`,
+//! the witness's client). The wire format and the decisions it
 //! needs (handshake, resync plans) are sans-IO in `crate::replication`; the cores never touch
 //! a replication socket: they publish positions and read inputs through `shared`. Like the
 //! webhook worker, the link runs on its own threads with blocking sockets, off every core.
@@ -8,6 +9,7 @@
 pub mod admin;
 mod dial;
 pub mod epoch;
+pub mod failover;
 pub mod link;
 pub mod promote;
 mod serve;

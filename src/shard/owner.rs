@@ -124,6 +124,10 @@ pub struct ReplicaView {
     /// The standby has been unreachable for longer than `standby_timeout_ms` (or this node is
     /// not the primary): publishes waiting for it follow `on_standby_loss` at once.
     pub lost: bool,
+    /// With a witness: the monotonic ms (the cores' clock) until which this node can prove
+    /// its lease; from then on nothing is acknowledged (`PublishRefusal::NoLease`). None:
+    /// no witness, no lease needed.
+    pub lease_until_ms: Option<u64>,
 }
 
 /// The journal could not persist what it was given (a write or sync error): nothing may be
@@ -349,6 +353,15 @@ fn ack_outcome(
 ) -> Option<AckOutcome> {
     if ack.lsn > durable.lsn {
         return None;
+    }
+    if let Some(ReplicaView {
+        lease_until_ms: Some(until),
+        ..
+    }) = durable.replica
+        && now_ms >= until
+    {
+        // Whatever the ack mode: a node that cannot prove its lease may have been replaced.
+        return Some(AckOutcome::Refused(PublishRefusal::NoLease));
     }
     let (Some(replica), AckMode::Replica | AckMode::ReplicaDurable) = (durable.replica, ack.ack)
     else {
