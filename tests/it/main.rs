@@ -16,6 +16,8 @@ mod crash;
 /// Durability with a WAL: restarts, fsync levels, resume across a restart, a full disk, an
 /// fsync error.
 mod durability;
+/// Automatic failover with a witness: the drills (kill -9, SIGSTOP, the witness down).
+mod failover;
 /// Channel history: the REST history API, sequence numbers on the wire, resume after reconnect.
 mod history;
 /// Many connections over both cores, one publisher: nothing lost, nothing reordered.
