@@ -401,8 +401,43 @@ impl Metrics {
             "ringcast_replication_promotions",
             "Promotions of this node to primary",
             load(&shared.promotions),
-        )
+        )?;
+        encode_failover(e, shared)
     }
+}
+
+/// Automatic failover (only with `[replication] witness`): whether the lease is proven, and
+/// promotions by cause.
+fn encode_failover(
+    e: &mut DescriptorEncoder,
+    shared: &crate::replica::ReplicaShared,
+) -> Result<(), std::fmt::Error> {
+    if !shared.config.has_witness() {
+        return Ok(());
+    }
+    let primary = shared.role() == crate::replica::Role::Primary;
+    let valid = primary && shared.lease_valid.load(Ordering::Relaxed);
+    gauge(
+        e,
+        "ringcast_failover_lease_valid",
+        "1 while this primary can prove its lease at the witness (publishes are acknowledged)",
+        i64::from(valid),
+    )?;
+    let mut family = e.encode_descriptor(
+        "ringcast_failover_promotions",
+        "Promotions of this node to primary, by cause (witness: automatic; manual: ringcast promote)",
+        None,
+        MetricType::Counter,
+    )?;
+    let all = load(&shared.promotions);
+    let witness = load(&shared.promotions_witness);
+    for (cause, value) in [
+        ("witness", witness),
+        ("manual", all.saturating_sub(witness)),
+    ] {
+        ConstCounter::new(value).encode(family.encode_family(&[("cause", cause)])?)?;
+    }
+    Ok(())
 }
 
 impl Metrics {

@@ -554,3 +554,28 @@ fn a_standby_ignores_grants_that_are_not_its_promotion() {
     assert!(b.may_acknowledge(1_049));
     assert!(!b.may_acknowledge(1_050));
 }
+
+#[test]
+fn a_node_publishes_the_end_of_its_proven_lease_and_none_once_fenced() {
+    let mut node = NodeFailover::new(config(), "a".into(), NodeRole::Primary, 1, 7, 1_000);
+    assert_eq!(node.lease_valid_until(), None, "no grant yet");
+    let mut out = Vec::new();
+    node.tick(1_000, &mut out);
+    assert!(matches!(
+        out[0],
+        NodeEffect::Send(WitnessMessage::LeaseRequest { seq: 1, .. })
+    ));
+    out.clear();
+    node.on_witness(&granted("a", 1, 7, 1), 1_010, &mut out);
+    let proven = 1_000 + config().proven_ms(config().lease_ms);
+    assert_eq!(
+        node.lease_valid_until(),
+        Some(proven),
+        "from the send time, less the margin"
+    );
+    assert!(node.may_acknowledge(proven - 1) && !node.may_acknowledge(proven));
+    node.saw_epoch(2, 1_020, &mut out);
+    assert_eq!(node.lease_valid_until(), None, "stepped down");
+    let standby = NodeFailover::new(config(), "b".into(), NodeRole::Standby, 0, 9, 1_000);
+    assert_eq!(standby.lease_valid_until(), None);
+}

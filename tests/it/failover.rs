@@ -75,6 +75,15 @@ struct Trio {
     b: Node,
     primary: Server,
     standby: Server,
+    primary_metrics: std::net::SocketAddr,
+    standby_metrics: std::net::SocketAddr,
+}
+
+/// Starts `node` with the metrics port on; returns the server and its metrics address.
+fn start_node(node: &Node, peer: &Node, role: &str, extra: &str) -> (Server, std::net::SocketAddr) {
+    let config = format!("{}{METRICS_ON}", node.config(peer, role, SECRET, extra));
+    let (server, metrics) = Server::launch(&config, &[], true);
+    (server, metrics.expect("metrics address"))
 }
 
 fn start_trio(test: &str, witness_dir: Option<&std::path::Path>) -> Trio {
@@ -82,8 +91,8 @@ fn start_trio(test: &str, witness_dir: Option<&std::path::Path>) -> Trio {
     let witness = WitnessProcess::start(witness_port, witness_dir);
     let (a, b) = (Node::new(test, "a"), Node::new(test, "b"));
     let extra = format!("witness = \"127.0.0.1:{witness_port}\"\nstandby_timeout_ms = 300");
-    let primary = a.start(&b, "primary", &extra);
-    let standby = b.start(&a, "standby", &extra);
+    let (primary, primary_metrics) = start_node(&a, &b, "primary", &extra);
+    let (standby, standby_metrics) = start_node(&b, &a, "standby", &extra);
     b.wait_in_sync();
     wait_for(|| publish(primary.addr, "warmup", "x").0 == 200);
     Trio {
@@ -93,6 +102,8 @@ fn start_trio(test: &str, witness_dir: Option<&std::path::Path>) -> Trio {
         b,
         primary,
         standby,
+        primary_metrics,
+        standby_metrics,
     }
 }
 
@@ -182,6 +193,16 @@ fn kill_run(run: u64) -> u64 {
     assert_eq!(
         (status["role"].clone(), status["epoch"].clone()),
         (json!("primary"), json!(2))
+    );
+    let metrics = scrape(trio.standby_metrics);
+    let promoted_by = |cause: &str| {
+        let series = format!("ringcast_failover_promotions_total{{cause=\"{cause}\"}}");
+        metric(&metrics, &series)
+    };
+    assert_eq!(
+        (promoted_by("witness"), promoted_by("manual")),
+        (Some(1.0), Some(0.0)),
+        "{metrics}"
     );
     for (publisher, acked) in acked.iter().enumerate() {
         let channel = format!("p{publisher}");
@@ -278,6 +299,14 @@ fn drill_the_witness_down_the_primary_stops_acknowledging_and_nobody_is_promoted
     };
     let refused_after = killed.elapsed();
     assert!(body.contains("no lease"), "{body}");
+    let lease_valid = |trio: &Trio| {
+        metric(
+            &scrape(trio.primary_metrics),
+            "ringcast_failover_lease_valid",
+        )
+    };
+    // The gauge follows the failover thread's last step (at most `FAILOVER_TICK_MS` behind).
+    wait_for(|| lease_valid(&trio) == Some(0.0));
     // Well past `failover_after_ms`: the standby must not have asked or been promoted.
     std::thread::sleep(Duration::from_millis(1_000));
     assert_eq!(publish(trio.primary.addr, "c", "still").0, 503);
@@ -286,6 +315,7 @@ fn drill_the_witness_down_the_primary_stops_acknowledging_and_nobody_is_promoted
     let back = Instant::now();
     wait_for(|| publish(trio.primary.addr, "c", "after").0 == 200);
     let resumed_after = back.elapsed();
+    wait_for(|| lease_valid(&trio) == Some(1.0));
     let (a, b) = (trio.a.status(), trio.b.status());
     assert_eq!(
         (a["role"].clone(), a["epoch"].clone()),
