@@ -9,13 +9,16 @@
 //! a `Storage` seam, the per-stream writer and recovery), `webhook` (the delivery worker and
 //! its outbox, durable on the WAL), `replication` (the hot standby's wire protocol and
 //! handshake decisions, sans-IO), `replica` (the hot standby at run time: role, epoch, the
-//! link's threads, promotion), `service` (process start-up, signals, logging), `admin`
+//! link's threads, promotion), `failover` (automatic failover's lease, witness and node state
+//! machines, their wire format and the deterministic simulation, sans-IO), `witness` (the `ringcast witness` process driving
+//! `failover::Witness`), `service` (process start-up, signals, logging), `admin`
 //! (the operator's admin endpoint and its CLI client, off every core).
 
 pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod control;
+pub mod failover;
 pub mod http;
 pub mod limits;
 pub mod mesh;
@@ -29,4 +32,5 @@ pub mod shard;
 pub mod tls;
 pub mod wal;
 pub mod webhook;
+pub mod witness;
 pub mod ws;

@@ -229,6 +229,26 @@ pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 /// Owner messages one core holds for the standby at most (`shard::gate`): a standby this far
 /// behind while still counted present lets the oldest go early.
 pub const REPLICA_HELD_MESSAGES_MAX: usize = 64 * 1024;
+// Automatic failover with a witness (`failover`).
+/// Shortest `lease_ms` a `failover::LeaseConfig` accepts.
+pub const FAILOVER_LEASE_MS_MIN: u64 = 10;
+/// Longest `lease_ms` (and `failover_after_ms`) a `failover::LeaseConfig` accepts.
+pub const FAILOVER_LEASE_MS_MAX: u64 = 60_000;
+/// Largest drift margin, in percent of the lease.
+pub const FAILOVER_DRIFT_MARGIN_PCT_MAX: u64 = 50;
+/// Unanswered witness requests whose send times a node remembers (older answers are ignored).
+pub const FAILOVER_PENDING_MAX: usize = 16;
+/// Longest node↔witness frame (after its length prefix): type, node name, tag, four integers,
+/// MAC.
+pub const WITNESS_FRAME_BYTES_MAX: usize = 256;
+/// A node's failover thread steps its state machine at least this often (well under the
+/// renewal interval, so a lost lease or a silent primary is noticed within it).
+pub const FAILOVER_TICK_MS: u64 = 10;
+/// The witness process wakes at least this often to notice it should stop.
+pub const WITNESS_POLL_MS: u64 = 200;
+/// Longest witness record file (`epoch node\n`); a longer one is refused, not guessed at.
+pub const WITNESS_RECORD_BYTES_MAX: usize = 20 + 1 + REPL_NAME_BYTES_MAX + 1;
+
 /// Streams one replication session carries at most: one per core (`core-0`..) plus `webhooks`.
 pub const REPL_STREAMS_MAX: usize = CORES_MAX + 1;
 /// Longest cluster name, node id or binary version string in a replication message.

@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Run the witness of a primary/standby pair (automatic failover; no client traffic).
+    Witness {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Promote a standby to primary (POST /replication/promote on its admin endpoint).
     Promote {
         /// The node's `[admin] bind`: `host:port` or `unix:/path`.
@@ -199,6 +204,34 @@ fn wal_command(command: WalCommand) -> ExitCode {
     }
 }
 
+/// `ringcast witness`: 2 when the config is invalid, 1 when the witness stops on an error.
+fn witness_command(path: &std::path::Path) -> ExitCode {
+    use ringcast::witness;
+    let loaded = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))
+        .and_then(|text| witness::parse_config(&text));
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("ringcast witness: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    service::init_logging("info", config::LogFormat::Text);
+    for key in &loaded.unknown_keys {
+        tracing::warn!("unknown config key `{key}` ignored");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    match witness::run(&loaded.config, &stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("ringcast witness: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -260,6 +293,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Witness { config: path } => witness_command(&path),
         Command::Bench(args) => ringcast::bench::run(*args),
         Command::Wal { command } => wal_command(command),
         Command::Status { admin, token } => {

@@ -56,7 +56,7 @@ pub const STATUSES: [u16; 14] = [
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 12] = [
+pub const REJECTIONS: [&str; 13] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
@@ -69,6 +69,7 @@ pub const REJECTIONS: [&str; 12] = [
     "descriptor_limit",
     "standby_unavailable",
     "standby_role",
+    "no_lease",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -88,6 +89,8 @@ pub const REJECT_DESCRIPTOR_LIMIT: usize = 9;
 pub const REJECT_STANDBY_UNAVAILABLE: usize = 10;
 /// A client request or upgrade refused because this node is a standby.
 pub const REJECT_STANDBY_ROLE: usize = 11;
+/// A publish refused because this primary cannot prove its lease at the witness.
+pub const REJECT_NO_LEASE: usize = 12;
 
 /// Why an accept failed: the process's descriptor limit, the system's, memory, anything else.
 pub const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "enomem", "other"];
@@ -422,8 +425,43 @@ impl Metrics {
             "ringcast_replication_promotions",
             "Promotions of this node to primary",
             load(&shared.promotions),
-        )
+        )?;
+        encode_failover(e, shared)
     }
+}
+
+/// Automatic failover (only with `[replication] witness`): whether the lease is proven, and
+/// promotions by cause.
+fn encode_failover(
+    e: &mut DescriptorEncoder,
+    shared: &crate::replica::ReplicaShared,
+) -> Result<(), std::fmt::Error> {
+    if !shared.config.has_witness() {
+        return Ok(());
+    }
+    let primary = shared.role() == crate::replica::Role::Primary;
+    let valid = primary && shared.lease_valid.load(Ordering::Relaxed);
+    gauge(
+        e,
+        "ringcast_failover_lease_valid",
+        "1 while this primary can prove its lease at the witness (publishes are acknowledged)",
+        i64::from(valid),
+    )?;
+    let mut family = e.encode_descriptor(
+        "ringcast_failover_promotions",
+        "Promotions of this node to primary, by cause (witness: automatic; manual: ringcast promote)",
+        None,
+        MetricType::Counter,
+    )?;
+    let all = load(&shared.promotions);
+    let witness = load(&shared.promotions_witness);
+    for (cause, value) in [
+        ("witness", witness),
+        ("manual", all.saturating_sub(witness)),
+    ] {
+        ConstCounter::new(value).encode(family.encode_family(&[("cause", cause)])?)?;
+    }
+    Ok(())
 }
 
 impl Metrics {

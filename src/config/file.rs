@@ -80,6 +80,13 @@ pub struct ReplicationConfig {
     /// How long the primary waits for the standby before `on_standby_loss` applies.
     pub standby_timeout_ms: u64,
     pub on_standby_loss: StandbyLoss,
+    /// The witness's `host:port` (UDP). Empty: no automatic failover (promotion is manual).
+    pub witness: String,
+    /// The primary's lease at the witness (must equal the witness's `lease_ms`).
+    pub lease_ms: u64,
+    /// How long a standby hears nothing from the primary before it asks the witness for
+    /// promotion.
+    pub failover_after_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -94,6 +101,9 @@ impl Default for ReplicationConfig {
             ack: AckMode::Replica,
             standby_timeout_ms: 1000,
             on_standby_loss: StandbyLoss::Degrade,
+            witness: String::new(),
+            lease_ms: 500,
+            failover_after_ms: 500,
         }
     }
 }
@@ -101,6 +111,22 @@ impl Default for ReplicationConfig {
 impl ReplicationConfig {
     pub fn enabled(&self) -> bool {
         !self.node_id.is_empty()
+    }
+
+    /// Whether failover is automatic (a witness is named).
+    pub fn has_witness(&self) -> bool {
+        self.enabled() && !self.witness.is_empty()
+    }
+
+    /// The lease and failover timings (renewal every fifth of the lease, the default 10%
+    /// drift margin).
+    pub fn lease(&self) -> crate::failover::LeaseConfig {
+        crate::failover::LeaseConfig {
+            lease_ms: self.lease_ms,
+            renew_ms: (self.lease_ms / 5).max(1),
+            failover_after_ms: self.failover_after_ms,
+            ..crate::failover::LeaseConfig::default()
+        }
     }
 }
 

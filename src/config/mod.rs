@@ -418,6 +418,13 @@ fn validate_replication(
         limits::REPL_HEARTBEAT_MS * 2,
         limits::REPL_STANDBY_TIMEOUT_MS_MAX,
     )?;
+    if !replication.witness.is_empty() {
+        check_host_port("replication.witness", &replication.witness)?;
+        replication
+            .lease()
+            .validate()
+            .map_err(|message| invalid("replication.lease_ms", message))?;
+    }
     Ok(())
 }
 
@@ -1046,5 +1053,28 @@ mod tests {
         assert!(error.contains("version"), "{error}");
         let error = parse("version = 1\n[server\n").unwrap_err().to_string();
         assert!(error.contains("parse"), "{error}");
+    }
+
+    #[test]
+    fn witness_config_is_validated() {
+        let base = "version = 1\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n\
+                    [storage]\ndir = \"/tmp/x\"\n[replication]\nnode_id = \"a\"\n\
+                    listen = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n\
+                    secret = \"0123456789abcdef\"\n";
+        let off = parse(base).unwrap().config.replication;
+        assert!(!off.has_witness(), "no witness: manual failover");
+        let on = parse(&format!("{base}witness = \"127.0.0.1:7500\"\n"))
+            .unwrap()
+            .config
+            .replication;
+        assert!(on.has_witness());
+        assert_eq!(on.lease(), crate::failover::LeaseConfig::default());
+        let error_for = |text: &str| parse(&format!("{base}{text}")).unwrap_err().to_string();
+        let error = error_for("witness = \"nowhere\"\n");
+        assert!(error.contains("replication.witness"), "{error}");
+        let error = error_for("witness = \"127.0.0.1:7500\"\nlease_ms = 5\n");
+        assert!(error.contains("lease_ms"), "{error}");
+        let error = error_for("witness = \"127.0.0.1:7500\"\nfailover_after_ms = 1\n");
+        assert!(error.contains("failover_after_ms"), "{error}");
     }
 }

@@ -189,6 +189,9 @@ pub enum PublishRefusal {
     /// The app's `ack` needs the standby, which is unavailable, and `on_standby_loss` is
     /// `reject` (or this node is not the primary any more).
     StandbyUnavailable,
+    /// Automatic failover: this primary cannot prove its lease at the witness (it may have
+    /// been replaced), so it acknowledges nothing until it can.
+    NoLease,
 }
 
 /// An owner's answer to a `Barrier`: every publish the sender sent before it is durable at the

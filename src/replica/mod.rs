@@ -1,7 +1,8 @@
 //! The hot standby at run time: this node's role and epoch, the positions each core publishes
 //! for the replication link, the link's threads (the primary serving its WAL streams, the
 //! standby following them), the `webhooks` stream's hand-over between the webhook worker and
-//! the link, and the persisted epoch. The wire format and the decisions it
+//! the link, the persisted epoch, and automatic failover's thread (`failover`, the witness's
+//! client). The wire format and the decisions it
 //! needs (handshake, resync plans) are sans-IO in `crate::replication`; the cores never touch
 //! a replication socket: they publish positions and read inputs through `shared`. Like the
 //! webhook worker, the link runs on its own threads with blocking sockets, off every core.
@@ -9,6 +10,7 @@
 pub mod admin;
 mod dial;
 pub mod epoch;
+pub mod failover;
 pub mod link;
 pub mod promote;
 mod serve;

@@ -51,15 +51,53 @@ pub fn promote(link: &Arc<Link>, force: bool) -> Result<Value, Refused> {
     if link.promoting.swap(true, Ordering::AcqRel) {
         return Err(refused(409, "a promotion is under way"));
     }
-    let result = carry_out(link);
+    let result = carry_out(link, shared.epoch() + 1);
     link.promoting.store(false, Ordering::Release);
     result
 }
 
-fn carry_out(link: &Arc<Link>) -> Result<Value, Refused> {
+/// Promotes this standby to `epoch`, which the witness granted it (automatic failover): no
+/// check of the old primary's liveness, the witness proved its lease expired.
+///
+/// # Errors
+///
+/// 409 when it is the primary already, a promotion is under way, or `epoch` is not above
+/// every epoch this node has seen; 500 as for `promote`.
+pub fn promote_granted(link: &Arc<Link>, epoch: u64) -> Result<Value, Refused> {
+    let shared = &link.shared;
+    if shared.role() == Role::Primary {
+        return Err(refused(409, "this node is the primary already"));
+    }
+    if epoch <= shared.epoch() {
+        return Err(refused(
+            409,
+            format!(
+                "granted epoch {epoch} is not above ours ({})",
+                shared.epoch()
+            ),
+        ));
+    }
+    if link.promoting.swap(true, Ordering::AcqRel) {
+        return Err(refused(409, "a promotion is under way"));
+    }
+    let result = carry_out(link, epoch);
+    if result.is_ok() {
+        shared.promotions_witness.fetch_add(1, Ordering::Relaxed);
+    }
+    link.promoting.store(false, Ordering::Release);
+    result
+}
+
+fn carry_out(link: &Arc<Link>, epoch: u64) -> Result<Value, Refused> {
     let shared = &link.shared;
     let started_ms = link.now_ms();
-    let epoch = shared.epoch() + 1;
+    if epoch <= shared.epoch() {
+        // The link raised the epoch meanwhile (a heartbeat of a newer primary).
+        return Err(refused(
+            409,
+            format!("epoch {epoch} is not above ours ({})", shared.epoch()),
+        ));
+    }
     super::epoch::store(&link.data_dir, epoch)
         .map_err(|error| refused(500, format!("cannot persist epoch {epoch}: {error}")))?;
     shared.raise_epoch(epoch);

@@ -89,6 +89,14 @@ pub struct ReplicaShared {
     in_sync: AtomicBool,
     /// Monotonic ms of the last message from the peer.
     pub heard_ms: AtomicU64,
+    /// With a witness: the monotonic ms until which this node can prove its lease (0: none),
+    /// set by the failover thread, read by the cores before acknowledging.
+    pub lease_until_ms: AtomicU64,
+    /// With a witness: whether the failover thread could prove the lease at its last step
+    /// (the metric; the cores go by `lease_until_ms`).
+    pub lease_valid: AtomicBool,
+    /// Promotions the witness granted (the rest of `promotions` were manual).
+    pub promotions_witness: AtomicU64,
     pub lag_records: AtomicU64,
     pub lag_ms: AtomicU64,
     pub promotions: AtomicU64,
@@ -132,6 +140,9 @@ impl ReplicaShared {
             standby_lost: AtomicBool::new(false),
             in_sync: AtomicBool::new(false),
             heard_ms: AtomicU64::new(0),
+            lease_until_ms: AtomicU64::new(0),
+            promotions_witness: AtomicU64::new(0),
+            lease_valid: AtomicBool::new(false),
             lag_records: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             promotions: AtomicU64::new(0),
@@ -224,6 +235,10 @@ impl ReplicaShared {
             received_lsn: slot.peer_received.load(Ordering::Acquire),
             durable_lsn: slot.peer_durable.load(Ordering::Acquire),
             lost: self.standby_lost() || self.role() != Role::Primary,
+            lease_until_ms: self
+                .config
+                .has_witness()
+                .then(|| self.lease_until_ms.load(Ordering::Acquire)),
         }
     }
 

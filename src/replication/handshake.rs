@@ -325,7 +325,9 @@ pub fn verify_auth_mac(
     bool::from(expected.ct_eq(mac))
 }
 
-fn hmac(secret: &[u8], parts: &[&[u8]]) -> Mac {
+/// `HMAC-SHA256(secret, parts concatenated)`; the witness's frames use it too
+/// (`failover::wire`), with their own label.
+pub(crate) fn hmac(secret: &[u8], parts: &[&[u8]]) -> Mac {
     // HMAC takes keys of any length (longer ones are hashed first), so this cannot fail.
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
     for part in parts {

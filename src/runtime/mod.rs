@@ -393,6 +393,14 @@ fn start_link(
         )
     })?;
     threads.extend(link_threads);
+    if let Some(thread) = crate::replica::failover::start(&link).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot reach the witness {}: {error}",
+            config.replication.witness
+        )
+    })? {
+        threads.push(thread);
+    }
     Ok(link)
 }
 

@@ -121,6 +121,7 @@ mod tests {
             received_lsn,
             durable_lsn: received_lsn,
             lost,
+            lease_until_ms: None,
         })
     }
 

@@ -124,6 +124,10 @@ pub struct ReplicaView {
     /// The standby has been unreachable for longer than `standby_timeout_ms` (or this node is
     /// not the primary): publishes waiting for it follow `on_standby_loss` at once.
     pub lost: bool,
+    /// With a witness: the monotonic ms (the cores' clock) until which this node can prove
+    /// its lease; from then on nothing is acknowledged (`PublishRefusal::NoLease`). None:
+    /// no witness, no lease needed.
+    pub lease_until_ms: Option<u64>,
 }
 
 /// The journal could not persist what it was given (a write or sync error): nothing may be
@@ -358,6 +362,15 @@ fn ack_outcome(
 ) -> Option<AckOutcome> {
     if ack.lsn > durable.lsn {
         return None;
+    }
+    if let Some(ReplicaView {
+        lease_until_ms: Some(until),
+        ..
+    }) = durable.replica
+        && now_ms >= until
+    {
+        // Whatever the ack mode: a node that cannot prove its lease may have been replaced.
+        return Some(AckOutcome::Refused(PublishRefusal::NoLease));
     }
     let (Some(replica), AckMode::Replica | AckMode::ReplicaDurable) = (durable.replica, ack.ack)
     else {
@@ -2066,5 +2079,68 @@ mod tests {
         assert_eq!(acks(&mut owner), [AckOutcome::Durable(Durability::Fsynced)]);
         let page = owner.histories.page(&ChannelKey::new(0, "a"), 0, 10);
         assert_eq!(page.last_seq, 2, "sequences continue without a gap");
+    }
+
+    #[test]
+    fn nothing_is_acknowledged_past_the_proven_lease_whatever_the_ack_mode() {
+        let replica = |lease_until_ms| ReplicaView {
+            received_lsn: 5,
+            durable_lsn: 5,
+            lost: false,
+            lease_until_ms,
+        };
+        let durable = |view| Durable {
+            lsn: 5,
+            durability: Durability::Fsynced,
+            replica: Some(view),
+        };
+        for ack in [AckMode::Local, AckMode::Replica, AckMode::ReplicaDurable] {
+            let pending = PendingAck {
+                to: 0,
+                query: query(1),
+                lsn: 5,
+                ack,
+                since_ms: 90,
+            };
+            let outcome =
+                |view, now| ack_outcome(&pending, &durable(view), now, 1_000, StandbyLoss::Degrade);
+            let refused = Some(AckOutcome::Refused(PublishRefusal::NoLease));
+            assert_eq!(
+                outcome(replica(Some(100)), 100),
+                refused,
+                "{ack:?}: at its end"
+            );
+            assert_eq!(
+                outcome(replica(Some(0)), 100),
+                refused,
+                "{ack:?}: no lease yet"
+            );
+            assert!(
+                matches!(
+                    outcome(replica(Some(101)), 100),
+                    Some(AckOutcome::Durable(_))
+                ),
+                "{ack:?}: within the lease"
+            );
+            assert!(
+                matches!(outcome(replica(None), 100), Some(AckOutcome::Durable(_))),
+                "{ack:?}: no witness, no lease needed"
+            );
+        }
+        let pending = PendingAck {
+            to: 0,
+            query: query(1),
+            lsn: 6,
+            ack: AckMode::Local,
+            since_ms: 90,
+        };
+        let not_written = ack_outcome(
+            &pending,
+            &durable(replica(Some(0))),
+            100,
+            1_000,
+            StandbyLoss::Degrade,
+        );
+        assert_eq!(not_written, None, "a record not yet written waits first");
     }
 }

@@ -934,6 +934,14 @@ impl Shard {
                 let retry = [("Retry-After", "1")];
                 self.respond_error(key, 503, message, pending.keep_alive, &retry);
             }
+            Err(PublishRefusal::NoLease) => {
+                self.core_metrics().reject(crate::metrics::REJECT_NO_LEASE);
+                let message = "no lease: this primary cannot prove its lease at the witness \
+                               (it may have been replaced); the event may not be acknowledged, \
+                               retry later";
+                let retry = [("Retry-After", "1")];
+                self.respond_error(key, 503, message, pending.keep_alive, &retry);
+            }
             Err(PublishRefusal::StorageFull) => {
                 self.core_metrics()
                     .reject(crate::metrics::REJECT_STORAGE_FULL);

@@ -16,6 +16,8 @@ mod crash;
 /// Durability with a WAL: restarts, fsync levels, resume across a restart, a full disk, an
 /// fsync error.
 mod durability;
+/// Automatic failover with a witness: the drills (kill -9, SIGSTOP, the witness down).
+mod failover;
 /// The hot-standby failover end to end: HAProxy by `/readyz`, pusher-js with the resume plugin,
 /// the `pusher` REST library, kill -9 of the primary, `ringcast promote`.
 mod haproxy;

@@ -22,15 +22,15 @@ const SECRET: &str = "replication-test-secret";
 
 /// One node's fixed ports and data directory (removed on drop: its preallocated WAL segments
 /// are large).
-struct Node {
-    name: &'static str,
-    dir: PathBuf,
-    repl: u16,
-    admin: u16,
+pub(crate) struct Node {
+    pub(crate) name: &'static str,
+    pub(crate) dir: PathBuf,
+    pub(crate) repl: u16,
+    pub(crate) admin: u16,
 }
 
 impl Node {
-    fn new(test: &str, name: &'static str) -> Node {
+    pub(crate) fn new(test: &str, name: &'static str) -> Node {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-repl-{}-{test}-{name}",
             std::process::id()
@@ -45,12 +45,12 @@ impl Node {
         }
     }
 
-    fn admin_addr(&self) -> SocketAddr {
+    pub(crate) fn admin_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.admin))
     }
 
     /// The config text: `role` is `initial_role`; `extra` goes into `[replication]`.
-    fn config(&self, peer: &Node, role: &str, secret: &str, extra: &str) -> String {
+    pub(crate) fn config(&self, peer: &Node, role: &str, secret: &str, extra: &str) -> String {
         format!(
             "version = 1\n\n[server]\nbind = \"127.0.0.1:0\"\ncores = 2\npin_threads = false\n\n\
              [storage]\ndir = \"{}\"\n\n[history]\nevents_per_channel_max = 1000\n\n\
@@ -66,17 +66,17 @@ impl Node {
         )
     }
 
-    fn start(&self, peer: &Node, role: &str, extra: &str) -> Server {
+    pub(crate) fn start(&self, peer: &Node, role: &str, extra: &str) -> Server {
         Server::with_config_text(&self.config(peer, role, SECRET, extra))
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let (status, body) = http(self.admin_addr(), "GET", "/replication", "");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
 
-    fn promote(&self) -> (u16, Value) {
+    pub(crate) fn promote(&self) -> (u16, Value) {
         let (status, body) = http(self.admin_addr(), "POST", "/replication/promote", "");
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
@@ -98,7 +98,7 @@ impl Node {
         }
     }
 
-    fn wait_in_sync(&self) {
+    pub(crate) fn wait_in_sync(&self) {
         wait_for(|| {
             let status = self.status();
             status["peer_connected"] == true && status["in_sync"] == true
@@ -112,7 +112,7 @@ impl Drop for Node {
     }
 }
 
-fn wait_for(mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !condition() {
         assert!(
@@ -124,7 +124,7 @@ fn wait_for(mut condition: impl FnMut() -> bool) {
 }
 
 /// A signed publish: (status, durability header, body); (0, ..) when the node is gone.
-fn publish(addr: SocketAddr, channel: &str, data: &str) -> (u16, String, String) {
+pub(crate) fn publish(addr: SocketAddr, channel: &str, data: &str) -> (u16, String, String) {
     let response = post_events_raw(
         addr,
         &json!({"name": "e", "channels": [channel], "data": data}),
@@ -142,7 +142,7 @@ fn publish(addr: SocketAddr, channel: &str, data: &str) -> (u16, String, String)
 }
 
 /// The channel's history on `server`: (seq, data) in order.
-fn history(server: &Server, channel: &str) -> Vec<(u64, String)> {
+pub(crate) fn history(server: &Server, channel: &str) -> Vec<(u64, String)> {
     let path = format!("/apps/{APP_ID}/channels/{channel}/history");
     let (status, body) = server.rest("GET", &path, &[("limit", "1000")], "");
     assert_eq!(status, 200, "{body}");
@@ -158,7 +158,7 @@ fn history(server: &Server, channel: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-fn kill(server: &mut Server) {
+pub(crate) fn kill(server: &mut Server) {
     server.signal(libc::SIGKILL);
     server.wait_exit(WAIT).expect("killed");
 }
@@ -236,7 +236,7 @@ impl Rng {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|value| value.parse().ok())
@@ -448,7 +448,8 @@ fn a_lost_standby_under_load_degrades_with_no_failed_publish() {
 #[test]
 fn subscribers_see_an_event_only_once_the_standby_has_it() {
     let (a, b) = (Node::new("gate", "a"), Node::new("gate", "b"));
-    let extra = "standby_timeout_ms = 1500\non_standby_loss = \"degrade\"";
+    // Long enough that a loaded machine does not declare the standby lost by itself.
+    let extra = "standby_timeout_ms = 3000\non_standby_loss = \"degrade\"";
     let primary = a.start(&b, "primary", extra);
     let standby = b.start(&a, "standby", extra);
     b.wait_in_sync();
@@ -456,6 +457,7 @@ fn subscribers_see_an_event_only_once_the_standby_has_it() {
     client.subscribe("gated");
     assert_eq!(publish(primary.addr, "gated", "1").0, 200);
     assert_eq!(client.recv_event()["data"], "1");
+    assert_eq!(a.status()["standby_lost"], false);
     standby.signal(libc::SIGSTOP);
     let addr = primary.addr;
     let publisher = std::thread::spawn(move || publish(addr, "gated", "2"));
