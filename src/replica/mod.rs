@@ -8,6 +8,7 @@
 pub mod admin;
 mod dial;
 pub mod epoch;
+pub mod lag;
 pub mod link;
 pub mod promote;
 mod serve;

@@ -130,6 +130,7 @@ pub fn status(link: &Link) -> Value {
         "in_sync": shared.in_sync(),
         "lag_records": shared.lag_records.load(Ordering::Relaxed),
         "lag_ms": shared.lag_ms.load(Ordering::Relaxed),
+        "lag_measured": lag_measured(&shared.lag.snapshot()),
         "standby_lost": shared.role() == Role::Primary && shared.standby_lost(),
         "on_standby_loss": shared.config.on_standby_loss,
         "ack": shared.config.ack,
@@ -140,5 +141,17 @@ pub fn status(link: &Link) -> Value {
             "full": shared.resyncs_full.load(Ordering::Relaxed),
         },
         "streams": streams,
+    })
+}
+
+/// The lag histogram since start, summarized: records measured, the bucket bounds (µs) under
+/// which half and 99% of them fall, the largest lag seen, batches not measured.
+fn lag_measured(lag: &super::lag::LagSnapshot) -> Value {
+    json!({
+        "records": lag.records,
+        "p50_us_at_most": lag.quantile_bound_us(0.5),
+        "p99_us_at_most": lag.quantile_bound_us(0.99),
+        "max_us": lag.max_us,
+        "unmeasured_batches": lag.unmeasured,
     })
 }
