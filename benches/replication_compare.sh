@@ -11,7 +11,7 @@
 #   2. the same open loop at RATE (default 10,000) publishes/s: p50/p99;
 #   3. during each open-loop run, the primary's `ringcast_replication_lag_seconds` histogram
 #      (per record: link read → standby's ack of receipt), scraped before and after: p50/p99.
-# Then FAILOVER_RUNS (default 12) failovers, each on a fresh pair: a publisher on the primary
+# Then FAILOVER_RUNS (default 20) failovers, each on a fresh pair: a publisher on the primary
 # (`ack = "replica"`, 2,000/s), kill -9 of the primary, at once `ringcast promote --force` on
 # the standby, and a publisher retrying on the standby's port until its first 200: the time
 # from the kill to that 200.
@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNS=${RUNS:-3}
-FAILOVER_RUNS=${FAILOVER_RUNS:-12}
+FAILOVER_RUNS=${FAILOVER_RUNS:-20}
 RATE=${RATE:-10000}
 OPEN_CONNECTIONS=${OPEN_CONNECTIONS:-256}
 # CPUs: the primary (and the wal-only reference), the standby, the load generator.
@@ -196,13 +196,14 @@ while True:
 out, err = promote.communicate(timeout=10)
 promoted = time.monotonic()
 try:
-    took_ms = json.loads(out)["took_ms"]
+    answer = json.loads(out)
+    took_ms, store_ms = answer["took_ms"], answer.get("epoch_store_ms")
 except (ValueError, KeyError):
-    took_ms = None
+    took_ms, store_ms = None, None
 print(json.dumps({
     "kill_to_first_200_ms": None if first_ok is None else round((first_ok - killed) * 1e3, 2),
     "kill_to_promote_exit_ms": round((promoted - killed) * 1e3, 2),
-    "promote_took_ms": took_ms, "promote_stderr": err.decode(errors="replace").strip(),
+    "promote_took_ms": took_ms, "epoch_store_ms": store_ms, "promote_stderr": err.decode(errors="replace").strip(),
     "attempts": attempts, "statuses": statuses, "durability": durability,
 }))
 PY
@@ -287,6 +288,7 @@ table["failover"] = {
     "p50_ms": statistics.median(times) if times else None, "p99_ms": pct(times, 0.99),
     "max_ms": times[-1] if times else None, "all_ms": times,
     "promote_took_ms": sorted(f["promote_took_ms"] for f in fails if f and f["promote_took_ms"] is not None),
+    "epoch_store_ms": sorted(f.get("epoch_store_ms") for f in fails if f and f.get("epoch_store_ms") is not None),
     "durability": sorted({f["durability"] for f in fails if f}),
 }
 json.dump(table, open(f"{out}/results.json", "w"), indent=2)
@@ -311,7 +313,7 @@ f = table["failover"]
 lines += ["", f"Kill → first 200 on the promoted node ({f['runs']} runs, {f['failed']} without a 200 "
           f"in 10 s): p50 {cell(f['p50_ms'], '{:.1f}')} ms, p99 {cell(f['p99_ms'], '{:.1f}')} ms, "
           f"max {cell(f['max_ms'], '{:.1f}')} ms; all: {f['all_ms']}; promotion's own took_ms: "
-          f"{f['promote_took_ms']}; first 200 said {f['durability']}."]
+          f"{f['promote_took_ms']}; of which the epoch file's syncs: {f['epoch_store_ms']}; first 200 said {f['durability']}."]
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
