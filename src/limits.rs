@@ -207,6 +207,9 @@ pub const REPL_IO_TIMEOUT_MS: u64 = 2_000;
 pub const REPL_REDIAL_MS: u64 = 200;
 /// How long a standby waits for its cores to carry out a promotion.
 pub const REPL_PROMOTE_WAIT_MS: u64 = 5_000;
+/// Batches per stream the primary keeps a send time for until the standby acknowledges them
+/// (the lag histogram); a batch sent while this many wait is not measured.
+pub const REPL_LAG_BATCHES_MAX: usize = 4_096;
 /// The zeros written per call when a segment is zero-filled (`fsync = "always"`).
 pub const WAL_ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
 /// While the disk is full, a writer tries to create its next segment at most this often.

@@ -426,6 +426,7 @@ impl Metrics {
             "Promotions of this node to primary",
             load(&shared.promotions),
         )?;
+        encode_replication_lag(e, &shared.lag.snapshot())?;
         encode_failover(e, shared)
     }
 }
@@ -462,6 +463,43 @@ fn encode_failover(
         ConstCounter::new(value).encode(family.encode_family(&[("cause", cause)])?)?;
     }
     Ok(())
+}
+
+/// The primary's per-record replication lag (`replica::lag`) as a Prometheus histogram.
+fn encode_replication_lag(
+    e: &mut DescriptorEncoder,
+    lag: &crate::replica::lag::LagSnapshot,
+) -> Result<(), std::fmt::Error> {
+    // Per-bucket counts: the encoder makes them cumulative.
+    let buckets: Vec<(f64, u64)> = lag
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(index, &count)| {
+            let bound = crate::replica::lag::LAG_BUCKETS_US
+                .get(index)
+                .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+            (bound, count)
+        })
+        .collect();
+    let mut metric = e.encode_descriptor(
+        "ringcast_replication_lag_seconds",
+        "Primary: per record, the time from the link reading it for the standby to the standby's ack that it is in its WAL file",
+        None,
+        MetricType::Histogram,
+    )?;
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        lag.sum_us as f64 / 1e6,
+        lag.records,
+        &buckets,
+        None,
+    )?;
+    counter(
+        e,
+        "ringcast_replication_lag_unmeasured_batches",
+        "Primary: batches sent while too many waited for an ack, left out of the lag histogram",
+        lag.unmeasured,
+    )
 }
 
 impl Metrics {
@@ -596,15 +634,14 @@ impl Metrics {
     fn encode_loops(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         {
             let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
-            let mut cumulative = 0;
+            // Per-bucket counts: the encoder makes them cumulative.
             for (index, bound) in LATENCY_BUCKETS
                 .iter()
                 .copied()
                 .chain([f64::INFINITY])
                 .enumerate()
             {
-                cumulative += self.sum(|c| &c.latency_buckets[index]);
-                buckets.push((bound, cumulative));
+                buckets.push((bound, self.sum(|c| &c.latency_buckets[index])));
             }
             let sum = self.sum(|c| &c.latency_sum_us) as f64 / 1e6;
             let count = self.sum(|c| &c.latency_count);
@@ -784,15 +821,14 @@ impl Metrics {
             load(&stats.pending) as i64,
         )?;
         let mut buckets = Vec::with_capacity(DELIVERY_LATENCY_BUCKETS.len() + 1);
-        let mut cumulative = 0;
+        // Per-bucket counts: the encoder makes them cumulative.
         for (index, bound) in DELIVERY_LATENCY_BUCKETS
             .iter()
             .copied()
             .chain([f64::INFINITY])
             .enumerate()
         {
-            cumulative += load(&stats.latency_buckets[index]);
-            buckets.push((bound, cumulative));
+            buckets.push((bound, load(&stats.latency_buckets[index])));
         }
         let sum = load(&stats.latency_sum_ms) as f64 / 1e3;
         let count = load(&stats.latency_count);
@@ -806,5 +842,73 @@ impl Metrics {
             sum, count, &buckets, None,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::replica::{ReplicaShared, Role};
+
+    /// The value of the sample line `name` in `text`.
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    // Every histogram's buckets are cumulative once, so the +Inf bucket is its count (the
+    // encoder adds them up itself: counts handed to it already cumulative would be summed
+    // twice).
+    #[test]
+    fn histogram_buckets_end_at_their_count() {
+        let control = Arc::new(Control::new(2));
+        let mesh = Arc::new(Mesh::new(2).unwrap());
+        let metrics = Arc::new(Metrics::new(control, mesh));
+        for (core, index) in [(0, 0), (0, 3), (1, 3), (1, LATENCY_BUCKETS.len())] {
+            metrics.cores[core].latency_buckets[index].fetch_add(1, Ordering::Relaxed);
+            metrics.cores[core]
+                .latency_count
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.webhooks.latency(3);
+        metrics.webhooks.latency(40);
+        let shared = Arc::new(ReplicaShared::new(
+            crate::config::ReplicationConfig::default(),
+            2,
+            Role::Primary,
+            1,
+        ));
+        shared.lag.restart(1, 1);
+        shared.lag.sent(1, 3, 0);
+        shared.lag.sent(1, 4, 100);
+        shared.lag.acked(1, 4, 700);
+        metrics.replica.set(shared).unwrap();
+        let text = metrics.render();
+        for (name, count) in [
+            ("ringcast_publish_to_write_seconds", 4.0),
+            ("ringcast_webhooks_delivery_seconds", 2.0),
+            ("ringcast_replication_lag_seconds", 4.0),
+        ] {
+            assert_eq!(sample(&text, &format!("{name}_count")), count, "{text}");
+            let inf = format!("{name}_bucket{{le=\"+Inf\"}}");
+            assert_eq!(sample(&text, &inf), count, "{text}");
+        }
+        // Three records waited 700 µs, one 600 µs: all in (500 µs, 750 µs].
+        let lag = "ringcast_replication_lag_seconds_bucket";
+        assert_eq!(sample(&text, &format!("{lag}{{le=\"0.0005\"}}")), 0.0);
+        assert_eq!(sample(&text, &format!("{lag}{{le=\"0.00075\"}}")), 4.0);
+        assert_eq!(
+            sample(&text, "ringcast_replication_lag_seconds_sum"),
+            0.0027
+        );
+        // The publish latency: one record in the first bucket, two in the fourth.
+        let publish = "ringcast_publish_to_write_seconds_bucket";
+        assert_eq!(sample(&text, &format!("{publish}{{le=\"0.00005\"}}")), 1.0);
+        assert_eq!(sample(&text, &format!("{publish}{{le=\"0.0005\"}}")), 3.0);
     }
 }

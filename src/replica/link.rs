@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::sync::Parker;
 
@@ -46,6 +46,8 @@ pub struct Link {
     pub superseded: AtomicU64,
     /// The last epoch the ack thread announced.
     pub superseded_sent: AtomicU64,
+    /// The origin of `now_us` (the lag histogram's times).
+    started: Instant,
 }
 
 impl std::fmt::Debug for Link {
@@ -94,11 +96,17 @@ impl Link {
             webhooks,
             superseded: AtomicU64::new(0),
             superseded_sent: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
     pub fn now_ms(&self) -> u64 {
         self.control.now_ms()
+    }
+
+    /// Microseconds since the link was made, for the lag histogram (both link threads read it).
+    pub fn now_us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     pub fn stopping(&self) -> bool {

@@ -11,6 +11,7 @@ pub mod admin;
 mod dial;
 pub mod epoch;
 pub mod failover;
+pub mod lag;
 pub mod link;
 pub mod promote;
 mod serve;

@@ -237,7 +237,8 @@ fn stream_to(link: &Arc<Link>, wire: Wire, plans: &[StreamPlan]) -> std::io::Res
     let session = link.session.load(Ordering::Acquire);
     // The standby's copy restarts where the plan says: acknowledgements of an earlier session
     // (or of a stream it had to cut) count no more.
-    for (slot, plan) in shared.streams.iter().zip(plans) {
+    for (index, (slot, plan)) in shared.streams.iter().zip(plans).enumerate() {
+        shared.lag.restart(index, plan.from_lsn);
         let held = plan.from_lsn.saturating_sub(1);
         slot.peer_received.store(held, Ordering::Release);
         // Its first ack says how much of that it has synced.
@@ -300,11 +301,15 @@ fn send_streams(
                 continue;
             }
             batch.clear();
+            let read_at_us = link.now_us();
             match tail.read(upto, limits::REPL_SEND_BATCH_BYTES, &mut batch) {
                 Ok(0) => {}
                 Ok(_) => {
                     let stream = u16::try_from(index).expect("cores fit u16");
                     let bytes = bytes::Bytes::copy_from_slice(&batch);
+                    shared
+                        .lag
+                        .sent(index, tail.next_lsn().saturating_sub(1), read_at_us);
                     wire.send(&Message::Records { stream, bytes })?;
                     sent = true;
                 }
@@ -385,6 +390,9 @@ fn read_acks(link: &Link, mut wire: Wire, session: u64) {
                 let Some(slot) = shared.streams.get(usize::from(stream)) else {
                     continue;
                 };
+                shared
+                    .lag
+                    .acked(usize::from(stream), received_lsn, link.now_us());
                 let before = slot.peer_received.fetch_max(received_lsn, Ordering::AcqRel);
                 let before_durable = slot.peer_durable.fetch_max(durable_lsn, Ordering::AcqRel);
                 let core = usize::from(stream);

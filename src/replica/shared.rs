@@ -102,6 +102,8 @@ pub struct ReplicaShared {
     pub promotions: AtomicU64,
     pub resyncs_partial: AtomicU64,
     pub resyncs_full: AtomicU64,
+    /// Primary: per-record lag from the link writer's read to the standby's ack of receipt.
+    pub lag: super::lag::LagTracker,
     /// Wakes the link's writer (new records written, acks to send).
     waker: Unparker,
     parker: Mutex<Option<Parker>>,
@@ -148,6 +150,7 @@ impl ReplicaShared {
             promotions: AtomicU64::new(0),
             resyncs_partial: AtomicU64::new(0),
             resyncs_full: AtomicU64::new(0),
+            lag: super::lag::LagTracker::new(cores),
             waker,
             parker: Mutex::new(Some(parker)),
         };

@@ -201,11 +201,21 @@ fn a_standby_follows_refuses_clients_and_takes_over() {
         409,
         "a standby of a live primary is not promoted by default"
     );
+    // Each acknowledged publish's record was measured on its way to the standby before its
+    // acknowledgement released the publish.
+    let lag = &a.status()["lag_measured"];
+    assert!(lag["records"].as_u64().unwrap() >= 20, "{lag}");
+    assert!(lag["p99_us_at_most"].as_u64().is_some(), "{lag}");
     kill(&mut primary);
     let promoted = b.promote_after_kill();
     assert_eq!(
         (promoted["role"].clone(), promoted["epoch"].clone()),
         (json!("primary"), json!(2))
+    );
+    let (took, stored) = (&promoted["took_ms"], &promoted["epoch_store_ms"]);
+    assert!(
+        took.as_u64().unwrap() >= stored.as_u64().unwrap(),
+        "{promoted}"
     );
     let expected: Vec<(u64, String)> = (1..=20).map(|n| (n, format!("m{n}"))).collect();
     assert_eq!(history(&standby, "room"), expected);
