@@ -638,7 +638,7 @@ impl Shard {
 
     fn acknowledge(&mut self, durable: Durable) {
         self.release_gated(&durable);
-        self.owner.committed(durable);
+        self.owner.committed(durable, self.now);
         self.run_owner_effects();
     }
 

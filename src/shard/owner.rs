@@ -901,7 +901,10 @@ impl Owner {
     /// The driver committed the journal (or the standby acknowledged more): every barrier
     /// whose records reached what its app asked for is answered. One waiting for a standby
     /// that is lost, or for longer than `standby_timeout_ms`, follows `on_standby_loss`.
-    pub fn committed(&mut self, durable: Durable) {
+    pub fn committed(&mut self, durable: Durable, now: Now) {
+        // The commit's own time: the lease and the timeouts are judged now, never at the time
+        // of the last apply (a node paused in between must not answer from before the pause).
+        self.now = now;
         let timeout_ms = self.config.replication.standby_timeout_ms;
         let policy = self.config.replication.on_standby_loss;
         let mut index = 0;
@@ -2008,11 +2011,14 @@ mod tests {
             NOW,
             &mut journal,
         );
-        owner.committed(Durable {
-            lsn: 0,
-            durability: Durability::Written,
-            replica: None,
-        });
+        owner.committed(
+            Durable {
+                lsn: 0,
+                durability: Durability::Written,
+                replica: None,
+            },
+            NOW,
+        );
         assert_eq!(acks(&mut owner), [AckOutcome::Durable(Durability::Written)]);
         assert_eq!(owner.take_refused_client_events(), 1);
         owner.refuse(0, false, PublishRefusal::Busy);
@@ -2065,20 +2071,66 @@ mod tests {
             &mut journal,
         );
         assert!(acks(&mut owner).is_empty(), "waits for the commit");
-        owner.committed(Durable {
-            lsn: 1,
-            durability: Durability::Written,
-            replica: None,
-        });
+        owner.committed(
+            Durable {
+                lsn: 1,
+                durability: Durability::Written,
+                replica: None,
+            },
+            NOW,
+        );
         assert!(acks(&mut owner).is_empty(), "its record is lsn 2");
-        owner.committed(Durable {
-            lsn: 2,
-            durability: Durability::Fsynced,
-            replica: None,
-        });
+        owner.committed(
+            Durable {
+                lsn: 2,
+                durability: Durability::Fsynced,
+                replica: None,
+            },
+            NOW,
+        );
         assert_eq!(acks(&mut owner), [AckOutcome::Durable(Durability::Fsynced)]);
         let page = owner.histories.page(&ChannelKey::new(0, "a"), 0, 10);
         assert_eq!(page.last_seq, 2, "sequences continue without a gap");
+    }
+
+    // Regression (the SIGSTOP drill on CI): a commit judged the lease with the owner's clock of
+    // its last apply, so a primary paused after taking a publish and resumed after its lease
+    // ended answered it 200 from before the pause.
+    #[test]
+    fn a_commit_judges_the_lease_at_its_own_time() {
+        let mut owner = owner(false);
+        let mut journal = MemJournal::default();
+        owner.apply(0, publish("a", "\"1\"", false), NOW, &mut journal);
+        owner.apply(
+            0,
+            ShardMessage::Barrier {
+                query: query(1),
+                ack: crate::config::AckMode::Replica,
+            },
+            NOW,
+            &mut journal,
+        );
+        let resumed = Now {
+            mono_ms: NOW.mono_ms + 5_000,
+            ..NOW
+        };
+        owner.committed(
+            Durable {
+                lsn: 1,
+                durability: Durability::Written,
+                replica: Some(ReplicaView {
+                    received_lsn: 1,
+                    durable_lsn: 1,
+                    lost: false,
+                    lease_until_ms: Some(NOW.mono_ms + 500),
+                }),
+            },
+            resumed,
+        );
+        assert_eq!(
+            acks(&mut owner),
+            [AckOutcome::Refused(PublishRefusal::NoLease)]
+        );
     }
 
     #[test]
