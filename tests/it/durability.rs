@@ -223,15 +223,19 @@ fn an_fsync_error_stops_the_process_before_it_acknowledges() {
 }
 
 /// A small tmpfs mounted for one test (root only), unmounted on drop.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(pub(crate) PathBuf);
 
 impl Tmpfs {
     fn mount(name: &str, size: &str) -> Option<Tmpfs> {
+        Tmpfs::mount_at(data_dir(name), size)
+    }
+
+    /// Mounts one on the existing directory `dir`; None when not root or the mount fails.
+    pub(crate) fn mount_at(dir: PathBuf, size: &str) -> Option<Tmpfs> {
         // SAFETY: getuid(2) has no arguments and cannot fail.
         if unsafe { libc::getuid() } != 0 {
             return None;
         }
-        let dir = data_dir(name);
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(&dir)
@@ -249,7 +253,7 @@ impl Drop for Tmpfs {
 }
 
 /// Fills the filesystem of `dir` with one file, as far as it goes.
-fn fill(dir: &Path) -> PathBuf {
+pub(crate) fn fill(dir: &Path) -> PathBuf {
     use std::io::Write;
     let path = dir.join("filler");
     let mut file = std::fs::File::create(&path).unwrap();

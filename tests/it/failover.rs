@@ -8,8 +8,10 @@
 //! (2) SIGSTOP of the primary (`RINGCAST_DRILL_STOP_MS`, default 2000) then SIGCONT: the old
 //! primary acknowledges nothing once resumed and steps down; (3) the witness down: the primary
 //! answers 503 "no lease" within the lease, resumes when the witness is back, and nobody is
-//! promoted. Not here (issue 14): drills needing network namespaces (a cut link, an isolated
-//! primary, packet loss), a full disk, the reconnect storm and planned switchover.
+//! promoted; (6) the primary's disk full (a small tmpfs, root only): nothing acknowledged that
+//! was not persisted, and the standby takes over with every acknowledged publish. Not here
+//! (issue 14): drills needing network namespaces (a cut link, an isolated primary, packet loss),
+//! the reconnect storm and planned switchover.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -354,4 +356,66 @@ fn drill_the_witness_down_the_primary_stops_acknowledging_and_nobody_is_promoted
     );
     trio.clean();
     let _ = std::fs::remove_dir_all(&witness_dir);
+}
+
+// Drill 6. Property: a primary whose disk is full acknowledges nothing it could not persist
+// (503 "Storage is full"), every publish it did acknowledge is on the standby, and the standby
+// takes over when the primary is killed (the witness promotes it) with all of them. Figure: how
+// many were acknowledged before the disk filled. Needs root for the tmpfs; without it the test
+// says so and the disk-full path is covered by the journal's fault-injecting storage tests.
+#[test]
+fn drill_a_full_disk_on_the_primary_acknowledges_nothing_unpersisted_and_the_standby_takes_over() {
+    use crate::durability::{Tmpfs, fill};
+    let witness_port = fixed_port();
+    let _witness = WitnessProcess::start(witness_port, None);
+    let (a, b) = (Node::new("drill-full", "a"), Node::new("drill-full", "b"));
+    let Some(tmpfs) = Tmpfs::mount_at(a.dir.clone(), "2m") else {
+        eprintln!("not root (or no tmpfs): the full-disk drill needs a small tmpfs; skipped");
+        return;
+    };
+    let extra = format!("witness = \"127.0.0.1:{witness_port}\"\nstandby_timeout_ms = 300");
+    // Small segments, so that the primary's log fits the small tmpfs until it is filled.
+    let small = |text: String| {
+        text.replace(
+            "[storage]\n",
+            "[storage]\nsegment_bytes = 65536\nretain_bytes_max = 1048576\n",
+        )
+    };
+    let (mut primary, _) =
+        Server::launch(&small(a.config(&b, "primary", SECRET, &extra)), &[], false);
+    let (standby, _) = Server::launch(&small(b.config(&a, "standby", SECRET, &extra)), &[], false);
+    b.wait_in_sync();
+    wait_for(|| publish(primary.addr, "warmup", "x").0 == 200);
+    let filler = fill(&tmpfs.0);
+    let mut acked = Vec::new();
+    let refused = (0..5_000).find_map(|n| {
+        let (status, durability, body) =
+            publish(primary.addr, "full", &format!("{n:04}-{}", "x".repeat(200)));
+        if status == 200 {
+            assert_eq!(durability, "replica-received", "{body}");
+            acked.push(n);
+            return None;
+        }
+        Some((status, body))
+    });
+    let (status, body) = refused.expect("the primary's disk filled up");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Storage is full"), "{body}");
+    kill(&mut primary);
+    wait_for(|| publish(standby.addr, "after", "x").0 == 200);
+    let held: Vec<u64> = history(&standby, "full")
+        .iter()
+        .map(|(_, data)| data[..4].parse().unwrap())
+        .collect();
+    assert_eq!(
+        held, acked,
+        "the standby holds exactly what was acknowledged"
+    );
+    println!(
+        "drill full disk: {} publishes acknowledged before the primary's disk filled, all on \
+         the standby, which the witness promoted",
+        acked.len()
+    );
+    drop(filler);
+    drop(tmpfs);
 }
