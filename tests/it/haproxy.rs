@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::compat::{NEEDS_NODE, Script, compat_dir, install_packages, stderr_tail, tool_version};
+use crate::replication::Node;
 use crate::support::*;
 
 const NEEDS_HAPROXY: &str =
@@ -41,75 +42,32 @@ const STEP_LIMIT: Duration = Duration::from_secs(30);
 /// The app under test: sequence numbers on, so the plugin can resume.
 const APP: &str = "event_sequence = true";
 
-/// One node: its data directory and fixed replication and admin ports (the peer must know them).
-struct Node {
-    name: &'static str,
-    dir: PathBuf,
-    repl: u16,
-    admin: u16,
+/// Starts `node` as `configs/primary.toml` and `configs/standby.toml` do, on loopback, with
+/// an app that numbers its events.
+fn start(node: &Node, peer: &Node, role: &str) -> Server {
+    let replication = "ack = \"replica\"\nstandby_timeout_ms = 1000\non_standby_loss = \"degrade\"";
+    Server::with_config_text(&format!(
+        "{}{APP}\n",
+        node.config(peer, role, SECRET, replication)
+    ))
 }
 
-impl Node {
-    fn new(name: &'static str) -> Node {
-        let dir = std::env::temp_dir().join(format!(
-            "ringcast-failover-e2e-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Node {
-            name,
-            dir,
-            repl: fixed_port(),
-            admin: fixed_port(),
-        }
-    }
-
-    fn admin_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.admin)
-    }
-
-    /// As `configs/primary.toml` and `configs/standby.toml`, on loopback.
-    fn start(&self, peer: &Node, role: &str) -> Server {
-        Server::with_config_text(&format!(
-            "version = 1\n\n[server]\nbind = \"127.0.0.1:0\"\ncores = 2\npin_threads = false\n\n\
-             [storage]\ndir = \"{}\"\nfsync = \"interval\"\n\n\
-             [history]\nevents_per_channel_max = 1000\n\n\
-             [replication]\nnode_id = \"{}\"\nlisten = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n\
-             initial_role = \"{role}\"\nsecret = \"{SECRET}\"\nack = \"replica\"\n\
-             standby_timeout_ms = 1000\non_standby_loss = \"degrade\"\n\n\
-             [admin]\nbind = \"{}\"\n\n\
-             [[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{APP}\n",
-            self.dir.display(),
-            self.name,
-            self.repl,
-            peer.repl,
-            self.admin_addr(),
-        ))
-    }
-
-    /// `ringcast CMD --admin ADDR`: the JSON it printed, or None when it exited non-zero.
-    fn admin(&self, command: &str) -> Option<Value> {
-        let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args([command, "--admin", &self.admin_addr()])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        output
-            .status
-            .success()
-            .then(|| serde_json::from_slice(&output.stdout).unwrap())
-    }
-
-    fn status(&self) -> Value {
-        self.admin("status").expect("ringcast status")
-    }
+/// `ringcast CMD --admin ADDR` for `node`: the JSON it printed, or None when it exited non-zero.
+fn ringcast_admin(node: &Node, command: &str) -> Option<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args([command, "--admin", &node.admin_addr().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).unwrap())
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `ringcast status --admin ADDR`, as the runbook has the operator look.
+fn cli_status(node: &Node) -> Value {
+    ringcast_admin(node, "status").expect("ringcast status")
 }
 
 /// The HAProxy binary and its version line: `HAPROXY`, else `haproxy` on PATH, else Debian's
@@ -281,14 +239,14 @@ fn unix_ms() -> u64 {
 /// `ringcast promote` (no `--force`: the primary is dead, the standby knows it).
 fn promote_by_runbook(standby: &Node) -> Value {
     let deadline = Instant::now() + WAIT;
-    while standby.status()["peer_connected"] != false {
+    while cli_status(standby)["peer_connected"] != false {
         assert!(
             Instant::now() < deadline,
             "the standby still hears its killed primary"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    standby.admin("promote").expect("ringcast promote")
+    ringcast_admin(standby, "promote").expect("ringcast promote")
 }
 
 /// The kill point: this long after the script said it is publishing (seeded, printed).
@@ -315,11 +273,11 @@ fn failover_through_haproxy_with_pusher_js_and_the_resume_plugin() {
     let context = format!("RINGCAST_E2E_SEED={seed} (kill {delay:?} into the publishes)");
     eprintln!("failover: {context}");
 
-    let (a, b) = (Node::new("a"), Node::new("b"));
-    let mut primary = a.start(&b, "primary");
-    let standby = b.start(&a, "standby");
+    let (a, b) = (Node::new("haproxy", "a"), Node::new("haproxy", "b"));
+    let mut primary = start(&a, &b, "primary");
+    let standby = start(&b, &a, "standby");
     let deadline = Instant::now() + WAIT;
-    while b.status()["in_sync"] != true {
+    while cli_status(&b)["in_sync"] != true {
         assert!(Instant::now() < deadline, "the standby never got in sync");
         std::thread::sleep(Duration::from_millis(10));
     }

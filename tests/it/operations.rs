@@ -20,7 +20,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::support::{
     APP_ID, APP_KEY, APP_SECRET, Client, METRICS_ON, Options, Server, WAIT, config_text, get, http,
-    metric, scrape, signed_query, unix_now, vm_rss_kb,
+    metric, scrape, signed_events_path, signed_query, unix_now, vm_rss_kb,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -54,18 +54,8 @@ fn scraped(metrics: SocketAddr, series: &str) -> f64 {
 
 /// A signed POST of `body` to an app's `/events`, from any thread; returns (status, body).
 fn publish(addr: SocketAddr, body: &Value) -> (u16, String) {
-    let path = format!("/apps/{APP_ID}/events");
     let body = body.to_string();
-    let query = signed_query(
-        "POST",
-        &path,
-        &[],
-        body.as_bytes(),
-        APP_KEY,
-        APP_SECRET,
-        unix_now(),
-    );
-    http(addr, "POST", &format!("{path}?{query}"), &body)
+    http(addr, "POST", &signed_events_path(&body), &body)
 }
 
 /// How one WebSocket connection attempt ended.

@@ -207,11 +207,9 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, S
     parse_response(&response)
 }
 
-/// A signed POST of `body` to the app's `/events` on a fresh connection: the raw response,
-/// headers included ("" when the server is gone or resets the connection).
-pub fn post_events_raw(addr: SocketAddr, body: &Value) -> String {
+/// The app's `/events` path with the signed query for POSTing `body` now.
+pub fn signed_events_path(body: &str) -> String {
     let path = format!("/apps/{APP_ID}/events");
-    let body = body.to_string();
     let query = signed_query(
         "POST",
         &path,
@@ -221,8 +219,16 @@ pub fn post_events_raw(addr: SocketAddr, body: &Value) -> String {
         APP_SECRET,
         unix_now(),
     );
+    format!("{path}?{query}")
+}
+
+/// A signed POST of `body` to the app's `/events` on a fresh connection: the raw response,
+/// headers included ("" when the server is gone or resets the connection).
+pub fn post_events_raw(addr: SocketAddr, body: &Value) -> String {
+    let body = body.to_string();
+    let path = signed_events_path(&body);
     let request = format!(
-        "POST {path}?{query} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let Ok(mut stream) = TcpStream::connect(addr) else {

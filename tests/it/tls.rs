@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
 use crate::support::{
-    APP_ID, APP_KEY, APP_SECRET, METRICS_ON, Options, Server, WAIT, config_text, metric,
-    parse_response, scrape, signed_query, unix_now,
+    APP_KEY, METRICS_ON, Options, Server, WAIT, config_text, metric, parse_response, scrape,
+    signed_events_path, unix_now,
 };
 
 /// A certificate that expired on 2020-01-02 (self-signed, CN=localhost; `openssl ca -selfsign
@@ -251,20 +251,6 @@ fn tls_server(cert: &Path, key: &Path, extra: &str) -> (Server, SocketAddr, Sock
     (server, metrics.unwrap(), tls)
 }
 
-fn publish_signed_path(body: &str) -> String {
-    let path = format!("/apps/{APP_ID}/events");
-    let query = signed_query(
-        "POST",
-        &path,
-        &[],
-        body.as_bytes(),
-        APP_KEY,
-        APP_SECRET,
-        unix_now(),
-    );
-    format!("{path}?{query}")
-}
-
 #[test]
 fn websocket_rest_and_health_work_over_tls_1_2_and_1_3() {
     let ca = TestCa::new("basic");
@@ -289,7 +275,7 @@ fn websocket_rest_and_health_work_over_tls_1_2_and_1_3() {
         subscribe(&mut ws, "news");
         // Published over https, delivered over wss.
         let body = json!({"name":"e","channel":"news","data":"over tls"}).to_string();
-        let (status, text) = https(tls, &client, "POST", &publish_signed_path(&body), &body);
+        let (status, text) = https(tls, &client, "POST", &signed_events_path(&body), &body);
         assert_eq!(status, 200, "{text}");
         let event = read_event(&mut ws);
         assert_eq!(event["data"], "over tls", "{event}");
