@@ -5,8 +5,8 @@
 //! from the kill to the first acknowledged publish on the new primary over
 //! `RINGCAST_DRILL_RUNS` runs (default 20, the minimum), p99 printed, only a 10 s
 //! sanity bound asserted;
-//! (2) SIGSTOP of the primary (`RINGCAST_DRILL_STOP_MS`, default 2000) then SIGCONT: the old
-//! primary acknowledges nothing once resumed and steps down; (3) the witness down: the primary
+//! (2) SIGSTOP of the primary (`RINGCAST_DRILL_STOP_MS`, default 5000, the figure)
+//! then SIGCONT: the old primary acknowledges nothing once resumed and steps down; (3) the witness down: the primary
 //! answers 503 "no lease" within the lease, resumes when the witness is back, and nobody is
 //! promoted; (6) the primary's disk full (a small tmpfs, root only): nothing acknowledged that
 //! was not persisted, and the standby takes over with every acknowledged publish. Not here
@@ -230,7 +230,7 @@ fn kill_run(run: u64) -> u64 {
 // how long after SIGCONT it was a standby.
 #[test]
 fn drill_sigstop_the_primary_it_acknowledges_nothing_after_and_steps_down() {
-    let stop_ms = env_u64("RINGCAST_DRILL_STOP_MS", 2_000).max(1_500);
+    let stop_ms = env_u64("RINGCAST_DRILL_STOP_MS", 5_000).max(1_500);
     let trio = start_trio("drill-stop", None);
     // One publisher, one request in flight, its outcome and when it was answered.
     let stop = Arc::new(AtomicBool::new(false));
