@@ -392,6 +392,16 @@ fn reload(
         tracing::warn!("[storage] changes only with a restart; keeping the running values");
         next.storage = current.storage.clone();
     }
+    // The link, the failover thread and the cores share one view of the pair: only the ack
+    // modes (here and per app) change at once; the rest waits for a restart.
+    let mut replication = current.replication.clone();
+    replication.ack = next.replication.ack;
+    if next.replication != replication {
+        tracing::warn!(
+            "[replication] changes only with a restart, except ack; keeping the running values"
+        );
+        next.replication = replication;
+    }
     let apps = match server.apps.reloaded(&next) {
         Ok(apps) => Arc::new(apps),
         Err(error) => {

@@ -43,6 +43,13 @@ impl ReplicaGate {
         }
     }
 
+    /// A reload changed the ack modes: from now on messages are held only if some ack needs
+    /// the standby. Messages already held stay in order; when disabled, the next release lets
+    /// them all go.
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+    }
+
     /// Messages held now.
     pub fn len(&self) -> usize {
         self.held.len()
@@ -187,6 +194,24 @@ mod tests {
         let mut gate = ReplicaGate::new(true);
         gate.release(view(0, false), true, 0, 1000, &mut out);
         assert!(gate.admit(5, 0, false, 0, message(1)).is_some());
+    }
+
+    #[test]
+    fn a_reload_turns_the_gate_on_and_off() {
+        let mut out = Vec::new();
+        let mut gate = ReplicaGate::new(false);
+        gate.release(view(0, false), true, 0, 1000, &mut out);
+        assert!(gate.admit(5, 0, true, 0, message(1)).is_some());
+        gate.set_enabled(true);
+        assert!(gate.admit(6, 0, true, 0, message(2)).is_none());
+        gate.release(view(5, false), true, 1, 1000, &mut out);
+        assert!(out.is_empty(), "released before the standby had it");
+        // Turned off again: what waits goes with the next release, in order.
+        assert!(gate.admit(7, 0, true, 0, message(3)).is_none());
+        gate.set_enabled(false);
+        gate.release(view(5, false), true, 2, 1000, &mut out);
+        assert_eq!(markers(&out), [2, 3]);
+        assert_eq!(gate.len(), 0);
     }
 
     #[test]

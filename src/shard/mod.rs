@@ -1011,6 +1011,7 @@ impl Shard {
         self.owner
             .reload(Arc::clone(&reload.config), Arc::clone(&reload.apps));
         self.journal.reload(Arc::clone(&reload.apps));
+        self.gate.set_enabled(acks_need_the_standby(&reload.config));
         if let Some(tls) = &reload.tls {
             self.tls_config = Some(Arc::clone(tls));
         }

@@ -507,6 +507,60 @@ fn subscribers_see_an_event_only_once_the_standby_has_it() {
     assert_eq!(client.recv_event()["data"], "3");
 }
 
+// A reload (SIGHUP) from `ack = "local"` to `ack = "replica"` holds deliveries for the standby
+// from then on, like a start with it (the gate was switched only at start: regression).
+#[test]
+fn a_reload_to_an_ack_that_needs_the_standby_gates_deliveries() {
+    let (a, b) = (Node::new("gate-reload", "a"), Node::new("gate-reload", "b"));
+    let extra = "standby_timeout_ms = 3000\non_standby_loss = \"degrade\"";
+    let primary = a.start(&b, "primary", &format!("{extra}\nack = \"local\""));
+    let standby = b.start(&a, "standby", extra);
+    b.wait_in_sync();
+    let mut client = primary.client();
+    client.subscribe("gated");
+    let (status, durability, _) = publish(primary.addr, "gated", "1");
+    assert_eq!((status, durability.as_str()), (200, "local-written"));
+    assert_eq!(client.recv_event()["data"], "1");
+    let path = primary.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("ack = \"local\"", "ack = \"replica\"")).unwrap();
+    primary.signal(libc::SIGHUP);
+    let deadline = Instant::now() + WAIT;
+    for n in 2.. {
+        let (status, durability, _) = publish(primary.addr, "gated", &n.to_string());
+        assert_eq!(status, 200);
+        assert_eq!(client.recv_event()["data"], n.to_string());
+        if durability == "replica-received" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload did not apply: {durability}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    standby.signal(libc::SIGSTOP);
+    let addr = primary.addr;
+    let publisher = std::thread::spawn(move || publish(addr, "gated", "held"));
+    client
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    match client.ws.read() {
+        Err(tungstenite::Error::Io(error))
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("an event the standby does not have was delivered: {other:?}"),
+    }
+    client.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(client.recv_event()["data"], "held");
+    assert_eq!(publisher.join().unwrap().0, 200);
+    standby.signal(libc::SIGCONT);
+}
+
 // The old primary, restarted after a failover, comes back as a standby of the new epoch: the
 // records it wrote alone (acknowledged degraded, never replicated) are moved to `divergent/`,
 // it follows the new primary, and it serves no client.
