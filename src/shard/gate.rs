@@ -122,6 +122,8 @@ mod tests {
             durable_lsn: received_lsn,
             lost,
             lease_until_ms: None,
+            frozen: false,
+            primary: true,
         })
     }
 
