@@ -250,15 +250,22 @@ impl LeaseHolder {
                 session,
                 ..
             } if self.released && session == self.session && epoch == self.epoch => {
-                let first = !self.release_confirmed;
-                self.release_confirmed = true;
-                self.pending.clear();
-                if first {
-                    LeaseEvent::Released { epoch }
-                } else {
-                    LeaseEvent::Ignored
-                }
+                self.confirm_release(epoch)
             }
+            // A renewal sent before the release, answered after it: the witness has the
+            // release, which is all this says.
+            WitnessMessage::Refused {
+                reason: RefuseReason::Released,
+                epoch,
+                session,
+                ..
+            } if self.released && session == self.session && epoch == self.epoch => {
+                self.confirm_release(epoch)
+            }
+            WitnessMessage::Granted {
+                kind: GrantKind::Released,
+                ..
+            } => LeaseEvent::Ignored,
             WitnessMessage::Granted {
                 kind: GrantKind::Lease,
                 epoch,
@@ -288,6 +295,18 @@ impl LeaseHolder {
                 _ => LeaseEvent::Ignored,
             },
             _ => LeaseEvent::Ignored,
+        }
+    }
+
+    /// The witness has the release: said once.
+    fn confirm_release(&mut self, epoch: u64) -> LeaseEvent {
+        let first = !self.release_confirmed;
+        self.release_confirmed = true;
+        self.pending.clear();
+        if first {
+            LeaseEvent::Released { epoch }
+        } else {
+            LeaseEvent::Ignored
         }
     }
 

@@ -752,3 +752,34 @@ fn a_switchover_releases_then_promotes_the_standby_at_once() {
     a.saw_epoch(4, 1_140, &mut out);
     assert_eq!(out, vec![NodeEffect::StepDown { epoch: 4 }]);
 }
+
+/// A renewal sent before the release and refused after it (`Released`) confirms the release;
+/// it does not fence the node (which would step it down before the switchover's handover).
+#[test]
+fn a_late_refusal_as_released_confirms_the_release() {
+    let mut holder = LeaseHolder::new(config(), "a".to_owned(), 3, 7, 1);
+    let _renewal = holder.poll(1_000);
+    assert!(holder.release());
+    assert!(matches!(
+        holder.poll(1_001),
+        Some(WitnessMessage::LeaseRelease { seq: 2, .. })
+    ));
+    let refused = WitnessMessage::Refused {
+        node: "a".to_owned(),
+        reason: RefuseReason::Released,
+        epoch: 3,
+        session: 7,
+        seq: 1,
+    };
+    assert_eq!(
+        holder.on_message(&refused),
+        LeaseEvent::Released { epoch: 3 }
+    );
+    assert!(!holder.is_fenced());
+    assert_eq!(
+        holder.on_message(&refused),
+        LeaseEvent::Ignored,
+        "said once"
+    );
+    assert_eq!(holder.poll(5_000), None, "nothing more to send");
+}

@@ -164,8 +164,14 @@ impl Link {
 
     /// This node saw a higher epoch while primary: it stops serving clients at once (cores
     /// close them with 4200), persists the epoch, and follows the peer as a standby.
+    /// During a planned switchover of this node (whoever tells it first: `Promoted`, the
+    /// witness, a poke), the clients move over staggered (`step_down_after_switchover`).
     pub fn step_down(&self, epoch: u64) {
-        self.step_down_moving(epoch, 0);
+        if self.switching.load(Ordering::Acquire) {
+            self.step_down_after_switchover(epoch);
+        } else {
+            self.step_down_moving(epoch, 0);
+        }
     }
 
     /// `step_down`, the cores closing their WebSocket clients over `move_clients_ms`.

@@ -434,12 +434,8 @@ fn read_acks(link: &Link, mut wire: Wire, session: u64) {
                     epoch,
                     "replication: the standby was promoted; this node was superseded"
                 );
-                if link.switching.load(Ordering::Acquire) {
-                    // The answer to our `Handover`: the clients move over, staggered.
-                    link.step_down_after_switchover(epoch);
-                } else {
-                    link.step_down(epoch);
-                }
+                // During a switchover, the answer to our `Handover` (clients move staggered).
+                link.step_down(epoch);
                 return;
             }
             other => {
