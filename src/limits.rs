@@ -207,6 +207,19 @@ pub const REPL_IO_TIMEOUT_MS: u64 = 2_000;
 pub const REPL_REDIAL_MS: u64 = 200;
 /// How long a standby waits for its cores to carry out a promotion.
 pub const REPL_PROMOTE_WAIT_MS: u64 = 5_000;
+/// Planned switchover (`ringcast switchover`): how long the frozen primary waits for every
+/// core to see the freeze and the standby to reach lag 0 (then it unfreezes and gives up).
+pub const SWITCHOVER_CATCH_UP_MS: u64 = 2_000;
+/// Planned switchover: how long the old primary waits, after its lease release (with a
+/// witness) or its `Handover`, for the standby's `Promoted` (then it steps down anyway,
+/// refusing publishes, and reports it).
+pub const SWITCHOVER_HANDOVER_MS: u64 = 2_000;
+/// Planned switchover: the old primary's WebSocket clients are closed (4200) spread over this
+/// many ms, so they do not all reconnect to the new primary in one instant.
+pub const SWITCHOVER_MOVE_CLIENTS_MS: u64 = 1_000;
+/// Planned switchover: after the move, how long the old primary waits more before it follows
+/// the new primary (the closes' own records are written by then).
+pub const SWITCHOVER_FOLLOW_SLACK_MS: u64 = 300;
 /// Batches per stream the primary keeps a send time for until the standby acknowledges them
 /// (the lag histogram); a batch sent while this many wait is not measured.
 pub const REPL_LAG_BATCHES_MAX: usize = 4_096;

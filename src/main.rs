@@ -59,6 +59,18 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Planned switchover (upgrades, rollbacks): the primary freezes publishes, waits until its
+    /// standby has everything, hands it the epoch and moves its clients over
+    /// (POST /replication/switchover on the primary's admin endpoint).
+    Switchover {
+        /// The primary's `[admin] bind`: `host:port` or `unix:/path`.
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+        /// The node's `[admin] token`, when it has one (default: $RINGCAST_ADMIN_TOKEN, which
+        /// keeps it out of the process list).
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Promote a standby to primary (POST /replication/promote on its admin endpoint).
     Promote {
         /// The node's `[admin] bind`: `host:port` or `unix:/path`.
@@ -299,6 +311,13 @@ fn main() -> ExitCode {
         Command::Status { admin, token } => {
             let token = admin_token(token);
             admin_command(ringcast::admin::client::status(&admin, token.as_deref()))
+        }
+        Command::Switchover { admin, token } => {
+            let token = admin_token(token);
+            admin_command(ringcast::admin::client::switchover(
+                &admin,
+                token.as_deref(),
+            ))
         }
         Command::Promote {
             admin,

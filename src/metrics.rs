@@ -56,7 +56,7 @@ pub const STATUSES: [u16; 14] = [
 ];
 
 /// Why a connection or request was turned away.
-pub const REJECTIONS: [&str; 13] = [
+pub const REJECTIONS: [&str; 14] = [
     "over_capacity",
     "accept_rate",
     "app_quota",
@@ -70,6 +70,7 @@ pub const REJECTIONS: [&str; 13] = [
     "standby_unavailable",
     "standby_role",
     "no_lease",
+    "switchover",
 ];
 pub const REJECT_OVER_CAPACITY: usize = 0;
 pub const REJECT_ACCEPT_RATE: usize = 1;
@@ -91,6 +92,8 @@ pub const REJECT_STANDBY_UNAVAILABLE: usize = 10;
 pub const REJECT_STANDBY_ROLE: usize = 11;
 /// A publish refused because this primary cannot prove its lease at the witness.
 pub const REJECT_NO_LEASE: usize = 12;
+/// A publish refused because a planned switchover froze publishes on this node.
+pub const REJECT_SWITCHOVER: usize = 13;
 
 /// Why an accept failed: the process's descriptor limit, the system's, memory, anything else.
 pub const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "enomem", "other"];

@@ -103,6 +103,19 @@ pub fn promote(admin: &str, token: Option<&str>, force: bool) -> Result<String, 
     success(reply)
 }
 
+/// `ringcast switchover`: POST /replication/switchover on the primary; the answer's JSON
+/// (`freeze_ms`, the new epoch and primary), pretty-printed.
+///
+/// # Errors
+///
+/// As `status`; a refusal (409: not a primary with an in-sync standby; 503: given up) carries
+/// the server's message.
+pub fn switchover(admin: &str, token: Option<&str>) -> Result<String, AdminClientError> {
+    let target = AdminTarget::parse(admin)?;
+    let reply = request(&target, "POST", "/replication/switchover", token)?;
+    success(reply)
+}
+
 /// A 2xx body pretty-printed (when it is JSON); anything else as `AdminClientError::Status`.
 fn success(reply: AdminReply) -> Result<String, AdminClientError> {
     let json = serde_json::from_str::<serde_json::Value>(&reply.body).ok();

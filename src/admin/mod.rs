@@ -1,6 +1,6 @@
 //! The operator's admin endpoint (issue 13): replication status and promotion over a small
-//! HTTP/1.1 endpoint on an address of its own (`[admin] bind`, TCP or a unix socket), and the
-//! client that `ringcast status` and `ringcast promote` use. It owns the `AdminBackend` seam
+//! HTTP/1.1 endpoint on an address of its own (`[admin] bind`, TCP or a unix socket), planned
+//! switchover, and the client that `ringcast status|promote|switchover` use. It owns the `AdminBackend` seam
 //! (what the replication code implements), the sans-IO routing and authorization (`route.rs`),
 //! the listener thread (`server.rs`) and the client (`client.rs`).
 //!
@@ -22,6 +22,15 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn replication(&self) -> serde_json::Value;
     /// POST /replication/promote (force from `?force=true`)
     fn promote(&self, force: bool) -> Result<serde_json::Value, AdminError>;
+    /// POST /replication/switchover (planned switchover, on the primary). Refused by default.
+    ///
+    /// # Errors
+    ///
+    /// The refusal to answer (409: not a primary with an in-sync standby, or one is running;
+    /// 503: given up, with why).
+    fn switchover(&self) -> Result<serde_json::Value, AdminError> {
+        Err(AdminError::new(409, "switchover is not supported here"))
+    }
 }
 
 /// A refusal from the backend: the HTTP status to answer (a 4xx or 5xx; anything else is

@@ -190,6 +190,11 @@ pub fn handle(request: &AdminRequest, backend: &dyn AdminBackend, token: &str) -
             Err(response) => response,
         },
         ("/replication/promote", _) => AdminResponse::method_not_allowed("POST"),
+        ("/replication/switchover", "POST") => match backend.switchover() {
+            Ok(value) => AdminResponse::json(200, &value),
+            Err(error) => refusal(&error),
+        },
+        ("/replication/switchover", _) => AdminResponse::method_not_allowed("POST"),
         _ => AdminResponse::error(404, &format!("no such endpoint: {path}")),
     }
 }

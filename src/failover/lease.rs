@@ -123,6 +123,8 @@ pub enum LeaseEvent {
     /// The witness knows a higher epoch, or gave ours to another node: this node must stop
     /// acting as the primary for good.
     Fenced { epoch: u64 },
+    /// The witness confirmed the release of the lease of `epoch` (planned switchover).
+    Released { epoch: u64 },
 }
 
 /// The primary's lease: when to renew it, and whether it can prove a valid one at `now`.
@@ -138,6 +140,10 @@ pub struct LeaseHolder {
     valid_until: u64,
     last_sent: Option<u64>,
     fenced: bool,
+    /// The lease was given back (planned switchover): nothing is proven or renewed any more.
+    released: bool,
+    /// The witness confirmed the release.
+    release_confirmed: bool,
 }
 
 impl LeaseHolder {
@@ -160,6 +166,8 @@ impl LeaseHolder {
             valid_until: 0,
             last_sent: None,
             fenced: false,
+            released: false,
+            release_confirmed: false,
         }
     }
 
@@ -180,9 +188,11 @@ impl LeaseHolder {
     }
 
     /// The lease request to send now, if one is due: at once when none was sent, then every
-    /// `renew_ms`; never after the holder was fenced.
+    /// `renew_ms`; never after the holder was fenced. Once released, the release instead, at
+    /// once and then every `renew_ms` until the witness confirms it.
     pub fn poll(&mut self, now: u64) -> Option<WitnessMessage> {
         if self.fenced
+            || self.release_confirmed
             || self
                 .last_sent
                 .is_some_and(|t| now < t.saturating_add(self.config.renew_ms))
@@ -193,12 +203,39 @@ impl LeaseHolder {
         self.next_seq += 1;
         self.pending.sent(seq, now);
         self.last_sent = Some(now);
-        Some(WitnessMessage::LeaseRequest {
-            node: self.node.clone(),
-            epoch: self.epoch,
-            session: self.session,
-            seq,
+        let (node, epoch, session) = (self.node.clone(), self.epoch, self.session);
+        Some(if self.released {
+            WitnessMessage::LeaseRelease {
+                node,
+                epoch,
+                session,
+                seq,
+            }
+        } else {
+            WitnessMessage::LeaseRequest {
+                node,
+                epoch,
+                session,
+                seq,
+            }
         })
+    }
+
+    /// Planned switchover: gives the lease back. From now on the holder proves no lease (so
+    /// the caller must stop acknowledging before it sends the release `poll` now returns),
+    /// ignores grants and renews nothing. Returns whether it was not released before.
+    pub fn release(&mut self) -> bool {
+        if self.fenced || self.released {
+            return false;
+        }
+        self.released = true;
+        self.valid_until = 0;
+        self.last_sent = None;
+        true
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.released
     }
 
     /// Takes in an answer from the witness.
@@ -208,13 +245,35 @@ impl LeaseHolder {
         }
         match *message {
             WitnessMessage::Granted {
+                kind: GrantKind::Released,
+                epoch,
+                session,
+                ..
+            } if self.released && session == self.session && epoch == self.epoch => {
+                self.confirm_release(epoch)
+            }
+            // A renewal sent before the release, answered after it: the witness has the
+            // release, which is all this says.
+            WitnessMessage::Refused {
+                reason: RefuseReason::Released,
+                epoch,
+                session,
+                ..
+            } if self.released && session == self.session && epoch == self.epoch => {
+                self.confirm_release(epoch)
+            }
+            WitnessMessage::Granted {
+                kind: GrantKind::Released,
+                ..
+            } => LeaseEvent::Ignored,
+            WitnessMessage::Granted {
                 kind: GrantKind::Lease,
                 epoch,
                 session,
                 seq,
                 lease_ms,
                 ..
-            } if session == self.session && epoch == self.epoch => {
+            } if !self.released && session == self.session && epoch == self.epoch => {
                 match self.pending.answered(seq) {
                     Some(sent_at) => {
                         self.extend(sent_at, lease_ms);
@@ -232,10 +291,22 @@ impl LeaseHolder {
                 ..
             } if session == self.session => match reason {
                 RefuseReason::StaleEpoch if epoch > self.epoch => self.fence(epoch),
-                RefuseReason::NotHolder => self.fence(self.epoch),
+                RefuseReason::NotHolder | RefuseReason::Released => self.fence(self.epoch),
                 _ => LeaseEvent::Ignored,
             },
             _ => LeaseEvent::Ignored,
+        }
+    }
+
+    /// The witness has the release: said once.
+    fn confirm_release(&mut self, epoch: u64) -> LeaseEvent {
+        let first = !self.release_confirmed;
+        self.release_confirmed = true;
+        self.pending.clear();
+        if first {
+            LeaseEvent::Released { epoch }
+        } else {
+            LeaseEvent::Ignored
         }
     }
 
@@ -253,7 +324,7 @@ impl LeaseHolder {
     /// Whether the holder can prove a valid lease at `now`: a publish may be acknowledged only
     /// while this is true, checked at the moment of acknowledging.
     pub fn may_acknowledge(&self, now: u64) -> bool {
-        !self.fenced && now < self.valid_until
+        !self.fenced && !self.released && now < self.valid_until
     }
 
     /// The end of the provable lease (the holder's clock), if it ever had one.
@@ -275,6 +346,9 @@ pub struct FailoverTimer {
     config: LeaseConfig,
     heard_at: u64,
     asked_at: Option<u64>,
+    /// The primary handed its epoch over (planned switchover): ask now, without waiting for
+    /// the silence.
+    hurried: bool,
 }
 
 impl FailoverTimer {
@@ -285,7 +359,15 @@ impl FailoverTimer {
             config,
             heard_at: now,
             asked_at: None,
+            hurried: false,
         }
+    }
+
+    /// The primary handed over (its lease released): the next `poll` asks at once, and the
+    /// timer keeps asking every `renew_ms` whatever it hears.
+    pub fn hurry(&mut self) {
+        self.hurried = true;
+        self.asked_at = None;
     }
 
     /// The primary was heard from (a heartbeat or records on the replication link).
@@ -301,7 +383,7 @@ impl FailoverTimer {
 
     /// Whether a promotion request is due now; if so, notes that it is being sent.
     pub fn poll(&mut self, now: u64) -> bool {
-        if self.silent_ms(now) < self.config.failover_after_ms {
+        if !self.hurried && self.silent_ms(now) < self.config.failover_after_ms {
             return false;
         }
         if self

@@ -23,6 +23,15 @@ pub enum WitnessMessage {
         session: u64,
         seq: u64,
     },
+    /// Planned switchover: the primary of `epoch`, frozen and with its standby caught up, gives
+    /// its lease back. It acknowledges nothing in `epoch` from before it sends this, and the
+    /// witness may then promote the standby at once instead of waiting for the lease to expire.
+    LeaseRelease {
+        node: String,
+        epoch: u64,
+        session: u64,
+        seq: u64,
+    },
     /// The witness grants `node` a lease of `lease_ms` in `epoch` (for a `Promotion`, the new
     /// epoch, which it has persisted before sending this).
     Granted {
@@ -49,6 +58,7 @@ impl WitnessMessage {
         match self {
             WitnessMessage::LeaseRequest { node, .. }
             | WitnessMessage::PromoteRequest { node, .. }
+            | WitnessMessage::LeaseRelease { node, .. }
             | WitnessMessage::Granted { node, .. }
             | WitnessMessage::Refused { node, .. } => node,
         }
@@ -63,11 +73,14 @@ pub enum GrantKind {
     Lease = 1,
     /// A promotion to a new epoch, with the first lease of that epoch.
     Promotion = 2,
+    /// The lease of `epoch` was given back (`LeaseRelease`): nobody holds it now (`lease_ms`
+    /// 0).
+    Released = 3,
 }
 
 impl GrantKind {
     pub fn from_u8(byte: u8) -> Option<GrantKind> {
-        [GrantKind::Lease, GrantKind::Promotion]
+        [GrantKind::Lease, GrantKind::Promotion, GrantKind::Released]
             .into_iter()
             .find(|k| *k as u8 == byte)
     }
@@ -92,14 +105,18 @@ pub enum RefuseReason {
     /// the node claims an epoch above any it granted.
     #[error("not eligible for promotion")]
     NotEligible = 4,
+    /// The node gave this epoch's lease back (a planned switchover): it cannot take it again.
+    #[error("the lease of this epoch was released")]
+    Released = 5,
 }
 
 impl RefuseReason {
-    pub const ALL: [RefuseReason; 4] = [
+    pub const ALL: [RefuseReason; 5] = [
         RefuseReason::StaleEpoch,
         RefuseReason::NotHolder,
         RefuseReason::LeaseHeld,
         RefuseReason::NotEligible,
+        RefuseReason::Released,
     ];
 
     pub fn from_u8(byte: u8) -> Option<RefuseReason> {

@@ -34,6 +34,9 @@ pub enum NodeEffect {
     /// Stop being the primary now: `epoch` is higher than ours, or ours was given to another
     /// node. Close client connections and rejoin as a standby.
     StepDown { epoch: u64 },
+    /// Planned switchover: the witness confirmed the release of this primary's lease of
+    /// `epoch`; the standby can be promoted at once.
+    Released { epoch: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -113,9 +116,45 @@ impl NodeFailover {
     /// one; the driver publishes it to whatever checks before acknowledging.
     pub fn lease_valid_until(&self) -> Option<u64> {
         match &self.state {
-            State::Primary { lease, .. } if !lease.is_fenced() => lease.valid_until(),
+            State::Primary { lease, .. } if !lease.is_fenced() && !lease.is_released() => {
+                lease.valid_until()
+            }
             _ => None,
         }
+    }
+
+    /// Planned switchover, on the primary: it gives its lease back at the witness. The caller
+    /// has frozen publishes and seen the standby reach lag 0; `StopAcknowledging` comes first
+    /// (carry it out before the `Send` after it), and nothing is acknowledged in this epoch
+    /// again. `Released` follows once the witness confirms. Returns false (and does nothing)
+    /// on a standby or when released already.
+    pub fn release(&mut self, now: u64, out: &mut Vec<NodeEffect>) -> bool {
+        let State::Primary { lease, acking } = &mut self.state else {
+            return false;
+        };
+        if !lease.release() {
+            return false;
+        }
+        *acking = false;
+        out.push(NodeEffect::StopAcknowledging);
+        self.tick(now, out);
+        true
+    }
+
+    /// Planned switchover, on the standby: the primary of `epoch` handed over (it released its
+    /// lease and the standby holds its whole log), so the promotion request goes now rather
+    /// than after `failover_after_ms` of silence. Returns false (and does nothing) unless this
+    /// node is a standby whose log is complete up to `epoch`.
+    pub fn handover(&mut self, epoch: u64, now: u64, out: &mut Vec<NodeEffect>) -> bool {
+        let State::Standby { timer } = &mut self.state else {
+            return false;
+        };
+        if epoch == 0 || epoch != self.epoch {
+            return false;
+        }
+        timer.hurry();
+        self.tick(now, out);
+        true
     }
 
     /// Time passes: renew the lease or ask for promotion when due; say when acknowledging
@@ -158,13 +197,11 @@ impl NodeFailover {
             return;
         }
         match &mut self.state {
-            State::Primary { lease, .. } => {
-                if let LeaseEvent::Fenced { epoch } = lease.on_message(message) {
-                    self.step_down(epoch, now, out);
-                } else {
-                    self.tick(now, out);
-                }
-            }
+            State::Primary { lease, .. } => match lease.on_message(message) {
+                LeaseEvent::Fenced { epoch } => self.step_down(epoch, now, out),
+                LeaseEvent::Released { epoch } => out.push(NodeEffect::Released { epoch }),
+                LeaseEvent::Ignored | LeaseEvent::Extended { .. } => self.tick(now, out),
+            },
             State::Standby { .. } => {
                 let WitnessMessage::Granted {
                     kind: GrantKind::Promotion,

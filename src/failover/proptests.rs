@@ -24,7 +24,7 @@ fn name() -> impl Strategy<Value = String> {
 
 fn message() -> impl Strategy<Value = WitnessMessage> {
     let numbers = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>());
-    (name(), 0u8..4, numbers, 0usize..4).prop_map(
+    (name(), 0u8..5, numbers, 0usize..5).prop_map(
         |(node, shape, (epoch, session, seq, lease_ms), tag)| match shape {
             0 => WitnessMessage::LeaseRequest {
                 node,
@@ -38,13 +38,15 @@ fn message() -> impl Strategy<Value = WitnessMessage> {
                 session,
                 seq,
             },
+            4 => WitnessMessage::LeaseRelease {
+                node,
+                epoch,
+                session,
+                seq,
+            },
             2 => WitnessMessage::Granted {
                 node,
-                kind: if tag % 2 == 0 {
-                    GrantKind::Lease
-                } else {
-                    GrantKind::Promotion
-                },
+                kind: [GrantKind::Lease, GrantKind::Promotion, GrantKind::Released][tag % 3],
                 epoch,
                 session,
                 seq,
@@ -102,6 +104,8 @@ struct Step {
     dt_ms: u64,
     node: usize,
     promote: bool,
+    /// A `LeaseRelease` instead of the request (planned switchover).
+    release: bool,
     epoch: u64,
     restart: bool,
 }
@@ -114,11 +118,13 @@ fn step() -> impl Strategy<Value = Step> {
         any::<bool>(),
         epoch,
         prop::bool::weighted(0.05),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(|(dt_ms, node, promote, epoch, restart)| Step {
+        .prop_map(|(dt_ms, node, promote, epoch, restart, release)| Step {
             dt_ms,
             node,
             promote,
+            release,
             epoch,
             restart,
         })
@@ -131,7 +137,8 @@ proptest! {
     /// persists every change of its record before the answer that reveals it, grants only to
     /// the record's primary in the record's epoch, and hands the record to another node only
     /// once every lease it granted before (and any it may have granted before a restart) has
-    /// expired by its clock plus the margin.
+    /// expired by its clock plus the margin, or its holder released it (and then never grants
+    /// that holder a lease of that epoch again).
     #[test]
     fn the_witness_keeps_its_rules(steps in prop::collection::vec(step(), 1..120)) {
         let config = LeaseConfig::default();
@@ -141,15 +148,20 @@ proptest! {
         let mut witness = Witness::new(config, None, now);
         // No other node may take over before this (a restart, or the last grant plus lease).
         let mut busy_until = now + wait;
+        // The epoch whose lease was released (forgotten by a restart, like the witness does).
+        let mut released: Option<u64> = None;
         for step in steps {
             now += step.dt_ms;
             if step.restart {
                 witness = Witness::new(config, persisted.clone(), now);
                 busy_until = busy_until.max(now + wait);
+                released = None;
             }
             let node = NODES[step.node].to_owned();
             let (session, seq) = (1, 1);
-            let message = if step.promote {
+            let message = if step.release {
+                WitnessMessage::LeaseRelease { node, epoch: step.epoch, session, seq }
+            } else if step.promote {
                 WitnessMessage::PromoteRequest { node, epoch: step.epoch, session, seq }
             } else {
                 WitnessMessage::LeaseRequest { node, epoch: step.epoch, session, seq }
@@ -171,11 +183,18 @@ proptest! {
             } else {
                 prop_assert_eq!(out.len(), 1);
             }
-            if let Some(WitnessEffect::Reply(WitnessMessage::Granted { node, epoch, .. })) = out.last() {
+            if let Some(WitnessEffect::Reply(WitnessMessage::Granted { node, epoch, kind, .. })) = out.last() {
                 let record = after.expect("grants only with a record");
                 prop_assert_eq!(node, &record.primary);
                 prop_assert_eq!(*epoch, record.epoch);
-                busy_until = busy_until.max(now + wait);
+                if *kind == GrantKind::Released {
+                    // Given back by its holder: another node may take over at once.
+                    released = Some(*epoch);
+                    busy_until = now;
+                } else {
+                    prop_assert_ne!(released, Some(*epoch), "a released lease granted again");
+                    busy_until = busy_until.max(now + wait);
+                }
             }
         }
     }

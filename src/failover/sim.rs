@@ -17,6 +17,13 @@
 //! (`caught_up`) only once its log equals the primary's. Witness messages are datagrams
 //! (reordered freely). Nodes restart as standbys; a wiped disk restarts at epoch 0.
 //!
+//! Planned switchovers: now and then the primary freezes (refuses new publishes), waits until
+//! the standby matches its whole log (giving up after `SWITCHOVER_ABORT_US`), releases its
+//! lease at the witness (`NodeFailover::release`), and once the witness confirms sends
+//! `Handover` on the replication stream; the standby then asks for promotion at once
+//! (`NodeFailover::handover`). A frozen primary acknowledges only what the standby holds, and
+//! after the release nothing.
+//!
 //! Invariants, checked after every step: no two nodes can prove a lease at the same instant,
 //! and no two are the primary of one epoch; each epoch's acknowledgements come from one node,
 //! and none from an epoch once a higher epoch has acknowledged; a newly promoted primary's log
@@ -44,6 +51,8 @@ const SYNC_BATCH: usize = 8;
 const TICK_US: u64 = 10_000;
 /// Real milliseconds one seed runs.
 const DURATION_MS: u64 = 3_000;
+/// Real microseconds a frozen primary waits for its standby before it gives the switchover up.
+const SWITCHOVER_ABORT_US: u64 = 300_000;
 /// Events one seed may process at most (a runaway loop is a failure, not a hang).
 const EVENTS_MAX: usize = 40_000;
 
@@ -87,6 +96,8 @@ pub(crate) struct Stats {
     pub acks: u64,
     pub promotions: u64,
     pub crashes: u64,
+    /// Leases released by a planned switchover (the witness confirmed).
+    pub releases: u64,
 }
 
 /// SplitMix64: small, fast, and the same on every platform.
@@ -139,12 +150,19 @@ enum Msg {
     Publish {
         id: u64,
     },
+    /// Planned switchover: the frozen primary of `epoch` released its lease; take over.
+    Handover {
+        epoch: u64,
+    },
 }
 
 impl Msg {
     /// Replication messages travel on a stream (FIFO); the rest are datagrams.
     fn is_stream(&self) -> bool {
-        matches!(self, Msg::Sync { .. } | Msg::SyncAck { .. })
+        matches!(
+            self,
+            Msg::Sync { .. } | Msg::SyncAck { .. } | Msg::Handover { .. }
+        )
     }
 }
 
@@ -225,6 +243,10 @@ struct Node {
     probe_len: usize,
     /// As the primary: appended, not yet acknowledged `(lsn, id)`.
     pending: Vec<(usize, u64)>,
+    /// As the primary: a planned switchover froze publishes at this real time (0: none).
+    frozen_since_us: u64,
+    /// The frozen primary released its lease.
+    released: bool,
 }
 
 struct WitnessActor {
@@ -251,6 +273,7 @@ struct Faults {
     crash_per_mille: u64,
     partition_per_mille: u64,
     publish_per_mille: u64,
+    switchover_per_mille: u64,
 }
 
 pub(crate) struct World {
@@ -299,6 +322,7 @@ impl World {
             crash_per_mille: rng.below(12),
             partition_per_mille: rng.below(25),
             publish_per_mille: rng.range(100, 800),
+            switchover_per_mille: rng.below(30),
         };
         let drift = config().drift_margin_pct * 10_000 * 9 / 10;
         let clock = |rng: &mut Rng| Clock {
@@ -326,6 +350,8 @@ impl World {
             match_len: 0,
             probe_len: 0,
             pending: Vec::new(),
+            frozen_since_us: 0,
+            released: false,
         };
         let nodes = [
             node(0, NodeRole::Primary, &mut rng),
@@ -512,6 +538,13 @@ impl World {
                 primary_len,
             ),
             Msg::SyncAck { epoch, ok, len } => self.on_sync_ack(to, epoch, ok, len),
+            Msg::Handover { epoch } => {
+                let (now, mut out) = (self.local_ms(to), Vec::new());
+                if self.nodes[to].fo.handover(epoch, now, &mut out) {
+                    self.trace(format!("{} takes the handover of epoch {epoch}", NAMES[to]));
+                }
+                self.apply_effects(to, out);
+            }
         }
     }
 
@@ -545,6 +578,16 @@ impl World {
             self.links_up[l] ^= flip;
             if flip {
                 self.trace(format!("link {l} up: {}", self.links_up[l]));
+            }
+        }
+        if self.rng.chance(self.faults.switchover_per_mille) {
+            let primary = (0..2).find(|i| {
+                let n = &self.nodes[*i];
+                n.up && n.fo.role() == NodeRole::Primary && n.frozen_since_us == 0
+            });
+            if let Some(i) = primary {
+                self.trace(format!("switchover: {} freezes", NAMES[i]));
+                self.nodes[i].frozen_since_us = self.now_us.max(1);
             }
         }
         if self.rng.chance(self.faults.publish_per_mille) {
@@ -608,6 +651,8 @@ impl World {
         node.up = true;
         node.paused_until = 0;
         node.pending.clear();
+        node.frozen_since_us = 0;
+        node.released = false;
     }
 
     fn witness_receive(&mut self, message: &WitnessMessage) {
@@ -641,8 +686,28 @@ impl World {
         self.nodes[i].fo.tick(now, &mut out);
         self.apply_effects(i, out);
         if self.nodes[i].up && self.nodes[i].fo.role() == NodeRole::Primary {
+            self.switch_over(i);
             self.try_acknowledge(i);
             self.send_sync(i);
+        }
+    }
+
+    /// A frozen primary: once the standby matches its whole log it releases its lease (the
+    /// `Handover` follows the witness's confirmation); it gives up if that takes too long.
+    fn switch_over(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.frozen_since_us == 0 || node.released {
+            return;
+        }
+        if node.match_len == node.disk.log.len() && node.pending.is_empty() {
+            node.released = true;
+            let (now, mut out) = (self.local_ms(i), Vec::new());
+            self.nodes[i].fo.release(now, &mut out);
+            self.trace(format!("switchover: {} releases its lease", NAMES[i]));
+            self.apply_effects(i, out);
+        } else if self.now_us - node.frozen_since_us > SWITCHOVER_ABORT_US {
+            node.frozen_since_us = 0;
+            self.trace(format!("switchover: {} gives up", NAMES[i]));
         }
     }
 
@@ -663,7 +728,16 @@ impl World {
                     disk.seen_epoch = disk.seen_epoch.max(epoch);
                 }
                 NodeEffect::Promote { epoch } => self.promote(i, epoch),
-                NodeEffect::StepDown { .. } => self.nodes[i].pending.clear(),
+                NodeEffect::StepDown { .. } => {
+                    let node = &mut self.nodes[i];
+                    node.pending.clear();
+                    node.frozen_since_us = 0;
+                    node.released = false;
+                }
+                NodeEffect::Released { epoch } => {
+                    self.stats.releases += 1;
+                    self.send(i, 1 - i, Msg::Handover { epoch });
+                }
                 NodeEffect::StopAcknowledging | NodeEffect::ResumeAcknowledging => {}
             }
         }
@@ -701,8 +775,10 @@ impl World {
         let now = self.local_ms(i);
         let node = &mut self.nodes[i];
         let lease = node.fo.may_acknowledge(now) || self.knobs.broken == Broken::AckWithoutLease;
-        let accepted =
-            node.fo.role() == NodeRole::Primary && lease && node.disk_full_until <= self.now_us;
+        let accepted = node.fo.role() == NodeRole::Primary
+            && lease
+            && node.disk_full_until <= self.now_us
+            && node.frozen_since_us == 0;
         if accepted {
             node.disk.log.push(Rec {
                 epoch: node.fo.epoch(),
@@ -738,7 +814,9 @@ impl World {
         }
         let node = &mut self.nodes[i];
         let epoch = node.fo.epoch();
-        let local = self.faults.ack_local || self.knobs.broken == Broken::AckBeforeReplica;
+        // Frozen for a switchover: only what the standby holds, whatever the ack mode.
+        let local = (self.faults.ack_local && node.frozen_since_us == 0)
+            || self.knobs.broken == Broken::AckBeforeReplica;
         let match_len = if local { usize::MAX } else { node.match_len };
         let (due, waiting): (Vec<_>, Vec<_>) = node
             .pending
@@ -964,6 +1042,7 @@ fn simulation_holds_every_invariant() {
                 total.acks += stats.acks;
                 total.promotions += stats.promotions;
                 total.crashes += stats.crashes;
+                total.releases += stats.releases;
             }
             Err(error) => panic!(
                 "simulation seed {seed} failed: {error}\nreplay: RINGCAST_SIM_SEED={seed} cargo test --lib failover::sim::simulation_holds -- --nocapture"
@@ -974,6 +1053,8 @@ fn simulation_holds_every_invariant() {
     // The faults must actually exercise failover, not only steady state.
     assert!(total.promotions * 5 >= seeds, "{total:?}");
     assert!(total.acks >= seeds * 10, "{total:?}");
+    // And planned switchovers (a release, then a handover).
+    assert!(total.releases * 20 >= seeds, "{total:?}");
 }
 
 /// Runs seeds with `broken` until one fails; returns the seed and the violation.

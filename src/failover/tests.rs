@@ -29,6 +29,15 @@ fn promote_request(node: &str, epoch: u64, seq: u64) -> WitnessMessage {
     }
 }
 
+fn release_request(node: &str, epoch: u64, seq: u64) -> WitnessMessage {
+    WitnessMessage::LeaseRelease {
+        node: node.to_owned(),
+        epoch,
+        session: 7,
+        seq,
+    }
+}
+
 fn handle(witness: &mut Witness, message: &WitnessMessage, now: u64) -> Vec<WitnessEffect> {
     let mut out = Vec::new();
     witness.handle(message, now, &mut out);
@@ -434,6 +443,7 @@ fn every_message() -> Vec<WitnessMessage> {
             session: 5,
             seq: 6,
         },
+        release_request("a", 4, 9),
     ]
 }
 
@@ -578,4 +588,198 @@ fn a_node_publishes_the_end_of_its_proven_lease_and_none_once_fenced() {
     assert_eq!(node.lease_valid_until(), None, "stepped down");
     let standby = NodeFailover::new(config(), "b".into(), NodeRole::Standby, 0, 9, 1_000);
     assert_eq!(standby.lease_valid_until(), None);
+}
+
+/// Planned switchover at the witness: only the holder releases, and only its own epoch; once
+/// released, the standby is promoted at once (no wait for the lease's expiry), the holder
+/// gets no lease of that epoch again, and a repeat is answered the same.
+#[test]
+fn a_released_lease_lets_the_standby_take_over_at_once() {
+    let mut w = settled_witness();
+    assert_eq!(
+        refusal(&handle(&mut w, &lease_request("a", 3, 1), 1_000)),
+        None
+    );
+    assert_eq!(
+        refusal(&handle(&mut w, &promote_request("b", 3, 1), 1_010)),
+        Some(RefuseReason::LeaseHeld)
+    );
+    assert_eq!(
+        refusal(&handle(&mut w, &release_request("b", 3, 2), 1_020)),
+        Some(RefuseReason::NotHolder),
+        "only the holder gives the lease back"
+    );
+    assert_eq!(
+        refusal(&handle(&mut w, &release_request("a", 2, 2), 1_020)),
+        Some(RefuseReason::StaleEpoch)
+    );
+    assert_eq!(
+        refusal(&handle(&mut w, &release_request("a", 4, 2), 1_020)),
+        Some(RefuseReason::NotEligible)
+    );
+    let effects = handle(&mut w, &release_request("a", 3, 3), 1_030);
+    assert_eq!(effects.len(), 1, "a release persists nothing");
+    assert!(matches!(
+        reply(&effects),
+        WitnessMessage::Granted {
+            kind: GrantKind::Released,
+            epoch: 3,
+            seq: 3,
+            lease_ms: 0,
+            ..
+        }
+    ));
+    assert_eq!(
+        refusal(&handle(&mut w, &release_request("a", 3, 4), 1_031)),
+        None
+    );
+    // A renewal sent before the release and delivered after it: refused, never granted.
+    assert_eq!(
+        refusal(&handle(&mut w, &lease_request("a", 3, 2), 1_032)),
+        Some(RefuseReason::Released)
+    );
+    let effects = handle(&mut w, &promote_request("b", 3, 2), 1_040);
+    assert_eq!(effects[0], WitnessEffect::Persist(record(4, "b")));
+    assert!(matches!(
+        reply(&effects),
+        WitnessMessage::Granted {
+            kind: GrantKind::Promotion,
+            epoch: 4,
+            ..
+        }
+    ));
+    // The new primary's lease is a normal one: a takeover back waits for it again.
+    assert_eq!(
+        refusal(&handle(&mut w, &promote_request("a", 4, 5), 1_050)),
+        Some(RefuseReason::LeaseHeld)
+    );
+}
+
+/// The release is not persisted: a restarted witness forgets it and falls back to its quiet
+/// period (only slower), and a lost-answer re-grant never hands the releaser a second lease.
+#[test]
+fn a_forgotten_release_only_slows_the_takeover() {
+    let mut w = settled_witness();
+    handle(&mut w, &release_request("a", 3, 1), 1_000);
+    let mut w = Witness::new(config(), w.record().cloned(), 1_100);
+    assert_eq!(
+        refusal(&handle(&mut w, &promote_request("b", 3, 1), 1_110)),
+        Some(RefuseReason::LeaseHeld)
+    );
+    assert_eq!(
+        refusal(&handle(&mut w, &promote_request("b", 3, 2), 1_660)),
+        None
+    );
+    // b, granted epoch 4, releases it; its promotion request repeated is no second lease.
+    handle(&mut w, &release_request("b", 4, 3), 1_700);
+    assert_eq!(
+        refusal(&handle(&mut w, &promote_request("b", 3, 4), 1_710)),
+        Some(RefuseReason::Released)
+    );
+}
+
+/// Planned switchover across the two nodes: the primary stops acknowledging before its
+/// release goes out, keeps repeating it until confirmed, ignores late grants, and the
+/// standby that took the handover is promoted at once.
+#[test]
+fn a_switchover_releases_then_promotes_the_standby_at_once() {
+    let mut witness = Witness::new(config(), Some(record(3, "a")), 0);
+    let mut a = NodeFailover::new(config(), "a".to_owned(), NodeRole::Primary, 3, 1, 0);
+    let mut b = NodeFailover::new(config(), "b".to_owned(), NodeRole::Standby, 3, 2, 0);
+    b.caught_up(3);
+    let mut out = Vec::new();
+    a.tick(1_000, &mut out);
+    let late_grant = match &out[..] {
+        [NodeEffect::Send(request)] => handle(&mut witness, request, 1_000),
+        other => panic!("{other:?}"),
+    };
+    exchange(&mut a, &mut witness, out, 1_000);
+    assert!(a.may_acknowledge(1_010));
+    b.heard_primary(1_010);
+    let mut out = Vec::new();
+    assert!(a.release(1_020, &mut out));
+    assert_eq!(
+        out[0],
+        NodeEffect::StopAcknowledging,
+        "before the release is sent"
+    );
+    assert!(matches!(
+        &out[1..],
+        [NodeEffect::Send(WitnessMessage::LeaseRelease {
+            epoch: 3,
+            ..
+        })]
+    ));
+    assert!(!a.may_acknowledge(1_020));
+    assert_eq!(a.lease_valid_until(), None);
+    assert!(!a.release(1_021, &mut Vec::new()), "once");
+    // The release is lost: it is repeated after renew_ms, not before.
+    let mut again = Vec::new();
+    a.tick(1_050, &mut again);
+    assert!(again.is_empty(), "{again:?}");
+    a.tick(1_120, &mut again);
+    assert!(matches!(
+        &again[..],
+        [NodeEffect::Send(WitnessMessage::LeaseRelease { .. })]
+    ));
+    // A grant of a renewal sent before the release proves nothing now.
+    for effect in late_grant {
+        if let WitnessEffect::Reply(answer) = effect {
+            a.on_witness(&answer, 1_121, &mut Vec::new());
+        }
+    }
+    assert!(!a.may_acknowledge(1_121));
+    let back = exchange(&mut a, &mut witness, again, 1_125);
+    assert_eq!(back, vec![NodeEffect::Released { epoch: 3 }]);
+    // b took the handover: it asks now, although it heard a 115 ms ago.
+    let mut out = Vec::new();
+    assert!(
+        !b.handover(2, 1_130, &mut Vec::new()),
+        "not the epoch it holds"
+    );
+    assert!(b.handover(3, 1_130, &mut out));
+    let back = exchange(&mut b, &mut witness, out, 1_130);
+    assert_eq!(
+        back[..2],
+        [
+            NodeEffect::PersistEpoch(4),
+            NodeEffect::Promote { epoch: 4 }
+        ]
+    );
+    assert!(b.may_acknowledge(1_131));
+    // a learns the new epoch and steps down.
+    let mut out = Vec::new();
+    a.saw_epoch(4, 1_140, &mut out);
+    assert_eq!(out, vec![NodeEffect::StepDown { epoch: 4 }]);
+}
+
+/// A renewal sent before the release and refused after it (`Released`) confirms the release;
+/// it does not fence the node (which would step it down before the switchover's handover).
+#[test]
+fn a_late_refusal_as_released_confirms_the_release() {
+    let mut holder = LeaseHolder::new(config(), "a".to_owned(), 3, 7, 1);
+    let _renewal = holder.poll(1_000);
+    assert!(holder.release());
+    assert!(matches!(
+        holder.poll(1_001),
+        Some(WitnessMessage::LeaseRelease { seq: 2, .. })
+    ));
+    let refused = WitnessMessage::Refused {
+        node: "a".to_owned(),
+        reason: RefuseReason::Released,
+        epoch: 3,
+        session: 7,
+        seq: 1,
+    };
+    assert_eq!(
+        holder.on_message(&refused),
+        LeaseEvent::Released { epoch: 3 }
+    );
+    assert!(!holder.is_fenced());
+    assert_eq!(
+        holder.on_message(&refused),
+        LeaseEvent::Ignored,
+        "said once"
+    );
+    assert_eq!(holder.poll(5_000), None, "nothing more to send");
 }

@@ -14,6 +14,7 @@
 //! 2     PromoteRequest   node str, epoch u64, session u64, seq u64
 //! 3     Granted          node str, kind u8, epoch u64, session u64, seq u64, lease_ms u64
 //! 4     Refused          node str, reason u8, epoch u64, session u64, seq u64
+//! 5     LeaseRelease     node str, epoch u64, session u64, seq u64
 //! ```
 //!
 //! Integers are little-endian; a string is `u16 length | UTF-8` of at most
@@ -92,6 +93,12 @@ pub fn encode(secret: &[u8], message: &WitnessMessage, out: &mut Vec<u8>) {
             session,
             seq,
         } => (4, node, Some(reason as u8), [epoch, session, seq, 0]),
+        WitnessMessage::LeaseRelease {
+            ref node,
+            epoch,
+            session,
+            seq,
+        } => (5, node, None, [epoch, session, seq, 0]),
     };
     assert!(
         node.len() <= limits::REPL_NAME_BYTES_MAX,
@@ -148,11 +155,15 @@ fn mac(secret: &[u8], body: &[u8]) -> Mac {
 fn parse(body: &[u8]) -> Result<WitnessMessage, WireError> {
     let mut r = Reader { rest: body };
     let type_byte = r.u8()?;
-    if !(1..=4).contains(&type_byte) {
+    if !(1..=5).contains(&type_byte) {
         return Err(WireError::UnknownType(type_byte));
     }
     let node = r.str()?;
-    let tag = if type_byte >= 3 { Some(r.u8()?) } else { None };
+    let tag = if matches!(type_byte, 3 | 4) {
+        Some(r.u8()?)
+    } else {
+        None
+    };
     let (epoch, session, seq) = (r.u64()?, r.u64()?, r.u64()?);
     let message = match (type_byte, tag) {
         (1, _) => WitnessMessage::LeaseRequest {
@@ -162,6 +173,12 @@ fn parse(body: &[u8]) -> Result<WitnessMessage, WireError> {
             seq,
         },
         (2, _) => WitnessMessage::PromoteRequest {
+            node,
+            epoch,
+            session,
+            seq,
+        },
+        (5, _) => WitnessMessage::LeaseRelease {
             node,
             epoch,
             session,

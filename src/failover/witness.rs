@@ -20,6 +20,12 @@
 //!   the node that was granted the current epoch gets that grant again (its answer was lost).
 //!   Below: `StaleEpoch`; above, at epoch 0 (a node that never caught up with a primary, or
 //!   lost its disk), or with no record: `NotEligible`.
+//! * `LeaseRelease` (planned switchover) from the record's primary in the record's epoch: no
+//!   lease is valid from now on (nor the quiet period after a restart: any lease it may cover
+//!   was that node's), so a `PromoteRequest` is granted at once; a `LeaseRequest` in that
+//!   epoch is refused (`Released`) from then on. Answered `Granted { kind: Released }`, again
+//!   for a repeat. The release is not persisted: a witness that restarts forgets it and falls
+//!   back to the wait above, which is only slower.
 
 use super::lease::LeaseConfig;
 use super::message::{GrantKind, RefuseReason, WitnessMessage};
@@ -51,6 +57,8 @@ pub struct Witness {
     lease_expires: u64,
     /// Nobody takes over before this: a lease granted before the last start may run until then.
     quiet_until: u64,
+    /// The epoch whose lease its primary released (a planned switchover), if any.
+    released: Option<u64>,
     /// Test-only: grant promotions without waiting for the lease to expire (the broken rule the
     /// simulation must catch).
     #[cfg(test)]
@@ -65,6 +73,7 @@ impl Witness {
             record,
             lease_expires: 0,
             quiet_until: now.saturating_add(config.lease_ms + config.margin_ms(config.lease_ms)),
+            released: None,
             #[cfg(test)]
             skip_expiry_wait: false,
         }
@@ -79,6 +88,9 @@ impl Witness {
     pub fn lease_may_be_valid(&self, now: u64) -> bool {
         #[cfg(test)]
         if self.skip_expiry_wait {
+            return false;
+        }
+        if self.released.is_some() && self.released == self.record.as_ref().map(|r| r.epoch) {
             return false;
         }
         let margin = self.config.margin_ms(self.config.lease_ms);
@@ -111,8 +123,38 @@ impl Witness {
                     self.answer(node, *session, *seq, answer),
                 ));
             }
+            WitnessMessage::LeaseRelease {
+                node,
+                epoch,
+                session,
+                seq,
+            } => {
+                let answer = self.release(node, *epoch);
+                out.push(WitnessEffect::Reply(
+                    self.answer(node, *session, *seq, answer),
+                ));
+            }
             WitnessMessage::Granted { .. } | WitnessMessage::Refused { .. } => {}
         }
+    }
+
+    /// The record's primary gives its lease back: nobody holds one from now on.
+    fn release(&mut self, node: &str, epoch: u64) -> Result<GrantKind, RefuseReason> {
+        let Some(record) = &self.record else {
+            return Err(RefuseReason::NotEligible);
+        };
+        if epoch < record.epoch {
+            return Err(RefuseReason::StaleEpoch);
+        }
+        if epoch > record.epoch {
+            return Err(RefuseReason::NotEligible);
+        }
+        if record.primary != node {
+            return Err(RefuseReason::NotHolder);
+        }
+        self.released = Some(epoch);
+        self.lease_expires = 0;
+        Ok(GrantKind::Released)
     }
 
     fn lease(
@@ -128,6 +170,9 @@ impl Witness {
             Some((current, primary)) if epoch == current => {
                 if primary != node {
                     return Err(RefuseReason::NotHolder);
+                }
+                if self.released == Some(current) {
+                    return Err(RefuseReason::Released);
                 }
                 self.lease_expires = self
                     .lease_expires
@@ -158,6 +203,10 @@ impl Witness {
             return Err(RefuseReason::NotEligible);
         }
         if epoch.checked_add(1) == Some(record.epoch) && record.primary == node {
+            if self.released == Some(record.epoch) {
+                // It gave that lease back since: no second one in the same epoch.
+                return Err(RefuseReason::Released);
+            }
             // Granted before; the answer was lost. The lease runs from now again.
             self.lease_expires = self
                 .lease_expires
@@ -204,7 +253,11 @@ impl Witness {
                 epoch,
                 session,
                 seq,
-                lease_ms: self.config.lease_ms,
+                lease_ms: if kind == GrantKind::Released {
+                    0
+                } else {
+                    self.config.lease_ms
+                },
             },
             Err(reason) => WitnessMessage::Refused {
                 node: node.to_owned(),

@@ -192,6 +192,10 @@ pub enum PublishRefusal {
     /// Automatic failover: this primary cannot prove its lease at the witness (it may have
     /// been replaced), so it acknowledges nothing until it can.
     NoLease,
+    /// A planned switchover froze publishes on this primary (`ringcast switchover`): retry in
+    /// a moment, on whichever node is then the primary. Also the answer to a publish still
+    /// waiting when the node stepped down, the standby not having its record.
+    Switchover,
 }
 
 /// An owner's answer to a `Barrier`: every publish the sender sent before it is durable at the

@@ -1,5 +1,6 @@
 //! The admin endpoint's view of replication (`crate::admin::AdminBackend`): `GET /replication`
-//! shows the link's state, `POST /replication/promote` promotes this standby. Without
+//! shows the link's state, `POST /replication/promote` promotes this standby,
+//! `POST /replication/switchover` hands this primary's epoch to its standby. Without
 //! `[replication]` the node says so and refuses promotion. It only forwards to `promote`.
 
 use std::sync::Arc;
@@ -36,6 +37,17 @@ impl AdminBackend for ReplicationAdmin {
             ));
         };
         super::promote::promote(link, force)
+            .map_err(|refused| AdminError::new(refused.status, refused.message))
+    }
+
+    fn switchover(&self) -> Result<Value, AdminError> {
+        let Some(link) = &self.link else {
+            return Err(AdminError::new(
+                409,
+                "replication is not configured on this node: no standby to hand over to",
+            ));
+        };
+        super::switchover::switchover(link)
             .map_err(|refused| AdminError::new(refused.status, refused.message))
     }
 }

@@ -5,7 +5,8 @@
 //! the cores have written and synced. While this node is the primary the dialer instead pokes
 //! the peer now and then with its epoch, so a stale primary on the other side steps down; and
 //! a standby being promoted tells the primary it still follows (`Promoted`), which steps down
-//! at once.
+//! at once. A `Handover` (planned switchover) makes it take over (`switchover::take_handover`);
+//! after a switchover of its own it follows only once its cores moved their clients.
 //! Nothing here touches a core's WAL file: the cores append and apply; the `webhooks` stream,
 //! which no core owns, is appended through `WebhookLog` on this thread.
 
@@ -39,6 +40,18 @@ pub fn run(link: &Arc<Link>) {
             }
             std::thread::sleep(Duration::from_millis(limits::REPL_REDIAL_MS));
             continue;
+        }
+        let hold = link.follow_after_ms.load(Ordering::Acquire);
+        if hold != 0 {
+            // Stepped down after a switchover: the cores are still moving their clients.
+            if link.now_ms() < hold {
+                std::thread::sleep(Duration::from_millis(limits::REPL_REDIAL_MS / 4));
+                continue;
+            }
+            // What the cores wrote meanwhile (the closes' records) is ours to announce, and
+            // the new primary's plan cuts it.
+            link.follow_after_ms.store(0, Ordering::Release);
+            link.positions_from_written();
         }
         match follow(link) {
             Ok(()) => {}
@@ -295,7 +308,7 @@ pub(super) fn hand_to_core(
 
 /// Records and heartbeats from the primary, until the link ends or goes silent for
 /// `standby_timeout_ms`.
-fn receive(link: &Link, mut wire: Wire, session: u64) -> std::io::Result<()> {
+fn receive(link: &Arc<Link>, mut wire: Wire, session: u64) -> std::io::Result<()> {
     let shared = &link.shared;
     wire.set_read_timeout(Duration::from_millis(shared.config.standby_timeout_ms))?;
     loop {
@@ -343,6 +356,10 @@ fn receive(link: &Link, mut wire: Wire, session: u64) -> std::io::Result<()> {
                 if lag == 0 {
                     shared.set_in_sync();
                 }
+            }
+            // A planned switchover: nothing after it is read; the session ends either way.
+            Message::Handover { epoch, written } => {
+                return super::switchover::take_handover(link, epoch, &written);
             }
             other => return Err(std::io::Error::other(format!("unexpected {other:?}"))),
         }

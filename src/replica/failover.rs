@@ -57,6 +57,9 @@ struct Driver {
     session: u64,
     /// The last `heard_ms` fed to the state machine.
     heard_ms: u64,
+    /// The last switchover release (primary) and handover (standby) fed to the state machine.
+    released: u64,
+    handed_over: u64,
     effects: Vec<NodeEffect>,
     buffer: Vec<u8>,
 }
@@ -71,6 +74,8 @@ impl Driver {
             node,
             session,
             heard_ms: 0,
+            released: 0,
+            handed_over: 0,
             effects: Vec::new(),
             buffer: vec![0; limits::WITNESS_FRAME_BYTES_MAX + 4],
         }
@@ -122,6 +127,33 @@ impl Driver {
             }
         }
         self.node.saw_epoch(shared.epoch(), now, &mut self.effects);
+        self.observe_switchover(now);
+    }
+
+    /// A planned switchover: the primary gives its lease back once frozen and caught up; the
+    /// standby that took the handover asks for promotion at once.
+    fn observe_switchover(&mut self, now: u64) {
+        let link = &self.link;
+        let release = link.release_request.load(Ordering::Acquire);
+        if release != 0 && release != self.released {
+            self.released = release;
+            if release == self.node.epoch() && self.node.release(now, &mut self.effects) {
+                tracing::warn!(
+                    epoch = release,
+                    "failover: releasing the lease (switchover)"
+                );
+            }
+        }
+        let from = link.handover_from.load(Ordering::Acquire);
+        if from != 0 && from != self.handed_over {
+            self.handed_over = from;
+            if !self.node.handover(from, now, &mut self.effects) {
+                tracing::warn!(
+                    epoch = from,
+                    "failover: cannot ask for the handover's promotion (not caught up in that epoch)"
+                );
+            }
+        }
     }
 
     /// One datagram from the witness within the tick, decoded, with the time it arrived.
@@ -177,6 +209,10 @@ impl Driver {
             }
             NodeEffect::ResumeAcknowledging => {
                 tracing::info!("failover: the lease is proven again: acknowledging");
+            }
+            NodeEffect::Released { epoch } => {
+                tracing::warn!(epoch, "failover: the witness confirmed the lease release");
+                link.released.store(*epoch, Ordering::Release);
             }
             NodeEffect::StepDown { epoch } => {
                 self.publish_lease();

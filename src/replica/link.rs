@@ -46,6 +46,25 @@ pub struct Link {
     pub superseded: AtomicU64,
     /// The last epoch the ack thread announced.
     pub superseded_sent: AtomicU64,
+    /// Planned switchover (`switchover.rs`), primary: one is running.
+    pub switching: AtomicBool,
+    /// Primary: the epoch whose `Handover` the session's writer is to send (0: none).
+    pub handover_request: AtomicU64,
+    /// Primary: the epoch whose `Handover` the writer sent.
+    pub handover_sent: AtomicU64,
+    /// Primary with a witness: the epoch whose lease the failover thread is to give back.
+    pub release_request: AtomicU64,
+    /// Primary with a witness: the epoch whose release the witness confirmed.
+    pub released: AtomicU64,
+    /// Standby with a witness: the epoch a primary handed over (the failover thread asks the
+    /// witness for promotion at once); 0: none.
+    pub handover_from: AtomicU64,
+    /// After a switchover's step-down: the dialer does not follow the new primary before this
+    /// (monotonic ms) while the cores move their clients (what they write meanwhile is a
+    /// divergent suffix, cut at the handshake).
+    pub follow_after_ms: AtomicU64,
+    /// The node id of the standby of the current session (a switchover's new primary).
+    pub peer_node: Mutex<String>,
     /// The origin of `now_us` (the lag histogram's times).
     started: Instant,
 }
@@ -96,6 +115,14 @@ impl Link {
             webhooks,
             superseded: AtomicU64::new(0),
             superseded_sent: AtomicU64::new(0),
+            switching: AtomicBool::new(false),
+            handover_request: AtomicU64::new(0),
+            handover_sent: AtomicU64::new(0),
+            release_request: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            handover_from: AtomicU64::new(0),
+            follow_after_ms: AtomicU64::new(0),
+            peer_node: Mutex::new(String::new()),
             started: Instant::now(),
         }
     }
@@ -137,10 +164,24 @@ impl Link {
 
     /// This node saw a higher epoch while primary: it stops serving clients at once (cores
     /// close them with 4200), persists the epoch, and follows the peer as a standby.
+    /// During a planned switchover of this node (whoever tells it first: `Promoted`, the
+    /// witness, a poke), the clients move over staggered (`step_down_after_switchover`).
     pub fn step_down(&self, epoch: u64) {
+        if self.switching.load(Ordering::Acquire) {
+            self.step_down_after_switchover(epoch);
+        } else {
+            self.step_down_moving(epoch, 0);
+        }
+    }
+
+    /// `step_down`, the cores closing their WebSocket clients over `move_clients_ms`.
+    fn step_down_moving(&self, epoch: u64, move_clients_ms: u64) {
         if self.shared.role() != Role::Primary {
             return;
         }
+        self.shared
+            .move_clients_ms
+            .store(move_clients_ms, Ordering::Release);
         tracing::warn!(
             epoch,
             own = self.shared.epoch(),
@@ -148,8 +189,20 @@ impl Link {
         );
         self.shared.set_role(Role::Standby);
         self.shared.set_standby_lost(true);
-        // As a standby it says where its streams end: where this node wrote them up to, not
-        // where it last followed.
+        self.positions_from_written();
+        if let Err(error) = super::epoch::store(&self.data_dir, epoch) {
+            tracing::error!(%error, "replication: cannot persist the higher epoch");
+        }
+        self.shared.raise_epoch(epoch);
+        self.end_session();
+        self.ring_cores();
+    }
+}
+
+impl Link {
+    /// As a standby this node says where its streams end: where it wrote them up to, not where
+    /// it last followed (after a step-down).
+    pub fn positions_from_written(&self) {
         for core in 0..self.shared.cores {
             let slot = &self.shared.streams[core];
             let written = slot.written.load(Ordering::Acquire);
@@ -157,12 +210,20 @@ impl Link {
             let last_epoch = slot.last_epoch.load(Ordering::Acquire);
             self.queued_epoch[core].store(last_epoch, Ordering::Release);
         }
-        if let Err(error) = super::epoch::store(&self.data_dir, epoch) {
-            tracing::error!(%error, "replication: cannot persist the higher epoch");
+    }
+
+    /// The end of a planned switchover on the old primary: it steps down to `epoch` like
+    /// `step_down`, but its cores move their WebSocket clients over
+    /// `SWITCHOVER_MOVE_CLIENTS_MS` (staggered 4200s) and the dialer follows the new primary
+    /// only once they are done.
+    pub fn step_down_after_switchover(&self, epoch: u64) {
+        if self.shared.role() != Role::Primary {
+            return;
         }
-        self.shared.raise_epoch(epoch);
-        self.end_session();
-        self.ring_cores();
+        let follow_after =
+            self.now_ms() + limits::SWITCHOVER_MOVE_CLIENTS_MS + limits::SWITCHOVER_FOLLOW_SLACK_MS;
+        self.follow_after_ms.store(follow_after, Ordering::Release);
+        self.step_down_moving(epoch, limits::SWITCHOVER_MOVE_CLIENTS_MS);
     }
 }
 

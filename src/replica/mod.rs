@@ -16,6 +16,7 @@ pub mod link;
 pub mod promote;
 mod serve;
 pub mod shared;
+pub mod switchover;
 pub mod webhooks;
 mod wire;
 

@@ -21,7 +21,7 @@ pub struct Refused {
     pub message: String,
 }
 
-fn refused(status: u16, message: impl Into<String>) -> Refused {
+pub(super) fn refused(status: u16, message: impl Into<String>) -> Refused {
     Refused {
         status,
         message: message.into(),
@@ -88,9 +88,35 @@ pub fn promote_granted(link: &Arc<Link>, epoch: u64) -> Result<Value, Refused> {
     result
 }
 
+/// A planned switchover without a witness: the primary of `epoch - 1` handed over (its
+/// `Handover` checked by `switchover::take_handover`), so this standby becomes the primary of
+/// `epoch` with no check of the primary's liveness: it froze and will step down on our
+/// `Promoted`.
+///
+/// # Errors
+///
+/// As `promote_granted`.
+pub fn promote_handover(link: &Arc<Link>, epoch: u64) -> Result<Value, Refused> {
+    if link.shared.role() == Role::Primary {
+        return Err(refused(409, "this node is the primary already"));
+    }
+    if link.promoting.swap(true, Ordering::AcqRel) {
+        return Err(refused(409, "a promotion is under way"));
+    }
+    let result = carry_out(link, epoch);
+    link.promoting.store(false, Ordering::Release);
+    result
+}
+
+/// Promotes this node to `epoch`. In a planned switchover (`Link::handover_from` is the epoch
+/// before) the thread that reads the link waits meanwhile, so the session stays up until the
+/// node serves, and `Promoted` (the handover's answer) goes out only then; otherwise
+/// `Promoted` goes first (a forced promotion) and the session ends before the cores start the
+/// epoch.
 fn carry_out(link: &Arc<Link>, epoch: u64) -> Result<Value, Refused> {
     let shared = &link.shared;
     let started_ms = link.now_ms();
+    let handover = link.handover_from.load(Ordering::Acquire).checked_add(1) == Some(epoch);
     if epoch <= shared.epoch() {
         // The link raised the epoch meanwhile (a heartbeat of a newer primary).
         return Err(refused(
@@ -103,8 +129,10 @@ fn carry_out(link: &Arc<Link>, epoch: u64) -> Result<Value, Refused> {
     // The epoch file's two syncs (file, directory) are most of a promotion on a busy disk.
     let stored_ms = link.now_ms();
     shared.raise_epoch(epoch);
-    announce(link, epoch);
-    link.end_session();
+    if !handover {
+        announce(link, epoch);
+        link.end_session();
+    }
     let before: Vec<u64> = shared
         .streams
         .iter()
@@ -138,10 +166,20 @@ fn carry_out(link: &Arc<Link>, epoch: u64) -> Result<Value, Refused> {
     // No standby yet: publishes that want one follow `on_standby_loss` at once.
     shared.heard_ms.store(0, Ordering::Release);
     shared.set_standby_lost(true);
-    shared.set_link_up(false);
+    if !handover {
+        shared.set_link_up(false);
+    }
+    // Frozen by a switchover of its own earlier (then stepped down): it serves again.
+    shared.unfreeze();
     shared.set_role(Role::Primary);
     shared.promotions.fetch_add(1, Ordering::Relaxed);
     link.ring_cores();
+    if handover {
+        // The old primary steps down on this, and its publishers come here.
+        announce(link, epoch);
+        link.end_session();
+        shared.set_link_up(false);
+    }
     let took_ms = link.now_ms() - started_ms;
     let epoch_store_ms = stored_ms - started_ms;
     tracing::warn!(

@@ -181,6 +181,9 @@ fn handshake(link: &Link, wire: &mut Wire) -> std::io::Result<Option<Vec<StreamP
         return Ok(None);
     }
     tracing::info!(node = hello.node_id, "replication: standby connected");
+    if let Ok(mut peer) = link.peer_node.lock() {
+        peer.clone_from(&hello.node_id);
+    }
     Ok(Some(plans))
 }
 
@@ -319,6 +322,7 @@ fn send_streams(
                 Err(error) => return Err(std::io::Error::other(error.to_string())),
             }
         }
+        send_handover(link, &mut wire, &tails)?;
         let now = link.now_ms();
         update_lag(link, now, &mut behind_since_ms);
         if now >= next_heartbeat_ms {
@@ -339,6 +343,26 @@ fn send_streams(
             ));
         }
     }
+}
+
+/// A planned switchover asked for the `Handover`: sent once, after every record this session
+/// sent, with where each stream's sending stands (the standby must hold exactly that).
+fn send_handover(link: &Link, wire: &mut Wire, tails: &[Tail]) -> std::io::Result<()> {
+    let epoch = link.handover_request.load(Ordering::Acquire);
+    if epoch == 0
+        || epoch != link.shared.epoch()
+        || link.handover_sent.load(Ordering::Acquire) == epoch
+    {
+        return Ok(());
+    }
+    let written = tails
+        .iter()
+        .map(|tail| tail.next_lsn().saturating_sub(1))
+        .collect();
+    wire.send(&Message::Handover { epoch, written })?;
+    link.handover_sent.store(epoch, Ordering::Release);
+    tracing::info!(epoch, "switchover: handover sent");
+    Ok(())
 }
 
 /// Lag in records (written here, not yet acknowledged received) and in time (how long the
@@ -410,6 +434,7 @@ fn read_acks(link: &Link, mut wire: Wire, session: u64) {
                     epoch,
                     "replication: the standby was promoted; this node was superseded"
                 );
+                // During a switchover, the answer to our `Handover` (clients move staggered).
                 link.step_down(epoch);
                 return;
             }

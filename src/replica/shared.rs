@@ -70,6 +70,9 @@ pub struct StreamSlot {
     /// Standby: the core carried out the last `Rewind` or `Promote` (a counter the link waits
     /// on).
     pub done: AtomicU64,
+    /// The last `freeze_generation` the core fed its shard (a switchover waits for every core:
+    /// from then on none sequences a publish).
+    pub freeze_seen: AtomicU64,
 }
 
 /// Link and role state shared by the cores, the link threads and the admin endpoint.
@@ -95,6 +98,13 @@ pub struct ReplicaShared {
     /// With a witness: whether the failover thread could prove the lease at its last step
     /// (the metric; the cores go by `lease_until_ms`).
     pub lease_valid: AtomicBool,
+    /// A planned switchover froze publishes (see `ReplicaView::frozen`).
+    frozen: AtomicBool,
+    /// Bumped at each freeze, so the switchover can tell when every core has seen it.
+    freeze_generation: AtomicU64,
+    /// When this node steps down after a planned switchover: over how many ms its cores spread
+    /// the close of their WebSocket clients (0: all at once, the step-down of a failover).
+    pub move_clients_ms: AtomicU64,
     /// Promotions the witness granted (the rest of `promotions` were manual).
     pub promotions_witness: AtomicU64,
     pub lag_records: AtomicU64,
@@ -136,6 +146,7 @@ impl ReplicaShared {
                     peer_durable: AtomicU64::new(0),
                     inbound: ArrayQueue::new(limits::REPL_CORE_QUEUE_DEPTH),
                     done: AtomicU64::new(0),
+                    freeze_seen: AtomicU64::new(0),
                 })
                 .collect(),
             link_up: AtomicBool::new(false),
@@ -143,6 +154,9 @@ impl ReplicaShared {
             in_sync: AtomicBool::new(false),
             heard_ms: AtomicU64::new(0),
             lease_until_ms: AtomicU64::new(0),
+            frozen: AtomicBool::new(false),
+            freeze_generation: AtomicU64::new(0),
+            move_clients_ms: AtomicU64::new(0),
             promotions_witness: AtomicU64::new(0),
             lease_valid: AtomicBool::new(false),
             lag_records: AtomicU64::new(0),
@@ -222,6 +236,26 @@ impl ReplicaShared {
         self.in_sync.store(true, Ordering::Release);
     }
 
+    pub fn frozen(&self) -> bool {
+        self.frozen.load(Ordering::Acquire)
+    }
+
+    /// Freezes publishes (a planned switchover); returns the generation every core must reach
+    /// in `freeze_seen` before none sequences a publish any more.
+    pub fn freeze(&self) -> u64 {
+        self.frozen.store(true, Ordering::Release);
+        self.freeze_generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Ends a freeze (a switchover given up before the handover, or this node promoted).
+    pub fn unfreeze(&self) {
+        self.frozen.store(false, Ordering::Release);
+    }
+
+    pub fn freeze_generation(&self) -> u64 {
+        self.freeze_generation.load(Ordering::Acquire)
+    }
+
     pub fn standby_lost(&self) -> bool {
         self.standby_lost.load(Ordering::Acquire)
     }
@@ -242,6 +276,8 @@ impl ReplicaShared {
                 .config
                 .has_witness()
                 .then(|| self.lease_until_ms.load(Ordering::Acquire)),
+            frozen: self.frozen(),
+            primary: self.role() == Role::Primary,
         }
     }
 

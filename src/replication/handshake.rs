@@ -335,3 +335,61 @@ pub(crate) fn hmac(secret: &[u8], parts: &[&[u8]]) -> Mac {
     }
     mac.finalize().into_bytes().into()
 }
+
+/// Why a standby does not take a planned switchover's `Handover`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoverRefusal {
+    /// The handover is not of the epoch the standby follows (or there is no next epoch).
+    #[error("handover of epoch {offered}, but this standby follows epoch {ours}")]
+    WrongEpoch { offered: u64, ours: u64 },
+    /// The handover does not list one position per stream the standby holds.
+    #[error("handover lists {offered} streams, this standby has {ours}")]
+    StreamCount { offered: usize, ours: usize },
+    /// The standby does not hold exactly what the primary wrote in a stream.
+    #[error("stream {stream}: the primary wrote up to {written}, this standby holds {held}")]
+    NotCaughtUp {
+        stream: usize,
+        written: u64,
+        held: u64,
+    },
+}
+
+/// The standby's check of a `Handover { epoch, written }`: it follows `our_epoch` and holds
+/// `held` (per stream, the LSN after the last record it queued for writing). It takes over only
+/// the epoch it follows, and only when it holds every stream exactly up to where the primary
+/// wrote it (nothing acknowledged can be missing, nothing of its own is extra). Returns the
+/// epoch it then becomes the primary of.
+///
+/// # Errors
+///
+/// The first refusal that applies; the standby then does not promote itself.
+pub fn check_handover(
+    epoch: u64,
+    written: &[u64],
+    our_epoch: u64,
+    held: &[u64],
+) -> Result<u64, HandoverRefusal> {
+    let next = epoch.checked_add(1);
+    let Some(next) = next.filter(|_| epoch == our_epoch && epoch > 0) else {
+        return Err(HandoverRefusal::WrongEpoch {
+            offered: epoch,
+            ours: our_epoch,
+        });
+    };
+    if written.len() != held.len() {
+        return Err(HandoverRefusal::StreamCount {
+            offered: written.len(),
+            ours: held.len(),
+        });
+    }
+    for (stream, (&written, &held)) in written.iter().zip(held).enumerate() {
+        if written != held {
+            return Err(HandoverRefusal::NotCaughtUp {
+                stream,
+                written,
+                held,
+            });
+        }
+    }
+    Ok(next)
+}

@@ -14,8 +14,8 @@ mod proptests;
 mod tests;
 
 pub use handshake::{
-    LocalNode, PrimaryStream, auth_mac, check_hello, check_welcome, plan_stream, plan_streams,
-    verify_auth_mac, verify_welcome_mac, welcome_mac,
+    HandoverRefusal, LocalNode, PrimaryStream, auth_mac, check_handover, check_hello,
+    check_welcome, plan_stream, plan_streams, verify_auth_mac, verify_welcome_mac, welcome_mac,
 };
 pub use proto::{
     Decoder, Hello, LENGTH_BYTES, MAC_BYTES, Mac, Message, MessageType, NONCE_BYTES, Nonce,

@@ -143,6 +143,8 @@ fn message() -> impl Strategy<Value = Message> {
                 written
             }),
         any::<u64>().prop_map(|epoch| Message::Promoted { epoch }),
+        (any::<u64>(), prop::collection::vec(any::<u64>(), 0..8))
+            .prop_map(|(epoch, written)| Message::Handover { epoch, written }),
     ]
 }
 

@@ -40,6 +40,9 @@
 //! 7     Heartbeat  both, every 100ms  epoch u64, seq u64, written [u64] (the sender's written
 //!                                     LSN per stream, in Welcome order; empty from a standby)
 //! 8     Promoted   either             epoch u64
+//! 9     Handover   primary            epoch u64, written [u64] (planned switchover: the frozen
+//!                                     primary of `epoch` hands it over; every stream's end,
+//!                                     in Welcome order, all sent before this message)
 //! ```
 //!
 //! Type numbers, enum values (`Role`, `RefuseCode`, `StreamMode`) and field order are the wire
@@ -80,6 +83,13 @@
 //!   the primary now rather than at the new primary's first poke; a step-down
 //!   needs no message of its own (the node closes the connection, after a `Refuse HigherEpoch`
 //!   during a handshake).
+//!
+//! * `Handover` (planned switchover) comes from a primary that froze its publishes and saw
+//!   the standby reach lag 0: the standby takes it only in the sender's epoch and only when
+//!   it holds exactly the `written` positions (`check_handover`), reads nothing after it, and
+//!   becomes the primary of the next epoch (through the witness when one is configured), then
+//!   answers `Promoted`. The old primary acknowledges nothing from the freeze on unless the
+//!   standby has it, and steps down on `Promoted`.
 //!
 //! The MACs authenticate the peer (the secret never crosses the wire; fresh nonces on both
 //! sides stop the replay of an old handshake; each side's MAC has its own label, so one cannot
@@ -146,10 +156,11 @@ pub enum MessageType {
     Ack = 6,
     Heartbeat = 7,
     Promoted = 8,
+    Handover = 9,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 8] = [
+    pub const ALL: [MessageType; 9] = [
         MessageType::Hello,
         MessageType::Welcome,
         MessageType::Auth,
@@ -158,6 +169,7 @@ impl MessageType {
         MessageType::Ack,
         MessageType::Heartbeat,
         MessageType::Promoted,
+        MessageType::Handover,
     ];
 
     pub fn from_u8(byte: u8) -> Option<MessageType> {
@@ -174,6 +186,7 @@ impl MessageType {
             MessageType::Ack => "ack",
             MessageType::Heartbeat => "heartbeat",
             MessageType::Promoted => "promoted",
+            MessageType::Handover => "handover",
         }
     }
 
@@ -366,6 +379,12 @@ pub enum Message {
     Promoted {
         epoch: u64,
     },
+    /// Planned switchover: the sender, primary of `epoch`, is frozen and has sent every record
+    /// up to `written` (per stream, in Welcome order); the standby is to take over.
+    Handover {
+        epoch: u64,
+        written: Vec<u64>,
+    },
 }
 
 impl Message {
@@ -379,6 +398,7 @@ impl Message {
             Message::Ack { .. } => MessageType::Ack,
             Message::Heartbeat { .. } => MessageType::Heartbeat,
             Message::Promoted { .. } => MessageType::Promoted,
+            Message::Handover { .. } => MessageType::Handover,
         }
     }
 }
@@ -467,6 +487,11 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             written.iter().for_each(|lsn| w.u64(*lsn));
         }
         Message::Promoted { epoch } => w.u64(*epoch),
+        Message::Handover { epoch, written } => {
+            w.u64(*epoch);
+            w.count(written.len(), limits::REPL_STREAMS_MAX);
+            written.iter().for_each(|lsn| w.u64(*lsn));
+        }
     }
     let len = out.len() - start - LENGTH_BYTES;
     let (min, max) = msg.message_type().frame_len_range();
@@ -753,6 +778,15 @@ fn parse(message_type: MessageType, payload: &[u8]) -> Result<Message, ProtoErro
             }
         }
         MessageType::Promoted => Message::Promoted { epoch: r.u64()? },
+        MessageType::Handover => {
+            let epoch = r.u64()?;
+            let count = r.count(limits::REPL_STREAMS_MAX, 8)?;
+            let mut written = Vec::with_capacity(count);
+            for _ in 0..count {
+                written.push(r.u64()?);
+            }
+            Message::Handover { epoch, written }
+        }
         MessageType::Records => unreachable!("records frames are split by the decoder"),
     };
     if !r.bytes.is_empty() {

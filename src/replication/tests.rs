@@ -109,6 +109,10 @@ fn one_of_each() -> Vec<Message> {
             written: vec![13, 4],
         },
         Message::Promoted { epoch: 4 },
+        Message::Handover {
+            epoch: 3,
+            written: vec![13, 4],
+        },
     ]
 }
 
@@ -919,4 +923,71 @@ fn the_largest_handshake_messages_fit_a_control_frame() {
         encode(message, &mut out);
     }
     assert_eq!(decode_all(&out).unwrap(), messages);
+}
+
+#[test]
+fn a_handover_frame_has_the_documented_layout() {
+    let bytes = encoded(&Message::Handover {
+        epoch: 3,
+        written: vec![5],
+    });
+    // len, type 9, epoch, count u16?, one LSN
+    assert_eq!(bytes[4], 9);
+    assert_eq!(&bytes[5..13], &3u64.to_le_bytes());
+    assert_eq!(&bytes[bytes.len() - 8..], &5u64.to_le_bytes());
+    let mut decoder = Decoder::new();
+    decoder.push(&bytes).unwrap();
+    let decoded = decoder.next().unwrap().unwrap();
+    assert_eq!(
+        decoded,
+        Message::Handover {
+            epoch: 3,
+            written: vec![5]
+        }
+    );
+    // A truncated list is a bad payload, not a panic.
+    let mut cut = bytes.clone();
+    cut.truncate(cut.len() - 1);
+    let len = u32::try_from(cut.len() - LENGTH_BYTES).unwrap();
+    cut[..4].copy_from_slice(&len.to_le_bytes());
+    let mut decoder = Decoder::new();
+    decoder.push(&cut).unwrap();
+    assert!(decoder.next().is_err());
+}
+
+#[test]
+fn a_standby_takes_a_handover_only_of_its_epoch_and_caught_up() {
+    assert_eq!(check_handover(3, &[10, 4], 3, &[10, 4]), Ok(4));
+    assert_eq!(
+        check_handover(2, &[10, 4], 3, &[10, 4]),
+        Err(HandoverRefusal::WrongEpoch {
+            offered: 2,
+            ours: 3
+        })
+    );
+    assert!(matches!(
+        check_handover(0, &[], 0, &[]),
+        Err(HandoverRefusal::WrongEpoch { .. })
+    ));
+    assert!(matches!(
+        check_handover(u64::MAX, &[], u64::MAX, &[]),
+        Err(HandoverRefusal::WrongEpoch { .. })
+    ));
+    assert_eq!(
+        check_handover(3, &[10], 3, &[10, 4]),
+        Err(HandoverRefusal::StreamCount {
+            offered: 1,
+            ours: 2
+        })
+    );
+    assert_eq!(
+        check_handover(3, &[10, 5], 3, &[10, 4]),
+        Err(HandoverRefusal::NotCaughtUp {
+            stream: 1,
+            written: 5,
+            held: 4
+        })
+    );
+    // More than the primary wrote is no better: it is not the primary's log.
+    assert!(check_handover(3, &[10, 4], 3, &[11, 4]).is_err());
 }

@@ -23,6 +23,7 @@ pub(super) struct ReplicaCore {
     shared: Arc<ReplicaShared>,
     fed_primary: bool,
     fed_standby_lost: bool,
+    fed_frozen: bool,
     /// A rewind that waits for the WAL sync in flight (it replaces the stream's writer), or
     /// records that wait for disk space.
     deferred: Option<CoreInput>,
@@ -37,6 +38,7 @@ impl ReplicaCore {
             // The shard starts as a primary: the first feed tells a standby otherwise.
             fed_primary: true,
             fed_standby_lost: false,
+            fed_frozen: false,
             deferred: None,
             stalled: false,
         }
@@ -44,18 +46,39 @@ impl ReplicaCore {
 }
 
 impl CoreLoop {
-    /// Feeds a change of role or of the standby's availability to the shard.
+    /// Feeds a change of role, of the standby's availability or of a switchover's freeze to
+    /// the shard. Called at the start of each loop iteration, so when it reports the freeze
+    /// generation it has fed (`freeze_seen`), every publish this core sequenced before is in
+    /// its published written position, and it sequences none after.
     pub(super) fn feed_replication(&mut self, now: Now) {
         let Some(replica) = &mut self.replica else {
             return;
         };
+        let generation = replica.shared.freeze_generation();
         let primary = replica.shared.role() == Role::Primary;
         let standby_lost = primary && replica.shared.standby_lost();
-        if (primary, standby_lost) == (replica.fed_primary, replica.fed_standby_lost) {
+        let frozen = replica.shared.frozen();
+        let fed = (
+            replica.fed_primary,
+            replica.fed_standby_lost,
+            replica.fed_frozen,
+        );
+        if (primary, standby_lost, frozen) == fed {
+            replica.shared.streams[self.core]
+                .freeze_seen
+                .store(generation, Ordering::Release);
             return;
         }
+        let stepped_down = replica.fed_primary && !primary;
         replica.fed_primary = primary;
         replica.fed_standby_lost = standby_lost;
+        replica.fed_frozen = frozen;
+        let move_clients_ms = if stepped_down {
+            replica.shared.move_clients_ms.load(Ordering::Acquire)
+        } else {
+            0
+        };
+        let shared = Arc::clone(&replica.shared);
         if standby_lost {
             tracing::warn!(
                 core = self.core,
@@ -66,9 +89,14 @@ impl CoreLoop {
             ControlEvent::Replication {
                 primary,
                 standby_lost,
+                frozen,
+                move_clients_ms,
             },
             now,
         );
+        shared.streams[self.core]
+            .freeze_seen
+            .store(generation, Ordering::Release);
     }
 
     /// Standby: carries out what the link queued for this core. Returns whether it did

@@ -129,6 +129,8 @@ mod tests {
             durable_lsn: received_lsn,
             lost,
             lease_until_ms: None,
+            frozen: false,
+            primary: true,
         })
     }
 

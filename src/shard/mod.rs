@@ -86,7 +86,15 @@ pub enum ControlEvent {
     /// The hot standby's view: whether this node is the primary (a standby refuses clients;
     /// a primary that becomes a standby closes its clients with 4200 so they reconnect to the
     /// new primary), and whether its standby is unavailable (`/readyz` says so).
-    Replication { primary: bool, standby_lost: bool },
+    /// `frozen`: a planned switchover froze publishes (503 naming it; an owner sequences none).
+    /// `move_clients_ms`: a step-down after a planned switchover closes the WebSocket clients
+    /// with 4200 spread over that many ms (the drain's jittered pacer) instead of all at once.
+    Replication {
+        primary: bool,
+        standby_lost: bool,
+        frozen: bool,
+        move_clients_ms: u64,
+    },
 }
 
 /// The shard's view of the control plane, built only from `ControlEvent`s.
@@ -98,6 +106,8 @@ struct ControlView {
     /// False on a standby (always true without replication).
     primary: bool,
     standby_lost: bool,
+    /// A planned switchover froze publishes.
+    frozen: bool,
 }
 
 impl ControlView {
@@ -108,6 +118,15 @@ impl ControlView {
     fn is_ready(&self) -> bool {
         self.ready && !self.is_draining()
     }
+}
+
+/// The staggered move of a core's WebSocket clients after a planned switchover.
+#[derive(Debug, Clone, Copy)]
+struct Moving {
+    /// Closes per second (this core's), before the pacer's jitter.
+    per_s: f64,
+    /// Monotonic ms by which every client is closed.
+    until_ms: u64,
 }
 
 pub struct Shard {
@@ -151,6 +170,9 @@ pub struct Shard {
     /// Drain pacing: closes owed to the rate but not yet done, and a jitter state.
     drain_credit: f64,
     jitter: u64,
+    /// After a planned switchover: this node's WebSocket clients being moved to the new
+    /// primary (closed with 4200 at a pace that ends by `until_ms`).
+    moving: Option<Moving>,
     /// Heap bytes the frame decoders of this core's WebSocket connections hold for unfinished
     /// messages, bounded by `server.ws_partial_bytes_per_core_max`.
     ws_partial_bytes: usize,
@@ -217,6 +239,7 @@ impl Shard {
                 cores_alive: true,
                 primary: true,
                 standby_lost: false,
+                frozen: false,
             },
             metrics,
             webhooks,
@@ -224,6 +247,7 @@ impl Shard {
             accept_tokens: 0.0,
             accept_refilled_ms: 0,
             drain_credit: 0.0,
+            moving: None,
             jitter: epoch ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             ws_partial_bytes: 0,
             evicting: false,
@@ -442,6 +466,17 @@ impl Shard {
     /// Handles one message from core `from` (which may be this core, for work it owns itself).
     fn handle_message(&mut self, from: usize, message: ShardMessage) {
         if Owner::is_owner_bound(&message) {
+            if let ShardMessage::Publish { publish, .. } = &message
+                && self.control.frozen
+            {
+                // Sent before the sender saw the freeze: refused here, so nothing is
+                // sequenced once every core has seen it.
+                self.owner
+                    .refuse(from, publish.client, PublishRefusal::Switchover);
+                self.core_metrics()
+                    .reject(crate::metrics::REJECT_SWITCHOVER);
+                return;
+            }
             if let ShardMessage::Publish { publish, .. } = &message
                 && self.fan_out_backed_up(&publish.channel)
             {
@@ -803,7 +838,9 @@ impl Shard {
             );
         }
         // One pace for both: while the drain closes everything, evictions would only double it.
-        if !self.drain_some(limits::TIMER_SWEEP_INTERVAL_MS) {
+        if !self.drain_some(limits::TIMER_SWEEP_INTERVAL_MS)
+            && !self.move_some(limits::TIMER_SWEEP_INTERVAL_MS)
+        {
             self.evict_some(limits::TIMER_SWEEP_INTERVAL_MS);
         }
         self.sweeps += 1;
@@ -967,27 +1004,49 @@ impl Shard {
             ControlEvent::Replication {
                 primary,
                 standby_lost,
+                frozen,
+                move_clients_ms,
             } => {
                 let stepped_down = self.control.primary && !primary;
                 self.control.primary = primary;
                 self.control.standby_lost = standby_lost;
+                self.control.frozen = frozen;
                 if stepped_down {
-                    self.close_clients_for_new_primary();
+                    self.close_clients_for_new_primary(move_clients_ms);
                 }
             }
         }
     }
 
     /// This node stopped being the primary: every WebSocket client is closed with 4200 (they
-    /// reconnect at once, through the load balancer, to the new primary), idle HTTP connections
-    /// are closed.
-    fn close_clients_for_new_primary(&mut self) {
+    /// reconnect, through the load balancer, to the new primary), at once or, after a planned
+    /// switchover, spread over `move_clients_ms` (`move_some`); idle HTTP connections are
+    /// closed at once.
+    fn close_clients_for_new_primary(&mut self, move_clients_ms: u64) {
         let keys: Vec<u32> = self.conns.iter().map(|(key, _)| key as u32).collect();
+        let websockets = keys
+            .iter()
+            .filter(|key| {
+                let conn = &self.conns[**key as usize];
+                !conn.dead && !conn.closing && matches!(conn.phase, Phase::WebSocket(_))
+            })
+            .count();
+        let staggered = move_clients_ms > 0 && websockets > 0;
+        if staggered {
+            // A pace that closes them all within the spread (the pacer's jitter averages out;
+            // whatever is left when the spread is over goes then).
+            let per_s = (websockets as f64 * 1000.0 / move_clients_ms as f64).max(1.0);
+            self.moving = Some(Moving {
+                per_s,
+                until_ms: self.now.mono_ms + move_clients_ms,
+            });
+        }
         for key in keys {
             if self.conns[key as usize].dead {
                 continue;
             }
             match self.conns[key as usize].phase {
+                Phase::WebSocket(_) if staggered => {}
                 Phase::WebSocket(_) => {
                     self.close_ws(key, crate::protocol::close_code::SERVER_CLOSING, true)
                 }
@@ -1046,7 +1105,10 @@ impl Shard {
         if self.now.mono_ms < close_at {
             return false;
         }
-        let chosen = self.paced_closes(elapsed_ms, |_| true).unwrap_or_default();
+        let per_s = self.config.server.drain_rate_per_s as f64;
+        let chosen = self
+            .paced_closes(elapsed_ms, per_s, |_| true)
+            .unwrap_or_default();
         for key in chosen {
             match self.conns[key as usize].phase {
                 Phase::WebSocket(_) => {
@@ -1075,7 +1137,8 @@ impl Shard {
             conn.ws()
                 .is_some_and(|ws| ws.counted && !apps.get(ws.app).enabled)
         };
-        let Some(chosen) = self.paced_closes(elapsed_ms, turned_off) else {
+        let per_s = self.config.server.drain_rate_per_s as f64;
+        let Some(chosen) = self.paced_closes(elapsed_ms, per_s, turned_off) else {
             return;
         };
         if chosen.is_empty() {
@@ -1097,17 +1160,50 @@ impl Shard {
         }
     }
 
-    /// The pacer shared by the drain and evictions: adds this sweep's jittered share of
-    /// `drain_rate_per_s` (50%..150% of the steady rate) to the credit and picks that many
+    /// After a planned switchover: closes this sweep's jittered share of the WebSocket clients
+    /// with 4200 (they reconnect to the new primary), every one left once the spread is over.
+    /// Returns whether the move is under way.
+    fn move_some(&mut self, elapsed_ms: u64) -> bool {
+        let Some(moving) = self.moving else {
+            return false;
+        };
+        let websocket = |conn: &Conn| matches!(conn.phase, Phase::WebSocket(_));
+        let chosen = if self.now.mono_ms >= moving.until_ms {
+            self.conns
+                .iter()
+                .filter(|(_, conn)| !conn.closing && !conn.dead && websocket(conn))
+                .map(|(key, _)| key as u32)
+                .collect()
+        } else {
+            // The rate is this core's own: the pacer divides by the core count.
+            let per_s = moving.per_s * self.cores as f64;
+            match self.paced_closes(elapsed_ms, per_s, websocket) {
+                Some(chosen) => chosen,
+                None => return true,
+            }
+        };
+        if chosen.is_empty() {
+            self.moving = None;
+            return false;
+        }
+        for key in chosen {
+            self.close_ws(key, crate::protocol::close_code::SERVER_CLOSING, true);
+        }
+        true
+    }
+
+    /// The pacer shared by the drain, evictions and a switchover's move: adds this sweep's
+    /// jittered share of `per_s` (50%..150% of the steady rate) to the credit and picks that many
     /// open connections for which `eligible` holds, starting at a jittered place. None when the
     /// credit is not yet worth one close (nothing was looked at); an empty list when no open
     /// connection is eligible (the credit is then dropped, so none builds up for later).
     fn paced_closes(
         &mut self,
         elapsed_ms: u64,
+        per_s: f64,
         eligible: impl Fn(&Conn) -> bool,
     ) -> Option<Vec<u32>> {
-        let share = (self.config.server.drain_rate_per_s as f64 / self.cores as f64).max(1.0);
+        let share = (per_s / self.cores as f64).max(1.0);
         // Jitter: this sweep's budget is 50%..150% of the steady rate.
         self.jitter ^= self.jitter << 13;
         self.jitter ^= self.jitter >> 7;

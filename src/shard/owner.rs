@@ -128,6 +128,12 @@ pub struct ReplicaView {
     /// its lease; from then on nothing is acknowledged (`PublishRefusal::NoLease`). None:
     /// no witness, no lease needed.
     pub lease_until_ms: Option<u64>,
+    /// A planned switchover froze publishes (and they stay refused after this node stepped
+    /// down): a publish is acknowledged only once the standby has its record, whatever the
+    /// ack mode and however long the standby takes, and never degraded.
+    pub frozen: bool,
+    /// This node is the primary.
+    pub primary: bool,
 }
 
 /// The journal could not persist what it was given (a write or sync error): nothing may be
@@ -371,6 +377,22 @@ fn ack_outcome(
     {
         // Whatever the ack mode: a node that cannot prove its lease may have been replaced.
         return Some(AckOutcome::Refused(PublishRefusal::NoLease));
+    }
+    if let Some(replica) = durable.replica
+        && replica.frozen
+    {
+        // A switchover: what the standby (the next primary) holds, or nothing.
+        let (reached, level) = match ack.ack {
+            AckMode::ReplicaDurable => (replica.durable_lsn, Durability::ReplicaDurable),
+            _ => (replica.received_lsn, Durability::ReplicaReceived),
+        };
+        return if ack.lsn <= reached {
+            Some(AckOutcome::Durable(level))
+        } else if !replica.primary {
+            Some(AckOutcome::Refused(PublishRefusal::Switchover))
+        } else {
+            None
+        };
     }
     let (Some(replica), AckMode::Replica | AckMode::ReplicaDurable) = (durable.replica, ack.ack)
     else {
@@ -2123,6 +2145,8 @@ mod tests {
                     durable_lsn: 1,
                     lost: false,
                     lease_until_ms: Some(NOW.mono_ms + 500),
+                    frozen: false,
+                    primary: true,
                 }),
             },
             resumed,
@@ -2133,6 +2157,60 @@ mod tests {
         );
     }
 
+    /// A planned switchover: whatever the ack mode and the standby's state, a frozen node
+    /// acknowledges only what the standby holds, waits for it (never degrades, however long
+    /// and even with the standby counted lost), and refuses the rest once it stepped down.
+    #[test]
+    fn a_frozen_node_acknowledges_only_what_the_standby_holds() {
+        let view = |received_lsn, lost, primary| ReplicaView {
+            received_lsn,
+            durable_lsn: 3,
+            lost,
+            lease_until_ms: None,
+            frozen: true,
+            primary,
+        };
+        let durable = |view| Durable {
+            lsn: 5,
+            durability: Durability::Fsynced,
+            replica: Some(view),
+        };
+        for ack in [AckMode::Local, AckMode::Replica, AckMode::ReplicaDurable] {
+            let pending = PendingAck {
+                to: 0,
+                query: query(1),
+                lsn: 5,
+                ack,
+                since_ms: 0,
+            };
+            let outcome =
+                |view, policy| ack_outcome(&pending, &durable(view), 60_000, 1_000, policy);
+            for policy in [StandbyLoss::Degrade, StandbyLoss::Reject] {
+                assert_eq!(
+                    outcome(view(4, false, true), policy),
+                    None,
+                    "{ack:?}: waits"
+                );
+                assert_eq!(
+                    outcome(view(4, true, true), policy),
+                    None,
+                    "{ack:?}: lost, waits"
+                );
+                assert_eq!(
+                    outcome(view(4, true, false), policy),
+                    Some(AckOutcome::Refused(PublishRefusal::Switchover)),
+                    "{ack:?}: stepped down"
+                );
+            }
+            let held = outcome(view(5, false, true), StandbyLoss::Degrade);
+            if ack == AckMode::ReplicaDurable {
+                assert_eq!(held, None, "synced only up to 3");
+            } else {
+                assert_eq!(held, Some(AckOutcome::Durable(Durability::ReplicaReceived)));
+            }
+        }
+    }
+
     #[test]
     fn nothing_is_acknowledged_past_the_proven_lease_whatever_the_ack_mode() {
         let replica = |lease_until_ms| ReplicaView {
@@ -2140,6 +2218,8 @@ mod tests {
             durable_lsn: 5,
             lost: false,
             lease_until_ms,
+            frozen: false,
+            primary: true,
         };
         let durable = |view| Durable {
             lsn: 5,

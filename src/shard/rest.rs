@@ -443,6 +443,9 @@ impl Shard {
             let owner = ChannelKey::owner_of(app, name, self.cores);
             owner != self.core && self.outbox.backlog(owner) >= limits::MESH_BACKLOG_MAX
         });
+        if self.control.frozen {
+            return self.refuse_frozen(key, keep_alive);
+        }
         if backed_up {
             self.core_metrics()
                 .reject(crate::metrics::REJECT_MESH_BACKLOG);
@@ -942,6 +945,7 @@ impl Shard {
                 let retry = [("Retry-After", "1")];
                 self.respond_error(key, 503, message, pending.keep_alive, &retry);
             }
+            Err(PublishRefusal::Switchover) => self.refuse_frozen(key, pending.keep_alive),
             Err(PublishRefusal::StorageFull) => {
                 self.core_metrics()
                     .reject(crate::metrics::REJECT_STORAGE_FULL);
@@ -951,6 +955,18 @@ impl Shard {
             }
         }
         self.process_http(key);
+    }
+
+    /// A publish during a planned switchover (`ringcast switchover`): 503 with a short
+    /// `Retry-After`; nothing of it was published, or the standby did not have it when this
+    /// node stepped down (the client retries, at the new primary).
+    fn refuse_frozen(&mut self, key: u32, keep_alive: bool) {
+        self.core_metrics()
+            .reject(crate::metrics::REJECT_SWITCHOVER);
+        let message = "switchover: publishes are frozen while this primary hands over to its \
+                       standby; retry in a moment (on the new primary)";
+        let retry = [("Retry-After", "1")];
+        self.respond_error(key, 503, message, keep_alive, &retry);
     }
 
     pub(super) fn respond(

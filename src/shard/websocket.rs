@@ -523,6 +523,16 @@ impl Shard {
                     "Cannot broadcast client event (connection not subscribed to channel {name})"
                 ),
             ))
+        } else if self.control.frozen || !self.control.primary {
+            // A planned switchover froze publishes, or this node stepped down and its clients
+            // are being moved: the event would reach only part of the channel, never the
+            // history the new primary keeps.
+            Some((
+                None,
+                "Client event rejected - the server is handing over to another node, retry \
+                 after reconnecting"
+                    .to_string(),
+            ))
         } else if event.len() > app.event_name_bytes_max {
             Some((
                 Some(close_code::CLIENT_EVENT_REJECTED),

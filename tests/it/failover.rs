@@ -28,13 +28,13 @@ use crate::support::*;
 const SECRET: &str = "replication-test-secret";
 
 /// The witness process; killed on drop.
-struct WitnessProcess {
+pub(crate) struct WitnessProcess {
     child: Child,
     config_path: std::path::PathBuf,
 }
 
 impl WitnessProcess {
-    fn start(port: u16, dir: Option<&std::path::Path>) -> WitnessProcess {
+    pub(crate) fn start(port: u16, dir: Option<&std::path::Path>) -> WitnessProcess {
         let dir_line = dir.map_or(String::new(), |dir| {
             format!("dir = \"{}\"\n", dir.display())
         });

@@ -35,6 +35,8 @@ mod rest;
 mod smoke;
 /// Start the binary, clients, signed REST calls.
 mod support;
+/// Drill 8: planned switchover under load, without and with a witness.
+mod switchover;
 /// Source hygiene: module docs, `unsafe` placement and SAFETY notes, function length, leftovers.
 mod tidy;
 /// Native TLS: wss and https, certificate reload, handshake limits, bad certificates at start.
