@@ -3,8 +3,8 @@
 //! does by close code: 4000-4099 (and a refusal that is not transient) give up; 4100-4199 back
 //! off, exponentially with jitter; 4200-4299, an unknown code and a dropped session reconnect
 //! at once; an upgrade answered 503 or 429 waits its `Retry-After` (jittered) and tries the next
-//! address; a failed connect tries the next address at once, backing off once every address
-//! failed in a row. It must not touch sockets, read a clock or draw random numbers: the engine
+//! address; a failed connect (or a connection lost before it was subscribed) tries the next
+//! address at once, backing off once every address failed in a row. It must not touch sockets, read a clock or draw random numbers: the engine
 //! passes a random value in and applies the delay on its own clock.
 
 use crate::protocol::close_code::{ClientAction, client_action};
@@ -71,11 +71,17 @@ impl Policy {
     /// drawn value (the jitter).
     pub fn next(&self, attempts: &mut Attempts, ended: Ended, random: u64) -> Next {
         let targets = self.targets.max(1);
-        if ended != Ended::ConnectFailed {
+        let failed_to_connect = matches!(
+            ended,
+            Ended::ConnectFailed | Ended::Lost { subscribed: false }
+        );
+        if !failed_to_connect {
             attempts.connect_failures = 0;
         }
         let delay_ms = match ended {
-            Ended::ConnectFailed => {
+            // A connection lost before it was subscribed counts as a failed connect: a killed
+            // node's listener that lingers a moment completes handshakes, then resets them.
+            Ended::ConnectFailed | Ended::Lost { subscribed: false } => {
                 attempts.connect_failures += 1;
                 attempts.target = (attempts.target + 1) % targets;
                 if attempts.connect_failures.is_multiple_of(targets as u32) {
@@ -85,7 +91,7 @@ impl Policy {
                 }
             }
             Ended::Lost { subscribed: true } => 0,
-            Ended::Lost { subscribed: false } | Ended::Protocol => self.backoff(attempts, random),
+            Ended::Protocol => self.backoff(attempts, random),
             Ended::Code(code) => match client_action(code) {
                 ClientAction::Refused | ClientAction::TlsOnly => return Next::GiveUp,
                 ClientAction::Backoff => self.backoff(attempts, random),
@@ -227,10 +233,13 @@ mod tests {
     }
 
     #[test]
-    fn a_session_lost_while_being_admitted_backs_off() {
+    fn a_connection_lost_before_it_was_subscribed_counts_as_a_failed_connect() {
         let mut attempts = Attempts::default();
         let lost = Ended::Lost { subscribed: false };
-        assert_eq!(retry(&POLICY, &mut attempts, lost, 0), 500);
+        assert_eq!(retry(&POLICY, &mut attempts, lost, 0), 0);
+        assert_eq!(attempts.target, 1);
+        assert_eq!(retry(&POLICY, &mut attempts, Ended::ConnectFailed, 0), 500);
+        assert_eq!(attempts.target, 0);
         assert_eq!(retry(&POLICY, &mut attempts, Ended::Protocol, 0), 1000);
     }
 }

@@ -513,12 +513,14 @@ fn report_and_check(params: &Params, b: &Node, standby: &Server, figures: Figure
     admitted.sort_unstable();
     let refused_late = window.len() - admitted.len();
     let acked = sent.iter().filter(|s| s.status == 200).count();
+    let storm = storm_window(&sent, killed);
     eprintln!(
         "drill reconnect storm: {n} clients from {} processes, accepts_per_sec_max {}, publishing {}/s to {} channels\n\
          \x20 fleet subscribed on the primary in {connect_took:?}; kill -> standby /readyz 200 after {:?}\n\
          \x20 kill -> last re-subscribe: {:.0} ms (issue 14 target: <= 15000 ms); drop -> re-subscribe p99 <= {:.0} ms, max {:.0} ms; {resubscribed}/{n} re-subscribed, {at_end} subscribed at the end\n\
          \x20 shed: {shed_4100} x 4100 seen by the fleet (old primary counted {shed_old}, new primary {shed_new}), {refused_503} x 503 (standby not yet promoted); attempts failed by reason: {failures:?}\n\
          \x20 publishes admitted from kill+20 s: {} (not admitted {refused_late}), latency p50 {:?} p99 {:?} max {:?} (issue 14 target: p99 < 50 ms); {acked} acknowledged in all\n\
+         \x20 during the first 20 s after the kill: {storm}\n\
          \x20 new primary: /readyz {} polls after promotion, {} not 200, slowest {:?}; RSS max {} KiB, at the end {rss_end_kb} KiB; alive {alive}",
         params.procs,
         params.accept_rate,
@@ -570,6 +572,35 @@ fn report_and_check(params: &Params, b: &Node, standby: &Server, figures: Figure
     );
     assert!(!admitted.is_empty(), "no publish admitted after kill+20 s");
     check_acknowledged(standby, &sent, params.channels);
+}
+
+/// The publisher during the storm (the kill to 20 s after it): the first acknowledged publish
+/// after the kill, what was admitted and refused, the latency of the admitted ones.
+fn storm_window(sent: &[Sent], killed: Instant) -> String {
+    let during: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.intended + s.latency >= killed && s.intended < killed + SETTLE)
+        .collect();
+    let first = during
+        .iter()
+        .filter(|s| s.status == 200 && s.intended >= killed)
+        .map(|s| (s.intended + s.latency).duration_since(killed))
+        .min();
+    let mut admitted: Vec<Duration> = during
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.latency)
+        .collect();
+    admitted.sort_unstable();
+    format!(
+        "first publish sent after the kill acknowledged {first:?} after it; {} admitted, {} not \
+         (503 or no answer), admitted latency p50 {:?} p99 {:?} max {:?}",
+        admitted.len(),
+        during.len() - admitted.len(),
+        percentile(&admitted, 0.5),
+        percentile(&admitted, 0.99),
+        percentile(&admitted, 1.0),
+    )
 }
 
 /// Every acknowledged publish is in the new primary's history of its channel.
