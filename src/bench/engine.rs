@@ -3,7 +3,9 @@
 //! delivered event: sequence, duplicate/reorder window, publish→deliver latency) and, on one
 //! thread, the REST publisher (HTTP/1.1 keep-alive connections, one request in flight each,
 //! publishes scheduled at fixed intervals from the run's start so latency is measured from the
-//! intended send time). Threads share nothing but the atomics in [`Shared`], written once per
+//! intended send time). In a reconnecting fleet (`storm --hold-secs`) a client that ends comes
+//! back when `reconnect::Policy` says, from one heap of due times per thread (no timer per
+//! client). Threads share nothing but the atomics in [`Shared`], written once per
 //! loop iteration. It must not print, read `/proc` or decide when a scenario ends (the scenario
 //! does, through the phase), and it must not allocate per delivered message: every socket is read
 //! by a multishot receive into the thread's provided-buffer pool, and only a partial frame is

@@ -3,8 +3,8 @@
 //! embeds), the checks and set-up shared by every scenario (descriptor limit, address
 //! resolution, bounds on every count and duration) and the output (JSON on stdout, or Markdown,
 //! plus an optional SVG). It must not drive sockets or measure anything itself: scenarios are in
-//! `scenario.rs`, the event loop in `engine.rs`, wire formats in `wire.rs`, `/proc` and
-//! histograms in `measure.rs`, rendering in `report.rs`, and every `unsafe` in `sys.rs`.
+//! `scenario.rs`, the event loop in `engine.rs`, wire formats in `wire.rs`, the reconnecting
+//! fleet's decisions in `reconnect.rs`, `/proc` and histograms in `measure.rs`, rendering in `report.rs`, and every `unsafe` in `sys.rs`.
 //!
 //! The generator is built to add as little as it can to the kernel's own cost per message: a
 //! few threads (`--threads`, default 1), each one io_uring instance with a multishot receive per
