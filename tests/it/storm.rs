@@ -290,8 +290,7 @@ struct Health {
 
 /// Polls `/readyz` every 100 ms until `until`; before the first 200 the node is still a
 /// standby (503), after it every answer must be 200.
-fn watch_health(addr: SocketAddr, pid: u32, killed: Instant, until: Instant) -> Health {
-    let mut health = Health::default();
+fn watch_health(health: &mut Health, addr: SocketAddr, pid: u32, killed: Instant, until: Instant) {
     while Instant::now() < until {
         let asked = Instant::now();
         let status = readyz(addr);
@@ -310,7 +309,46 @@ fn watch_health(addr: SocketAddr, pid: u32, killed: Instant, until: Instant) -> 
         }
         std::thread::sleep(HEALTH_EVERY.saturating_sub(took));
     }
-    health
+}
+
+/// The machine and the new primary over the latency window: is a slow figure the broker's, or
+/// a machine shared with other work?
+struct Context {
+    load_at_kill: String,
+    load_at_end: String,
+    /// The new primary's CPU seconds in the window, and its longest loop iteration.
+    cpu_secs: f64,
+    loop_max_secs: f64,
+}
+
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat, counted after the command's closing parenthesis.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn loop_max(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("ringcast_loop_iteration_max_seconds{"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
 }
 
 fn node_config(node: &Node, peer: &Node, role: &str, witness: u16, accept_rate: u64) -> String {
@@ -423,7 +461,18 @@ fn drill_reconnect_storm_every_client_comes_back_and_health_stays_green() {
     kill(&mut primary);
     let killed = Instant::now();
     let measure_end = killed + SETTLE + Duration::from_secs(params.measure_secs);
-    let health = watch_health(standby.addr, standby.pid(), killed, measure_end);
+    let load_at_kill = loadavg();
+    let mut health = Health::default();
+    let pid = standby.pid();
+    watch_health(&mut health, standby.addr, pid, killed, killed + SETTLE);
+    let (cpu_before, _) = (cpu_secs(pid), scrape(standby_metrics));
+    watch_health(&mut health, standby.addr, pid, killed, measure_end);
+    let context = Context {
+        load_at_kill,
+        load_at_end: loadavg(),
+        cpu_secs: cpu_secs(pid) - cpu_before,
+        loop_max_secs: loop_max(&scrape(standby_metrics)),
+    };
     stop.store(true, Ordering::Relaxed);
     let mut sent: Vec<Sent> = publishers
         .into_iter()
@@ -447,6 +496,7 @@ fn drill_reconnect_storm_every_client_comes_back_and_health_stays_green() {
             health,
             sent,
             results,
+            context,
             alive,
             primary_text,
             standby_text,
@@ -462,6 +512,7 @@ struct Figures {
     health: Health,
     sent: Vec<Sent>,
     results: Vec<Value>,
+    context: Context,
     alive: bool,
     primary_text: String,
     standby_text: String,
@@ -475,6 +526,7 @@ fn report_and_check(params: &Params, b: &Node, standby: &Server, figures: Figure
         health,
         sent,
         results,
+        context,
         alive,
         primary_text,
         standby_text,
@@ -521,7 +573,8 @@ fn report_and_check(params: &Params, b: &Node, standby: &Server, figures: Figure
          \x20 shed: {shed_4100} x 4100 seen by the fleet (old primary counted {shed_old}, new primary {shed_new}), {refused_503} x 503 (standby not yet promoted); attempts failed by reason: {failures:?}\n\
          \x20 publishes admitted from kill+20 s: {} (not admitted {refused_late}), latency p50 {:?} p99 {:?} max {:?} (issue 14 target: p99 < 50 ms); {acked} acknowledged in all\n\
          \x20 during the first 20 s after the kill: {storm}\n\
-         \x20 new primary: /readyz {} polls after promotion, {} not 200, slowest {:?}; RSS max {} KiB, at the end {rss_end_kb} KiB; alive {alive}",
+         \x20 new primary: /readyz {} polls after promotion, {} not 200, slowest {:?}; RSS max {} KiB, at the end {rss_end_kb} KiB; alive {alive}\n\
+         \x20 context of the latency window: load average {} at the kill, {} at the end; the new primary used {:.1} CPU s in {} s, longest loop iteration {:.0} ms",
         params.procs,
         params.accept_rate,
         params.publish_rate,
@@ -538,6 +591,11 @@ fn report_and_check(params: &Params, b: &Node, standby: &Server, figures: Figure
         health.failures.len(),
         health.slowest,
         health.rss_max_kb,
+        context.load_at_kill,
+        context.load_at_end,
+        context.cpu_secs,
+        params.measure_secs,
+        context.loop_max_secs * 1000.0,
     );
     assert!(alive, "the new primary died:\n{}", standby.stderr());
     assert_eq!(b.status()["role"], "primary");
