@@ -3,7 +3,9 @@
 //! delivered event: sequence, duplicate/reorder window, publish→deliver latency) and, on one
 //! thread, the REST publisher (HTTP/1.1 keep-alive connections, one request in flight each,
 //! publishes scheduled at fixed intervals from the run's start so latency is measured from the
-//! intended send time). Threads share nothing but the atomics in [`Shared`], written once per
+//! intended send time). In a reconnecting fleet (`storm --hold-secs`) a client that ends comes
+//! back when `reconnect::Policy` says, from one heap of due times per thread (no timer per
+//! client). Threads share nothing but the atomics in [`Shared`], written once per
 //! loop iteration. It must not print, read `/proc` or decide when a scenario ends (the scenario
 //! does, through the phase), and it must not allocate per delivered message: every socket is read
 //! by a multishot receive into the thread's provided-buffer pool, and only a partial frame is
@@ -12,7 +14,8 @@
 //! flow, a wait asks for a batch of completions (or a short timeout), so the thread is not woken
 //! — and the server not charged for waking it — once per message.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -26,6 +29,7 @@ use memchr::memmem;
 use socket2::{Domain, Socket, Type};
 
 use super::measure::{new_histogram, now_ns};
+use super::reconnect::{Attempts, Ended, Next, Policy};
 use super::sys::{self, Completion, OP_RECV, OP_WRITABLE, Ring};
 use super::wire::{self, FrameError, Response, Signer, Stamp, Upgrade};
 
@@ -85,6 +89,9 @@ pub struct Counters {
     pub received: AtomicU64,
     pub over_bound: AtomicU64,
     pub last_ready_ns: AtomicU64,
+    /// Reconnecting fleet: subscribed sessions that ended, and clients subscribed again after.
+    pub drops: AtomicU64,
+    pub resubscribed: AtomicU64,
 }
 
 /// Live counters of the publisher.
@@ -178,6 +185,18 @@ pub struct WorkerPlan {
     /// Largest publish sequence expected (deliveries past it are counted as misrouted).
     pub seq_limit: u64,
     pub publisher: Option<PublisherPlan>,
+    /// A reconnecting fleet (`storm --hold-secs`): clients come back after every end, by
+    /// `reconnect::Policy`; none: an ended client stays closed.
+    pub reconnect: Option<ReconnectPlan>,
+}
+
+/// How the clients of a reconnecting fleet come back.
+#[derive(Clone)]
+pub struct ReconnectPlan {
+    /// `targets` counts the target's address and the fallbacks.
+    pub policy: Policy,
+    /// Further WebSocket addresses after the target's, with their `Host` header values.
+    pub fallbacks: Vec<(SocketAddr, String)>,
 }
 
 /// Why a connection ended.
@@ -186,7 +205,8 @@ pub enum Fail {
     Connect(io::ErrorKind),
     Io(io::ErrorKind),
     Eof,
-    Handshake(u16),
+    /// The upgrade's status and `Retry-After` (seconds).
+    Handshake(u16, Option<u32>),
     Closed(u16),
     PusherError(Option<u16>),
     SubscriptionError,
@@ -201,7 +221,7 @@ impl Fail {
             Fail::Connect(kind) => format!("connect_{kind:?}"),
             Fail::Io(kind) => format!("io_{kind:?}"),
             Fail::Eof => "eof".to_string(),
-            Fail::Handshake(status) => format!("handshake_{status}"),
+            Fail::Handshake(status, _) => format!("handshake_{status}"),
             Fail::Closed(code) => format!("close_{code}"),
             Fail::PusherError(Some(code)) => format!("pusher_error_{code}"),
             Fail::PusherError(None) => "pusher_error".to_string(),
@@ -258,6 +278,10 @@ struct Conn {
     inflight: Option<Inflight>,
     /// `--tls`: the connection's record layer (`out` is plaintext, encrypted on flush).
     tls: Option<Box<rustls::ClientConnection>>,
+    /// Reconnecting fleet: where it connects and its back-offs in a row.
+    attempts: Attempts,
+    /// When its subscribed session ended (0: subscribed, or never was).
+    dropped_ns: u64,
 }
 
 impl Conn {
@@ -279,6 +303,8 @@ impl Conn {
             window: 0,
             inflight: None,
             tls: None,
+            attempts: Attempts::default(),
+            dropped_ns: 0,
         }
     }
 
@@ -345,6 +371,16 @@ pub struct Stats {
     pub last_ready_ns: u64,
     /// Unique deliveries per publish sequence.
     pub counts: Vec<u32>,
+    /// Reconnecting fleet: subscribed sessions that ended, clients subscribed again after one
+    /// (and how long after its end, µs), the first end and the last re-subscribe, connects
+    /// scheduled again, and clients that stopped (by the reason that stopped them).
+    pub drops: u64,
+    pub resubscribed: u64,
+    pub resubscribe_latency: Histogram<u64>,
+    pub first_drop_ns: u64,
+    pub last_resubscribed_ns: u64,
+    pub retries: u64,
+    pub gave_up: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -367,6 +403,13 @@ impl Stats {
             ready_latency: new_histogram(),
             last_ready_ns: 0,
             counts: Vec::with_capacity(seq_hint.min(1 << 24) as usize),
+            drops: 0,
+            resubscribed: 0,
+            resubscribe_latency: new_histogram(),
+            first_drop_ns: 0,
+            last_resubscribed_ns: 0,
+            retries: 0,
+            gave_up: BTreeMap::new(),
         }
     }
 
@@ -397,6 +440,20 @@ impl Stats {
         }
         let _ = self.ready_latency.add(&other.ready_latency);
         self.last_ready_ns = self.last_ready_ns.max(other.last_ready_ns);
+        self.drops += other.drops;
+        self.resubscribed += other.resubscribed;
+        let _ = self.resubscribe_latency.add(&other.resubscribe_latency);
+        if other.first_drop_ns != 0 {
+            self.first_drop_ns = match self.first_drop_ns {
+                0 => other.first_drop_ns,
+                mine => mine.min(other.first_drop_ns),
+            };
+        }
+        self.last_resubscribed_ns = self.last_resubscribed_ns.max(other.last_resubscribed_ns);
+        self.retries += other.retries;
+        for (key, n) in other.gave_up {
+            *self.gave_up.entry(key).or_default() += n;
+        }
         if self.counts.len() < other.counts.len() {
             self.counts.resize(other.counts.len(), 0);
         }
@@ -853,13 +910,17 @@ struct Ctx {
 
 impl Ctx {
     fn mask(&mut self) -> [u8; 4] {
-        // xorshift64: masks only need to vary, not to be secret, for a load generator.
+        (self.random() as u32).to_le_bytes()
+    }
+
+    /// xorshift64: masks and reconnect jitter only need to vary, not to be secret.
+    fn random(&mut self) -> u64 {
         let mut x = self.mask_state;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         self.mask_state = x;
-        (x as u32).to_le_bytes()
+        x
     }
 
     fn ready(&mut self, conn: &mut Conn, now: u64) {
@@ -870,6 +931,15 @@ impl Ctx {
             .saturating_record(now.saturating_sub(conn.started_ns) / 1000);
         self.stats.last_ready_ns = now;
         self.inflight_connects = self.inflight_connects.saturating_sub(1);
+        conn.attempts.subscribed();
+        if conn.dropped_ns != 0 {
+            self.stats.resubscribed += 1;
+            self.stats
+                .resubscribe_latency
+                .saturating_record(now.saturating_sub(conn.dropped_ns) / 1000);
+            self.stats.last_resubscribed_ns = now;
+            conn.dropped_ns = 0;
+        }
         if let Kind::Ws {
             channel: Some(channel),
         } = conn.kind
@@ -1003,7 +1073,9 @@ impl Ctx {
         if conn.state == State::Handshake {
             match wire::parse_upgrade(data) {
                 Upgrade::Partial => return Ok(0),
-                Upgrade::Refused(status) => return Err(Fail::Handshake(status)),
+                Upgrade::Refused(status, retry_after) => {
+                    return Err(Fail::Handshake(status, retry_after));
+                }
                 Upgrade::Switched(len) => {
                     at = len;
                     conn.state = State::WaitEstablished;
@@ -1081,7 +1153,12 @@ pub struct Worker {
     connect_rate: f64,
     connect_inflight_max: usize,
     source_ips: Vec<IpAddr>,
-    upgrade: Vec<u8>,
+    /// WebSocket addresses and their upgrade requests: the target's, then the fallbacks.
+    ws_targets: Vec<(SocketAddr, Vec<u8>)>,
+    /// Reconnecting fleet: the policy, and the clients waiting for their next connect by due
+    /// time (at most one entry per client).
+    policy: Option<Policy>,
+    retries: BinaryHeap<Reverse<(u64, usize)>>,
     ctx: Ctx,
     publisher: Option<Publisher>,
     /// `--tls`: the plaintext of one receive (kept to reuse its allocation).
@@ -1112,9 +1189,22 @@ impl Worker {
             Some(PublishMode::Fixed { count, .. }) => *count,
             _ => 0,
         };
+        let mut ws_targets = vec![(
+            plan.target.ws_addr,
+            wire::upgrade_request(&plan.target.ws_host, &plan.target.key),
+        )];
+        let policy = plan.reconnect.map(|reconnect| {
+            for (addr, host) in &reconnect.fallbacks {
+                ws_targets.push((*addr, wire::upgrade_request(host, &plan.target.key)));
+            }
+            reconnect.policy
+        });
+        let retries = BinaryHeap::with_capacity(if policy.is_some() { ws_count } else { 0 });
         Ok(Worker {
             index: plan.index,
-            upgrade: wire::upgrade_request(&plan.target.ws_host, &plan.target.key),
+            ws_targets,
+            policy,
+            retries,
             target: plan.target,
             ring: Ring::new(RING_ENTRIES, RECV_BUFFERS, RECV_BUFFER_BYTES)?,
             completions: Vec::new(),
@@ -1181,6 +1271,7 @@ impl Worker {
                 break;
             }
             self.start_connects(now, loop_start);
+            self.start_due_retries(now);
             self.flush_counters();
             if phase == PHASE_RUN
                 && let Some(publisher) = self.publisher.as_mut()
@@ -1255,6 +1346,8 @@ impl Worker {
         counters.received.store(stats.received, relaxed);
         counters.over_bound.store(stats.over_bound, relaxed);
         counters.last_ready_ns.store(stats.last_ready_ns, relaxed);
+        counters.drops.store(stats.drops, relaxed);
+        counters.resubscribed.store(stats.resubscribed, relaxed);
     }
 
     fn timeout(&self, now: u64, loop_start: u64) -> Duration {
@@ -1266,6 +1359,9 @@ impl Worker {
         {
             let slot = loop_start + (self.connects_started as f64 * 1e9 / self.connect_rate) as u64;
             wake = wake.min(slot);
+        }
+        if let Some(Reverse((due, _))) = self.retries.peek() {
+            wake = wake.min(*due);
         }
         if let Some(publisher) = &self.publisher
             && publisher.state == PubState::Running
@@ -1309,7 +1405,7 @@ impl Worker {
         let conn = &mut self.conns[token];
         let (addr, source) = match conn.kind {
             Kind::Ws { .. } => (
-                self.target.ws_addr,
+                self.ws_targets[conn.attempts.target % self.ws_targets.len()].0,
                 (!self.source_ips.is_empty())
                     .then(|| self.source_ips[token % self.source_ips.len()]),
             ),
@@ -1435,7 +1531,8 @@ impl Worker {
             match conn.kind {
                 Kind::Ws { .. } => {
                     conn.state = State::Handshake;
-                    conn.out.extend_from_slice(&self.upgrade);
+                    let target = conn.attempts.target % self.ws_targets.len();
+                    conn.out.extend_from_slice(&self.ws_targets[target].1);
                 }
                 Kind::Http => {
                     conn.state = State::Ready;
@@ -1550,6 +1647,7 @@ impl Worker {
             return;
         }
         let was_connecting = conn.connecting();
+        let was_ready = conn.state == State::Ready;
         if let Some(sock) = conn.sock.take()
             && (conn.recv_armed || conn.write_armed)
         {
@@ -1573,6 +1671,9 @@ impl Worker {
                     *stats.failures.entry(fail.label()).or_default() += 1;
                 } else {
                     *stats.closes.entry(fail.label()).or_default() += 1;
+                }
+                if self.policy.is_some() {
+                    self.come_back(token, &fail, was_ready, now);
                 }
             }
             Kind::Http => {
@@ -1608,6 +1709,79 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+impl Worker {
+    /// Reconnecting fleet: a client's attempt or session ended; schedules its next connect by
+    /// the policy (or lets it go), and notes when a subscribed session ended.
+    fn come_back(&mut self, token: usize, fail: &Fail, was_ready: bool, now: u64) {
+        let Some(policy) = self.policy else {
+            return;
+        };
+        let conn = &mut self.conns[token];
+        let stats = &mut self.ctx.stats;
+        if was_ready {
+            stats.drops += 1;
+            if conn.dropped_ns == 0 {
+                conn.dropped_ns = now;
+            }
+            if stats.first_drop_ns == 0 {
+                stats.first_drop_ns = now;
+            }
+            if let Kind::Ws {
+                channel: Some(channel),
+            } = conn.kind
+            {
+                self.ctx.shared.subscribed_per_channel[channel as usize]
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if self.ctx.shared.phase.load(Ordering::Relaxed) == PHASE_STOP {
+            return;
+        }
+        let random = self.ctx.random();
+        let conn = &mut self.conns[token];
+        match policy.next(&mut conn.attempts, ended(fail, was_ready), random) {
+            Next::Retry { delay_ms } => {
+                self.ctx.stats.retries += 1;
+                self.retries
+                    .push(Reverse((now + delay_ms * 1_000_000, token)));
+            }
+            Next::GiveUp => {
+                *self.ctx.stats.gave_up.entry(fail.label()).or_default() += 1;
+            }
+        }
+    }
+
+    /// Starts the connects of the clients whose back-off is over.
+    fn start_due_retries(&mut self, now: u64) {
+        while let Some(&Reverse((due, token))) = self.retries.peek() {
+            if due > now {
+                break;
+            }
+            self.retries.pop();
+            if self.conns[token].state == State::Closed {
+                self.ctx.inflight_connects += 1;
+                self.start_connect(token, now);
+            }
+        }
+    }
+}
+
+/// How a client's connection ended, in the reconnect policy's terms.
+fn ended(fail: &Fail, was_ready: bool) -> Ended {
+    match *fail {
+        Fail::Connect(_) => Ended::ConnectFailed,
+        Fail::Io(_) | Fail::Eof | Fail::KeepAliveEnded => Ended::Lost {
+            subscribed: was_ready,
+        },
+        Fail::Handshake(status, retry_after_secs) => Ended::Refused {
+            status,
+            retry_after_secs,
+        },
+        Fail::Closed(code) | Fail::PusherError(Some(code)) => Ended::Code(code),
+        Fail::PusherError(None) | Fail::SubscriptionError | Fail::Protocol(_) => Ended::Protocol,
     }
 }
 

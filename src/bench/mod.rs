@@ -3,8 +3,8 @@
 //! embeds), the checks and set-up shared by every scenario (descriptor limit, address
 //! resolution, bounds on every count and duration) and the output (JSON on stdout, or Markdown,
 //! plus an optional SVG). It must not drive sockets or measure anything itself: scenarios are in
-//! `scenario.rs`, the event loop in `engine.rs`, wire formats in `wire.rs`, `/proc` and
-//! histograms in `measure.rs`, rendering in `report.rs`, and every `unsafe` in `sys.rs`.
+//! `scenario.rs`, the event loop in `engine.rs`, wire formats in `wire.rs`, the reconnecting
+//! fleet's decisions in `reconnect.rs`, `/proc` and histograms in `measure.rs`, rendering in `report.rs`, and every `unsafe` in `sys.rs`.
 //!
 //! The generator is built to add as little as it can to the kernel's own cost per message: a
 //! few threads (`--threads`, default 1), each one io_uring instance with a multishot receive per
@@ -18,6 +18,7 @@
 mod engine;
 mod floor;
 mod measure;
+mod reconnect;
 mod report;
 mod scenario;
 mod sys;
@@ -55,7 +56,10 @@ pub enum Scenario {
     /// N idle connections: connect rate, and with --server-pid the server's memory per
     /// connection.
     Idle(IdleArgs),
-    /// N clients connecting at once: time until all are subscribed, errors by close code.
+    /// N clients connecting at once: time until all are subscribed, errors by close code. With
+    /// --hold-secs, a reconnecting fleet: after every drop, shed or refusal each client comes
+    /// back as pusher-js would (by close code, Retry-After, or --fallback addresses), and the
+    /// time from each drop to its re-subscribe is measured.
     Storm(StormArgs),
     /// No server: this machine's kernel cost of one small loopback TCP send, the floor under
     /// any server's CPU per delivery (send(2), then io_uring in batches).
@@ -212,6 +216,25 @@ pub struct StormArgs {
     /// Each client subscribes to one of this many channels.
     #[arg(long, default_value_t = 10)]
     pub channels: u32,
+    /// Channel names are this prefix and the channel's index (default: `rcb-PID-`).
+    #[arg(long)]
+    pub channel_prefix: Option<String>,
+    /// Once every client is subscribed (or --connect-timeout passed), stay connected this many
+    /// seconds, the clients reconnecting whenever they are dropped, shed or refused (also while
+    /// first connecting); 0: connect once, report, exit.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold_secs: f64,
+    /// With --hold-secs: further WebSocket addresses (host:port), tried in turn after
+    /// --host:--port when a connect fails or an upgrade is answered 503/429 (a failover pair).
+    #[arg(long, value_delimiter = ',')]
+    pub fallback: Vec<String>,
+    /// With --hold-secs: the first back-off after a 4100-4199 close (or a failed connect to
+    /// every address); each further one in a row doubles, with jitter.
+    #[arg(long, default_value_t = 1000)]
+    pub backoff_base_ms: u64,
+    /// With --hold-secs: the longest back-off.
+    #[arg(long, default_value_t = 10_000)]
+    pub backoff_max_ms: u64,
 }
 
 #[derive(Debug, Args)]

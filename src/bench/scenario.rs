@@ -6,7 +6,7 @@
 //! nor print the result (`mod.rs` does).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -15,13 +15,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::engine::{
-    PHASE_RUN, PHASE_STOP, PublishMode, PublisherPlan, PublisherResult, STEPS_MAX, Shared, Stats,
-    Target, Worker, WorkerPlan, WorkerResult,
+    PHASE_RUN, PHASE_STOP, PublishMode, PublisherPlan, PublisherResult, ReconnectPlan, STEPS_MAX,
+    Shared, Stats, Target, Worker, WorkerPlan, WorkerResult,
 };
 use super::measure::{
     CpuSnapshot, CpuWindow, ephemeral_port_count, latency_json, new_histogram, now_ns,
     percentile_curve, round1, round3, rss_bytes,
 };
+use super::reconnect::Policy;
 use super::report::{self, Series};
 use super::{
     BenchError, Common, FanoutArgs, IdleArgs, Outcome, PublishArgs, Setup, StormArgs,
@@ -395,6 +396,7 @@ fn client_plans(
             latency_bound_us: u64::MAX,
             seq_limit: 0,
             publisher: None,
+            reconnect: None,
         })
         .collect()
 }
@@ -898,6 +900,7 @@ fn publish_plan(args: &PublishArgs, target: &Arc<Target>, mode: PublishMode) -> 
             mode,
             drain_ns: 0,
         }),
+        reconnect: None,
     }
 }
 
@@ -1162,51 +1165,183 @@ pub fn storm(args: &StormArgs, setup: Setup) -> Result<Outcome, BenchError> {
     if args.channels == 0 || args.channels > 100_000 {
         return usage("--channels must be 1..=100000");
     }
+    let reconnect = reconnect_plan(args)?;
     reserve_descriptors(args.clients, setup.nofile)?;
     let limit = common.duration.unwrap_or(30.0);
     let threads = common.threads;
     let shared = Arc::new(Shared::new(threads, args.channels));
     let target = Arc::new(setup.target);
-    let plans = client_plans(&target, common, args.clients, args.channels, 0.0, 0);
+    let mut plans = client_plans(&target, common, args.clients, args.channels, 0.0, 0);
+    for plan in &mut plans {
+        if let Some(prefix) = &args.channel_prefix {
+            plan.channel_prefix = prefix.clone();
+        }
+        plan.reconnect = reconnect.clone();
+    }
     let run = Run::spawn(plans, Arc::clone(&shared))?;
     let before = CpuSnapshot::take(common.server_pid, &run.tids);
     let mut monitor = Monitor::new(common.quiet, run.spawned_ns);
     let mut warnings = Vec::new();
-    if !wait_connected(&run, &mut monitor, args.clients, 0, limit) {
+    let connected = if reconnect.is_some() {
+        wait_subscribed(&run, &mut monitor, args.clients, limit)
+    } else {
+        wait_connected(&run, &mut monitor, args.clients, 0, limit)
+    };
+    if !connected {
         warnings.push(format!(
             "not every client was subscribed or failed within {limit}s"
         ));
     }
     let after = CpuSnapshot::take(common.server_pid, &run.tids);
+    if reconnect.is_some() {
+        if !common.quiet {
+            eprintln!(
+                "hold: {} of {} clients subscribed; holding {} s, reconnecting",
+                subscribed_now(&shared),
+                args.clients,
+                args.hold_secs
+            );
+        }
+        let hold_end = now_ns() + duration_ns(args.hold_secs);
+        while now_ns() < hold_end {
+            monitor.tick(&shared, "hold");
+            std::thread::sleep(POLL);
+        }
+    }
     monitor.finish(&shared);
     let window = CpuWindow::between(&before, &after);
     let spawned_ns = run.spawned_ns;
     let merged = merge(run.stop());
-    let last_ready_ns = merged.stats.last_ready_ns.saturating_sub(spawned_ns);
-    let all = merged.stats.ready == args.clients as u64;
     warnings.extend(warnings_for(&window, common));
+    Ok(storm_report(
+        args, &target, spawned_ns, merged, &window, &monitor, warnings,
+    ))
+}
+
+/// The reconnect plan of `--hold-secs` (none without it), its fallbacks resolved.
+fn reconnect_plan(args: &StormArgs) -> Result<Option<ReconnectPlan>, BenchError> {
+    if !(args.hold_secs >= 0.0 && args.hold_secs <= super::DURATION_CAP_SECS) {
+        return usage("--hold-secs must be 0..=600");
+    }
+    if args.hold_secs == 0.0 {
+        if !args.fallback.is_empty() {
+            return usage("--fallback needs --hold-secs");
+        }
+        return Ok(None);
+    }
+    if args.backoff_base_ms == 0 || args.backoff_max_ms < args.backoff_base_ms {
+        return usage("--backoff-base-ms must be > 0 and at most --backoff-max-ms");
+    }
+    if args.backoff_max_ms > 600_000 || args.fallback.len() > 16 {
+        return usage("--backoff-max-ms must be at most 600000, and --fallback at most 16");
+    }
+    let mut fallbacks = Vec::new();
+    for address in &args.fallback {
+        let resolved: Option<SocketAddr> = address
+            .to_socket_addrs()
+            .map_err(|e| BenchError::Run(format!("cannot resolve --fallback {address}: {e}")))?
+            .next();
+        let Some(resolved) = resolved else {
+            return Err(BenchError::Run(format!(
+                "--fallback {address} has no address"
+            )));
+        };
+        fallbacks.push((resolved, address.clone()));
+    }
+    Ok(Some(ReconnectPlan {
+        policy: Policy {
+            targets: 1 + fallbacks.len(),
+            backoff_base_ms: args.backoff_base_ms,
+            backoff_max_ms: args.backoff_max_ms,
+        },
+        fallbacks,
+    }))
+}
+
+/// Clients subscribed right now (every subscribe less every subscribed session that ended).
+fn subscribed_now(shared: &Shared) -> u64 {
+    shared
+        .sum(|c| &c.ready)
+        .saturating_sub(shared.sum(|c| &c.closed))
+}
+
+/// A reconnecting fleet's first connect: waits until all `clients` are subscribed at once, or
+/// the timeout passes.
+fn wait_subscribed(run: &Run, monitor: &mut Monitor, clients: usize, timeout_secs: f64) -> bool {
+    let deadline = now_ns() + (timeout_secs * 1e9) as u64;
+    loop {
+        if subscribed_now(&run.shared) >= clients as u64 {
+            return true;
+        }
+        if now_ns() > deadline {
+            return false;
+        }
+        monitor.tick(&run.shared, "connect");
+        std::thread::sleep(POLL);
+    }
+}
+
+fn ms_between(from_ns: u64, to_ns: u64) -> f64 {
+    round3(to_ns.saturating_sub(from_ns) as f64 / 1e6)
+}
+
+/// The storm result (with the reconnecting fleet's figures under `reconnect`) and its chart.
+fn storm_report(
+    args: &StormArgs,
+    target: &Target,
+    spawned_ns: u64,
+    merged: Merged,
+    window: &CpuWindow,
+    monitor: &Monitor,
+    warnings: Vec<String>,
+) -> Outcome {
+    let common = &args.common;
+    let stats = &merged.stats;
+    let last_ready_ns = stats.last_ready_ns.saturating_sub(spawned_ns);
+    let all = stats.ready >= args.clients as u64;
+    let subscribed_at_end = stats.ready.saturating_sub(stats.closes.values().sum());
+    let reconnect = (args.hold_secs > 0.0).then(|| {
+        json!({
+            "hold_secs": args.hold_secs,
+            "fallbacks": args.fallback,
+            "backoff_base_ms": args.backoff_base_ms,
+            "backoff_max_ms": args.backoff_max_ms,
+            "drops": stats.drops,
+            "resubscribed": stats.resubscribed,
+            "subscribed_at_end": subscribed_at_end,
+            "not_subscribed_at_end": (args.clients as u64).saturating_sub(subscribed_at_end),
+            "drop_to_resubscribe_us": latency_json(&stats.resubscribe_latency),
+            "first_drop_to_last_resubscribe_ms": (stats.first_drop_ns != 0
+                && stats.last_resubscribed_ns != 0)
+                .then(|| ms_between(stats.first_drop_ns, stats.last_resubscribed_ns)),
+            "retries": stats.retries,
+            "gave_up": stats.gave_up,
+        })
+    });
     let result = json!({
         "scenario": "storm",
-        "target": target_json(&target),
+        "target": target_json(target),
         "params": {
             "clients": args.clients,
             "channels": args.channels,
-            "threads": threads,
-            "limit_secs": limit,
+            "threads": common.threads,
+            "limit_secs": common.duration.unwrap_or(30.0),
         },
         "results": {
-            "subscribed": merged.stats.ready,
-            "failed": merged.stats.failures,
-            "failed_total": merged.stats.failures.values().sum::<u64>(),
-            "closed_after_subscribe": merged.stats.closes,
+            "subscribed": stats.ready,
+            "failed": stats.failures,
+            "failed_total": stats.failures.values().sum::<u64>(),
+            "closed_after_subscribe": stats.closes,
             "all_subscribed": all,
             "time_to_all_subscribed_ms": all.then(|| round3(last_ready_ns as f64 / 1e6)),
-            "time_to_last_subscribed_ms": (merged.stats.ready > 0).then(|| round3(last_ready_ns as f64 / 1e6)),
-            "subscribes_per_sec": per_sec(merged.stats.ready, last_ready_ns),
-            "subscribe_latency_us": latency_json(&merged.stats.ready_latency),
+            "time_to_last_subscribed_ms": (stats.ready > 0).then(|| round3(last_ready_ns as f64 / 1e6)),
+            "subscribes_per_sec": per_sec(stats.ready, last_ready_ns),
+            "subscribe_latency_us": latency_json(&stats.ready_latency),
+            "other_messages": stats.other_messages,
+            "reconnect": reconnect,
         },
-        "server": window.server_json(common.server_pid, "connection", merged.stats.ready),
-        "generator": window.generator_json(threads, "connection", merged.stats.ready),
+        "server": window.server_json(common.server_pid, "connection", stats.ready),
+        "generator": window.generator_json(common.threads, "connection", stats.ready),
         "warnings": warnings,
         "timeline": monitor.timeline_json(),
     });
@@ -1217,7 +1352,7 @@ pub fn storm(args: &StormArgs, setup: Setup) -> Result<Outcome, BenchError> {
         &[
             Series {
                 label: "subscribed".into(),
-                points: monitor.level_points(|s| s.ready),
+                points: monitor.level_points(|s| s.ready.saturating_sub(s.closed)),
             },
             Series {
                 label: "failed".into(),
@@ -1225,7 +1360,7 @@ pub fn storm(args: &StormArgs, setup: Setup) -> Result<Outcome, BenchError> {
             },
         ],
     );
-    Ok(Outcome { json: result, svg })
+    Outcome { json: result, svg }
 }
 
 #[cfg(test)]

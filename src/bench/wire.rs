@@ -125,15 +125,15 @@ pub enum Upgrade {
     Partial,
     /// `101 Switching Protocols`; frames start at this offset.
     Switched(usize),
-    /// Any other status (0 when the head is not HTTP).
-    Refused(u16),
+    /// Any other status (0 when the head is not HTTP), and its `Retry-After` in seconds.
+    Refused(u16, Option<u32>),
 }
 
 /// Looks for a complete upgrade answer at the start of `input`.
 pub fn parse_upgrade(input: &[u8]) -> Upgrade {
     let Some(end) = memmem::find(input, b"\r\n\r\n") else {
         return if input.len() > HEAD_BYTES_MAX {
-            Upgrade::Refused(0)
+            Upgrade::Refused(0, None)
         } else {
             Upgrade::Partial
         };
@@ -142,8 +142,24 @@ pub fn parse_upgrade(input: &[u8]) -> Upgrade {
     if status == 101 {
         Upgrade::Switched(end + 4)
     } else {
-        Upgrade::Refused(status)
+        Upgrade::Refused(status, retry_after(&input[..end]))
     }
+}
+
+/// The `Retry-After` header of a response head, when it is a number of seconds.
+fn retry_after(head: &[u8]) -> Option<u32> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        if !line[..colon].eq_ignore_ascii_case(b"retry-after") {
+            return None;
+        }
+        let value = line[colon + 1..].trim_ascii();
+        (!value.is_empty() && value.len() <= 9)
+            .then(|| read_digits(value))
+            .flatten()
+            .map(|secs| secs as u32)
+    })
 }
 
 /// The status code of an HTTP/1.x status line at the start of `head` (0 if malformed).
@@ -529,7 +545,15 @@ mod tests {
         );
         assert_eq!(
             parse_upgrade(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"),
-            Upgrade::Refused(503)
+            Upgrade::Refused(503, None)
+        );
+        assert_eq!(
+            parse_upgrade(b"HTTP/1.1 503 Service Unavailable\r\nretry-after:  2 \r\n\r\n"),
+            Upgrade::Refused(503, Some(2))
+        );
+        assert_eq!(
+            parse_upgrade(b"HTTP/1.1 503 Busy\r\nRetry-After: Wed, 21 Oct\r\n\r\n"),
+            Upgrade::Refused(503, None)
         );
         assert_eq!(
             pusher_error_code(br#"{"event":"pusher:error","data":{"code":4100,"message":"x"}}"#),

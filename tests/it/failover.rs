@@ -9,9 +9,9 @@
 //! then SIGCONT: the old primary acknowledges nothing once resumed and steps down; (3) the witness down: the primary
 //! answers 503 "no lease" within the lease, resumes when the witness is back, and nobody is
 //! promoted; (6) the primary's disk full (a small tmpfs, root only): nothing acknowledged that
-//! was not persisted, and the standby takes over with every acknowledged publish. Not here
-//! (issue 14): drills needing network namespaces (a cut link, an isolated primary, packet loss),
-//! the reconnect storm and planned switchover.
+//! was not persisted, and the standby takes over with every acknowledged publish. Drill 7, the
+//! reconnect storm, is `storm.rs`. Not here (issue 14): drills needing network namespaces (a
+//! cut link, an isolated primary, packet loss) and planned switchover.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use crate::support::fixed_port;
 use crate::support::*;
 
 /// The witness's secret: the nodes' `[replication] secret` (see `replication::SECRET`).
-const SECRET: &str = "replication-test-secret";
+pub(crate) const SECRET: &str = "replication-test-secret";
 
 /// The witness process; killed on drop.
 pub(crate) struct WitnessProcess {

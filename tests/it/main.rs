@@ -33,6 +33,9 @@ mod replication;
 mod rest;
 /// Smoke tests of the harness itself.
 mod smoke;
+/// Failover drill 7, the reconnect storm: a fleet of `ringcast bench storm --hold-secs`
+/// clients moves to the promoted standby under publish load; health, publish latency, shedding.
+mod storm;
 /// Start the binary, clients, signed REST calls.
 mod support;
 /// Drill 8: planned switchover under load, without and with a witness.
