@@ -94,7 +94,8 @@ fn probe() -> Option<String> {
     nft.err().map(|error| format!("no nftables: {error}"))
 }
 
-/// Removes the namespaces and host links of labs whose test process is gone (once per process).
+/// Removes the namespaces (and what runs in them) and host links of labs whose test process is
+/// gone (once per process).
 fn remove_stale_labs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -108,7 +109,17 @@ fn remove_stale_labs() {
                 continue;
             };
             if rest.split('-').next().is_some_and(dead) {
+                // The brokers and witness a killed test left running in it, then the name.
+                let pids = run("ip", &["netns", "pids", name]).unwrap_or_default();
+                for pid in pids
+                    .lines()
+                    .filter_map(|pid| pid.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: kill(2) on a pid listed in our own stale namespace; no memory.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
                 let _ = run("ip", &["netns", "del", name]);
+                remove_data_dirs(rest.split('-').next().unwrap_or_default());
             }
         }
         let links = run("ip", &["-o", "link", "show"]).unwrap_or_default();
@@ -125,6 +136,27 @@ fn remove_stale_labs() {
             }
         }
     });
+}
+
+/// Removes the data directories a dead test process `pid` left in a stale lab (its nodes' WAL
+/// segments are large).
+fn remove_data_dirs(pid: &str) {
+    let prefixes = [
+        format!("ringcast-repl-{pid}-"),
+        format!("ringcast-partition-{pid}-"),
+    ];
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if prefixes
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_str()))
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The lab: namespaces `<prefix>x` (the bridge), `<prefix>p`, `<prefix>s` and `<prefix>w` (the
