@@ -420,9 +420,9 @@ fn wait_within(limit: Duration, what: &str, mut condition: impl FnMut() -> bool)
 // Drill 3. Property: with the link between the primary and the standby cut and the witness
 // reachable from both, nobody is promoted (both nodes' role and epoch, their promotion counters
 // and the witness's record unchanged, though the standby heard nothing for longer than
-// `failover_after_ms` and asked), and every publish with `ack = "replica"` sent after the cut
-// gets the `on_standby_loss` answer — 200 saying `standby=unavailable` (degrade) or 503
-// (reject) — within 1 s (the figure; `standby_timeout_ms = 300`); after the link heals
+// `failover_after_ms`, long enough to ask the witness), and every publish with
+// `ack = "replica"` sent after the cut gets the `on_standby_loss` answer — 200 saying
+// `standby=unavailable` (degrade) or 503 (reject) — within 1 s (the figure; `standby_timeout_ms = 300`); after the link heals
 // the standby resyncs and publishes are replicated again. Figures: cut -> first answer by
 // policy, heal -> in sync. The cut is held `RINGCAST_DRILL_CUT_MS` (default 2000). Measured
 // (2-core dev box, 5 runs per policy): the first answer by policy 242-305 ms after the cut
