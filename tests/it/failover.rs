@@ -9,11 +9,12 @@
 //! then SIGCONT: the old primary acknowledges nothing once resumed and steps down; (3) the witness down: the primary
 //! answers 503 "no lease" within the lease, resumes when the witness is back, and nobody is
 //! promoted; (6) the primary's disk full (a small tmpfs, root only): nothing acknowledged that
-//! was not persisted, and the standby takes over with every acknowledged publish. Drill 7, the
-//! reconnect storm, is `storm.rs`. Not here (issue 14): drills needing network namespaces (a
-//! cut link, an isolated primary, packet loss) and planned switchover.
+//! was not persisted, and the standby takes over with every acknowledged publish. The drills
+//! needing network namespaces (a cut link, an isolated primary, packet loss) are in
+//! `partition.rs`, drill 7 (the reconnect storm) is `storm.rs` and drill 8 (planned
+//! switchover) is `switchover.rs`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,19 +36,31 @@ pub(crate) struct WitnessProcess {
 
 impl WitnessProcess {
     pub(crate) fn start(port: u16, dir: Option<&std::path::Path>) -> WitnessProcess {
+        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        WitnessProcess::start_in(bind, dir, None)
+    }
+
+    /// A witness bound on `bind`, keeping its record in `dir` when given, inside the network
+    /// namespace `netns` when given (`ip netns exec`).
+    pub(crate) fn start_in(
+        bind: std::net::SocketAddr,
+        dir: Option<&std::path::Path>,
+        netns: Option<&str>,
+    ) -> WitnessProcess {
         let dir_line = dir.map_or(String::new(), |dir| {
             format!("dir = \"{}\"\n", dir.display())
         });
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let start = STARTS.fetch_add(1, Ordering::Relaxed);
         let config_path = std::env::temp_dir().join(format!(
-            "ringcast-witness-{}-{port}-{start}.toml",
-            std::process::id()
+            "ringcast-witness-{}-{}-{start}.toml",
+            std::process::id(),
+            bind.port()
         ));
-        let text =
-            format!("[witness]\nbind = \"127.0.0.1:{port}\"\nsecret = \"{SECRET}\"\n{dir_line}");
+        let text = format!("[witness]\nbind = \"{bind}\"\nsecret = \"{SECRET}\"\n{dir_line}");
         std::fs::write(&config_path, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        let mut command = ringcast_command(netns);
+        let child = command
             .args(["witness", "--config"])
             .arg(&config_path)
             .stdout(Stdio::null())
@@ -57,7 +70,7 @@ impl WitnessProcess {
         WitnessProcess { child, config_path }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

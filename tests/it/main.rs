@@ -27,6 +27,9 @@ mod history;
 mod load;
 /// Operations: systemd notify, health, metrics, drain, reload, admission, slow readers.
 mod operations;
+/// The drills that need a network (root: namespaces and nftables): a cut replication link, an
+/// isolated primary, packet loss.
+mod partition;
 /// The hot standby: following, ack modes, failover (seeded), standby loss, rejoin, secrets.
 mod replication;
 /// HTTP handling and the REST API: routing, signatures, publish, channel info, bad requests.

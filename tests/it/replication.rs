@@ -18,12 +18,19 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const SECRET: &str = "replication-test-secret";
+pub(crate) const SECRET: &str = "replication-test-secret";
 
-/// One node's fixed ports and data directory (removed on drop: its preallocated WAL segments
-/// are large).
+/// The admin token of nodes bound outside loopback (the binary requires one there); every admin
+/// request of `Node` carries it (a node without a token ignores it).
+const ADMIN_TOKEN: &str = "partition-admin-token";
+
+/// One node's address, fixed ports and data directory (removed on drop: its preallocated WAL
+/// segments are large).
 pub(crate) struct Node {
     pub(crate) name: &'static str,
+    /// Where the node binds its client, replication and admin ports (127.0.0.1, or its address
+    /// in a network namespace for `partition.rs`).
+    pub(crate) ip: std::net::IpAddr,
     pub(crate) dir: PathBuf,
     pub(crate) repl: u16,
     pub(crate) admin: u16,
@@ -31,6 +38,11 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn new(test: &str, name: &'static str) -> Node {
+        Node::at(test, name, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// A node binding its ports on `ip`.
+    pub(crate) fn at(test: &str, name: &'static str, ip: std::net::IpAddr) -> Node {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-repl-{}-{test}-{name}",
             std::process::id()
@@ -39,6 +51,7 @@ impl Node {
         std::fs::create_dir_all(&dir).unwrap();
         Node {
             name,
+            ip,
             dir,
             repl: fixed_port(),
             admin: fixed_port(),
@@ -46,23 +59,30 @@ impl Node {
     }
 
     pub(crate) fn admin_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.admin))
+        SocketAddr::new(self.ip, self.admin)
     }
 
     /// The config text: `role` is `initial_role`; `extra` goes into `[replication]`.
     pub(crate) fn config(&self, peer: &Node, role: &str, secret: &str, extra: &str) -> String {
         format!(
-            "version = 1\n\n[server]\nbind = \"127.0.0.1:0\"\ncores = 2\npin_threads = false\n\n\
+            "version = 1\n\n[server]\nbind = \"{ip}:0\"\ncores = 2\npin_threads = false\n\n\
              [storage]\ndir = \"{}\"\n\n[history]\nevents_per_channel_max = 1000\n\n\
-             [replication]\nnode_id = \"{}\"\nlisten = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n\
+             [replication]\nnode_id = \"{}\"\nlisten = \"{ip}:{}\"\npeer = \"{}:{}\"\n\
              initial_role = \"{role}\"\nsecret = \"{secret}\"\n{extra}\n\n\
-             [admin]\nbind = \"127.0.0.1:{}\"\n\n\
+             [admin]\nbind = \"{ip}:{}\"\n{token}\n\
              [[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n",
             self.dir.display(),
             self.name,
             self.repl,
+            peer.ip,
             peer.repl,
             self.admin,
+            ip = self.ip,
+            token = if self.ip.is_loopback() {
+                String::new()
+            } else {
+                format!("token = \"{ADMIN_TOKEN}\"\n")
+            },
         )
     }
 
@@ -70,14 +90,24 @@ impl Node {
         Server::with_config_text(&self.config(peer, role, SECRET, extra))
     }
 
+    /// One request to the admin endpoint, with the bearer token.
+    fn admin_request(&self, method: &str, target: &str) -> (u16, String) {
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.admin_addr()
+        );
+        parse_response(&raw(self.admin_addr(), request.as_bytes()))
+    }
+
     pub(crate) fn status(&self) -> Value {
-        let (status, body) = http(self.admin_addr(), "GET", "/replication", "");
+        let (status, body) = self.admin_request("GET", "/replication");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
 
     pub(crate) fn promote(&self) -> (u16, Value) {
-        let (status, body) = http(self.admin_addr(), "POST", "/replication/promote", "");
+        let (status, body) = self.admin_request("POST", "/replication/promote");
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 

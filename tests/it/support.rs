@@ -397,7 +397,18 @@ impl Server {
         env: &[(&str, &str)],
         metrics: bool,
     ) -> (Server, Option<SocketAddr>) {
-        Server::launch_prepared(config, env, metrics, |_| {})
+        Server::launch_prepared(config, env, metrics, None, |_| {})
+    }
+
+    /// Like `launch` (no extra environment), with the process started inside the network
+    /// namespace `netns` (`ip netns exec`, which execs the binary: the child's pid is the
+    /// broker's). The config's addresses must be ones the namespace has.
+    pub fn launch_in_netns(
+        config: &str,
+        metrics: bool,
+        netns: &str,
+    ) -> (Server, Option<SocketAddr>) {
+        Server::launch_prepared(config, &[], metrics, Some(netns), |_| {})
     }
 
     /// Like `launch`, with the process's descriptor limit (RLIMIT_NOFILE) set to `descriptors`
@@ -408,7 +419,7 @@ impl Server {
         metrics: bool,
         descriptors: u64,
     ) -> (Server, Option<SocketAddr>) {
-        Server::launch_prepared(config, &[], metrics, |command| {
+        Server::launch_prepared(config, &[], metrics, None, |command| {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
                 rlim_cur: descriptors,
@@ -428,11 +439,13 @@ impl Server {
         })
     }
 
-    /// `launch`, with `prepare` adjusting the command before it is spawned.
+    /// `launch`, in the network namespace `netns` when given, with `prepare` adjusting the
+    /// command before it is spawned.
     fn launch_prepared(
         config: &str,
         env: &[(&str, &str)],
         metrics: bool,
+        netns: Option<&str>,
         prepare: impl FnOnce(&mut Command),
     ) -> (Server, Option<SocketAddr>) {
         let n = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
@@ -441,7 +454,7 @@ impl Server {
         let config_path = dir.join(format!("config-{n}.toml"));
         let stderr_path = dir.join(format!("stderr-{n}.log"));
         std::fs::write(&config_path, config).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+        let mut command = ringcast_command(netns);
         command
             .args(["serve", "--config"])
             .arg(&config_path)
@@ -540,6 +553,30 @@ impl Server {
             // Short: a test may look at what the process left behind the moment it is gone.
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+/// A system tool by name: the first on `PATH`, else in /usr/sbin or /sbin (where Debian puts
+/// `ip`, `nft` and `haproxy`, which a normal user's `PATH` may lack); the bare name otherwise.
+pub fn system_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| name.into())
+}
+
+/// A command running the `ringcast` binary, inside the network namespace `netns` when given
+/// (`ip netns exec NS ringcast ...`: `ip` execs the binary, so the child's pid is ringcast's).
+pub fn ringcast_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut command = Command::new(system_tool("ip"));
+            command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_ringcast")]);
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_ringcast")),
     }
 }
 
