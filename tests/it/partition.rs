@@ -407,14 +407,37 @@ impl Drop for Cluster {
     }
 }
 
-/// Waits (bounded by `limit`) for `condition`; how long it took.
-fn wait_within(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
+impl Cluster {
+    /// Waits (bounded by `limit`) for `condition`; how long it took. On a timeout the panic
+    /// shows both nodes' `GET /replication` and the end of their logs (a drill's failure must
+    /// say what the link was doing).
+    fn wait_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut condition: impl FnMut() -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        while !condition() {
+            if started.elapsed() >= limit {
+                let tail = |server: &Server| {
+                    let log = server.stderr();
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                };
+                panic!(
+                    "{what}: not within {limit:?}\nprimary a: {}\nstandby b: {}\na's log:\n{}\nb's \
+                     log:\n{}",
+                    self.a.status(),
+                    self.b.status(),
+                    tail(&self.primary),
+                    tail(&self.standby),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
     }
-    started.elapsed()
 }
 
 // Drill 3. Property: with the link between the primary and the standby cut and the witness
@@ -480,13 +503,15 @@ fn cut_link_drill(policy: &str) {
     );
     assert_eq!(cluster.promotion_state(), before, "promoted during the cut");
     lab.heal('p');
-    let in_sync_after = wait_within(Duration::from_secs(20), "the standby back in sync", || {
-        let status = cluster.b.status();
-        status["peer_connected"] == true && status["in_sync"] == true
-    });
-    let replicated_after = wait_within(Duration::from_secs(10), "a replicated publish", || {
-        publish(cluster.primary.addr, "cut", "after").1 == "replica-received"
-    }) + in_sync_after;
+    let in_sync_after =
+        cluster.wait_within(Duration::from_secs(20), "the standby back in sync", || {
+            let status = cluster.b.status();
+            status["peer_connected"] == true && status["in_sync"] == true
+        });
+    let replicated_after =
+        cluster.wait_within(Duration::from_secs(10), "a replicated publish", || {
+            publish(cluster.primary.addr, "cut", "after").1 == "replica-received"
+        }) + in_sync_after;
     assert_eq!(cluster.promotion_state(), before, "promoted after the heal");
     println!(
         "drill link cut ({policy}): cut -> first answer by policy ({status} {durability:?} \
@@ -599,7 +624,7 @@ on_standby_loss = \"{policy}\""
     let isolated = Instant::now();
     // The new primary's first acknowledgement: under "reject" it has no standby (the old primary
     // is cut off), so it acknowledges nothing until the heal; its promotion stands in for it.
-    wait_within(
+    cluster.wait_within(
         Duration::from_secs(10),
         "the standby promoted",
         || match policy {
@@ -628,7 +653,7 @@ on_standby_loss = \"{policy}\""
     assert_eq!(state["b"]["epoch"], 2, "{state}");
     assert_eq!(state["b"]["promotions"]["witness"], 1.0, "{state}");
     lab.heal('p');
-    let step_down = wait_within(
+    let step_down = cluster.wait_within(
         Duration::from_secs(20),
         "the old primary steps down",
         || {
@@ -636,11 +661,11 @@ on_standby_loss = \"{policy}\""
             status["role"] == "standby" && status["epoch"] == 2
         },
     );
-    let resynced = wait_within(Duration::from_secs(20), "the old primary resynced", || {
+    let resynced = cluster.wait_within(Duration::from_secs(20), "the old primary resynced", || {
         let status = cluster.a.status();
         status["peer_connected"] == true && status["in_sync"] == true
     });
-    wait_within(Duration::from_secs(10), "a replicated publish", || {
+    cluster.wait_within(Duration::from_secs(10), "a replicated publish", || {
         publish(cluster.standby.addr, "after", "x").1 == "replica-received"
     });
     let since = |at: Instant| at.saturating_duration_since(isolated).as_millis();
@@ -773,7 +798,7 @@ fn drill_packet_loss_on_the_replication_link_no_failover_and_the_standby_keeps_u
     }
     lab.heal('p');
     stop.store(true, Ordering::Relaxed);
-    let caught_up = wait_within(
+    let caught_up = cluster.wait_within(
         Duration::from_secs(30),
         "the standby in sync, no lag",
         || {
