@@ -350,8 +350,10 @@ impl Cluster {
         let witness_addr = SocketAddr::new(lab.role_ip('w'), WITNESS_PORT);
         let witness =
             WitnessProcess::start_in(witness_addr, Some(&witness_dir), Some(&lab.ns('w')));
-        let a = Node::at(test, "a", lab.role_ip('p'));
-        let b = Node::at(test, "b", lab.role_ip('s'));
+        // Distinct from the loopback tests' nodes (`replication.rs` has its own "loss").
+        let test = format!("netns-{test}");
+        let a = Node::at(&test, "a", lab.role_ip('p'));
+        let b = Node::at(&test, "b", lab.role_ip('s'));
         let extra = format!("witness = \"{witness_addr}\"\nlease_ms = {LEASE_MS}\n{extra}");
         let launch = |node: &Node, peer: &Node, role: &str, ns: char| {
             let config = format!(

@@ -41,12 +41,21 @@ impl Node {
         Node::at(test, name, std::net::Ipv4Addr::LOCALHOST.into())
     }
 
-    /// A node binding its ports on `ip`.
+    /// A node binding its ports on `ip`. `test` names the test, and the pair (`test`, `name`)
+    /// the node's data directory: one use per process, asserted (two tests once shared "loss",
+    /// and one wiped the other's WAL while it ran).
     pub(crate) fn at(test: &str, name: &'static str, ip: std::net::IpAddr) -> Node {
-        let dir = std::env::temp_dir().join(format!(
-            "ringcast-repl-{}-{test}-{name}",
-            std::process::id()
-        ));
+        static TAKEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let key = format!("{test}-{name}");
+        {
+            let mut taken = TAKEN.lock().unwrap();
+            assert!(
+                !taken.contains(&key),
+                "two nodes of this test process named {key:?}: give each test its own name"
+            );
+            taken.push(key.clone());
+        }
+        let dir = std::env::temp_dir().join(format!("ringcast-repl-{}-{key}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Node {
