@@ -6,6 +6,9 @@
 # `replica-durable`, so the three modes run against the same pair; and, as the reference, the
 # same server alone with its WAL and no `[replication]` ("wal-only", CPU 0). The load generator
 # runs on CPU 1 (beside the standby: on a 2-core box the standby's host is the generator's).
+# B_CPU=0 puts the standby beside the primary instead, leaving CPU 1 to the generator alone:
+# harsher for the pair, fair to the instrument (beside the standby the generator's own
+# scheduling shows up as a ~4 ms p99 in every mode; docs/BENCHMARKS.md, "re-measured").
 # Per round (RUNS, default 3; the modes interleaved in every round, medians reported):
 #   1. `bench publish`, 16 keep-alive connections, closed loop: publishes/s, p50/p99;
 #   2. the same open loop at RATE (default 10,000) publishes/s: p50/p99;
