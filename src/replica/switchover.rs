@@ -246,10 +246,14 @@ pub(super) fn take_handover(link: &Arc<Link>, epoch: u64, written: &[u64]) -> st
     link.handover_from.store(epoch, Ordering::Release);
     let result = if shared.config.has_witness() {
         // The failover thread asks the witness now (the old primary released its lease) and
-        // promotes this node with the epoch it grants.
+        // promotes this node with the epoch it grants. Wait for the whole promotion, not just
+        // the role: it tells the old primary `Promoted` on this session after the role changes,
+        // and returning earlier ends the session first (the old primary then stepped down only
+        // at the next poke, and the promotion waited out `announce`'s 200 ms).
         let deadline = link.now_ms() + limits::SWITCHOVER_HANDOVER_MS;
         let granted = wait(link, deadline, || {
-            shared.role() == Role::Primary || link.stopping()
+            (shared.role() == Role::Primary && !link.promoting.load(Ordering::Acquire))
+                || link.stopping()
         });
         if granted && shared.role() == Role::Primary {
             Ok(())

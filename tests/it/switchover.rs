@@ -28,6 +28,9 @@ use crate::support::*;
 struct Published {
     acked: Vec<u64>,
     longest_gap: Duration,
+    /// The attempts that made up the longest gap: (node 0 = a / 1 = b, status, sent and
+    /// answered in ms after the previous acknowledgement).
+    longest_trace: Vec<(usize, u16, u128, u128)>,
 }
 
 /// Publishes 0, 1, 2, ... on channel `sw{publisher}` until `stop`, each until acknowledged:
@@ -42,14 +45,18 @@ fn publisher(
     let channel = format!("sw{publisher}");
     let (mut acked, mut longest_gap) = (Vec::new(), Duration::ZERO);
     let (mut current, mut last_ack) = (0, Instant::now());
+    let mut longest_trace = Vec::new();
     let give_up = Instant::now() + Duration::from_secs(30);
     for n in 0..800_u64 {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let mut refused_in_a_row = 0;
+        let mut trace = Vec::new();
         loop {
+            let sent = last_ack.elapsed().as_millis();
             let (status, _, body) = publish(nodes[current], &channel, &n.to_string());
+            trace.push((current, status, sent, last_ack.elapsed().as_millis()));
             if status == 200 {
                 break;
             }
@@ -67,12 +74,19 @@ fn publisher(
                 std::thread::sleep(retry.min(Duration::from_secs(1)));
             }
         }
-        longest_gap = longest_gap.max(last_ack.elapsed());
+        if last_ack.elapsed() > longest_gap {
+            longest_gap = last_ack.elapsed();
+            longest_trace = trace;
+        }
         last_ack = Instant::now();
         acked.push(n);
         std::thread::sleep(Duration::from_millis(2));
     }
-    Published { acked, longest_gap }
+    Published {
+        acked,
+        longest_gap,
+        longest_trace,
+    }
 }
 
 /// Each acknowledged number is in `history` (data values), and their first appearances are in
@@ -160,16 +174,39 @@ fn switchover_run(test: &str, witness: bool) -> (u64, u64) {
     assert_eq!(a.status()["role"], "standby");
     assert_eq!(b.status()["role"], "primary");
     assert_eq!(publish(primary.addr, "late", "x").0, 503);
+    // The old primary stepped down on the new one's `Promoted`, sent on the replication link
+    // once it served, not later at a poke (with a witness the standby's link reader once ended
+    // the session as soon as the role changed, before `Promoted` went out: the promotion then
+    // waited 200 ms for nothing and the freeze lasted ~225 ms).
+    assert!(
+        primary.stderr().contains("this node was superseded"),
+        "the old primary never heard Promoted:\n{}",
+        primary.stderr()
+    );
     for (p, published) in published.iter().enumerate() {
         assert!(published.acked.len() > 10, "publisher {p} barely ran");
         let channel = format!("sw{p}");
         check_history(&channel, &published.acked, &history(&standby, &channel));
     }
-    let gap_ms = published
+    let longest = published.iter().max_by_key(|p| p.longest_gap).unwrap();
+    let gap_ms = longest.longest_gap.as_millis() as u64;
+    // What the longest gap was made of, attempt by attempt (shortened when long).
+    let trace: Vec<String> = longest
+        .longest_trace
         .iter()
-        .map(|p| p.longest_gap.as_millis() as u64)
-        .max()
-        .unwrap_or(0);
+        .map(|(node, status, sent, answered)| {
+            format!("{}:{status}@{sent}-{answered}", ["a", "b"][*node])
+        })
+        .collect();
+    let trace = if trace.len() > 12 {
+        format!(
+            "{} ... {}",
+            trace[..6].join(" "),
+            trace[trace.len() - 6..].join(" ")
+        )
+    } else {
+        trace.join(" ")
+    };
     // The clients were moved with 4200, spread over time (several sweeps), within bounds.
     let closes: Vec<(u16, Instant)> = watchers.into_iter().map(|w| w.join().unwrap()).collect();
     assert!(
@@ -181,8 +218,9 @@ fn switchover_run(test: &str, witness: bool) -> (u64, u64) {
     let last = closes.iter().map(|c| c.1).max().unwrap();
     let spread_ms = (last - first).as_millis() as u64;
     eprintln!(
-        "switchover ({}): freeze_ms {freeze_ms} (answer), longest gap between 200s {gap_ms} ms, \
-         {} clients closed 4200 over {spread_ms} ms (first {} ms after the answer), {:?}",
+        "switchover ({}): freeze_ms {freeze_ms} (answer), longest gap between 200s {gap_ms} ms \
+         (attempts node:status@sent-answered ms: {trace}), {} clients closed 4200 over \
+         {spread_ms} ms (first {} ms after the answer), {:?}",
         if witness { "witness" } else { "no witness" },
         closes.len(),
         first.saturating_duration_since(switched).as_millis(),
