@@ -201,6 +201,12 @@ pub const REPL_STANDBY_TIMEOUT_MS_MAX: u64 = 60_000;
 pub const REPL_CORE_QUEUE_DEPTH: usize = 256;
 /// Bytes of WAL records the primary reads and sends per batch.
 pub const REPL_SEND_BATCH_BYTES: usize = 256 * 1024;
+/// A replication session ends after this much silence, or after `standby_timeout_ms` when that
+/// is longer. The standby counts as lost after `standby_timeout_ms` whatever the session does
+/// (`heard_ms`); keeping the TCP connection through a shorter silence lets it go on where it
+/// was once packets flow again. Ending it sooner, under packet loss, meant a new connection
+/// whose handshake (a fresh 1 s TCP retransmission timeout) failed again and again.
+pub const REPL_SESSION_SILENCE_MS_MIN: u64 = 5_000;
 /// Connect, handshake and write timeout on the replication link.
 pub const REPL_IO_TIMEOUT_MS: u64 = 2_000;
 /// A standby redials the primary this often while disconnected.

@@ -307,10 +307,10 @@ pub(super) fn hand_to_core(
 }
 
 /// Records and heartbeats from the primary, until the link ends or goes silent for
-/// `standby_timeout_ms`.
+/// `Link::session_silence` (the failover timer counts the silence on its own).
 fn receive(link: &Arc<Link>, mut wire: Wire, session: u64) -> std::io::Result<()> {
     let shared = &link.shared;
-    wire.set_read_timeout(Duration::from_millis(shared.config.standby_timeout_ms))?;
+    wire.set_read_timeout(link.session_silence())?;
     loop {
         if link.session.load(Ordering::Acquire) != session || link.stopping() {
             return Ok(());

@@ -162,6 +162,12 @@ impl Link {
         Duration::from_millis(limits::REPL_IO_TIMEOUT_MS)
     }
 
+    /// How long a session may be silent before it ends (both ends read with this timeout).
+    pub fn session_silence(&self) -> Duration {
+        let timeout_ms = self.shared.config.standby_timeout_ms;
+        Duration::from_millis(timeout_ms.max(limits::REPL_SESSION_SILENCE_MS_MIN))
+    }
+
     /// This node saw a higher epoch while primary: it stops serving clients at once (cores
     /// close them with 4200), persists the epoch, and follows the peer as a standby.
     /// During a planned switchover of this node (whoever tells it first: `Promoted`, the

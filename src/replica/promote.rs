@@ -240,7 +240,9 @@ pub fn status(link: &Link) -> Value {
         "epoch": shared.epoch(),
         "peer": shared.config.peer,
         "peer_connected": shared.link_up(),
-        "in_sync": shared.in_sync(),
+        // Not while the peer has been silent for `standby_timeout_ms` (a session outlives that).
+        "in_sync": shared.in_sync()
+            && since_heard_ms.is_some_and(|ms| ms < shared.config.standby_timeout_ms),
         "lag_records": shared.lag_records.load(Ordering::Relaxed),
         "lag_ms": shared.lag_ms.load(Ordering::Relaxed),
         "lag_measured": lag_measured(&shared.lag.snapshot()),

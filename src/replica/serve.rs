@@ -252,7 +252,7 @@ fn stream_to(link: &Arc<Link>, wire: Wire, plans: &[StreamPlan]) -> std::io::Res
     // Available from now on: publishes wait for it (up to the timeout) instead of degrading.
     watch_standby(link);
     let reader = wire.split()?;
-    reader.set_read_timeout(Duration::from_millis(shared.config.standby_timeout_ms))?;
+    reader.set_read_timeout(link.session_silence())?;
     let reading = Arc::clone(link);
     std::thread::Builder::new()
         .name("ringcast-repl-acks".into())
@@ -366,7 +366,7 @@ fn send_handover(link: &Link, wire: &mut Wire, tails: &[Tail]) -> std::io::Resul
 }
 
 /// Lag in records (written here, not yet acknowledged received) and in time (how long the
-/// standby has been behind); in sync once it reached lag 0.
+/// standby has been behind); in sync once it reached lag 0 while heard from.
 fn update_lag(link: &Link, now: u64, behind_since_ms: &mut u64) {
     let shared = &link.shared;
     let lag: u64 = shared
@@ -381,7 +381,10 @@ fn update_lag(link: &Link, now: u64, behind_since_ms: &mut u64) {
     shared.lag_records.store(lag, Ordering::Relaxed);
     if lag == 0 {
         *behind_since_ms = 0;
-        shared.set_in_sync();
+        // Not while it counts as lost: lag 0 then only means nothing was written meanwhile.
+        if !shared.standby_lost() {
+            shared.set_in_sync();
+        }
     } else if *behind_since_ms == 0 {
         *behind_since_ms = now;
     }
@@ -390,7 +393,8 @@ fn update_lag(link: &Link, now: u64, behind_since_ms: &mut u64) {
 }
 
 /// The standby's acks and heartbeats, until the connection ends or goes silent for
-/// `standby_timeout_ms` (then the session ends).
+/// `Link::session_silence` (then the session ends; `watch_standby` counts the standby lost
+/// after `standby_timeout_ms` of silence, session or not).
 fn read_acks(link: &Link, mut wire: Wire, session: u64) {
     let shared = &link.shared;
     loop {

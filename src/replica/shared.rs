@@ -260,8 +260,13 @@ impl ReplicaShared {
         self.standby_lost.load(Ordering::Acquire)
     }
 
+    /// A lost standby is not in sync either, even while its session lasts (a session outlives
+    /// a silence of `standby_timeout_ms`): it is again once its acks reach lag 0.
     pub fn set_standby_lost(&self, lost: bool) {
         self.standby_lost.store(lost, Ordering::Release);
+        if lost {
+            self.in_sync.store(false, Ordering::Release);
+        }
     }
 
     /// Core `core`'s stream as the standby has acknowledged it (`lost` also when this node is

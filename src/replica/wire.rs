@@ -19,10 +19,14 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// Wraps a connected stream: no Nagle delay, and reads and writes that give up after
+    /// Wraps a connected stream: no Nagle delay, linear retransmission timeouts while few
+    /// packets are in flight (a lost heartbeat or ack is resent every RTO, not after an
+    /// exponential backoff that outlasts `standby_timeout_ms` and, after a cut link heals,
+    /// kept the session silent a second longer), and reads and writes that give up after
     /// `timeout`.
     pub fn new(stream: TcpStream, timeout: Duration) -> io::Result<Wire> {
         stream.set_nodelay(true)?;
+        socket2::SockRef::from(&stream).set_tcp_thin_linear_timeouts(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         Ok(Wire {
@@ -66,7 +70,12 @@ impl Wire {
                     ));
                 }
             }
-            let read = self.stream.read(&mut self.chunk)?;
+            let read = match self.stream.read(&mut self.chunk) {
+                // A signal (SIGSTOP/SIGCONT of this process) interrupts a read with a timeout:
+                // not the peer's doing, so read again (it used to end the session).
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                read => read?,
+            };
             if read == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }

@@ -932,3 +932,52 @@ fn r13_the_metrics_port_readyz_follows_the_role() {
     let (status, body) = get(standby_metrics, "/readyz");
     assert_eq!(status, 200, "{body}");
 }
+
+// A silence longer than `standby_timeout_ms` but shorter than the session's silence limit
+// (`limits::REPL_SESSION_SILENCE_MS_MIN`, 5 s): the standby is paused (SIGSTOP) for 1.5 s. The
+// primary counts it lost and degrades, and once it resumes the same session carries on — the
+// standby is back, publishes are replicated again, and no new session (resync) was needed.
+// Regression: a session used to end after `standby_timeout_ms` of silence, so every such
+// silence cost a new connection and handshake, which under packet loss failed again and again
+// (drill 5: the standby silent for up to 23 s, 93 % of publishes degraded).
+#[test]
+fn a_silence_longer_than_the_standby_timeout_keeps_the_session() {
+    let (a, b) = (Node::new("silence", "a"), Node::new("silence", "b"));
+    let extra = "standby_timeout_ms = 300\non_standby_loss = \"degrade\"";
+    let primary = a.start(&b, "primary", extra);
+    let standby = b.start(&a, "standby", extra);
+    b.wait_in_sync();
+    wait_for(|| publish(primary.addr, "s", "warm").1 == "replica-received");
+    let resyncs = |status: &Value| {
+        let resyncs = &status["resyncs"];
+        resyncs["partial"].as_u64().unwrap() + resyncs["full"].as_u64().unwrap()
+    };
+    let before = resyncs(&a.status());
+    standby.signal(libc::SIGSTOP);
+    wait_for(|| a.status()["standby_lost"] == true);
+    let status = a.status();
+    assert_eq!(status["in_sync"], false, "in sync while lost: {status}");
+    let (code, durability, body) = publish(primary.addr, "s", "while-stopped");
+    assert_eq!(
+        (code, durability.as_str()),
+        (200, "local-written; standby=unavailable"),
+        "{body}"
+    );
+    std::thread::sleep(Duration::from_millis(1_500));
+    standby.signal(libc::SIGCONT);
+    wait_for(|| a.status()["standby_lost"] == false && a.status()["in_sync"] == true);
+    let (code, durability, body) = publish(primary.addr, "s", "after");
+    assert_eq!(
+        (code, durability.as_str()),
+        (200, "replica-received"),
+        "{body}"
+    );
+    assert_eq!(
+        resyncs(&a.status()),
+        before,
+        "a new session: {}",
+        a.status()
+    );
+    // "after" was received by the standby, and a session's records arrive in order: it holds
+    // what it missed while stopped, through the same session.
+}
