@@ -465,6 +465,16 @@ fn encode_failover(
     ] {
         ConstCounter::new(value).encode(family.encode_family(&[("cause", cause)])?)?;
     }
+    let mut family = e.encode_descriptor(
+        "ringcast_failover_promotion_refusals",
+        "Promotion requests of this standby the witness refused, by reason (lease_held: the primary still renews its lease, e.g. a partition of the replication link alone)",
+        None,
+        MetricType::Counter,
+    )?;
+    for reason in crate::failover::RefuseReason::ALL {
+        let value = load(&shared.promotion_refusals[reason.index()]);
+        ConstCounter::new(value).encode(family.encode_family(&[("reason", reason.label())])?)?;
+    }
     Ok(())
 }
 

@@ -122,4 +122,20 @@ impl RefuseReason {
     pub fn from_u8(byte: u8) -> Option<RefuseReason> {
         RefuseReason::ALL.into_iter().find(|r| *r as u8 == byte)
     }
+
+    /// Its position in `ALL` (a table index, as for the refusal counters).
+    pub fn index(self) -> usize {
+        self as usize - 1
+    }
+
+    /// Its name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefuseReason::StaleEpoch => "stale_epoch",
+            RefuseReason::NotHolder => "not_holder",
+            RefuseReason::LeaseHeld => "lease_held",
+            RefuseReason::NotEligible => "not_eligible",
+            RefuseReason::Released => "released",
+        }
+    }
 }

@@ -88,11 +88,24 @@ impl Driver {
             self.node.tick(now, &mut self.effects);
             self.carry_out();
             if let Some((message, now)) = self.receive() {
+                self.count_refusal(&message);
                 self.node.on_witness(&message, now, &mut self.effects);
                 self.carry_out();
             }
         }
         self.link.shared.lease_until_ms.store(0, Ordering::Release);
+    }
+
+    /// A refusal addressed to this node while it is a standby answers a promotion request (a
+    /// standby sends no other): counted by reason for the metrics.
+    fn count_refusal(&self, message: &failover::WitnessMessage) {
+        let shared = &self.link.shared;
+        if let failover::WitnessMessage::Refused { node, reason, .. } = message
+            && *node == shared.config.node_id
+            && shared.role() == Role::Standby
+        {
+            shared.promotion_refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Feeds what the replication link observed, and follows a role changed outside the state

@@ -107,6 +107,10 @@ pub struct ReplicaShared {
     pub move_clients_ms: AtomicU64,
     /// Promotions the witness granted (the rest of `promotions` were manual).
     pub promotions_witness: AtomicU64,
+    /// Promotion requests of this standby the witness refused, by `RefuseReason::index` (a
+    /// standby silent on its primary asks every `renew_ms`: `lease_held` counts a partition
+    /// the witness kept from becoming a failover).
+    pub promotion_refusals: [AtomicU64; crate::failover::RefuseReason::ALL.len()],
     pub lag_records: AtomicU64,
     pub lag_ms: AtomicU64,
     pub promotions: AtomicU64,
@@ -158,6 +162,7 @@ impl ReplicaShared {
             freeze_generation: AtomicU64::new(0),
             move_clients_ms: AtomicU64::new(0),
             promotions_witness: AtomicU64::new(0),
+            promotion_refusals: Default::default(),
             lease_valid: AtomicBool::new(false),
             lag_records: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),

@@ -504,6 +504,10 @@ fn cut_link_drill(policy: &str) {
         "the standby still hears the primary: {standby}"
     );
     assert_eq!(cluster.promotion_state(), before, "promoted during the cut");
+    // It did ask, and the witness said no because the primary still renews its lease.
+    let series = "ringcast_failover_promotion_refusals_total{reason=\"lease_held\"}";
+    let refused = metric(&scrape(cluster.standby_metrics), series).unwrap_or(0.0);
+    assert!(refused >= 1.0, "no {series} on the standby");
     lab.heal('p');
     let in_sync_after =
         cluster.wait_within(Duration::from_secs(20), "the standby back in sync", || {
