@@ -783,3 +783,16 @@ fn a_late_refusal_as_released_confirms_the_release() {
     );
     assert_eq!(holder.poll(5_000), None, "nothing more to send");
 }
+
+#[test]
+fn each_refuse_reason_has_its_own_counter_slot_and_label() {
+    let mut labels = std::collections::HashSet::new();
+    for (position, reason) in RefuseReason::ALL.into_iter().enumerate() {
+        assert_eq!(reason.index(), position, "{reason:?}");
+        assert_eq!(RefuseReason::from_u8(reason as u8), Some(reason));
+        assert!(
+            labels.insert(reason.label()),
+            "{reason:?}: label used twice"
+        );
+    }
+}
