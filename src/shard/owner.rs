@@ -1797,6 +1797,26 @@ mod tests {
         }
     }
 
+    /// A publish's acknowledgement pending at `lsn`, in mode `ack`, since `since_ms`.
+    fn pending_ack(lsn: u64, ack: AckMode, since_ms: u64) -> PendingAck {
+        PendingAck {
+            to: 0,
+            query: query(1),
+            lsn,
+            ack,
+            since_ms,
+        }
+    }
+
+    /// The journal written and fsynced through LSN 5, the standby as `replica` says.
+    fn fsynced_through_5(replica: ReplicaView) -> Durable {
+        Durable {
+            lsn: 5,
+            durability: Durability::Fsynced,
+            replica: Some(replica),
+        }
+    }
+
     fn query(slot: u32) -> QueryRef {
         QueryRef {
             core: 0,
@@ -2170,21 +2190,11 @@ mod tests {
             frozen: true,
             primary,
         };
-        let durable = |view| Durable {
-            lsn: 5,
-            durability: Durability::Fsynced,
-            replica: Some(view),
-        };
         for ack in [AckMode::Local, AckMode::Replica, AckMode::ReplicaDurable] {
-            let pending = PendingAck {
-                to: 0,
-                query: query(1),
-                lsn: 5,
-                ack,
-                since_ms: 0,
+            let pending = pending_ack(5, ack, 0);
+            let outcome = |view, policy| {
+                ack_outcome(&pending, &fsynced_through_5(view), 60_000, 1_000, policy)
             };
-            let outcome =
-                |view, policy| ack_outcome(&pending, &durable(view), 60_000, 1_000, policy);
             for policy in [StandbyLoss::Degrade, StandbyLoss::Reject] {
                 assert_eq!(
                     outcome(view(4, false, true), policy),
@@ -2221,21 +2231,17 @@ mod tests {
             frozen: false,
             primary: true,
         };
-        let durable = |view| Durable {
-            lsn: 5,
-            durability: Durability::Fsynced,
-            replica: Some(view),
-        };
         for ack in [AckMode::Local, AckMode::Replica, AckMode::ReplicaDurable] {
-            let pending = PendingAck {
-                to: 0,
-                query: query(1),
-                lsn: 5,
-                ack,
-                since_ms: 90,
+            let pending = pending_ack(5, ack, 90);
+            let outcome = |view, now| {
+                ack_outcome(
+                    &pending,
+                    &fsynced_through_5(view),
+                    now,
+                    1_000,
+                    StandbyLoss::Degrade,
+                )
             };
-            let outcome =
-                |view, now| ack_outcome(&pending, &durable(view), now, 1_000, StandbyLoss::Degrade);
             let refused = Some(AckOutcome::Refused(PublishRefusal::NoLease));
             assert_eq!(
                 outcome(replica(Some(100)), 100),
@@ -2259,16 +2265,10 @@ mod tests {
                 "{ack:?}: no witness, no lease needed"
             );
         }
-        let pending = PendingAck {
-            to: 0,
-            query: query(1),
-            lsn: 6,
-            ack: AckMode::Local,
-            since_ms: 90,
-        };
+        let pending = pending_ack(6, AckMode::Local, 90);
         let not_written = ack_outcome(
             &pending,
-            &durable(replica(Some(0))),
+            &fsynced_through_5(replica(Some(0))),
             100,
             1_000,
             StandbyLoss::Degrade,
