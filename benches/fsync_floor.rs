@@ -8,7 +8,9 @@
 //! durable writes through the ring would get). Run with
 //! `cargo bench --bench fsync_floor -- DIR [SECONDS]`; DIR must be on the disk under test. Group
 //! commit runs on a file that is only `fallocate`d (unwritten extents) and on one written with
-//! zeros first, to show what zero-filling segments buys.
+//! zeros first, to show what zero-filling segments buys. A third argument, a comma-separated
+//! list of writer counts (`16` or `1,16`), runs only group commit on a zero-filled file with
+//! those writers: the row `benches/always_floor.sh` sets beside ringcast in the same run.
 //! This is a measurement tool only: it owns no ringcast code and asserts nothing.
 
 use std::fs::{File, OpenOptions};
@@ -159,6 +161,11 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(5);
     let run = Duration::from_secs(seconds);
+    let only: Option<Vec<usize>> = args.get(2).map(|list| {
+        list.split(',')
+            .map(|count| count.trim().parse().expect("writer counts are numbers"))
+            .collect()
+    });
     let path = dir.join("ringcast-fsync-floor.probe");
     println!(
         "disk floor for acknowledged appends, {} s per row, file {}",
@@ -167,14 +174,18 @@ fn main() {
     );
     println!("| shape | writers | acknowledged appends/s | syncs/s | appends per sync |");
     println!("|---|---|---|---|---|");
-    for (writers, fill) in [
-        (1, false),
-        (16, false),
-        (1, true),
-        (16, true),
-        (32, true),
-        (64, true),
-    ] {
+    let rows: Vec<(usize, bool)> = match &only {
+        Some(counts) => counts.iter().map(|&writers| (writers, true)).collect(),
+        None => vec![
+            (1, false),
+            (16, false),
+            (1, true),
+            (16, true),
+            (32, true),
+            (64, true),
+        ],
+    };
+    for (writers, fill) in rows {
         let (acks, syncs) = group_commit(&path, writers, run, fill);
         let shape = if fill {
             "zero-filled"
@@ -186,7 +197,8 @@ fn main() {
             acks / syncs
         );
     }
-    for writers in [1, 16] {
+    let dsync_rows: &[usize] = if only.is_some() { &[] } else { &[1, 16] };
+    for &writers in dsync_rows {
         let (acks, _) = parallel_dsync(&path, writers, run);
         println!("| parallel O_DSYNC writes | {writers} | {acks:.0} | {acks:.0} | 1.0 |");
     }
