@@ -37,6 +37,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// `len` bytes from `offset` (fewer at the end of the file).
     fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Opens an existing file for reading at offsets, kept open by a reader that comes back
+    /// to the same file often (a tail of the segment being written). Like an open descriptor,
+    /// it keeps reading the file it opened even after the name is removed or replaced.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageRead>>;
     /// Cuts the file to `len` bytes and makes that durable.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
@@ -59,6 +63,13 @@ pub trait StorageFile: Send + fmt::Debug {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+}
+
+/// A file of a `Storage` open for reading.
+pub trait StorageRead: Send + fmt::Debug {
+    /// Fills `buf` from `offset`; returns how many bytes were read (fewer than `buf.len()`
+    /// only at the end of the file).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 /// Whether an error means the disk (or quota) is full.
@@ -148,6 +159,10 @@ impl Storage for FsStorage {
         Ok(bytes)
     }
 
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageRead>> {
+        Ok(Box::new(FsRead(File::open(path)?)))
+    }
+
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(len)?;
@@ -183,6 +198,24 @@ impl StorageFile for FsFile {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         Some(self.0.as_raw_fd())
+    }
+}
+
+#[derive(Debug)]
+struct FsRead(File);
+
+impl StorageRead for FsRead {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.0.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(filled)
     }
 }
 
@@ -371,6 +404,15 @@ impl Storage for MemStorage {
         self.contents(path).ok_or_else(|| not_found(path))
     }
 
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageRead>> {
+        let state = self.state();
+        let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(Box::new(MemFile {
+            state: Arc::clone(&self.state),
+            inode,
+        }))
+    }
+
     fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let data = self.read(path)?;
         let start = usize::try_from(offset)
@@ -422,6 +464,19 @@ impl Storage for MemStorage {
 impl MemFile {
     fn state(&self) -> MutexGuard<'_, MemState> {
         self.state.lock().expect("no panics while the lock is held")
+    }
+}
+
+impl StorageRead for MemFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let state = self.state();
+        let data = &state.inodes[self.inode].data;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
     }
 }
 
@@ -510,6 +565,23 @@ struct Faults {
 struct FaultyFile {
     inner: Box<dyn StorageFile>,
     faults: Arc<Mutex<Faults>>,
+}
+
+/// A file of a `FaultyStorage` open for reading: reads fail once the "process" is dead.
+#[derive(Debug)]
+struct FaultyRead {
+    inner: Box<dyn StorageRead>,
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl StorageRead for FaultyRead {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.faults
+            .lock()
+            .expect("no panics while the lock is held")
+            .alive()?;
+        self.inner.read_at(offset, buf)
+    }
 }
 
 fn error(code: i32) -> io::Error {
@@ -655,6 +727,14 @@ impl Storage for FaultyStorage {
     fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         self.faults().alive()?;
         self.inner.read_range(path, offset, len)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageRead>> {
+        self.faults().alive()?;
+        Ok(Box::new(FaultyRead {
+            inner: self.inner.open_read(path)?,
+            faults: Arc::clone(&self.faults),
+        }))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -819,8 +899,37 @@ mod tests {
         );
         storage.truncate(&path, 12).unwrap();
         assert_eq!(storage.read(&path).unwrap().len(), 12);
-        storage.remove(&path).unwrap();
+        open_read_reads_like_a_descriptor(&storage, &path);
         storage.sync_dir(&dir).unwrap();
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// `open_read` on a 12-byte file of zeros ending in "ab": a read fills what the file has and
+    /// says how much (short at the end), and the open file still reads after its name is
+    /// removed, as a descriptor does. Removes the file.
+    fn open_read_reads_like_a_descriptor(storage: &dyn Storage, path: &Path) {
+        let reader = storage.open_read(path).unwrap();
+        let mut buf = [7_u8; 8];
+        assert_eq!(reader.read_at(8, &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"\0\0ab");
+        storage.remove(path).unwrap();
+        assert_eq!(reader.read_at(11, &mut buf).unwrap(), 1);
+        assert_eq!(buf[0], b'b');
+        assert_eq!(reader.read_at(12, &mut buf).unwrap(), 0);
+        assert_eq!(
+            storage.open_read(path).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn mem_storage_open_read_reads_like_a_descriptor() {
+        let storage = MemStorage::new();
+        let dir = Path::new("/d");
+        storage.create_dir_all(dir).unwrap();
+        let path = dir.join("seg");
+        let (mut file, _) = storage.create(&path, 12).unwrap();
+        file.write_at(10, b"ab").unwrap();
+        open_read_reads_like_a_descriptor(&storage, &path);
     }
 }

@@ -11,6 +11,10 @@
 //! `TailError::Damage`; zeros or an incomplete record are only "not visible yet" and end a
 //! read quietly. The directory is listed when the tail starts, when it reaches the end of a
 //! segment and the next one is not known yet, and when a segment it was reading is gone.
+//! The newest segment (as last listed) stays open between reads, like a descriptor: if
+//! retention removes it meanwhile the tail still finishes it, and reports what follows as not
+//! retained. The first read of a call asks for about twice what the previous call took, so a
+//! live tail does not copy the zeros past the written end of a preallocated segment.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,8 +22,11 @@ use std::sync::Arc;
 
 use super::record::{self, DecodeError};
 use super::segment;
-use super::storage::Storage;
+use super::storage::{Storage, StorageRead};
 use crate::limits;
+
+/// The smallest first read of a call: a segment header and a record header fit.
+const MIN_READ_BYTES: usize = 4096;
 
 /// Why a tail could not read.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +100,14 @@ pub struct Tail {
     cursor: Option<Cursor>,
     /// The segments as last listed, sorted by first LSN.
     segments: Vec<(u64, String)>,
+    /// The newest segment as last listed, kept open: the tail of a live stream comes back to
+    /// it at every batch, and opening it each time cost more than the read.
+    reader: Option<(String, Box<dyn StorageRead>)>,
+    /// The bytes of the last read (kept, so that a read does not allocate or zero memory).
+    buf: Vec<u8>,
+    /// How much the first read of a call asks for: about twice what the last call took, at
+    /// least 4 KiB, at most `WAL_TAIL_READ_BYTES` (a read past the written end copies zeros).
+    first_read_bytes: usize,
 }
 
 impl Tail {
@@ -111,6 +126,9 @@ impl Tail {
             next_lsn,
             cursor: None,
             segments: Vec::new(),
+            reader: None,
+            buf: Vec::new(),
+            first_read_bytes: limits::WAL_TAIL_READ_BYTES,
         }
     }
 
@@ -144,7 +162,7 @@ impl Tail {
             upto_lsn,
             records: 0,
         };
-        let mut read_bytes = limits::WAL_TAIL_READ_BYTES;
+        let mut read_bytes = self.first_read_bytes;
         // A segment that disappears between listing and reading (retention) is looked up
         // again, a bounded number of times per call.
         let mut gone = 0;
@@ -180,6 +198,11 @@ impl Tail {
             self.cursor = Some(cursor);
         }
         assert!(batch.records == 0 || batch.out.len() > batch.start);
+        let taken = batch.out.len() - batch.start;
+        self.first_read_bytes = taken
+            .saturating_mul(2)
+            .next_multiple_of(MIN_READ_BYTES)
+            .clamp(MIN_READ_BYTES, limits::WAL_TAIL_READ_BYTES);
         Ok(batch.records)
     }
 
@@ -233,6 +256,13 @@ impl Tail {
         let Some((first_lsn, name)) = next else {
             return Ok(None);
         };
+        // This segment was read through a descriptor kept open while retention removed it and
+        // the segments after it: what follows it is no longer retained.
+        if first_lsn > cursor.lsn && !self.segments.iter().any(|(_, name)| *name == cursor.name) {
+            return Err(TailError::NotRetained {
+                first_retained: self.segments.first().map(|(first_lsn, _)| *first_lsn),
+            });
+        }
         // The next segment starts right after the last record of this one: anything else is
         // a gap (or an overlap) in records the writer reported written.
         if first_lsn != cursor.lsn {
@@ -257,15 +287,80 @@ impl Tail {
         read_bytes: usize,
         batch: &mut Batch<'_>,
     ) -> Result<Step, TailError> {
-        let path = self.dir.join(&cursor.name);
-        let bytes = match self.storage.read_range(&path, cursor.offset, read_bytes) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Step::Gone),
-            Err(error) => return Err(error.into()),
+        let mut buf = std::mem::take(&mut self.buf);
+        let filled = self.fill(cursor, read_bytes, &mut buf);
+        let step = match filled {
+            Ok(Some(len)) => self.take_records(cursor, &buf[..len], read_bytes, batch),
+            Ok(None) => Ok(Step::Gone),
+            Err(error) => Err(error.into()),
         };
+        self.buf = buf;
+        step
+    }
+
+    /// Reads `read_bytes` at the cursor into `buf` (grown when needed, never shrunk); returns
+    /// how many bytes were read, or None when the segment is gone. The newest segment is read
+    /// through the kept descriptor; an older one (catching up) is opened for the read.
+    fn fill(
+        &mut self,
+        cursor: &Cursor,
+        read_bytes: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Option<usize>> {
+        let path = self.dir.join(&cursor.name);
+        let newest = self
+            .segments
+            .last()
+            .is_some_and(|(_, name)| *name == cursor.name);
+        let gone = |error: io::Error| {
+            if error.kind() == io::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(error)
+            }
+        };
+        if !newest {
+            self.reader = None;
+            return match self.storage.read_range(&path, cursor.offset, read_bytes) {
+                Ok(bytes) => {
+                    let len = bytes.len();
+                    *buf = bytes;
+                    Ok(Some(len))
+                }
+                Err(error) => gone(error),
+            };
+        }
+        if self
+            .reader
+            .as_ref()
+            .is_none_or(|(name, _)| *name != cursor.name)
+        {
+            self.reader = None;
+            match self.storage.open_read(&path) {
+                Ok(reader) => self.reader = Some((cursor.name.clone(), reader)),
+                Err(error) => return gone(error),
+            }
+        }
+        let (_, reader) = self.reader.as_ref().expect("opened above");
+        if buf.len() < read_bytes {
+            buf.resize(read_bytes, 0);
+        }
+        reader
+            .read_at(cursor.offset, &mut buf[..read_bytes])
+            .map(Some)
+    }
+
+    /// Takes the records in `bytes` (a read of `read_bytes` at the cursor) into `batch`.
+    fn take_records(
+        &mut self,
+        cursor: &mut Cursor,
+        bytes: &[u8],
+        read_bytes: usize,
+        batch: &mut Batch<'_>,
+    ) -> Result<Step, TailError> {
         let mut at = 0;
         if cursor.offset == 0 {
-            if !self.header_valid(&bytes, cursor)? {
+            if !self.header_valid(bytes, cursor)? {
                 return Ok(Step::Stop);
             }
             at = segment::HEADER_BYTES;
@@ -293,7 +388,7 @@ impl Tail {
                     at += len;
                 }
                 Err(DecodeError::Zero) => break Step::EndOfSegment,
-                Err(DecodeError::Incomplete) => break incomplete(&bytes, at, first, read_bytes),
+                Err(DecodeError::Incomplete) => break incomplete(bytes, at, first, read_bytes),
                 Err(_) => return Err(self.damage(cursor, at)),
             }
         };

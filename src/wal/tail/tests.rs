@@ -307,6 +307,55 @@ fn a_tail_behind_retention_is_not_retained() {
     assert_eq!(record::frame(&out).unwrap().0.lsn, first + 3);
 }
 
+/// Goal: the tail keeps the newest segment open between reads. When retention removes that
+/// segment and the next one under it, the tail still returns the rest of the segment it
+/// holds (its bytes are intact, as through an open descriptor), then says that what follows
+/// is not retained, never that the stream is damaged. (Before the kept descriptor, a removed
+/// segment was "gone" at once; with it and no check, the gap to the next segment read as
+/// damage.)
+#[test]
+fn a_tail_holding_a_removed_segment_finishes_it_then_is_not_retained() {
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+    let (mut writer, _) = open_dir(&storage, DIR, 1);
+    let mut n = 1;
+    writer.append(&publish(&data(n, 500), n)).unwrap();
+    writer.commit(at(n)).unwrap();
+    let mut tail = Tail::new(Arc::clone(&storage), Path::new(DIR), STREAM, 1);
+    let mut out = Vec::new();
+    assert_eq!(tail.read(n, usize::MAX, &mut out).unwrap(), 1);
+    assert_eq!(
+        writer.segments(),
+        1,
+        "the tail holds the only (newest) segment"
+    );
+    while writer.segments() < 3 {
+        n += 1;
+        writer.append(&publish(&data(n, 500), n)).unwrap();
+        writer.commit(at(n)).unwrap();
+    }
+    let removed = writer.retain(at(n).unix_ms, u64::MAX, 0, 3600).unwrap();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    let held_last_lsn = removed[0].last_lsn;
+    let first_retained = removed[1].last_lsn + 1;
+    out.clear();
+    let error = loop {
+        match tail.read(n, usize::MAX, &mut out) {
+            Ok(0) => panic!("the tail stopped at {} without an error", tail.next_lsn()),
+            Ok(_) => {}
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(error, TailError::NotRetained { first_retained: Some(lsn) } if lsn == first_retained),
+        "{error}"
+    );
+    let lsns: Vec<u64> = split(&out)
+        .iter()
+        .map(|bytes| record::frame(bytes).unwrap().0.lsn)
+        .collect();
+    assert_eq!(lsns, (2..=held_last_lsn).collect::<Vec<_>>());
+}
+
 /// Goal: damage at or below the written LSN is an error naming the file and offset, while
 /// what is not written yet (zeros past the end, a published LSN ahead of the disk) ends a
 /// read quietly. Also: nothing but `*.wal` files is read (`next.wal.tmp`).
