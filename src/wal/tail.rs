@@ -103,7 +103,8 @@ pub struct Tail {
     /// The newest segment as last listed, kept open: the tail of a live stream comes back to
     /// it at every batch, and opening it each time cost more than the read.
     reader: Option<(String, Box<dyn StorageRead>)>,
-    /// The bytes of the last read (kept, so that a read does not allocate or zero memory).
+    /// The bytes of the last read (kept, so that a read does not allocate or zero memory; at
+    /// most `WAL_TAIL_READ_BYTES` are kept between reads).
     buf: Vec<u8>,
     /// How much the first read of a call asks for: about twice what the last call took, at
     /// least 4 KiB, at most `WAL_TAIL_READ_BYTES` (a read past the written end copies zeros).
@@ -294,6 +295,10 @@ impl Tail {
             Ok(None) => Ok(Step::Gone),
             Err(error) => Err(error.into()),
         };
+        // A record larger than a read grew the buffer: it is not kept at that size.
+        if buf.len() > limits::WAL_TAIL_READ_BYTES {
+            buf = Vec::new();
+        }
         self.buf = buf;
         step
     }
