@@ -93,7 +93,8 @@ for run in $(seq 1 "$RUNS"); do
   kill "$server"
   wait "$server" 2>/dev/null || true
 done
-rm -rf "${DATA:?}"
+rm -rf "${DATA:?}/log"
+rmdir "$DATA" 2>/dev/null || true
 
 python3 - "$OUT" "$RUNS" <<'PY'
 import json, os, statistics, sys
