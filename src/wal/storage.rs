@@ -262,6 +262,17 @@ impl MemStorage {
         MemStorage::default()
     }
 
+    /// The file named `path`, open (reads and writes go to its inode, whatever its name
+    /// becomes).
+    fn file(&self, path: &Path) -> io::Result<MemFile> {
+        let state = self.state();
+        let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(MemFile {
+            state: Arc::clone(&self.state),
+            inode,
+        })
+    }
+
     fn state(&self) -> MutexGuard<'_, MemState> {
         self.state.lock().expect("no panics while the lock is held")
     }
@@ -386,12 +397,7 @@ impl Storage for MemStorage {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let state = self.state();
-        let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
-        Ok(Box::new(MemFile {
-            state: Arc::clone(&self.state),
-            inode,
-        }))
+        Ok(Box::new(self.file(path)?))
     }
 
     fn len(&self, path: &Path) -> io::Result<u64> {
@@ -405,20 +411,14 @@ impl Storage for MemStorage {
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageRead>> {
-        let state = self.state();
-        let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
-        Ok(Box::new(MemFile {
-            state: Arc::clone(&self.state),
-            inode,
-        }))
+        Ok(Box::new(self.file(path)?))
     }
 
     fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let data = self.read(path)?;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let end = start.saturating_add(len).min(data.len());
+        let file = self.file(path)?;
+        let state = file.state();
+        let data = &state.inodes[file.inode].data;
+        let (start, end) = span(data.len(), offset, len);
         Ok(data[start..end].to_vec())
     }
 
@@ -467,16 +467,20 @@ impl MemFile {
     }
 }
 
+/// The bytes `len` bytes from `offset` cover in a file of `size` bytes (fewer at the end of
+/// the file, none past it).
+fn span(size: usize, offset: u64, len: usize) -> (usize, usize) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(size);
+    (start, start.saturating_add(len).min(size))
+}
+
 impl StorageRead for MemFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let state = self.state();
         let data = &state.inodes[self.inode].data;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let n = buf.len().min(data.len() - start);
-        buf[..n].copy_from_slice(&data[start..start + n]);
-        Ok(n)
+        let (start, end) = span(data.len(), offset, buf.len());
+        buf[..end - start].copy_from_slice(&data[start..end]);
+        Ok(end - start)
     }
 }
 
